@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint venv natten mm clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=68,<80" wheel
+	# torch first, pinned to the releases this project is tested with (they install from local disk here)
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e ".[dev,onnx]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# natten installs as pure Python on CPU; it is an optional backend, tested when present.
+$(VENV)/.natten: $(STAMP)
+	$(PIP) install -q --no-build-isolation natten
+	touch $@
+
+natten: $(VENV)/.natten
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) natten lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Zoo backbones; importing this package registers every model with timm."""

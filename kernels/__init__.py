@@ -1,0 +1,1 @@
+"""The kernel layer: neighborhood attention and bi-level routing attention (reference, torch, triton)."""

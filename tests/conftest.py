@@ -1,0 +1,48 @@
+"""Test harness: Triton interpreter on CPU-only machines, markers, parity-fixture discovery."""
+import os
+
+import torch
+
+# Must be set before triton is imported anywhere: without a GPU the kernels run in Triton's interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from parity_utils import parity_dir  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    try:
+        import natten  # noqa: F401
+
+        has_natten = True
+    except Exception:
+        has_natten = False
+    try:
+        import mmdet  # noqa: F401
+        import mmseg  # noqa: F401
+
+        has_mm = True
+    except Exception:
+        has_mm = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "natten" in item.keywords and not has_natten:
+            item.add_marker(pytest.mark.skip(reason="natten is not installed"))
+        if "mm" in item.keywords and not has_mm:
+            item.add_marker(pytest.mark.skip(reason="mm extra (mmdet/mmseg) is not installed"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def parity_root():
+    root = parity_dir()
+    if root is None:
+        pytest.skip("parity fixtures not found (set VISIONATTN_PARITY_DIR)")
+    return root

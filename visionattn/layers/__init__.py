@@ -1,0 +1,1 @@
+"""Attention modules shared by the backbones (official parameter names, so checkpoints load unchanged)."""
