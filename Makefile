@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint venv natten mm clean
+.PHONY: demo test test-full lint venv natten mm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,20 @@ $(VENV)/.natten: $(STAMP)
 
 natten: $(VENV)/.natten
 
+# The mm extra: mmcv is built from source (no wheel exists for torch 2.14); pip caches the built wheel.
+mm: $(STAMP)
+	PY=$(PY) bash tools/install_mm.sh
+
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP) natten lint
+test: $(STAMP) natten mm lint
+	$(PY) -m pytest -q -m "not full" $(PYTEST_ARGS)
+
+test-full: $(STAMP) natten mm lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -1,1 +1,3 @@
 """The kernel layer: neighborhood attention and bi-level routing attention (reference, torch, triton)."""
+from .bra import bi_level_routing_attention, region_mean, region_topk, routed_attention  # noqa: F401,E402
+from .na import na1d, na1d_logits, na2d, na2d_logits, na3d, na3d_logits, na_logits  # noqa: E402,F401

@@ -1,0 +1,877 @@
+"""BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023).
+
+Paper: https://arxiv.org/abs/2303.08810 -- official code (MIT): https://github.com/rayleizhu/BiFormer
+
+Variants (all load the official checkpoints through `checkpoint_filter_fn`):
+
+* `biformer_t` / `biformer_s` / `biformer_b` -- models/biformer.py: overlapping conv stem and downsampling,
+  a 3x3 depthwise conv before every block, legacy (NHWC) BRA in stages 1-3, full attention + LePE in stage 4.
+* `biformer_stl` -- models/biformer_stl.py: the Swin-T layout (patchify stem, norm + 2x2 conv merging).
+* `biformer_stl_nchw` -- models/biformer_stl_nchw.py: the same layout on the refactored NCHW BRA.
+
+The dense-prediction backbone of the official det/seg code (`BiFormer_mm`) is `BiFormerDense`; the same maps
+come from `timm.create_model(name, features_only=True, extra_norms=True, n_win=16)`.
+
+Input size (documented choices, tested in tests/test_biformer.py):
+
+* Legacy BRA cuts each stage map into n_win x n_win regions. The released classification models assert that
+  every BRA stage side is divisible by n_win (input a multiple of 112 px at n_win 7). Here `auto_pad=True` is
+  the default: a map that does not divide is zero-padded right/bottom before the qkv projection and cropped
+  after, exactly as the official dense models do. At divisible sizes nothing is padded, so the logits are
+  identical to the official model's; any input size works (96 px, 256 px, 800x1333...). `auto_pad=False`
+  restores the official assertion (a ValueError).
+* The NCHW BRA (`biformer_stl_nchw`) needs no padding (its regions are H // n_win tokens tall, the last ones
+  partial) but cannot work when a BRA stage side is smaller than n_win (regions of 0 tokens): the model raises
+  a ValueError naming the stage and the smallest input side (112 px at n_win 7; e.g. pass `n_win=(7, 7, 6, 7)`
+  for 96 px inputs, or use `biformer_stl`).
+* The STL stems use unpadded stride-4 / stride-2 convs (as the official code), so sides that are not
+  multiples of 32 are floored; the T/S/B stems use padded convs (ceil).
+
+Pretrained weights: `timm.create_model(name, pretrained=True)` downloads the official file (cached under its
+official name); `pretrained_cfg_overlay=dict(file=PATH)` loads a local one. Official files are read with
+weights_only=True (their `args` Namespace allowed) and, like the official loader, the `model` entry is used
+even when `model_ema` is present.
+
+Checkpoints use timm-style module names (`stem`, `stages.i.downsample`, `stages.i.blocks.j`, `mlp.fc1`,
+`head.fc`); `checkpoint_filter_fn` maps the official names (and mmdet/mmseg `backbone.` checkpoints) onto them.
+The attention modules keep the official parameter names (`qkv.qkv`, `wo`, `lepe`; `qkv_linear`,
+`output_linear`; `qkv`, `proj`).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from visionattn._registry import register_zoo_model
+from visionattn.checkpoint import load_state_dict_file, strip_prefix, unwrap_state_dict
+from visionattn.kernels.bra import BRA_BACKENDS
+from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
+from visionattn.official import register_official
+
+__all__ = [
+    "BiFormer",
+    "BiFormerDense",
+    "BiFormerBlock",
+    "NchwBiFormerBlock",
+    "BiFormerStage",
+    "AttentionLePE",
+    "NchwAttentionLePE",
+    "checkpoint_filter_fn",
+]
+
+
+def _norm2d(kind: str, dim: int) -> nn.Module:
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(dim)
+    if kind == "layernorm2d":
+        return LayerNorm2d(dim, eps=1e-6)
+    raise ValueError(f"norm_layer must be 'batchnorm' or 'layernorm2d', got {kind!r}")
+
+
+def _per_stage(value, name: str, n: int = 4) -> tuple:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n:
+            raise ValueError(f"{name} must be a single value or a sequence of {n}, got {value!r}")
+        return tuple(value)
+    return (value,) * n
+
+
+class AttentionLePE(nn.Module):
+    """Full multi-head self-attention plus a depthwise-conv LePE of the input (official models/_common.py).
+
+    NHWC in and out. `side_dwconv=0` gives the plain `Attention` of the official code (same keys minus lepe).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, side_dwconv: int = 5):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(out)
+
+
+class NchwAttentionLePE(nn.Module):
+    """Full attention on NCHW maps with 1x1-conv projections and LePE on V (official nchwAttentionLePE)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, side_dwconv: int = 5):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=qkv_bias)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        heads = lambda t: t.reshape(B, self.num_heads, C // self.num_heads, H * W).transpose(-1, -2)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        if self.lepe is not None:
+            out = out + self.lepe(v)
+        return self.proj(out)
+
+
+class BiFormerBlock(nn.Module):
+    """Legacy BiFormer block on NHWC tokens: [x + DWConv3(x)] -> x + attn(LN(x)) -> x + MLP(LN(x)).
+
+    topk > 0: bi-level routing attention; -2: full attention + LePE; -1: full attention without LePE.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            n_win: int = 7,
+            qk_dim: int | None = None,
+            qk_scale: float | None = None,
+            topk: int = 4,
+            mlp_ratio: float = 3.0,
+            side_dwconv: int = 5,
+            before_attn_dwconv: int = 3,
+            auto_pad: bool = True,
+            layer_scale_init_value: float | None = None,
+            drop_path: float = 0.0,
+            full_attn_heads: int = 8,
+            attn_backend: str | None = None,
+    ):
+        super().__init__()
+        if before_attn_dwconv not in (0, 3):
+            # the official block hard-codes padding 1, so only kernel 3 keeps the map size
+            raise ValueError(f"before_attn_dwconv must be 0 (off) or 3, got {before_attn_dwconv}")
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if before_attn_dwconv else None
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        if topk > 0:
+            kw = {} if attn_backend is None else {"backend": attn_backend}
+            self.attn = BiLevelRoutingAttention(
+                dim=dim, num_heads=num_heads, n_win=n_win, qk_dim=qk_dim or dim, qk_scale=qk_scale, topk=topk,
+                side_dwconv=side_dwconv, auto_pad=auto_pad, **kw,
+            )
+        elif topk in (-1, -2):
+            self.attn = AttentionLePE(dim, num_heads=full_attn_heads, side_dwconv=side_dwconv if topk == -2 else 0)
+        else:
+            raise ValueError(
+                f"topk must be > 0 (routing), -1 (full attention) or -2 (full attention + LePE), got {topk}"
+            )
+        ls = layer_scale_init_value is not None and layer_scale_init_value > 0
+        self.ls1 = LayerScale(dim, layer_scale_init_value) if ls else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
+        self.ls2 = LayerScale(dim, layer_scale_init_value) if ls else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+class NchwBiFormerBlock(nn.Module):
+    """BiFormer-STL-nchw block on NCHW maps: LayerNorm2d, NCHW BRA (topk > 0) or full attention (topk -1),
+    1x1-conv MLP."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            n_win: int = 7,
+            qk_scale: float | None = None,
+            topk: int = 4,
+            mlp_ratio: float = 4.0,
+            side_dwconv: int = 5,
+            drop_path: float = 0.0,
+            full_attn_heads: int = 8,
+            attn_backend: str | None = None,
+    ):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        if topk > 0:
+            kw = {} if attn_backend is None else {"backend": attn_backend}
+            self.attn = NchwBiLevelRoutingAttention(
+                dim=dim, num_heads=num_heads, n_win=n_win, qk_scale=qk_scale, topk=topk, side_dwconv=side_dwconv, **kw
+            )
+        elif topk == -1:
+            self.attn = NchwAttentionLePE(dim, num_heads=full_attn_heads, side_dwconv=side_dwconv)
+        else:
+            raise ValueError(f"topk must be > 0 (routing) or -1 (full attention + LePE) for NCHW blocks, got {topk}")
+        self.norm2 = LayerNorm2d(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU, use_conv=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class BiFormerStage(nn.Module):
+    """Downsampling (Identity for the first stage) followed by blocks; NCHW in and out."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], channels_last: bool, n_win: int, routed: bool):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+        self.channels_last = channels_last  # legacy blocks work on NHWC tokens
+        self.n_win = n_win
+        self.check_min_size = routed and not channels_last  # NCHW BRA needs >= 1 token per region
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.check_min_size and min(x.shape[-2:]) < self.n_win:
+            raise ValueError(
+                f"input too small for the NCHW BRA: a stage map of {tuple(x.shape[-2:])} is smaller than n_win="
+                f"{self.n_win} on one side (each BRA stage side must be >= n_win); use a larger input, a smaller "
+                "n_win for this stage, or the legacy-BRA model (biformer_stl), which pads"
+            )
+        if self.channels_last:
+            x = x.permute(0, 2, 3, 1)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        return x
+
+
+class BiFormer(nn.Module):
+    """BiFormer classification model (T/S/B, STL and STL-nchw layouts).
+
+    Args:
+        depths, embed_dims: blocks and channels per stage.
+        mlp_ratios: MLP expansion (one value or per stage).
+        head_dim: BRA head dim; BRA stages use qk_dims[i] // head_dim heads. Full-attention stages always
+            use `full_attn_heads` (8) heads, as the official code does.
+        qk_dims: query/key width of the BRA (default embed_dims); scale is qk_dim ** -0.5 (official).
+        n_win: regions per side (one value or per stage).
+        topks: routed regions per query region; stage value -2 / -1 selects full attention (+LePE).
+        side_dwconv: LePE kernel size. before_attn_dwconv: 3 (official T/S/B) or 0 (STL layouts).
+        stem_type: 'overlap' (two 3x3 s2 convs, 3x3 s2 conv downsampling; T/S/B) or 'patch' (4x4 s4 conv,
+            norm + 2x2 s2 conv merging; STL).
+        layout: 'nhwc' (legacy BRA, official models/biformer*.py) or 'nchw' (refactored BRA, STL-nchw).
+        norm_layer: stem/downsample norm of the 'patch' stem and the final norm: 'batchnorm' | 'layernorm2d'.
+        auto_pad: legacy BRA pads maps that n_win does not divide (see the module docstring).
+        attn_backend: BRA backend for every routed block (None = the BRA layer's default).
+        extra_norms: add a LayerNorm2d per stage output (the dense-prediction backbone's `extra_norms`),
+            applied to every map `forward_intermediates` / `features_only` return.
+    """
+
+    def __init__(
+            self,
+            depths: Sequence[int] = (2, 2, 8, 2),
+            embed_dims: Sequence[int] = (64, 128, 256, 512),
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            mlp_ratios: float | Sequence[float] = 3,
+            head_dim: int = 32,
+            qk_dims: Sequence[int] | None = None,
+            qk_scale: float | None = None,
+            n_win: int | Sequence[int] = 7,
+            topks: Sequence[int] = (1, 4, 16, -2),
+            side_dwconv: int = 5,
+            before_attn_dwconv: int = 3,
+            stem_type: str = "overlap",
+            layout: str = "nhwc",
+            norm_layer: str = "batchnorm",
+            final_norm_layer: str | None = None,
+            auto_pad: bool = True,
+            layer_scale_init_value: float | None = None,
+            full_attn_heads: int = 8,
+            attn_backend: str | None = None,
+            extra_norms: bool = False,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if len(depths) != 4 or len(embed_dims) != 4 or len(topks) != 4:
+            raise ValueError("depths, embed_dims and topks must have 4 entries (one per stage)")
+        if stem_type not in ("overlap", "patch"):
+            raise ValueError(f"stem_type must be 'overlap' or 'patch', got {stem_type!r}")
+        if layout not in ("nhwc", "nchw"):
+            raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        qk_dims = tuple(qk_dims) if qk_dims is not None else tuple(embed_dims)
+        n_wins = _per_stage(n_win, "n_win")
+        mlp_ratios = _per_stage(mlp_ratios, "mlp_ratios")
+        for i, (t, s) in enumerate(zip(topks, n_wins)):
+            if s < 1:
+                raise ValueError(f"n_win must be >= 1, got {s} for stage {i}")
+            if t > s * s:
+                raise ValueError(f"topks[{i}] must be <= n_win**2 = {s * s} (the number of regions), got {t}")
+            if t > 0 and qk_dims[i] < head_dim:
+                raise ValueError(f"head_dim must be <= qk_dims[{i}] ({qk_dims[i]}), got {head_dim}")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.embed_dims = tuple(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        if stem_type == "overlap":
+            c0 = embed_dims[0]
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, c0 // 2, 3, stride=2, padding=1),
+                nn.BatchNorm2d(c0 // 2),
+                nn.GELU(),
+                nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1),
+                nn.BatchNorm2d(c0),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, embed_dims[0], 4, stride=4), _norm2d(norm_layer, embed_dims[0])
+            )
+
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        self.feature_info = []
+        stages = []
+        for i in range(4):
+            dim = embed_dims[i]
+            if i == 0:
+                downsample = nn.Identity()
+            elif stem_type == "overlap":
+                downsample = nn.Sequential(
+                    nn.Conv2d(embed_dims[i - 1], dim, 3, stride=2, padding=1), nn.BatchNorm2d(dim)
+                )
+            else:
+                downsample = nn.Sequential(
+                    _norm2d(norm_layer, embed_dims[i - 1]), nn.Conv2d(embed_dims[i - 1], dim, 2, stride=2)
+                )
+            heads = max(qk_dims[i] // head_dim, 1)  # the official floor division
+            if layout == "nhwc":
+                blocks = [
+                    BiFormerBlock(
+                        dim, heads, n_win=n_wins[i], qk_dim=qk_dims[i], qk_scale=qk_scale, topk=topks[i],
+                        mlp_ratio=mlp_ratios[i], side_dwconv=side_dwconv, before_attn_dwconv=before_attn_dwconv,
+                        auto_pad=auto_pad, layer_scale_init_value=layer_scale_init_value, drop_path=dpr[i][j],
+                        full_attn_heads=full_attn_heads, attn_backend=attn_backend,
+                    ) for j in range(depths[i])
+                ]
+            else:
+                blocks = [
+                    NchwBiFormerBlock(
+                        dim, heads, n_win=n_wins[i], qk_scale=qk_scale, topk=topks[i], mlp_ratio=mlp_ratios[i],
+                        side_dwconv=side_dwconv, drop_path=dpr[i][j], full_attn_heads=full_attn_heads,
+                        attn_backend=attn_backend,
+                    ) for j in range(depths[i])
+                ]
+            stages.append(BiFormerStage(downsample, blocks, layout == "nhwc", n_wins[i], routed=topks[i] > 0))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+
+        self.extra_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in embed_dims]) if extra_norms else None
+        self.norm = _norm2d(final_norm_layer or norm_layer, embed_dims[-1])
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        # the official init: only Linear and LayerNorm are re-initialised, convs keep PyTorch defaults
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # no position tables or tokens; timm's optimizer factory already exempts 1-D params (norms, biases)
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^extra_norms\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_attn_backend(self, backend: str):
+        """Switch the BRA backend of every routed block (e.g. 'torch' before ONNX export)."""
+        if backend not in BRA_BACKENDS:
+            raise ValueError(f"backend must be one of {BRA_BACKENDS}, got {backend!r}")
+        for m in self.modules():
+            if isinstance(m, (BiLevelRoutingAttention, NchwBiLevelRoutingAttention)):
+                m.backend = backend
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False):
+        self.num_classes = num_classes
+        if reset_other:
+            self.norm = nn.Identity()
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (strides 4/8/16/32; after `extra_norms` when the model has them).
+
+        norm: apply the final norm to the last stage's map when it is taken.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = x
+                if self.extra_norms is not None:
+                    y = self.extra_norms[i](y)
+                elif norm and i == last:
+                    y = self.norm(y)
+                intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if self.extra_norms is not None:
+            self.extra_norms = self.extra_norms[: max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.head = ClassifierHead(self.num_features, 0, pool_type=self.head.global_pool.pool_type)
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class BiFormerDense(BiFormer):
+    """The official dense-prediction backbone (`BiFormer_mm`): no head or final norm, a LayerNorm2d after every
+    stage, forward returns the 4 NCHW maps (strides 4/8/16/32).
+
+    norm_eval: keep BatchNorms in eval mode in train() (the detection code's default); frozen_bn: no BN grads.
+    The segmentation code converts BN to SyncBatchNorm (`nn.SyncBatchNorm.convert_sync_batchnorm` does that
+    here too; the keys are the same).
+    """
+
+    def __init__(self, norm_eval: bool = False, frozen_bn: bool = False, **kwargs):
+        kwargs.update(num_classes=0, extra_norms=True)
+        super().__init__(**kwargs)
+        self.norm = nn.Identity()
+        self.norm_eval = norm_eval
+        if frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.forward_intermediates(x, intermediates_only=True))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+_OPTIONAL_GROUPS = ("norm.", "head.", "extra_norms.")
+
+_KEY_RULES = [
+    (re.compile(r"^downsample_layers\.0\."), "stem."),
+    (re.compile(r"^downsample_layers\.(\d+)\."), r"stages.\1.downsample."),
+    (re.compile(r"^stages\.(\d+)\.(\d+)\."), r"stages.\1.blocks.\2."),  # models/biformer.py: Sequential of blocks
+    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.gamma1$"), r"\1.ls1.gamma"),
+    (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.gamma2$"), r"\1.ls2.gamma"),
+    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+]
+
+
+def _remap_official_key(key: str, mlp_out_index: str) -> str:
+    for pattern, repl in _KEY_RULES:
+        key = pattern.sub(repl, key)
+    key = re.sub(r"(\.blocks\.\d+\.mlp)\.0\.", r"\1.fc1.", key)
+    key = re.sub(rf"(\.blocks\.\d+\.mlp)\.{mlp_out_index}\.", r"\1.fc2.", key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map an official BiFormer checkpoint (or a mmdet/mmseg one) onto this module's names.
+
+    Opens `model` / `state_dict` / `module.` envelopes (the official loader reads 'model'), keeps only
+    `backbone.*` of a dense-prediction checkpoint, renames official keys to timm-style ones. The classifier
+    (`norm`, `head`) and the dense `extra_norms` are the only parts that may be absent on one side or differ in
+    shape: a missing one keeps the model's initial values, one the model lacks (or sizes differently) is dropped,
+    as the official dense code does when it loads a classification checkpoint non-strictly.
+    """
+    if all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        sd = dict(state_dict)
+    else:
+        # an EMA-only checkpoint is read as such; otherwise 'model' wins, as in the official loader
+        ema_only = "model_ema" in state_dict and not any(k in state_dict for k in ("model", "state_dict", "module"))
+        sd = unwrap_state_dict(state_dict, use_ema=ema_only)
+    if any(k.startswith("backbone.") for k in sd):
+        sd = strip_prefix({k: v for k, v in sd.items() if k.startswith("backbone.")}, "backbone.")
+    if all(k.startswith("module.") for k in sd):
+        sd = strip_prefix(sd, "module.")
+    if any(k.startswith("downsample_layers.") for k in sd):
+        # legacy T/S/B MLP is Sequential(Linear, Identity, GELU, Linear); STL drops the Identity slot
+        mlp_out = "3" if any(re.match(r"^stages\.\d+\.\d+\.mlp\.3\.", k) for k in sd) else "2"
+        sd = {_remap_official_key(k, mlp_out): v for k, v in sd.items()}
+    own = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(_OPTIONAL_GROUPS) and (k not in own or own[k].shape != v.shape):
+            continue  # e.g. a classifier for another number of classes: keep the model's own
+        out[k] = v
+    for k, v in own.items():
+        if k not in out and k.startswith(_OPTIONAL_GROUPS):
+            out[k] = v
+    return out
+
+
+def _torch_load_checkpoint(path_or_url: str, file_name: str | None = None) -> Mapping[str, Any]:
+    # official training checkpoints may carry an argparse.Namespace ('args'); allow just that class
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        if "://" in path_or_url:
+            return torch.hub.load_state_dict_from_url(
+                path_or_url, map_location="cpu", file_name=file_name, weights_only=True
+            )
+        return load_state_dict_file(path_or_url)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timm registration
+
+_ONEDRIVE = "https://api.onedrive.com/v1.0/shares/{}/root/content"
+_URLS = {
+    "biformer_t.in1k": (_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM"), "biformer_tiny_in1k.pth"),
+    "biformer_s.in1k": (_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832"), "biformer_small_in1k.pth"),
+    "biformer_b.in1k": (_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO"), "biformer_base_in1k.pth"),
+    "biformer_stl.in1k": (_ONEDRIVE.format("s!AkBbczdRlZvChSf-m7ujkvx9lIQ1"), "biformer_stl_in1k.pth"),
+    "biformer_stl_nchw.in1k": (_ONEDRIVE.format("s!AkBbczdRlZvChWYrKbWbMgqd2Ai0"), "biformer_stl_nchw_in1k.pth"),
+}
+
+
+def _cfg(name: str, **kwargs) -> dict:
+    url, file_name = _URLS[name]
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_name": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+        "paper_ids": "arXiv:2303.08810",
+        "origin_url": "https://github.com/rayleizhu/BiFormer",
+        "notes": (f"official OneDrive checkpoint, torch.hub file name {file_name}",),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "biformer_t.in1k": _cfg("biformer_t.in1k"),
+    "biformer_s.in1k": _cfg("biformer_s.in1k"),
+    "biformer_b.in1k": _cfg("biformer_b.in1k"),
+    "biformer_stl.in1k": _cfg("biformer_stl.in1k"),
+    "biformer_stl_nchw.in1k": _cfg("biformer_stl_nchw.in1k", min_input_size=(3, 112, 112)),
+})
+
+
+def _pretrained_overlay(variant: str, kwargs: dict) -> tuple[dict, dict | None]:
+    """Load the weights the pretrained cfg names (official format) ourselves and hand timm the raw checkpoint.
+
+    timm would prefer a `model_ema` entry over `model` (the official loader reads `model`) and would cache every
+    OneDrive URL under the same file name ('content'); weights are read with weights_only=True. Returns the new
+    kwargs and the source fields to restore in the model's pretrained_cfg afterwards.
+    """
+    from timm.models._builder import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
+    if cfg.state_dict is not None or cfg.hf_hub_id or cfg.source in ("hf-hub", "local-dir"):
+        return kwargs, None
+    if cfg.file:
+        ckpt = _torch_load_checkpoint(cfg.file)
+    elif cfg.url:
+        file_name = next((f for u, f in _URLS.values() if u == cfg.url), None)
+        ckpt = _torch_load_checkpoint(cfg.url, file_name=file_name)
+    else:
+        return kwargs, None
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    overlay.update(state_dict=dict(ckpt), file=None, url=None)
+    return {**kwargs, "pretrained_cfg_overlay": overlay}, {"file": cfg.file, "url": cfg.url}
+
+
+def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
+    restore = None
+    if pretrained:
+        kwargs, restore = _pretrained_overlay(variant, kwargs)
+    model = build_model_with_cfg(
+        BiFormer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+    if restore is not None:
+        # do not keep the whole checkpoint alive in pretrained_cfg (the features wrapper and the model hold one)
+        for m in model.modules():
+            cfg = getattr(m, "pretrained_cfg", None)
+            if isinstance(cfg, dict) and "state_dict" in cfg:
+                cfg = {k: v for k, v in cfg.items() if k != "state_dict"}
+                cfg.update({k: v for k, v in restore.items() if v})
+                m.pretrained_cfg = m.default_cfg = cfg
+    return model
+
+
+_TSB = dict(mlp_ratios=3, head_dim=32, n_win=7, topks=(1, 4, 16, -2), side_dwconv=5, before_attn_dwconv=3)
+_STL = dict(
+    depths=(2, 2, 6, 2), embed_dims=(96, 192, 384, 768), mlp_ratios=4, head_dim=32, n_win=7, side_dwconv=5,
+    before_attn_dwconv=0, stem_type="patch", norm_layer="batchnorm",
+)
+
+
+@register_zoo_model("biformer")
+def biformer_t(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-T (13.1M params, 2.2 GMACs at 224, 81.4% IN-1k top-1)."""
+    args = dict(depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512), **_TSB)
+    return _create_biformer("biformer_t", pretrained, **dict(args, **kwargs))
+
+
+@register_zoo_model("biformer")
+def biformer_s(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-S (25.5M params, 4.5 GMACs at 224, 83.8% IN-1k top-1)."""
+    args = dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512), **_TSB)
+    return _create_biformer("biformer_s", pretrained, **dict(args, **kwargs))
+
+
+@register_zoo_model("biformer")
+def biformer_b(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-B (56.8M params, 9.8 GMACs at 224, 84.3% IN-1k top-1)."""
+    args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), **_TSB)
+    return _create_biformer("biformer_b", pretrained, **dict(args, **kwargs))
+
+
+@register_zoo_model("biformer")
+def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-STL: Swin-T layout with legacy BRA (28.4M params, 4.6 GMACs, 82.7% top-1)."""
+    args = dict(_STL, topks=(1, 4, 16, -2), layout="nhwc")
+    return _create_biformer("biformer_stl", pretrained, **dict(args, **kwargs))
+
+
+@register_zoo_model("biformer")
+def biformer_stl_nchw(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-STL on the refactored NCHW BRA (28.4M params, 4.6 GMACs, 82.7% top-1); inputs >= 112 px."""
+    args = dict(_STL, topks=(1, 4, 16, -1), layout="nchw")
+    return _create_biformer("biformer_stl_nchw", pretrained, **dict(args, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# official constructors -> our modules (visionattn.from_official)
+
+def _official_norm(value, default: str) -> str:
+    """Official norm_layer arguments: a class, or its name as the parity fixtures spell it."""
+    if value is None:
+        return default
+    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    if "BatchNorm" in name:
+        return "batchnorm"
+    if "LayerNorm2d" in name or name.startswith("default"):
+        return "layernorm2d"
+    raise ValueError(f"norm_layer must be nn.BatchNorm2d or LayerNorm2d, got {value!r}")
+
+
+def _require(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"official argument {name}={value!r} is not supported (allowed: {allowed})")
+
+
+def _finish(model: BiFormer, use_checkpoint_stages) -> BiFormer:
+    for i in use_checkpoint_stages or ():
+        model.stages[i].grad_checkpointing = True
+    return model
+
+
+def _official_biformer(
+        depth=(3, 4, 8, 3), in_chans=3, num_classes=1000, embed_dim=(64, 128, 320, 512), head_dim=64, qk_scale=None,
+        representation_size=None, drop_path_rate=0.0, drop_rate=0.0, use_checkpoint_stages=(), n_win=7,
+        kv_downsample_mode="ada_avgpool", kv_per_wins=None, topks=(8, 8, -1, -1), side_dwconv=5,
+        layer_scale_init_value=-1, qk_dims=(None, None, None, None), param_routing=False, diff_routing=False,
+        soft_routing=False, pre_norm=True, pe=None, pe_stages=(0,), before_attn_dwconv=3, auto_pad=False,
+        kv_downsample_kernels=None, kv_downsample_ratios=None, mlp_ratios=(4, 4, 4, 4), param_attention="qkvo",
+        mlp_dwconv=False, cls=BiFormer, **extra,
+):
+    # only the configuration every released model uses is implemented (others are ablations of the paper)
+    _require("representation_size", representation_size, (None, 0))
+    _require("kv_downsample_mode", kv_downsample_mode, ("identity",))
+    _require("param_routing", param_routing, (False,))
+    _require("diff_routing", diff_routing, (False,))
+    _require("soft_routing", soft_routing, (False,))
+    _require("pre_norm", pre_norm, (True,))
+    _require("pe", pe, (None, "none"))
+    _require("param_attention", param_attention, ("qkvo",))
+    _require("mlp_dwconv", mlp_dwconv, (False,))
+    qk_dims = tuple(q or d for q, d in zip(qk_dims, embed_dim))
+    model = cls(
+        depths=tuple(depth), embed_dims=tuple(embed_dim), in_chans=in_chans, num_classes=num_classes,
+        mlp_ratios=tuple(mlp_ratios), head_dim=head_dim, qk_dims=qk_dims, qk_scale=qk_scale, n_win=n_win,
+        topks=tuple(topks), side_dwconv=side_dwconv, before_attn_dwconv=before_attn_dwconv, stem_type="overlap",
+        layout="nhwc", auto_pad=auto_pad, layer_scale_init_value=layer_scale_init_value,
+        drop_path_rate=drop_path_rate, **extra,
+    )
+    return _finish(model, use_checkpoint_stages)
+
+
+def _official_stl(
+        in_chans=3, num_classes=1000, depth=(2, 2, 6, 2), embed_dim=(96, 192, 384, 768), head_dim=32, qk_scale=None,
+        drop_path_rate=0.0, drop_rate=0.0, use_checkpoint_stages=(), mlp_ratios=(4, 4, 4, 4), norm_layer=None,
+        pre_head_norm_layer=None, n_wins=(7, 7, 7, 7), topks=(1, 4, 16, -2), side_dwconv=5, layout="nhwc",
+):
+    # the official STL blocks ignore qk_scale (BasicLayer does not forward it) and use qk_dim = dim
+    norm = _official_norm(norm_layer, "layernorm2d")
+    model = BiFormer(
+        depths=tuple(depth), embed_dims=tuple(embed_dim), in_chans=in_chans, num_classes=num_classes,
+        mlp_ratios=tuple(mlp_ratios), head_dim=head_dim, n_win=tuple(_per_stage(n_wins, "n_wins")),
+        topks=tuple(_per_stage(topks, "topks")), side_dwconv=side_dwconv, before_attn_dwconv=0, stem_type="patch",
+        layout=layout, norm_layer=norm, final_norm_layer=_official_norm(pre_head_norm_layer, norm), auto_pad=False,
+        drop_path_rate=drop_path_rate,
+    )
+    return _finish(model, use_checkpoint_stages)
+
+
+@register_official("biformer", "models/biformer.py:BiFormer", checkpoint_filter_fn)
+def _official_biformer_cls(**kwargs) -> BiFormer:
+    return _official_biformer(**kwargs)
+
+
+@register_official("biformer", "models/biformer_stl.py:BiFormerSTL", checkpoint_filter_fn)
+def _official_biformer_stl_cls(**kwargs) -> BiFormer:
+    return _official_stl(**kwargs, layout="nhwc")
+
+
+@register_official("biformer", "models/biformer_stl_nchw.py:nchwBiFormerSTL", checkpoint_filter_fn)
+def _official_biformer_stl_nchw_cls(**kwargs) -> BiFormer:
+    return _official_stl(**kwargs, layout="nchw")
+
+
+def _official_mm(pretrained=None, norm_eval=False, disable_bn_grad=False, **kwargs) -> BiFormerDense:
+    kwargs.pop("num_classes", None)  # only sizes the head BiFormer_mm deletes
+    model = _official_biformer(cls=BiFormerDense, norm_eval=norm_eval, frozen_bn=disable_bn_grad, **kwargs)
+    if isinstance(pretrained, str):
+        sd = checkpoint_filter_fn(_torch_load_checkpoint(pretrained), model)
+        model.load_state_dict(sd, strict=True)
+    return model
+
+
+@register_official("biformer", "semantic_segmentation/models_mm/biformer_mm.py:BiFormer_mm", checkpoint_filter_fn)
+def _official_biformer_mm_seg(**kwargs) -> BiFormerDense:
+    return _official_mm(**kwargs)
+
+
+@register_official("biformer", "object_detection/models_mm/biformer_mm.py:BiFormer_mm", checkpoint_filter_fn)
+def _official_biformer_mm_det(norm_eval=True, **kwargs) -> BiFormerDense:
+    return _official_mm(norm_eval=norm_eval, **kwargs)
+
+
+def _official_factory(name: str, auto_pad: bool | None) -> Callable[..., BiFormer]:
+    # the official registered functions: BiFormer classification models leave auto_pad False (strict sizes)
+    def build(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, drop_rate=0.0, **kwargs):
+        if pretrained:
+            raise ValueError("from_official builds random-init modules; load weights through its state_dict argument")
+        if auto_pad is not None:
+            kwargs.setdefault("auto_pad", auto_pad)
+        return _timm_create(name, **kwargs)
+
+    return build
+
+
+def _timm_create(name: str, **kwargs) -> BiFormer:
+    import timm
+
+    return timm.create_model(name, **kwargs)
+
+
+for _fn, _name, _pad in (
+    ("models/biformer.py:biformer_tiny", "biformer_t", False),
+    ("models/biformer.py:biformer_small", "biformer_s", False),
+    ("models/biformer.py:biformer_base", "biformer_b", False),
+    ("models/biformer_stl.py:biformer_stl", "biformer_stl", False),
+    ("models/biformer_stl_nchw.py:biformer_stl_nchw", "biformer_stl_nchw", None),
+):
+    register_official("biformer", _fn, checkpoint_filter_fn)(_official_factory(_name, _pad))

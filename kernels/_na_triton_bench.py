@@ -1,0 +1,91 @@
+"""Speed of 2-D neighborhood attention, fwd+bwd, at NAT-Tiny stage shapes (CUDA only).
+
+    python -m visionattn.kernels._na_triton_bench [--batch 32] [--kernel 7] [--dtype float16]
+
+Compares the fused Triton kernel (with / without RPB), the tiled torch backend, torch.compile'd
+flex_attention with an NA block mask (without RPB, and with RPB as score_mod) and dense SDPA.
+Times are medians of triton.testing.do_bench in ms.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from . import na_triton
+from .na import na2d
+
+TILE_CHOICES = (((8, 8), (8, 8)), ((4, 16), (4, 16)), ((8, 16), (8, 16)), ((16, 16), (8, 16)), ((8, 8), (4, 16)))
+
+
+def _flex(H, W, k, heads, device, with_rpb):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def start(i, L):
+        return torch.clamp(i - k // 2, 0, L - k)
+
+    def mask_mod(b, h, qi, ki):
+        qr, qc, kr, kc = qi // W, qi % W, ki // W, ki % W
+        r0, c0 = start(qr, H), start(qc, W)
+        return (kr >= r0) & (kr < r0 + k) & (kc >= c0) & (kc < c0 + k)
+
+    bm = create_block_mask(mask_mod, None, None, H * W, H * W, device=device)
+    table = torch.randn(heads, 2 * k - 1, 2 * k - 1, device=device, requires_grad=True)
+
+    def score_mod(score, b, h, qi, ki):
+        return score + table[h, ki // W - qi // W + k - 1, ki % W - qi % W + k - 1]
+
+    fn = torch.compile(flex_attention)
+    return lambda q, k_, v: fn(q, k_, v, block_mask=bm, score_mod=score_mod if with_rpb else None)
+
+
+def _time(fn, inputs):
+    out = fn(*inputs)
+    g = torch.randn_like(out)
+
+    def step():
+        for t in inputs:
+            t.grad = None
+        fn(*inputs).backward(g)
+
+    return triton.testing.do_bench(step, warmup=10, rep=50)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--kernel", type=int, default=7)
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--head-dim", type=int, default=32)
+    args = ap.parse_args(argv)
+    dt = getattr(torch, args.dtype)
+    k, B, D = args.kernel, args.batch, args.head_dim
+    dev = "cuda"
+    print(f"B={B} k={k} head_dim={D} {args.dtype}, fwd+bwd ms (median)")
+    for H, heads in ((56, 2), (28, 4), (14, 8)):
+        W = H
+        hl = [torch.randn(B, H, W, heads, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3)]
+        hf = [torch.randn(B, heads, H * W, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3)]
+        rpb = torch.randn(heads, 2 * k - 1, 2 * k - 1, device=dev, dtype=dt, requires_grad=True)
+        res = {}
+        for ta, tb in TILE_CHOICES:
+            na_triton.TILES_2D = ((1, *ta), (1, *tb))
+            res[f"triton {ta}/{tb}"] = _time(lambda q, k_, v, rpb=rpb: na2d(q, k_, v, k, rpb=rpb, backend="triton"), hl)
+        na_triton.TILES_2D = None
+        res["triton"] = _time(lambda q, k_, v: na2d(q, k_, v, k, backend="triton"), hl)
+        res["triton+rpb"] = _time(lambda q, k_, v, rpb=rpb: na2d(q, k_, v, k, rpb=rpb, backend="triton"), hl)
+        res["torch+rpb"] = _time(lambda q, k_, v, rpb=rpb: na2d(q, k_, v, k, rpb=rpb, backend="torch"), hl)
+        for name, with_rpb in (("flex", False), ("flex+rpb", True)):
+            try:
+                res[name] = _time(_flex(H, W, k, heads, dev, with_rpb), hf)
+            except Exception as e:  # report and go on
+                res[name] = float("nan")
+                print(f"  {name} failed: {type(e).__name__}: {str(e)[:200]}")
+        res["sdpa dense"] = _time(torch.nn.functional.scaled_dot_product_attention, hf)
+        print(f"{H}x{W} heads {heads}: " + ", ".join(f"{n} {t:.3f}" for n, t in res.items())
+              + f" | rpb cost x{res['triton+rpb'] / res['triton']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

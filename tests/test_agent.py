@@ -1,0 +1,273 @@
+"""Agent Attention backbones (Agent-DeiT / PVT / Swin / CSwin): parity with the official code, manifests, timm API."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import timm
+import torch
+from model_checks import (
+    check_features_only,
+    check_forward_intermediates,
+    check_grad_checkpointing,
+    check_manifest,
+    check_timm_api,
+)
+from parity_utils import case_names, load_case, manifest_names, max_abs_diff
+
+import visionattn
+from visionattn.backbones import agent as A
+
+FAMILY = "agent_attention"
+
+# small configs of each family (the official builders' arguments), for the fast API checks
+TINY = {
+    "agent_deit_s": dict(depth=2, embed_dim=48, num_heads=3),
+    "agent_pvt_t": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
+    "agent_swin_b": dict(depths=(1, 1, 3, 1), embed_dim=16, num_heads=(1, 2, 4, 8)),
+    "agent_cswin_t": dict(depth=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 4, 8)),
+}
+
+
+@pytest.mark.parametrize("case", case_names(FAMILY) or ["<no fixtures>"])
+def test_parity(case):
+    meta, tensors, sd = load_case(FAMILY, case)
+    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd).eval()
+    x = tensors["input"]
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model.forward_head(feats)
+    tol = meta["tolerance"]
+    assert max_abs_diff(logits, tensors["logits"]) <= tol
+    if "tokens" in meta["outputs"]:
+        assert max_abs_diff(feats, tensors["tokens"]) <= tol
+
+
+@pytest.mark.parametrize("name", manifest_names(FAMILY) or ["<no fixtures>"])
+def test_manifest(name):
+    check_manifest(FAMILY, name)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_forward_backward_224(name):
+    # reduced widths / depths: the full-size structures are covered by the manifests, their function by parity
+    check_timm_api(name, 224, num_classes=10, **TINY[name])
+
+
+@pytest.mark.parametrize("name,size", [
+    ("agent_deit_s", (160, 224)),
+    ("agent_pvt_t", (160, 256)),
+    ("agent_swin_b", (160, 224)),
+    ("agent_cswin_t", (160, 288)),
+])
+def test_other_size_forward_backward(name, size):
+    check_timm_api(name, size, num_classes=10, **TINY[name])
+
+
+@pytest.mark.parametrize("name", ["agent_pvt_t", "agent_swin_b", "agent_cswin_t"])
+def test_features_only_hierarchical(name):
+    check_features_only(name, (128, 160), **TINY[name])
+
+
+def test_features_only_deit():
+    feats = check_features_only("agent_deit_s", 96, strides=(16, 16, 16), **TINY["agent_deit_s"] | dict(depth=3))
+    assert all(f.shape[1] == 48 for f in feats)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_forward_intermediates(name):
+    check_forward_intermediates(name, 128, **TINY[name])
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_grad_checkpointing(name):
+    check_grad_checkpointing(name, 96, **TINY[name])
+
+
+@pytest.mark.parametrize("name,size_a,size_b", [
+    ("agent_deit_s", 224, 160),
+    ("agent_swin_b", 224, 288),
+    ("agent_cswin_t", 224, 448),
+    ("agent_pvt_t", 224, 160),
+])
+def test_agent_bias_interpolation(name, size_a, size_b):
+    """A model made at size_a, loaded into one made at size_b: biases resized, runs, and (where both resize the
+    same way) equals the size_a model run at size_b."""
+    torch.manual_seed(0)
+    src = timm.create_model(name, num_classes=5, img_size=size_a, **TINY[name]).eval()
+    dst = timm.create_model(name, num_classes=5, img_size=size_b, **TINY[name]).eval()
+    sd = A.checkpoint_filter_fn(src.state_dict(), dst)
+    dst.load_state_dict(sd, strict=True)
+    name_ah = next(k for k in sd if k.endswith("ah_bias"))
+    assert sd[name_ah].shape == dst.state_dict()[name_ah].shape != src.state_dict()[name_ah].shape
+    x = torch.randn(1, 3, size_b, size_b)
+    with torch.no_grad():
+        out_dst = dst(x)
+        out_src = src(x)  # run-time interpolation of the same tables
+    assert torch.isfinite(out_dst).all()
+    if name == "agent_pvt_t":
+        # run time uses the official PVT forward's bilinear pos-embed resize, loading the fine-tune loader's bicubic
+        assert max_abs_diff(out_src, out_dst) < 0.5
+    else:
+        assert max_abs_diff(out_src, out_dst) < 1e-4
+    # the agent biases themselves are resized identically
+    m = dst.get_submodule(name_ah.rsplit(".", 1)[0])
+    ref = A.resize_agent_bias(src.get_submodule(name_ah.rsplit(".", 1)[0]).ah_bias, "ah_bias", (m.ah_bias.shape[3], 0))
+    torch.testing.assert_close(m.ah_bias, ref)
+
+
+def test_resize_agent_bias_identity_and_axes():
+    t = torch.randn(1, 2, 9, 14, 1)
+    assert A.resize_agent_bias(t, "ah_bias", (14, 3)) is t
+    r = A.resize_agent_bias(t, "ah_bias", (28, 28))
+    assert r.shape == (1, 2, 9, 28, 1)
+    w = torch.randn(1, 2, 1, 14, 9)
+    assert A.resize_agent_bias(w, "wa_bias", (5, 7)).shape == (1, 2, 1, 7, 9)
+    const = torch.full((1, 1, 4, 1, 6), 3.0)
+    torch.testing.assert_close(A.resize_agent_bias(const, "aw_bias", (1, 11)), torch.full((1, 1, 4, 1, 11), 3.0))
+
+
+def _fake_yacs():
+    """Install a throwaway `yacs.config.CfgNode` so a test can write an official-style trainer checkpoint."""
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__ = "yacs.config"
+    CfgNode.__qualname__ = "CfgNode"
+    config.CfgNode = CfgNode
+    yacs.config = config
+    return {"yacs": yacs, "yacs.config": config}, CfgNode
+
+
+def test_pretrained_official_trainer_file(tmp_path, monkeypatch):
+    """timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...)) on an official-format trainer
+    checkpoint (yacs config inside, weights under 'model', EMA copy beside) reproduces the official logits."""
+    if not case_names(FAMILY, "agent_swin_t"):
+        pytest.skip("parity fixtures not found")
+    meta, tensors, sd = load_case(FAMILY, "agent_swin_t")
+    mods, cfgnode = _fake_yacs()
+    for k, v in mods.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    ckpt = {
+        "model": sd, "state_dict_ema": {k: torch.zeros_like(v) for k, v in sd.items()}, "epoch": 299,
+        "max_accuracy": 82.6, "config": cfgnode({"MODEL": cfgnode({"TYPE": "agent_swin"})}),
+    }
+    path = tmp_path / "agent_swin_t_max_acc.pth"
+    torch.save(ckpt, path)
+    for k in mods:
+        monkeypatch.delitem(sys.modules, k)
+    kw = meta["official_kwargs"]
+    model = timm.create_model(
+        "agent_swin_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10), num_classes=10,
+        img_size=kw["img_size"], patch_size=kw["patch_size"], embed_dim=kw["embed_dim"], depths=kw["depths"],
+        num_heads=kw["num_heads"], window_size=7,
+    ).eval()
+    assert model.pretrained_cfg["file"] == str(path)
+    with torch.no_grad():
+        assert max_abs_diff(model(tensors["input"]), tensors["logits"]) <= meta["tolerance"]
+
+
+def test_filter_envelopes_and_prefix():
+    model = timm.create_model("agent_pvt_t", num_classes=3, **TINY["agent_pvt_t"])
+    sd = model.state_dict()
+    for wrapped in ({"model": sd}, {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+                    {f"module.{k}": v for k, v in sd.items()}):
+        out = A.checkpoint_filter_fn(wrapped, model)
+        assert set(out) == set(sd)
+
+
+def test_official_builders_registered():
+    import json
+
+    from parity_utils import parity_dir
+
+    root = parity_dir()
+    if root is None:
+        pytest.skip("parity fixtures not found")
+    builders = {b for _, b in visionattn.official_builders(FAMILY)}
+    for p in list((root / FAMILY).glob("*.json")) + list((root / FAMILY / "manifests").glob("*.json")):
+        assert json.loads(p.read_text())["official_builder"] in builders, p.name
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="agent_num"):
+        A.AgentAttention(16, 2, (7, 7), agent_num=10)
+    with pytest.raises(ValueError, match="attn_type"):
+        A.AgentSwinTransformer(attn_type="AAXB")
+    with pytest.raises(ValueError, match="'M' stage"):
+        A.AgentSwinTransformer(attn_type="AAMB")
+    with pytest.raises(ValueError, match="la_split_size"):
+        A.AgentCSWinTransformer(la_split_size="7-7-7-7", embed_dim=8, depth=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        timm.create_model("agent_pvt_t", **TINY["agent_pvt_t"])(torch.randn(1, 3, 100, 96))
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        timm.create_model("agent_deit_s", **TINY["agent_deit_s"])(torch.randn(1, 3, 100, 96))
+    with pytest.raises(ValueError, match="agent_layer"):
+        A.AgentDeiT(depth=2, agent_layer=3, embed_dim=48, num_heads=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", case_names(FAMILY) or ["<no fixtures>"])
+def test_parity_cuda(case):
+    meta, tensors, sd = load_case(FAMILY, case)
+    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd).eval().cuda()
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            feats = model.forward_features(tensors["input"].cuda())
+            logits = model.forward_head(feats)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    assert max_abs_diff(logits.cpu(), tensors["logits"]) <= meta["tolerance"]
+    if "tokens" in meta["outputs"]:
+        assert max_abs_diff(feats.cpu(), tensors["tokens"]) <= meta["tolerance"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["agent_deit_s", "agent_pvt_s", "agent_swin_t", "agent_cswin_t"])
+def test_full_size_amp_cuda(name):
+    """Full-size model, bf16 autocast forward + backward on CUDA: finite, close to fp32."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        ref = model(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x)
+    assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item() + 0.05
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", manifest_names(FAMILY) or ["<no fixtures>"])
+def test_official_builder_manifest_params(name):
+    """visionattn.from_official with each manifest's exact builder string and kwargs gives the official count."""
+    from parity_utils import load_manifest
+
+    man = load_manifest(FAMILY, name)
+    with torch.device("meta"):
+        model = visionattn.from_official(FAMILY, man["official_builder"], man["official_kwargs"])
+    assert sum(p.numel() for p in model.parameters()) == man["num_params"]
+
+
+def test_swin_window_table_resize_and_own_format():
+    """A 224 / window-7 checkpoint loads into a 288 / window-9 model (relative-position tables resized); a
+    checkpoint in this module's own (timm) layout passes the filter unchanged, with or without a head."""
+    src = timm.create_model("agent_swin_b", num_classes=5, **TINY["agent_swin_b"]).eval()
+    dst = timm.create_model("agent_swin_b", num_classes=5, img_size=288, window_size=9, **TINY["agent_swin_b"])
+    sd = A.checkpoint_filter_fn(src.state_dict(), dst)
+    key = next(k for k in sd if k.endswith("relative_position_bias_table"))
+    assert sd[key].shape == (17 * 17, src.state_dict()[key].shape[1])
+    dst.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        assert torch.isfinite(dst.eval()(torch.randn(1, 3, 288, 288))).all()
+    headless = timm.create_model("agent_swin_b", num_classes=0, **TINY["agent_swin_b"])
+    own = headless.state_dict()
+    assert A.checkpoint_filter_fn(own, headless).keys() == own.keys()

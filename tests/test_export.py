@@ -1,0 +1,158 @@
+"""ONNX export with onnxruntime parity, the zoo benchmark, and the adopted timm families."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import visionattn
+from visionattn.adopted import load_official_checkpoint, shvit_checkpoint_filter_fn
+from visionattn.export import export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Smallest variant of each family: the CI export set.
+SMALLEST = {
+    "biformer": "biformer_t",
+    "nat": "nat_mini",
+    "dinat": "dinat_mini",
+    "agent_attention": "agent_deit_t",
+    "slab": "slab_deit_t",
+    "gcvit": "gcvit_xxtiny",
+    "shvit": "shvit_s1",
+    "efficientvim": "efficientvim_m1",
+}
+
+
+def test_every_family_has_a_smallest_variant():
+    families = {m.family for m in visionattn.list_models()}
+    assert families <= set(SMALLEST), families - set(SMALLEST)
+
+
+def _registered(name):
+    if name not in {str(m) for m in visionattn.list_models()}:
+        pytest.skip(f"{name} is not registered yet")
+
+
+@pytest.mark.parametrize("family", sorted(SMALLEST))
+def test_export_smallest_per_family(family, tmp_path):
+    name = SMALLEST[family]
+    _registered(name)
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    res = export_onnx(model, tmp_path / f"{name}.onnx", batch=2, reps=1, atol=1e-4)
+    assert res["max_abs_diff"] <= 1e-4
+    assert Path(res["onnx"]).is_file()
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("name", [str(m) for m in visionattn.list_models()])
+def test_export_every_variant(name, tmp_path):
+    res = export_onnx(timm.create_model(name), tmp_path / f"{name}.onnx", reps=1, atol=1e-4)
+    assert res["max_abs_diff"] <= 1e-4
+
+
+def test_export_cli_last_line_is_json(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools/export_onnx.py"), "shvit_s1", "--img-size", "160", "--reps", "2",
+         "--out", str(tmp_path / "m.onnx"), "--num-classes", "7"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(res) == {"model", "onnx", "max_abs_diff", "ort_ms", "torch_ms", "opset"}
+    assert res["model"] == "shvit_s1" and res["max_abs_diff"] <= 1e-4 and res["opset"] == 18
+
+
+def test_export_cli_unknown_model():
+    out = subprocess.run([sys.executable, str(REPO / "tools/export_onnx.py"), "no_such_model"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "unknown model" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_gcvit_exports_at_other_sizes(tmp_path):
+    # timm's GC ViT is built for one input size; it is rebuilt for the requested one.
+    model = timm.create_model("gcvit_xxtiny", img_size=(256, 320), num_classes=5)
+    res = export_onnx(model, tmp_path / "g.onnx", img_size=(256, 320), reps=1)
+    assert res["max_abs_diff"] <= 1e-4
+
+
+def test_reparameterizable_models_are_fused(tmp_path):
+    from visionattn.utils import fuse_for_inference, is_reparameterizable
+
+    model = timm.create_model("efficientvim_m1", num_classes=4).eval()
+    assert is_reparameterizable(model)
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+    assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def _timm_to_official_shvit(key):
+    """Inverse of the official -> timm rename, so the test does not depend on any download."""
+    m = re.match(r"stages\.0\.blocks\.(\d+)\.(.*)", key)
+    if m:
+        return f"blocks1.{m[1]}.{m[2]}"
+    m = re.match(r"stages\.([12])\.downsample\.(\d)\.(.*)", key)
+    if m:
+        k, i, rest = int(m[1]) + 1, int(m[2]), m[3]
+        return {0: f"blocks{k}.0.0.", 1: f"blocks{k}.0.1.", 2: f"blocks{k}.1.", 3: f"blocks{k}.2.0.",
+                4: f"blocks{k}.2.1."}[i] + rest
+    m = re.match(r"stages\.([12])\.blocks\.(\d+)\.(.*)", key)
+    if m:
+        return f"blocks{int(m[1]) + 1}.{int(m[2]) + 3}.{m[3]}"
+    return key
+
+
+@pytest.mark.parametrize("name", ["shvit_s1", "shvit_s4"])
+def test_shvit_official_checkpoint_loads(name, tmp_path):
+    torch.manual_seed(0)
+    src = timm.create_model(name).eval()
+    for p in src.parameters():
+        p.data.normal_(0, 0.02)
+    official = {"model": {_timm_to_official_shvit(k): v for k, v in src.state_dict().items()}, "epoch": 299}
+    assert not any(k.startswith("stages.") for k in official["model"])
+    path = tmp_path / f"{name}.pth"
+    torch.save(official, path)
+    dst = load_official_checkpoint(timm.create_model(name).eval(), str(path))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(dst(x), src(x))
+    # the official builder's arguments give the same model
+    kwargs = dict(embed_dim=[128, 224, 320], partial_dim=[32, 48, 68], qk_dim=[16, 16, 16], depth=[2, 4, 5],
+                  types=["i", "s", "s"], down_ops=[["subsample", 2], ["subsample", 2], [""]])
+    if name == "shvit_s1":
+        m = visionattn.from_official("shvit", "model/shvit.py:SHViT", kwargs, official["model"]).eval()
+        with torch.no_grad():
+            assert torch.equal(m(x), src(x))
+
+
+def test_shvit_filter_matches_official_key_dump():
+    dump = REPO.parent / "shared" / "specs" / "shvit_keys.txt"
+    if not dump.is_file():
+        pytest.skip("official SHViT key dump not available")
+    body = dump.read_text().split("=== official")[1]
+    body = body[body.index("\n") + 1:].split("===")[0]
+    keys = [line.split("\t")[0] for line in body.strip().splitlines() if "\t" in line]
+    mapped = shvit_checkpoint_filter_fn({k: torch.zeros(1) for k in keys})
+    assert set(mapped) == set(timm.create_model("shvit_s1").state_dict())
+
+
+@pytest.mark.slow
+def test_benchmark_two_models(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools/benchmark.py"), "--filter", "shvit_s1,efficientvim_m1",
+         "--img-size", "128", "--batch", "2", "--reps", "2", "--warmup", "1", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for f in ("bench.csv", "bench.md", "bench.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    rows = (tmp_path / "bench.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "ort_ms" in rows[0]
+    for row in rows[1:]:
+        assert row.split(",")[7] not in ("",)  # eager_ms measured

@@ -1,0 +1,338 @@
+"""Neighborhood attention: backends vs the dense reference, gradcheck, NATTEN equality, arguments, modules, ONNX."""
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from na_cases import NA_CASES, assert_matches_reference, case_id, make_inputs, run_na
+
+from visionattn.kernels import na1d, na2d, na2d_logits, na3d, na_logits
+from visionattn.layers import NeighborhoodAttention1D, NeighborhoodAttention2D
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+@pytest.mark.parametrize("case", NA_CASES, ids=case_id)
+def test_torch_matches_reference(case):
+    assert_matches_reference("torch", **case)
+
+
+@pytest.mark.parametrize("case", NA_CASES[::3], ids=case_id)
+def test_gather_matches_reference(case):
+    assert_matches_reference("gather", **case)
+
+
+@pytest.mark.parametrize("tile", [(1, 1), (3, 5), (16, 16)])
+def test_torch_tile_sizes(tile):
+    """Any tiling gives the same function (tiles overlapping at group ends, tiles larger than a group)."""
+    from visionattn.kernels.na import _na_torch
+
+    q, k, v, rpb = make_inputs((13, 17), 5, heads=2, dtype=torch.float64)
+    ref = run_na("reference", q, k, v, rpb, 5, dilation=2, stride=2, is_causal=(False, True))
+    out = _na_torch(q, k, v, (5, 5), (2, 2), (2, 2), (False, True), rpb, 8 ** -0.5, tile=tile)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+
+
+def test_torch_large_map_matches_reference():
+    """The NAT stage-1 window (k7) on a map with many full tiles, fp32, with RPB."""
+    assert_matches_reference("torch", spatial=(30, 33), kernel_size=7, dilation=1, heads=2, head_dim=16,
+                             batch=1, backward=True)
+
+
+def test_scale_and_head_dim_of_v():
+    q, k, _, rpb = make_inputs((9, 10), 3, heads=2, head_dim=8, dtype=torch.float64)
+    v = torch.randn(1, 9, 10, 2, 5, dtype=torch.float64)
+    ref = na2d(q, k, v, 3, rpb=rpb, scale=0.3, backend="reference")
+    out = na2d(q, k, v, 3, rpb=rpb, scale=0.3, backend="torch")
+    assert out.shape == (1, 9, 10, 2, 5)
+    torch.testing.assert_close(out, ref)
+
+
+def test_half_precision_forward():
+    q, k, v, rpb = make_inputs((11, 13), 5, heads=2, dtype=torch.float32)
+    ref = na2d(q, k, v, 5, 2, rpb=rpb, backend="reference")
+    out = na2d(q.bfloat16(), k.bfloat16(), v.bfloat16(), 5, 2, rpb=rpb.bfloat16(), backend="torch")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_window_semantics_by_hand():
+    """1-D k3 on length 5: windows [0,2], [0,2], [1,3], [2,4], [2,4] (shifted inward, never padded)."""
+    L = 5
+    q = torch.zeros(1, L, 1, 1, dtype=torch.float64)
+    k = torch.zeros_like(q)
+    v = torch.arange(L, dtype=torch.float64).reshape(1, L, 1, 1)
+    for slot, want in ((4, [2.0, 1.0, 2.0, 3.0, 3.0]), (0, [1.0, 1.0, 2.0, 3.0, 2.0])):
+        # a huge bias at one rpb slot (key - query = slot - 2) picks that key when it is in the window,
+        # otherwise the query averages its window
+        rpb = torch.zeros(1, 5, dtype=torch.float64)
+        rpb[0, slot] = 50.0
+        for be in ("reference", "torch", "gather"):
+            out = na1d(q, k, v, 3, rpb=rpb, backend=be).flatten()
+            torch.testing.assert_close(out, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_gradcheck_fp64():
+    from torch.autograd import gradcheck
+
+    # full Jacobians on a tiny DiNA case; random-projection (fast_mode) checks on stride/causal/1-D/3-D
+    q, k, v, rpb = make_inputs((6, 7), 3, heads=1, head_dim=2, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
+    assert gradcheck(lambda q, k, v, r: na2d(q, k, v, 3, 2, rpb=r, backend="torch"), leaves)
+    for spatial, ks, d, s, c in [((7, 6), (3, 5), 1, (2, 1), (True, False)), ((11,), 5, 2, 1, True),
+                                 ((4, 5, 4), 3, 1, (1, 2, 1), (False, False, True))]:
+        q, k, v, rpb = make_inputs(spatial, ks, heads=2, head_dim=3, dtype=torch.float64)
+        leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
+        fn = {1: na1d, 2: na2d, 3: na3d}[len(spatial)]
+        f = lambda q, k, v, r, fn=fn, ks=ks, d=d, s=s, c=c: fn(q, k, v, ks, d, s, c, rpb=r, backend="torch")
+        assert gradcheck(f, leaves, fast_mode=True)
+
+
+def test_logits():
+    """na_logits gives the window logits (row-major neighbours); softmax of them times the gathered v = na2d."""
+    q, k, v, rpb = make_inputs((9, 11), 3, heads=2, dtype=torch.float64)
+    logits = na2d_logits(q, k, 3, 2, rpb)
+    assert logits.shape == (1, 2, 9, 11, 9)
+    # query (0, 0) with d2: keys rows {0, 2, 4} x cols {0, 2, 4}; rpb rows/cols index key-query in units of 2, +2
+    s = 8 ** -0.5
+    for n, (r, c) in enumerate([(r, c) for r in (0, 2, 4) for c in (0, 2, 4)]):
+        want = (q[0, 0, 0, 1] * s) @ k[0, r, c, 1] + rpb[1, r // 2 + 2, c // 2 + 2]
+        torch.testing.assert_close(logits[0, 1, 0, 0, n], want)
+    out = na2d(q, k, v, 3, 2, rpb=rpb, backend="reference")
+    # the same attention rebuilt from the logits and the gathered values
+    from visionattn.kernels.na import _gather_index, _gather_windows
+
+    pos, _, _ = _gather_index((9, 11), (3, 3), (2, 2), (1, 1), (False, False), "cpu")
+    vw = _gather_windows(v, pos)  # [B, H, W, h, K, D]
+    rebuilt = (logits.movedim(1, -2).softmax(-1).unsqueeze(-2) @ vw).squeeze(-2)
+    torch.testing.assert_close(rebuilt, out)
+    causal = na_logits(q, k, 3, 1, rpb, is_causal=True)
+    assert torch.isinf(causal[0, 0, 0, 0]).sum() == 8  # the first query sees only itself
+
+
+# ------------------------------------------------------------------------------------------ natten
+
+
+NATTEN_CASES = [
+    ((13, 17), 5, 2, 1, False),
+    ((15, 14), 7, 2, (3, 7), (True, False)),
+    ((11, 13), 3, 3, 2, True),
+    ((12, 16), 4, (1, 2), (2, 3), (False, True)),
+    ((40,), 6, 3, 4, True),
+    ((5, 6, 7), 3, (1, 2, 1), (1, 1, 2), (False, True, False)),
+]
+
+
+@pytest.mark.natten
+@pytest.mark.parametrize("spatial,ks,d,s,c", NATTEN_CASES)
+def test_equals_natten(spatial, ks, d, s, c):
+    import natten
+
+    q, k, v, _ = make_inputs(spatial, ks, heads=2, head_dim=8, batch=2, rpb=False)
+    fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(spatial)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = fn(q, k, v, kernel_size=ks, dilation=d, stride=s, is_causal=c)
+        via_backend = run_na("natten", q, k, v, None, ks, d, s, c)
+    for be in ("reference", "torch"):
+        torch.testing.assert_close(run_na(be, q, k, v, None, ks, d, s, c), want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(via_backend, want)
+
+
+@pytest.mark.natten
+def test_natten_backend_rejects_rpb():
+    q, k, v, rpb = make_inputs((9, 9), 3)
+    with pytest.raises(ValueError, match="rpb"):
+        na2d(q, k, v, 3, rpb=rpb, backend="natten")
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def _qkv(shape=(1, 9, 10, 2, 8)):
+    t = torch.randn(shape)
+    return t, t.clone(), t.clone()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=0), "kernel_size"),
+    (dict(kernel_size=(3, 3, 3)), "kernel_size"),
+    (dict(kernel_size=3.0), "kernel_size"),
+    (dict(kernel_size=11), "kernel_size \\* dilation"),
+    (dict(kernel_size=5, dilation=2), "kernel_size \\* dilation"),
+    (dict(kernel_size=3, dilation=0), "dilation"),
+    (dict(kernel_size=3, stride=4), "stride"),
+    (dict(kernel_size=3, stride=0), "stride"),
+    (dict(kernel_size=3, is_causal="yes"), "is_causal"),
+    (dict(kernel_size=3, backend="cuda"), "backend"),
+    (dict(kernel_size=3, rpb=torch.zeros(2, 3, 3)), "rpb"),
+    (dict(kernel_size=3, rpb=torch.zeros(3, 5, 5)), "rpb"),
+    (dict(kernel_size=3, rpb=torch.zeros(2, 5, 5, dtype=torch.float64)), "rpb"),
+    (dict(kernel_size=3, scale=float("nan")), "scale"),
+])
+def test_bad_arguments(kwargs, match):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=match):
+        na2d(q, k, v, **kwargs)
+
+
+def test_bad_tensors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="rank"):
+        na2d(q[0], k[0], v[0], 3)
+    with pytest.raises(ValueError, match="rank"):
+        na1d(q, k, v, 3)
+    with pytest.raises(ValueError, match="shapes"):
+        na2d(q, k[:, :8], v, 3)
+    with pytest.raises(ValueError, match="dtypes"):
+        na2d(q, k.double(), v, 3)
+    with pytest.raises(ValueError, match="floating"):
+        na2d(q.long(), k.long(), v.long(), 3)
+    with pytest.raises(ValueError, match="rank"):
+        na2d_logits(q[0], k[0], 3)
+
+
+def test_triton_backend_errors(monkeypatch):
+    """Unsupported configurations of the Triton kernel surface as ValueError naming the argument."""
+    fake = types.ModuleType("visionattn.kernels.na_triton")
+
+    def na_triton(*args, **kwargs):
+        raise NotImplementedError("is_causal is not supported")
+
+    fake.na_triton = na_triton
+    monkeypatch.setitem(sys.modules, "visionattn.kernels.na_triton", fake)
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="is_causal"):
+        na2d(q, k, v, 3, is_causal=True, backend="triton")
+
+
+def test_auto_is_torch_on_cpu(monkeypatch):
+    import visionattn.kernels.na as na_mod
+
+    seen = []
+    monkeypatch.setitem(na_mod._IMPLS, "torch", lambda *a: seen.append(1) or a[0])
+    q, k, v = _qkv()
+    na2d(q, k, v, 3)
+    assert seen == [1]
+
+
+# ------------------------------------------------------------------------------------------ modules
+
+
+def test_module_state_dict_and_repr():
+    m = NeighborhoodAttention2D(32, 4, kernel_size=7, dilation=2)
+    sd = m.state_dict()
+    assert list(sd) == ["rpb", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+    assert sd["rpb"].shape == (4, 13, 13)
+    assert 0 < sd["rpb"].std() < 0.05 and sd["rpb"].abs().max() <= 2.0
+    assert "kernel_size=(7, 7)" in repr(m) and "dilation=(2, 2)" in repr(m) and "backend='auto'" in repr(m)
+    m1 = NeighborhoodAttention1D(16, 2, kernel_size=5, rpb=False, qkv_bias=False)
+    assert list(m1.state_dict()) == ["qkv.weight", "proj.weight", "proj.bias"]
+    with pytest.raises(ValueError, match="num_heads"):
+        NeighborhoodAttention2D(30, 4)
+
+
+def _module_by_hand(m: NeighborhoodAttention2D, x: torch.Tensor) -> torch.Tensor:
+    """Old NATTEN's module written out: pad the input with zeros to k*d, qkv, dense NA, crop, proj."""
+    B, H, W, C = x.shape
+    kd = [k * d for k, d in zip(m.kernel_size, m.dilation)]
+    Hp, Wp = max(H, kd[0]), max(W, kd[1])
+    xp = x.new_zeros(B, Hp, Wp, C)
+    xp[:, :H, :W] = x
+    qkv = m.qkv(xp).reshape(B, Hp, Wp, 3, m.num_heads, C // m.num_heads)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    o = na2d(q, k, v, m.kernel_size, m.dilation, rpb=m.rpb, scale=m.scale, backend="reference")
+    return m.proj(o.reshape(B, Hp, Wp, C)[:, :H, :W])
+
+
+@pytest.mark.parametrize("size,k,d", [((5, 9), 7, 1), ((9, 6), 3, 4), ((4, 4), 5, 2), ((12, 13), 3, 2)])
+def test_module_small_map_padding(size, k, d):
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2D(16, 2, kernel_size=k, dilation=d).double().eval()
+    with torch.no_grad():
+        m.qkv.bias.normal_()  # pad tokens carry the qkv bias: make them matter
+        m.rpb.normal_()
+    x = torch.randn(2, *size, 16, dtype=torch.float64)
+    out = m(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, _module_by_hand(m, x))
+    if size[0] < k * d or size[1] < k * d:
+        m.pad_small_inputs = False
+        with pytest.raises(ValueError, match="pad_small_inputs"):
+            m(x)
+
+
+def test_module_1d_and_backward():
+    m = NeighborhoodAttention1D(16, 2, kernel_size=5, dilation=2)
+    x = torch.randn(2, 23, 16, requires_grad=True)
+    m(x).sum().backward()
+    assert m.rpb.grad is not None and m.rpb.grad.abs().sum() > 0 and x.grad is not None
+    m.backend = "reference"
+    y_ref = m(x)
+    m.backend = "torch"
+    torch.testing.assert_close(m(x), y_ref)
+    assert m(torch.randn(1, 7, 16)).shape == (1, 7, 16)  # 7 < k*d: padded like old NATTEN
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def test_onnx_export_dynamo(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2D(32, 2, kernel_size=5, dilation=2).eval()
+    with torch.no_grad():
+        m.rpb.normal_()
+    x = torch.randn(1, 13, 15, 32)
+    path = tmp_path / "na.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), str(path), dynamo=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x)
+    assert abs(torch.from_numpy(got) - want).max().item() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ compile, GPU, sweeps
+
+
+@pytest.mark.full
+def test_torch_compile_fullgraph():
+    """`auto` under torch.compile takes the torch path; the index tensors become graph constants (no breaks)."""
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2D(16, 2, kernel_size=5, dilation=2).eval()
+    x = torch.randn(1, 11, 13, 16, requires_grad=True)
+    mc = torch.compile(m, fullgraph=True)
+    y = mc(x)
+    torch.testing.assert_close(y, m(x))
+    y.sum().backward()
+    assert m.rpb.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", NA_CASES[::4], ids=case_id)
+def test_torch_on_cuda(case):
+    assert_matches_reference("torch", device="cuda", **case)
+
+
+_SWEEP = [
+    dict(spatial=sp, kernel_size=k, dilation=d, stride=s, is_causal=c, heads=2, batch=1)
+    for sp in ((13, 17), (21, 19))
+    for k in (3, 5, 7, 13)
+    for d in (1, 2, 3)
+    for s in (1, 2, k)
+    for c in (False, True, (True, False))
+    if k * d <= min(sp) and s <= k
+]
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("case", _SWEEP, ids=case_id)
+def test_torch_sweep(case):
+    assert_matches_reference("torch", **case)

@@ -1,0 +1,144 @@
+"""Fused Triton neighborhood attention vs the dense reference: forward and backward (q, k, v, rpb).
+
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET): tiny shapes only.
+"""
+import pytest
+import torch
+
+from visionattn.kernels.na import na1d, na2d, na3d
+
+FNS = {1: na1d, 2: na2d, 3: na3d}
+TOL = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+
+def _inputs(shape, rank, kernel_size, dtype, device, with_rpb, dv=None):
+    heads = shape[-2]
+    q, k = (torch.randn(shape, device=device, dtype=dtype) for _ in range(2))
+    v = torch.randn(*shape[:-1], dv or shape[-1], device=device, dtype=dtype)
+    ks = (kernel_size,) * rank if isinstance(kernel_size, int) else kernel_size
+    rpb = 0.5 * torch.randn(heads, *(2 * kk - 1 for kk in ks), device=device, dtype=dtype) if with_rpb else None
+    return [t.requires_grad_() for t in (q, k, v)], rpb.requires_grad_() if with_rpb else None
+
+
+def _check(shape, kernel_size, dilation=1, stride=1, is_causal=False, with_rpb=True, dtype=torch.float32,
+           device="cpu", dv=None):
+    rank = len(shape) - 3
+    fn = FNS[rank]
+    (q, k, v), rpb = _inputs(shape, rank, kernel_size, dtype, device, with_rpb, dv)
+    args = (kernel_size, dilation, stride, is_causal)
+    out = fn(q, k, v, *args, rpb=rpb, backend="triton")
+    # the oracle runs in fp32 from the same (rounded) inputs
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    rf = rpb.detach().float().requires_grad_() if with_rpb else None
+    ref = fn(qf, kf, vf, *args, rpb=rf, backend="reference")
+    assert out.shape == ref.shape and out.dtype == dtype
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    inputs = [q, k, v] + ([rpb] if with_rpb else [])
+    ref_inputs = [qf, kf, vf] + ([rf] if with_rpb else [])
+    got = torch.autograd.grad(out, inputs, grad.to(dtype))
+    want = torch.autograd.grad(ref, ref_inputs, grad)
+    for name, g, w in zip("q k v rpb".split(), got, want):
+        assert g.dtype == dtype, name
+        # dRPB sums over the whole map: scale its tolerance with the magnitude
+        scale = max(1.0, w.abs().max().item()) if name == "rpb" else 1.0
+        torch.testing.assert_close(g.float(), w, atol=tol * scale, rtol=tol, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("shape,kernel_size,dilation,with_rpb", [
+    ((1, 9, 11, 2, 16), 3, 1, True),
+    ((2, 13, 7, 1, 16), 5, 1, False),
+    ((1, 11, 9, 1, 16), 3, 2, True),
+    ((1, 17, 13, 1, 16), (5, 3), (3, 4), True),
+])
+def test_na2d_fp32(shape, kernel_size, dilation, with_rpb):
+    _check(shape, kernel_size, dilation, with_rpb=with_rpb)
+
+
+@pytest.fixture
+def gpu_tiles():
+    """The GPU's 64-position tiles (several tiles per map, mixed owned / iterated shapes) in the interpreter."""
+    from visionattn.kernels import na_triton
+
+    na_triton.TILES_2D = ((1, 8, 8), (1, 4, 16))
+    yield
+    na_triton.TILES_2D = None
+
+
+@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
+    ((1, 13, 19, 1, 16), 5, 1, 1, False),
+    ((1, 20, 17, 1, 16), 3, (2, 1), (1, 2), (False, True)),
+])
+def test_na2d_multi_tile(gpu_tiles, shape, kernel_size, dilation, stride, is_causal):
+    _check(shape, kernel_size, dilation, stride, is_causal)
+
+
+@pytest.mark.parametrize("shape,kernel_size,dilation,with_rpb", [
+    ((2, 13, 2, 16), 5, 2, True),
+    ((1, 70, 1, 16), 7, 3, False),
+])
+def test_na1d_fp32(shape, kernel_size, dilation, with_rpb):
+    _check(shape, kernel_size, dilation, with_rpb=with_rpb)
+
+
+def test_na2d_fp16():
+    _check((1, 9, 11, 2, 16), 3, (1, 2), with_rpb=True, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
+    ((1, 9, 11, 1, 16), 3, (1, 2), 1, (True, False)),
+    ((1, 10, 9, 1, 16), (5, 3), 1, (2, 3), (False, False)),
+    ((1, 11, 13, 1, 16), 5, (2, 1), (3, 2), (True, True)),
+    ((1, 23, 2, 16), 5, 2, 2, True),
+])
+def test_causal_stride(shape, kernel_size, dilation, stride, is_causal):
+    _check(shape, kernel_size, dilation, stride, is_causal)
+
+
+def test_head_dims():
+    """head_dim not a power of two and below 16, v with its own head_dim (masked padding)."""
+    _check((1, 7, 6, 1, 12), 3, 1, with_rpb=True, dv=8)
+
+
+def test_na3d():
+    _check((1, 5, 6, 7, 1, 16), (3, 3, 5), (1, 2, 1), with_rpb=True)
+
+
+def test_gradcheck_fp64():
+    torch.manual_seed(0)
+    shape = (1, 5, 6, 1, 4)
+    (q, k, v), rpb = _inputs(shape, 2, 3, torch.float64, "cpu", True)
+    f = lambda q, k, v, r: na2d(q, k, v, 3, (1, 2), rpb=r, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v, rpb), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_unsupported_head_dim_is_value_error():
+    q = torch.randn(1, 7, 7, 1, 512)
+    with pytest.raises(ValueError, match="triton"):
+        na2d(q, q, q, 3, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
+    ((2, 56, 56, 2, 32), 7, 1, 1, False),
+    ((2, 28, 30, 4, 32), 7, 4, 1, False),
+    ((2, 33, 45, 2, 64), (7, 5), (2, 3), (2, 3), (True, False)),
+    ((2, 300, 2, 32), 13, 3, 1, False),
+    ((1, 9, 10, 11, 2, 32), 3, (1, 2, 3), 1, (False, True, False)),
+])
+def test_gpu(dtype, shape, kernel_size, dilation, stride, is_causal):
+    _check(shape, kernel_size, dilation, stride, is_causal, dtype=dtype, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_large_offsets():
+    """Rows x heads x head_dim beyond 2**31 elements: 64-bit addressing."""
+    shape = (1, 4096, 4096, 2, 64)
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2 ** 30:
+        pytest.skip("needs 40 GiB")
+    q = torch.randn(shape, device="cuda", dtype=torch.float16)
+    out = na2d(q, q, q, 3, backend="triton")
+    ref = na2d(q[:, -64:, -64:], q[:, -64:, -64:], q[:, -64:, -64:], 3, backend="torch")
+    torch.testing.assert_close(out[:, -63:-1, -63:-1], ref[:, 1:-1, 1:-1], atol=2e-2, rtol=2e-2)

@@ -1,0 +1,72 @@
+"""Glue for the timm families the zoo adopts as they are (GC ViT, SHViT, EfficientViM).
+
+timm's own classes are used unchanged; what lives here is what timm lacks: loading the official SHViT
+GitHub-release checkpoints (their keys differ from timm's) and building SHViT from the official
+constructor arguments.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from .checkpoint import unwrap_state_dict
+from .official import register_official
+
+__all__ = ["shvit_checkpoint_filter_fn", "load_official_checkpoint"]
+
+# Official SHViT nests each downsample inside the next stage's Sequential (blocksK.0-2); timm splits it out.
+_SHVIT_RULES = [
+    (re.compile(r"^blocks1\.(\d+)\."), lambda m: f"stages.0.blocks.{m[1]}."),
+    (re.compile(r"^blocks([23])\.0\.([01])\."), lambda m: f"stages.{int(m[1]) - 1}.downsample.{m[2]}."),
+    (re.compile(r"^blocks([23])\.1\."), lambda m: f"stages.{int(m[1]) - 1}.downsample.2."),
+    (re.compile(r"^blocks([23])\.2\.([01])\."), lambda m: f"stages.{int(m[1]) - 1}.downsample.{3 + int(m[2])}."),
+    (re.compile(r"^blocks([23])\.(\d+)\."), lambda m: f"stages.{int(m[1]) - 1}.blocks.{int(m[2]) - 3}."),
+]
+
+
+def shvit_checkpoint_filter_fn(state_dict: Mapping, model: torch.nn.Module | None = None) -> dict:
+    """Official SHViT (GitHub release) checkpoint -> timm `SHViT` keys; timm-layout dicts pass through."""
+    sd = unwrap_state_dict(state_dict)
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in _SHVIT_RULES:
+            new, n = pattern.subn(repl, k, count=1)
+            if n:
+                k = new
+                break
+        out[k] = v
+    return out
+
+
+_FILTERS = {"shvit": shvit_checkpoint_filter_fn}
+
+
+def load_official_checkpoint(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
+    """Load an official checkpoint file (weights_only) into a timm model of an adopted family."""
+    from ._registry import get_family
+    from .checkpoint import load_state_dict_file
+
+    family = get_family(model.pretrained_cfg["architecture"])
+    sd = load_state_dict_file(path)
+    filt = _FILTERS.get(family)
+    sd = filt(sd, model) if filt else unwrap_state_dict(sd)
+    model.load_state_dict(sd, strict=strict)
+    return model
+
+
+@register_official("shvit", "model/shvit.py:SHViT", filter_fn=shvit_checkpoint_filter_fn)
+def _shvit_from_official(
+    in_chans=3, num_classes=1000, embed_dim=(128, 256, 384), partial_dim=(32, 64, 96), qk_dim=(16, 16, 16),
+    depth=(1, 2, 3), types=("s", "s", "s"), distillation=False, **unused,
+):
+    from timm.models.shvit import SHViT
+
+    if distillation:
+        raise ValueError("distillation=True: timm's SHViT has no distillation head (head_dist); use False")
+    ignored = set(unused) - {"img_size", "patch_size", "frozen_stages", "down_ops", "pretrained", "model_cfg"}
+    if ignored:
+        raise ValueError(f"unsupported official SHViT arguments: {sorted(ignored)}")
+    return SHViT(in_chans=in_chans, num_classes=num_classes, embed_dim=tuple(embed_dim),
+                 partial_dim=tuple(partial_dim), qk_dim=tuple(qk_dim), depth=tuple(depth), types=tuple(types))
