@@ -16,11 +16,13 @@ Backends:
     ``gather``: every query's k^d keys gathered explicitly (unfold-style, memory O(N k^d D)).
     ``triton``: the fused kernel of ``na_triton`` (CUDA, or the Triton interpreter).
     ``natten``: NATTEN's own ops when installed (no RPB).
-    ``auto``: triton on CUDA, torch otherwise and whenever compiling, tracing or exporting.
+    ``auto``: torch on CPU and whenever compiling, tracing or exporting; on CUDA torch too until the fused
+        kernel has been validated on a GPU (``VISIONATTN_NA_AUTO_TRITON=1`` selects triton there).
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -320,15 +322,19 @@ def _na_torch(q, k, v, ks, ds, ss, cs, rpb, scale, tile=None):
 # dispatch
 
 
+class _TritonUnsupported(ValueError):
+    pass
+
+
 def _na_triton(q, k, v, ks, ds, ss, cs, rpb, scale):
     try:
         from .na_triton import na_triton
     except ImportError as e:
-        raise ValueError(f"backend='triton' is not available ({e}); use backend='torch'") from e
+        raise _TritonUnsupported(f"backend='triton' is not available ({e}); use backend='torch'") from e
     try:
         return na_triton(q, k, v, ks, ds, ss, cs, rpb, scale)
     except NotImplementedError as e:
-        raise ValueError(f"backend='triton' does not support this configuration: {e}") from e
+        raise _TritonUnsupported(f"backend='triton' does not support this configuration: {e}") from e
 
 
 def _na_natten(q, k, v, ks, ds, ss, cs, rpb, scale):
@@ -349,17 +355,29 @@ _IMPLS = {"reference": _na_reference, "torch": _na_torch, "gather": _na_gather, 
           "natten": _na_natten}
 
 
+def _auto_triton() -> bool:
+    # The fused kernel passes the interpreter tests and compiles for sm_90, but has not yet been executed on
+    # a GPU; until it has, `auto` keeps CUDA tensors on the torch path unless the user opts in.
+    return os.environ.get("VISIONATTN_NA_AUTO_TRITON", "0") == "1"
+
+
 def _resolve(backend: str, q: Tensor) -> str:
     if backend != "auto":
         return backend
-    if q.is_cuda and not _exporting():
+    if q.is_cuda and not _exporting() and _auto_triton():
         return "triton"
     return "torch"
 
 
 def _na(n, q, k, v, kernel_size, dilation, stride, is_causal, rpb, scale, backend):
     ks, ds, ss, cs, scale = _check_args(n, q, k, v, kernel_size, dilation, stride, is_causal, rpb, scale, backend)
-    return _IMPLS[_resolve(backend, q)](q, k, v, ks, ds, ss, cs, rpb, scale)
+    impl = _resolve(backend, q)
+    if backend == "auto" and impl == "triton":
+        try:
+            return _na_triton(q, k, v, ks, ds, ss, cs, rpb, scale)
+        except _TritonUnsupported:  # a configuration the kernel does not cover: the torch path covers all
+            impl = "torch"
+    return _IMPLS[impl](q, k, v, ks, ds, ss, cs, rpb, scale)
 
 
 def na1d(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, stride=1, is_causal=False,

@@ -16,12 +16,14 @@ windows can reach, and masks every (query, key) pair with the exact window rule 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._na_index import axis_windows
 
@@ -101,7 +103,8 @@ def _na_fwd_dq_kernel(
     TAX: tl.constexpr, TAY: tl.constexpr, TAZ: tl.constexpr,
     TBX: tl.constexpr, TBY: tl.constexpr, TBZ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    HAS_RPB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr, STORE_DS: tl.constexpr,
+    HAS_RPB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
+    BACKWARD: tl.constexpr, STORE_DS: tl.constexpr,
 ):
     """Forward (O, LSE) or, with BACKWARD, dQ (and dLogits in window order when STORE_DS)."""
     BLOCK_M: tl.constexpr = TAX * TAY * TAZ
@@ -283,6 +286,10 @@ def _na_dkdv_kernel(
 # host side
 
 
+def _acc(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -299,6 +306,8 @@ def _tiles(n: int, spatial3, ds3, interpret: bool) -> tuple[tuple, tuple]:
     if interpret:
         # the interpreter's cost is per program and per op, not per element: few, large tiles
         t = [min(32, _pow2(x)) for x in lg]
+        while math.prod(t) > 1024:  # [M, N] logits stay small
+            t[t.index(max(t))] //= 2
         while math.prod(t) < 16:  # tl.dot needs 16
             t[2] *= 2
         return tuple(t), tuple(t)
@@ -333,6 +342,7 @@ def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
         # fp32 follows torch's matmul setting (tf32 off by default), fp16/bf16 ignore it
         PREC=(None if q.dtype in (torch.float16, torch.bfloat16)
               else "tf32" if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"),
+        ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,  # fp64 only for gradcheck
     )
     args = (*spatial3, *ds3, *nt, h, D, v.shape[-1], scale * _LOG2E, scale)
     return grid, args, common, ta, ks3, ss3
@@ -341,13 +351,14 @@ def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
 def _forward(q, k, v, rpb, ks, ds, ss, cs, scale):
     grid, args, common, _, _, _ = _meta(q, v, ks, ds, ss, cs, scale, rpb)
     o = torch.empty(*q.shape[:-1], v.shape[-1], device=q.device, dtype=q.dtype)
-    lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
+    lse = torch.empty(q.shape[:-1], device=q.device, dtype=_acc(q))
     dummy = q if rpb is None else rpb
     _na_fwd_dq_kernel[grid](q, k, v, o, lse, q, lse, q, lse, dummy, *args, **common,
                             BACKWARD=False, STORE_DS=False, num_warps=4)
     return o, lse
 
 
+@functools.lru_cache(maxsize=64)
 def _rpb_index(spatial, ks, ds, ss, cs, device) -> Tensor:
     """[N, prod(k)] flat RPB-table index of every (query, window slot), window slots in row-major order."""
     n = len(spatial)
@@ -364,11 +375,11 @@ def _rpb_index(spatial, ks, ds, ss, cs, device) -> Tensor:
 def _backward(do, q, k, v, o, lse, rpb, ks, ds, ss, cs, scale, need_drpb):
     grid, args, common, ta, ks3, ss3 = _meta(q, v, ks, ds, ss, cs, scale, rpb)
     do = do.contiguous()
-    delta = (do.float() * o.float()).sum(-1)
+    delta = (do.to(_acc(q)) * o.to(_acc(q))).sum(-1)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     B, *spatial, h, _ = q.shape
     KK = math.prod(ks)
-    dsw = torch.zeros(*q.shape[:-1], KK, device=q.device, dtype=torch.float32) if need_drpb else lse
+    dsw = torch.zeros(*q.shape[:-1], KK, device=q.device, dtype=_acc(q)) if need_drpb else lse
     dummy = q if rpb is None else rpb
     _na_fwd_dq_kernel[grid](q, k, v, q, lse, do, delta, dq, dsw, dummy, *args, **common,
                             BACKWARD=True, STORE_DS=need_drpb, num_warps=4)
@@ -379,7 +390,7 @@ def _backward(do, q, k, v, o, lse, rpb, ks, ds, ss, cs, scale, need_drpb):
     if need_drpb:
         idx = _rpb_index(tuple(spatial), ks, ds, ss, cs, q.device)
         dsum = dsw.sum(0).reshape(-1, h, KK).permute(1, 0, 2).reshape(h, -1)
-        drpb = torch.zeros(h, rpb[0].numel(), device=q.device, dtype=torch.float32)
+        drpb = torch.zeros(h, rpb[0].numel(), device=q.device, dtype=_acc(q))
         drpb.index_add_(1, idx.reshape(-1), dsum)
         drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
     return dq, dk, dv, drpb
@@ -396,6 +407,7 @@ class _NATriton(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, rpb = ctx.saved_tensors
         ks, ds, ss, cs, scale = ctx.cfg

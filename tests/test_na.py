@@ -191,6 +191,10 @@ def test_bad_tensors():
         na2d(q, k.double(), v, 3)
     with pytest.raises(ValueError, match="floating"):
         na2d(q.long(), k.long(), v.long(), 3)
+    with pytest.raises(ValueError, match="devices"):
+        na2d(q, k.to("meta"), v, 3)
+    with pytest.raises(ValueError, match="rpb"):
+        na2d(q, k, v, 3, rpb=torch.zeros(2, 5, 5, device="meta"))
     with pytest.raises(ValueError, match="rank"):
         na2d_logits(q[0], k[0], 3)
 
@@ -207,6 +211,22 @@ def test_triton_backend_errors(monkeypatch):
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="is_causal"):
         na2d(q, k, v, 3, is_causal=True, backend="triton")
+
+
+def test_auto_falls_back_to_torch(monkeypatch):
+    """`auto` picks triton on CUDA; a configuration the kernel rejects runs on the torch path instead."""
+    import visionattn.kernels.na as na_mod
+
+    fake = types.ModuleType("visionattn.kernels.na_triton")
+
+    def na_triton(*args, **kwargs):
+        raise NotImplementedError("head_dim 8 is not supported")
+
+    fake.na_triton = na_triton
+    monkeypatch.setitem(sys.modules, "visionattn.kernels.na_triton", fake)
+    monkeypatch.setattr(na_mod, "_resolve", lambda backend, q: "triton" if backend == "auto" else backend)
+    q, k, v = _qkv()
+    torch.testing.assert_close(na2d(q, k, v, 3), na2d(q, k, v, 3, backend="torch"))
 
 
 def test_auto_is_torch_on_cpu(monkeypatch):
@@ -233,6 +253,10 @@ def test_module_state_dict_and_repr():
     assert list(m1.state_dict()) == ["qkv.weight", "proj.weight", "proj.bias"]
     with pytest.raises(ValueError, match="num_heads"):
         NeighborhoodAttention2D(30, 4)
+    with pytest.raises(ValueError, match="attn_drop"):
+        NeighborhoodAttention2D(16, 2, 3, attn_drop=0.1).train()(torch.randn(1, 5, 5, 16))
+    with pytest.raises(ValueError, match="x must be"):
+        NeighborhoodAttention2D(16, 2, 3)(torch.randn(5, 5, 16))
 
 
 def _module_by_hand(m: NeighborhoodAttention2D, x: torch.Tensor) -> torch.Tensor:

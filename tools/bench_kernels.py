@@ -237,7 +237,7 @@ def na_rows(args) -> list[dict]:
                     if mode == "fwdbwd" and impl == "flex" and device.type == "cpu":
                         raise RuntimeError("FlexAttention has no CPU backward")
                     if (mode == "fwdbwd" and impl == "gather" and device.type == "cpu" and not args.compare_all
-                            and math.prod(spatial) * B > 8192):
+                            and math.prod(spatial) * B > 2048):
                         raise RuntimeError("skipped on CPU (tens of seconds; --compare-all runs it)")
                     leaves = [t.clone().requires_grad_(mode == "fwdbwd") for t in (q, k, v)]
                     rpb_l = rpb.clone().requires_grad_(mode == "fwdbwd")
@@ -307,9 +307,9 @@ def bra_rows(args) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ output
 
-TABLE_COLS = ["op", "case", "size", "stage", "shape", "H", "heads", "kernel", "dilation", "topk", "batch",
-              "dtype", "backend", "mode", "time_ms", "peak_mb", "compile_s", "speedup_vs_natten",
-              "speedup_vs_flex", "speedup_vs_gather", "note", "error"]
+TABLE_COLS = ["op", "case", "size", "stage", "shape", "H", "region", "dim", "heads", "kernel", "dilation", "topk",
+              "batch", "dtype", "backend", "mode", "time_ms", "peak_mb", "compile_s", "speedup_vs_natten",
+              "speedup_vs_flex", "speedup_vs_gather", "mem_ratio_vs_gather", "note", "error"]
 
 
 def _columns(rows):

@@ -67,6 +67,10 @@ class _NeighborhoodAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: channels-last ``[B, *spatial, C]``."""
         n = self._ndim
+        if self.attn_drop and self.training:
+            # every NAT/DiNAT config uses 0; the NA ops never materialise the weights to drop them
+            raise ValueError(f"attn_drop must be 0 when training (got {self.attn_drop}): the NA kernels have no "
+                             "attention dropout")
         if x.dim() != n + 2:
             raise ValueError(f"x must be [B, {n} spatial axes, C], got shape {tuple(x.shape)}")
         spatial = x.shape[1:-1]
@@ -86,8 +90,6 @@ class _NeighborhoodAttention(nn.Module):
         B, C = x.shape[0], x.shape[-1]
         qkv = self.qkv(x).reshape(B, *x.shape[1:-1], 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(-3)
-        if self.attn_drop and self.training:
-            raise ValueError("attn_drop > 0 is not supported by the fused neighborhood attention ops; use 0")
         x = self._attend(q, k, v).reshape(B, *x.shape[1:-1], C)
         if any(pads):
             x = x[(slice(None), *(slice(0, s) for s in spatial))]
