@@ -46,7 +46,7 @@ from timm.layers import (
     resample_abs_pos_embed,
     resize_rel_pos_bias_table_simple,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from timm.models.vision_transformer import Block as VitBlock
@@ -54,9 +54,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import unwrap_state_dict
-from visionattn.layers.cswin import CSWinTransformer, LePEAttention, _linspace, _trunc_normal
+from visionattn.checkpoint import (
+    build_model_with_pretrained_file,
+    download_cached,
+    load_state_dict_file,
+    resample_square_pos_embed,
+    shift_swin_downsample_keys,
+    unwrap_state_dict,
+)
+from visionattn.layers.cswin import CSWinTransformer, LePEAttention
+from visionattn.layers.pvt import PvtAttention
 from visionattn.official import register_official
+from visionattn.utils import LinearHeadMixin, drop_path_rates, trunc_normal_unless_meta
 
 __all__ = [
     "AgentAttention",
@@ -134,7 +143,7 @@ class _AgentBiasMixin:
             self.ca_bias = nn.Parameter(torch.zeros(1, h, 1, n))
             names += ["ac_bias", "ca_bias"]
         for name in names:
-            _trunc_normal(getattr(self, name))
+            trunc_normal_unless_meta(getattr(self, name))
 
     def _agent_biases(self, q_hw, kv_hw, cls_token: bool = False):
         h, n = self.an_bias.shape[:2]
@@ -293,7 +302,7 @@ class AgentCSWinAttention(_AgentBiasMixin, nn.Module):
 
 def _init_linear_ln(m: nn.Module):
     if isinstance(m, nn.Linear):
-        _trunc_normal(m.weight)
+        trunc_normal_unless_meta(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
@@ -397,7 +406,7 @@ class AgentDeiT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = _linspace(drop_path_rate, depth)
+        dpr = drop_path_rates(drop_path_rate, depth)
         blocks = []
         for i in range(depth):
             if i < n_agent_blocks:
@@ -415,8 +424,8 @@ class AgentDeiT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
-        _trunc_normal(self.pos_embed)
-        _trunc_normal(self.cls_token)
+        trunc_normal_unless_meta(self.pos_embed)
+        trunc_normal_unless_meta(self.cls_token)
         self.apply(_init_linear_ln)
 
     @torch.jit.ignore
@@ -514,38 +523,6 @@ class AgentDeiT(nn.Module):
 # Agent-PVT
 
 
-class PVTAttention(nn.Module):
-    """PVT v1 spatial-reduction softmax attention (`q`, `kv`, optional `sr` conv + `norm`, `proj`)."""
-
-    def __init__(self, dim, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0, proj_drop=0.0, sr_ratio=1):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        q = _heads(self.q(x), self.num_heads)
-        if self.sr_ratio > 1:
-            x = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, hw[0], hw[1])).flatten(2).transpose(1, 2))
-        k, v = self.kv(x).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(
-            q, _heads(k, self.num_heads), _heads(v, self.num_heads),
-            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
-
-
 class AgentPVTBlock(nn.Module):
     def __init__(self, dim, num_heads, grid_size, agent_num, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop=0.0,
                  attn_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm, sr_ratio=1, agent_sr_ratio=1, agent=True):
@@ -555,7 +532,7 @@ class AgentPVTBlock(nn.Module):
             self.attn = AgentAttention(dim, num_heads, grid_size, agent_num, qkv_bias, attn_drop, drop,
                                        separate_q=True, sr_ratio=agent_sr_ratio)
         else:
-            self.attn = PVTAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, sr_ratio)
+            self.attn = PvtAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, sr_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -572,7 +549,7 @@ def _parse_letters(value, n: int, name: str, allowed: str) -> str:
     return s
 
 
-class AgentPVT(nn.Module):
+class AgentPVT(LinearHeadMixin, nn.Module):
     """PVT v1 (no class token, no final norm, head on the token mean) with agent attention.
 
     Args:
@@ -615,7 +592,7 @@ class AgentPVT(nn.Module):
         self.grad_checkpointing = False
         self.num_stages = 4
         block_norm = partial(nn.LayerNorm, eps=1e-6)
-        dpr = _linspace(drop_path_rate, sum(depths))
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
         self.grids = []
         self.feature_info = []
         for i in range(4):
@@ -641,7 +618,7 @@ class AgentPVT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         for i in range(4):
-            _trunc_normal(getattr(self, f"pos_embed{i + 1}"))
+            trunc_normal_unless_meta(getattr(self, f"pos_embed{i + 1}"))
         self.apply(_init_linear_ln)
 
     @torch.jit.ignore
@@ -658,18 +635,6 @@ class AgentPVT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _pos_embed(self, i: int, hw: tuple[int, int]) -> torch.Tensor:
         pos = getattr(self, f"pos_embed{i + 1}")
@@ -851,7 +816,7 @@ class AgentSwinTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img, patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm,
                                       output_fmt="NHWC", strict_img_size=False)
         grid = self.patch_embed.grid_size
-        dpr = _linspace(drop_path_rate, sum(depths))
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
         stages = []
         self.feature_info = []
         for i in range(4):
@@ -1011,12 +976,8 @@ def _resize_like(key: str, v: torch.Tensor, target: torch.Tensor, model: nn.Modu
         return resize_agent_bias(v, name, tuple(grid))
     if name.startswith("pos_embed"):
         grid = _model_grid(model, key)
-        prefix = 1 if isinstance(model, AgentDeiT) else 0
-        old = math.isqrt(v.shape[1] - prefix)
-        if grid is not None and old * old == v.shape[1] - prefix:
-            # bicubic on the square grid, leading cls slot kept (the official fine-tuning loader)
-            return resample_abs_pos_embed(v, list(grid), [old, old], num_prefix_tokens=prefix,
-                                          interpolation="bicubic", antialias=False)
+        if grid is not None:
+            return resample_square_pos_embed(v, grid, 1 if isinstance(model, AgentDeiT) else 0, key)
     if name == "relative_position_bias_table":
         w = (math.isqrt(target.shape[0]) + 1) // 2
         return resize_rel_pos_bias_table_simple(v, (w, w), tuple(target.shape))
@@ -1032,22 +993,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     another size than the model: agent `ah/aw/ha/wa` biases (linear, along the grid axis), position embeddings
     (bicubic, cls slot kept), Swin relative-position tables (bicubic, timm `resize_rel_pos_bias_table_simple`).
     """
-    sd = dict(state_dict)
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        sd = unwrap_state_dict(sd)
-    elif sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = unwrap_state_dict(state_dict)
     # official Swin layout: downsample at the end of a stage (so layers.0 has one), plain `head`
     if isinstance(model, AgentSwinTransformer) and any(k.startswith("layers.0.downsample.") for k in sd):
-        out = {}
-        for k, v in sd.items():
-            m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
-            if m:
-                k = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
-            elif k in ("head.weight", "head.bias"):
-                k = "head.fc." + k[len("head."):]
-            out[k] = v
-        sd = out
+        sd = shift_swin_downsample_keys(sd)
+        sd = {("head.fc." + k[len("head."):] if k in ("head.weight", "head.bias") else k): v for k, v in sd.items()}
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -1059,58 +1009,12 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     return out
 
 
-class _CfgNodeStandIn(dict):
-    """Plain-dict stand-in for `yacs.config.CfgNode` (the `config` entry of official trainer checkpoints)."""
-
-
-def _restricted_pickle_module():
-    import pickle
-    import types
-
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        allowed = dict(_get_allowed_globals())
-    except Exception:  # pragma: no cover - private torch API moved
-        allowed = {}
-    allowed["yacs.config.CfgNode"] = _CfgNodeStandIn
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            key = f"{module}.{name}"
-            if key in allowed:
-                return allowed[key]
-            raise pickle.UnpicklingError(f"checkpoint needs the global {key!r}, which is not allowed")
-
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="visionattn_restricted_pickle")
-
-
 def load_official_checkpoint(path_or_url: str, file_name: str | None = None) -> dict:
-    """Load an official Agent-Attention checkpoint without unpickling arbitrary objects.
-
-    The trainer dicts carry a yacs `config`, which `weights_only=True` rejects; it is read into a plain dict by an
-    unpickler that allows only torch's weights-only globals plus that one class name.
-    """
-    from visionattn.checkpoint import load_state_dict_file
-
+    """An official Agent-Attention checkpoint (trainer dict with a yacs config, read safely), downloaded first
+    when a URL is given."""
     if "://" in path_or_url:
-        import os
-
-        from torch.hub import download_url_to_file, get_dir
-
-        d = os.path.join(get_dir(), "checkpoints")
-        os.makedirs(d, exist_ok=True)
-        local = os.path.join(d, file_name or os.path.basename(path_or_url.split("?")[0].rstrip("/")))
-        if not os.path.exists(local):
-            download_url_to_file(path_or_url, local)
-        path_or_url = local
-    if path_or_url.endswith(".safetensors"):
-        return load_state_dict_file(path_or_url)
-    try:
-        return torch.load(path_or_url, map_location="cpu", weights_only=True)
-    except Exception:
-        return torch.load(path_or_url, map_location="cpu", weights_only=False,
-                          pickle_module=_restricted_pickle_module())
+        path_or_url = download_cached(path_or_url, file_name)
+    return load_state_dict_file(path_or_url)
 
 
 # ==============================================================================================================
@@ -1186,38 +1090,16 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _pretrained_overlay(variant: str, kwargs: dict) -> tuple[dict, dict | None]:
-    """Read the weights the pretrained cfg names ourselves (restricted unpickler, 'model' not the EMA copy)."""
-    from timm.models._builder import resolve_pretrained_cfg
-
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
-                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
-    if cfg.state_dict is not None or cfg.hf_hub_id or cfg.source in ("hf-hub", "local-dir"):
-        return kwargs, None
-    if cfg.file:
-        ckpt = load_official_checkpoint(cfg.file)
-    elif cfg.url:
-        ckpt = load_official_checkpoint(cfg.url, file_name=f"{variant.split('.')[0]}.pth")
-    else:
-        return kwargs, None
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    overlay.update(state_dict=unwrap_state_dict(ckpt), file=None, url=None)
-    return {**kwargs, "pretrained_cfg_overlay": overlay}, {"file": cfg.file, "url": cfg.url}
+# every TsinghuaCloud link ends in '?dl=1': cache each file under its official name instead
+_CACHE_NAMES = {_TSINGHUA.format(key): f"{variant}.pth" for variant, key in _URLS.items()}
 
 
 def _create(cls, variant: str, pretrained: bool = False, feature_cfg: dict | None = None, **kwargs):
-    restore = None
-    if pretrained:
-        kwargs, restore = _pretrained_overlay(variant, kwargs)
-    model = build_model_with_cfg(
+    return build_model_with_pretrained_file(
         cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        cache_file_names=_CACHE_NAMES,
         feature_cfg=feature_cfg or dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs,
     )
-    if restore is not None:
-        cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "state_dict"}
-        cfg.update({k: v for k, v in restore.items() if v})
-        model.pretrained_cfg = model.default_cfg = cfg
-    return model
 
 
 def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> AgentDeiT:

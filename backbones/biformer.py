@@ -39,7 +39,6 @@ The attention modules keep the official parameter names (`qkv.qkv`, `wo`, `lepe`
 """
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,12 +46,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import load_state_dict_file, strip_prefix, unwrap_state_dict
+from visionattn.checkpoint import (
+    build_model_with_pretrained_file,
+    load_pretrained_file,
+    unwrap_state_dict,
+)
 from visionattn.kernels.bra import BRA_BACKENDS
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
 from visionattn.official import register_official
@@ -569,16 +572,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     shape: a missing one keeps the model's initial values, one the model lacks (or sizes differently) is dropped,
     as the official dense code does when it loads a classification checkpoint non-strictly.
     """
-    if all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        sd = dict(state_dict)
-    else:
-        # an EMA-only checkpoint is read as such; otherwise 'model' wins, as in the official loader
-        ema_only = "model_ema" in state_dict and not any(k in state_dict for k in ("model", "state_dict", "module"))
-        sd = unwrap_state_dict(state_dict, use_ema=ema_only)
-    if any(k.startswith("backbone.") for k in sd):
-        sd = strip_prefix({k: v for k, v in sd.items() if k.startswith("backbone.")}, "backbone.")
-    if all(k.startswith("module.") for k in sd):
-        sd = strip_prefix(sd, "module.")
+    sd = unwrap_state_dict(state_dict)  # 'model' over 'model_ema' (as the official loader); EMA-only files too
     if any(k.startswith("downsample_layers.") for k in sd):
         # legacy T/S/B MLP is Sequential(Linear, Identity, GELU, Linear); STL drops the Identity slot
         mlp_out = "3" if any(re.match(r"^stages\.\d+\.\d+\.mlp\.3\.", k) for k in sd) else "2"
@@ -593,16 +587,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
         if k not in out and k.startswith(_OPTIONAL_GROUPS):
             out[k] = v
     return out
-
-
-def _torch_load_checkpoint(path_or_url: str, file_name: str | None = None) -> Mapping[str, Any]:
-    # official training checkpoints may carry an argparse.Namespace ('args'); allow just that class
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        if "://" in path_or_url:
-            return torch.hub.load_state_dict_from_url(
-                path_or_url, map_location="cpu", file_name=file_name, weights_only=True
-            )
-        return load_state_dict_file(path_or_url)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -649,55 +633,20 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _pretrained_overlay(variant: str, kwargs: dict) -> tuple[dict, dict | None]:
-    """Load the weights the pretrained cfg names (official format) ourselves and hand timm the raw checkpoint.
-
-    timm would prefer a `model_ema` entry over `model` (the official loader reads `model`) and would cache every
-    OneDrive URL under the same file name ('content'); weights are read with weights_only=True. Returns the new
-    kwargs and the source fields to restore in the model's pretrained_cfg afterwards.
-    """
-    from timm.models._builder import resolve_pretrained_cfg
-
-    cfg = resolve_pretrained_cfg(
-        variant,
-        pretrained_cfg=kwargs.get("pretrained_cfg"),
-        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
-    )
-    if cfg.state_dict is not None or cfg.hf_hub_id or cfg.source in ("hf-hub", "local-dir"):
-        return kwargs, None
-    if cfg.file:
-        ckpt = _torch_load_checkpoint(cfg.file)
-    elif cfg.url:
-        file_name = next((f for u, f in _URLS.values() if u == cfg.url), None)
-        ckpt = _torch_load_checkpoint(cfg.url, file_name=file_name)
-    else:
-        return kwargs, None
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    overlay.update(state_dict=dict(ckpt), file=None, url=None)
-    return {**kwargs, "pretrained_cfg_overlay": overlay}, {"file": cfg.file, "url": cfg.url}
+# every OneDrive link ends in '/content': cache each file under its official name instead
+_CACHE_NAMES = dict(_URLS.values())
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    restore = None
-    if pretrained:
-        kwargs, restore = _pretrained_overlay(variant, kwargs)
-    model = build_model_with_cfg(
+    return build_model_with_pretrained_file(
         BiFormer,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
+        cache_file_names=_CACHE_NAMES,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **kwargs,
     )
-    if restore is not None:
-        # do not keep the whole checkpoint alive in pretrained_cfg (the features wrapper and the model hold one)
-        for m in model.modules():
-            cfg = getattr(m, "pretrained_cfg", None)
-            if isinstance(cfg, dict) and "state_dict" in cfg:
-                cfg = {k: v for k, v in cfg.items() if k != "state_dict"}
-                cfg.update({k: v for k, v in restore.items() if v})
-                m.pretrained_cfg = m.default_cfg = cfg
-    return model
 
 
 _TSB = dict(mlp_ratios=3, head_dim=32, n_win=7, topks=(1, 4, 16, -2), side_dwconv=5, before_attn_dwconv=3)
@@ -834,8 +783,7 @@ def _official_mm(pretrained=None, norm_eval=False, disable_bn_grad=False, **kwar
     kwargs.pop("num_classes", None)  # only sizes the head BiFormer_mm deletes
     model = _official_biformer(cls=BiFormerDense, norm_eval=norm_eval, frozen_bn=disable_bn_grad, **kwargs)
     if isinstance(pretrained, str):
-        sd = checkpoint_filter_fn(_torch_load_checkpoint(pretrained), model)
-        model.load_state_dict(sd, strict=True)
+        load_pretrained_file(model, pretrained, checkpoint_filter_fn, strict=True)
     return model
 
 

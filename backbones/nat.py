@@ -51,16 +51,17 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, resize_rel_pos_bias_table_simple, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import load_state_dict_file, strip_prefix, unwrap_state_dict
+from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
 from visionattn.kernels.na import BACKENDS as NA_BACKENDS
 from visionattn.layers.na import NeighborhoodAttention2D
 from visionattn.official import register_official
+from visionattn.utils import LinearHeadMixin
 
 __all__ = [
     "NAT",
@@ -312,7 +313,7 @@ def _per_level_dilations(dilations, depths: Sequence[int]) -> list[list[int]]:
     return [[1 if v is None else int(v) for v in dl] for dl in dilations]
 
 
-class NAT(nn.Module):
+class NAT(LinearHeadMixin, nn.Module):
     """NAT / DiNAT (official classification/nat.py:NAT, dinat.py:DiNAT): hierarchical (dilated) NA transformer.
 
     Args (official names): embed_dim, depths, num_heads, kernel_size, dilations (per level, per block; None = 1),
@@ -442,18 +443,6 @@ class NAT(nn.Module):
             if isinstance(m, NeighborhoodAttention2D):
                 m.backend = backend
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -560,8 +549,7 @@ class _DenseMixin:
         self.norm = nn.Identity()
         self.frozen_stages = frozen_stages
         if pretrained is not None:
-            sd = checkpoint_filter_fn(load_state_dict_file(pretrained), self)
-            self.load_state_dict(sd, strict=False)
+            load_pretrained_file(self, pretrained, checkpoint_filter_fn, strict=False)
         self._freeze_stages()
 
     def _freeze_stages(self):
@@ -592,7 +580,7 @@ class DiNATsDense(_DenseMixin, DiNATs):
     """Official detection|segmentation/dinats.py:DiNAT_s (mmdet/mmseg backbone)."""
 
 
-class NATIsotropic(nn.Module):
+class NATIsotropic(LinearHeadMixin, nn.Module):
     """Isotropic NAT / DiNAT / ViT-RPB (official classification/isotropic.py:NATIsotropic).
 
     block_type: 'na' (NA blocks, dilation 1 in even blocks and `dilation` in odd ones) or 'mhsa_rpb' (ViT-RPB:
@@ -680,18 +668,6 @@ class NATIsotropic(nn.Module):
             if isinstance(m, NeighborhoodAttention2D):
                 m.backend = backend
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -760,14 +736,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     the dense out norms (`norm{i}`) may be absent on one side: a missing one keeps the model's own values, one
     the model lacks is dropped (as the official dense code does when it loads a classification checkpoint).
     """
-    if all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        sd = dict(state_dict)
-    else:
-        sd = unwrap_state_dict(state_dict)
-    if any(k.startswith("backbone.") for k in sd):
-        sd = strip_prefix({k: v for k, v in sd.items() if k.startswith("backbone.")}, "backbone.")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = strip_prefix(sd, "module.")
+    sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -864,7 +833,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(cls, variant: str, pretrained: bool, out_indices=(0, 1, 2, 3), **kwargs):
-    return build_model_with_cfg(
+    return build_model_with_pretrained_file(
         cls,
         variant,
         pretrained,

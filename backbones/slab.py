@@ -26,9 +26,7 @@ remaining final norm becomes a per-channel affine. Call it in eval mode after tr
 """
 from __future__ import annotations
 
-import math
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
 
@@ -39,12 +37,11 @@ from timm.layers import (
     DropPath,
     Mlp,
     PatchEmbed,
-    resample_abs_pos_embed,
     resize_rel_pos_bias_table,
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -52,7 +49,14 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 
 from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import unwrap_state_dict
+from visionattn.checkpoint import (
+    build_model_with_pretrained_file,
+    load_pretrained_file,
+    load_state_dict_file,
+    resample_square_pos_embed,
+    shift_swin_downsample_keys,
+    unwrap_state_dict,
+)
 from visionattn.layers.cswin import (
     CSWinBlock,
     CSWinStem,
@@ -75,7 +79,9 @@ from visionattn.layers.prepbn import (
     recalibrate_bn,
     repbn_affine,
 )
+from visionattn.layers.pvt import PvtAttention
 from visionattn.official import register_official
+from visionattn.utils import LinearHeadMixin
 
 __all__ = [
     "SimplifiedLinearAttention",
@@ -229,33 +235,10 @@ class SimplifiedLinearAttention(nn.Module):
 # ------------------------------------------------------------------------------------------------- loading
 
 
-class _YacsCfgNodeStub:
-    """Inert stand-in for `yacs.config.CfgNode`: the official trainer pickles its config into every checkpoint,
-    which `torch.load(weights_only=True)` refuses. Allow-listed under that name, the weights-only unpickler
-    rebuilds each config node as a plain OrderedDict (its yacs flags as attributes), never touching yacs code."""
-
-    def __new__(cls, *args, **kwargs):
-        return OrderedDict()
-
-
-_YacsCfgNodeStub.__module__ = "yacs.config"
-_YacsCfgNodeStub.__name__ = _YacsCfgNodeStub.__qualname__ = "CfgNode"
-# Process-wide allow-list entry so timm's own weights-only loaders (pretrained=True from the release URL or
-# pretrained_cfg_overlay=dict(file=...)) open official files; the stub is a plain dict, nothing else is allowed.
-torch.serialization.add_safe_globals([_YacsCfgNodeStub])
-
-
 def load_official_checkpoint(path, use_ema: bool = False, map_location="cpu") -> dict[str, torch.Tensor]:
     """Tensors of an official SLAB checkpoint file (trainer envelope with a yacs config, a bare state dict,
-    or .safetensors), loaded with `weights_only=True`."""
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return unwrap_state_dict(load_file(path, device=str(map_location)), use_ema=use_ema)
-    with torch.serialization.safe_globals([_YacsCfgNodeStub]):
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    return unwrap_state_dict(ckpt, use_ema=use_ema)
+    or .safetensors), read by `visionattn.checkpoint.load_state_dict_file`."""
+    return unwrap_state_dict(load_state_dict_file(path, map_location=map_location), use_ema=use_ema)
 
 
 class _OfficialPretrainedMixin:
@@ -263,18 +246,7 @@ class _OfficialPretrainedMixin:
     classifier whose size differs (kept freshly initialised)."""
 
     def load_pretrained(self, checkpoint_path, prefix: str = ""):
-        sd = checkpoint_filter_fn(load_official_checkpoint(checkpoint_path), self)
-        own = self.state_dict()
-        dropped = [k for k in sd if k.startswith("head.") and k in own and own[k].shape != sd[k].shape]
-        if self.num_classes == 0:
-            dropped += [k for k in sd if k.startswith("head.") and k not in own]
-        for k in dropped:
-            sd.pop(k)
-        missing, unexpected = self.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if k not in dropped and not (k.startswith("head.") and dropped)]
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {checkpoint_path} does not match {type(self).__name__}: "
-                               f"missing {missing[:10]}, unexpected {unexpected[:10]}")
+        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------- DeiT
@@ -349,37 +321,8 @@ class SlabVisionTransformer(_OfficialPretrainedMixin, VisionTransformer):
 # ------------------------------------------------------------------------------------------------- PVT v1
 
 
-class PvtAttention(nn.Module):
-    """PVT v1 spatial-reduction softmax attention (official names q, kv, proj, sr, norm)."""
-
-    def __init__(self, dim, num_heads=8, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, sr_ratio=1, norm_layer=None):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.norm = norm_layer(dim)
-
-    def forward(self, x, hw):
-        B, N, C = x.shape
-        H, W = hw
-        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
-        k, v = self.kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+class _PvtAttentionRep(PvtAttention):
+    """PVT v1 SRA; `reparameterize()` folds the reduction norm into kv."""
 
     def reparameterize(self):
         if self.sr_ratio > 1:
@@ -395,7 +338,8 @@ class PvtBlock(nn.Module):
             self.attn = SimplifiedLinearAttention(dim, num_heads, grid, qkv_bias, attn_drop, proj_drop, kernel_size,
                                                   qkv_layout="q_kv")
         elif attn_type == "S":
-            self.attn = PvtAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, sr_ratio, norm_layer)
+            self.attn = _PvtAttentionRep(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                                         sr_ratio=sr_ratio, norm_layer=norm_layer)
         else:
             raise ValueError(f"attn_type letters must be 'L' or 'S', got {attn_type!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -470,7 +414,7 @@ class PvtStage(nn.Module):
         return x.transpose(1, 2).reshape(B, -1, H, W)
 
 
-class SlabPvt(_OfficialPretrainedMixin, nn.Module):
+class SlabPvt(_OfficialPretrainedMixin, LinearHeadMixin, nn.Module):
     """PVT v1 with PRepBN norms and SLA ('L') or spatial-reduction softmax ('S') stages; no final norm, the
     head reads the mean token of the last stage (as the official SLAB PVT)."""
 
@@ -540,16 +484,6 @@ class SlabPvt(_OfficialPretrainedMixin, nn.Module):
     def set_grad_checkpointing(self, enable=True):
         for s in self.stages:
             s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self):
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
                               intermediates_only=False):
@@ -703,7 +637,7 @@ class SlabSwinStage(nn.Module):
         return self.blocks(x)
 
 
-class SlabSwinTransformer(_OfficialPretrainedMixin, nn.Module):
+class SlabSwinTransformer(_OfficialPretrainedMixin, LinearHeadMixin, nn.Module):
     """Swin with PRepBN norms; 'L' stages use SLA (window `window_size`, clipped to the stage map), 'S' stages
     timm's shifted-window softmax attention (window 7, or 12 when window_size > 56, as the official code)."""
 
@@ -779,16 +713,6 @@ class SlabSwinTransformer(_OfficialPretrainedMixin, nn.Module):
     def set_grad_checkpointing(self, enable=True):
         for s in self.layers:
             s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self):
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
                               intermediates_only=False):
@@ -939,15 +863,8 @@ class SlabCSWin(_OfficialPretrainedMixin, CSWinTransformer):
             split_size=tuple(splits), num_heads=tuple(num_heads), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
             attn_layer=layers, single_branch=single, norm_layer=make_norm_layer(norm, prepbn_step, ln_eps),
-            global_pool=global_pool,
+            global_pool=global_pool, block_layer=_CSWinBlockRep, stem_layer=_CSWinStemRep, merge_layer=_MergeRep,
         )
-        # add the fold hooks (no new state) to the shared CSwin building blocks
-        self.stage1_conv_embed.__class__ = _CSWinStemRep
-        for i in range(4):
-            for blk in getattr(self, f"stage{i + 1}"):
-                blk.__class__ = _CSWinBlockRep
-            if i < 3:
-                getattr(self, f"merge{i + 1}").__class__ = _MergeRep
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -959,8 +876,8 @@ class SlabCSWin(_OfficialPretrainedMixin, CSWinTransformer):
 
 
 def _create_cswin(variant, pretrained=False, **kwargs):
-    return build_model_with_cfg(SlabCSWin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=_feature_cfg(), **kwargs)
+    return build_model_with_pretrained_file(SlabCSWin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                            feature_cfg=_feature_cfg(), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -970,15 +887,6 @@ _PVT_RENAMES = (
     (re.compile(r"^pos_embed(\d)$"), lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
     (re.compile(r"^block(\d)\."), lambda m: f"stages.{int(m.group(1)) - 1}.blocks."),
 )
-
-
-def _resize_tokens(v: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, key: str) -> torch.Tensor:
-    n_old = v.shape[1] - num_prefix_tokens
-    side = int(round(math.sqrt(n_old)))
-    if side * side != n_old:
-        raise ValueError(f"cannot resize {key}: {n_old} tokens is not a square grid")
-    return resample_abs_pos_embed(v, new_size=list(grid), old_size=[side, side], num_prefix_tokens=num_prefix_tokens,
-                                  interpolation="bicubic", antialias=False, verbose=False)
 
 
 def _token_grid(model: nn.Module, key: str) -> tuple[tuple[int, int], int]:
@@ -1003,9 +911,10 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
     Swin `relative_position_bias_table`s to the model's windows.
     """
     sd = unwrap_state_dict(state_dict)
+    if isinstance(model, SlabSwinTransformer):
+        sd = shift_swin_downsample_keys(sd)
     target = model.state_dict()
     out = {}
-    is_official_swin = any(k.startswith("layers.0.downsample.") for k in sd)
     for k, v in sd.items():
         if k.endswith(("relative_position_index", "attn_mask")) or k.endswith("relative_coords_table"):
             continue
@@ -1015,18 +924,13 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
         elif isinstance(model, SlabPvt):
             for pat, rep in _PVT_RENAMES:
                 k = pat.sub(rep, k)
-        elif isinstance(model, SlabSwinTransformer):
-            if is_official_swin:
-                m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
-                if m:
-                    k = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
         if k.endswith("relative_position_bias_table") and k in target and target[k].shape != v.shape:
             win = model.get_submodule(k.rsplit(".", 1)[0]).window_size
             v = resize_rel_pos_bias_table(v, new_window_size=tuple(win), new_bias_shape=target[k].shape)
         if k in target and v.ndim == 3 and target[k].shape != v.shape and (
                 k.endswith("positional_encoding") or k.split(".")[-1].startswith("pos_embed")):
             grid, prefix = _token_grid(model, k)
-            v = _resize_tokens(v, grid, prefix, k)
+            v = resample_square_pos_embed(v, grid, prefix, k)
         out[k] = v
     return out
 
@@ -1040,20 +944,22 @@ def _feature_cfg(n=4):
 
 def _create_deit(variant, pretrained=False, **kwargs):
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
+    return build_model_with_pretrained_file(
         SlabVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
     )
 
 
 def _create_pvt(variant, pretrained=False, **kwargs):
-    return build_model_with_cfg(SlabPvt, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=_feature_cfg(), **kwargs)
+    return build_model_with_pretrained_file(SlabPvt, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                            feature_cfg=_feature_cfg(), **kwargs)
 
 
 def _create_swin(variant, pretrained=False, **kwargs):
-    return build_model_with_cfg(SlabSwinTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=_feature_cfg(), **kwargs)
+    return build_model_with_pretrained_file(
+        SlabSwinTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=_feature_cfg(), **kwargs,
+    )
 
 
 _URL = "https://github.com/xinghaochen/SLAB/releases/download/ckpts/"

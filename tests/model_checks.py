@@ -10,9 +10,14 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_timm_api(name: str, img_size, num_classes: int = 10, **kwargs):
-    """Forward/backward and the timm classifier API at `img_size` (int or (H, W))."""
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+def _hw(input_size) -> tuple[int, int]:
+    return (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+
+
+def check_timm_api(name: str, input_size, num_classes: int = 10, **kwargs):
+    """Forward/backward and the timm classifier API on inputs of `input_size` (int or (H, W)); `kwargs` go to
+    the model (`img_size` included)."""
+    h, w = _hw(input_size)
     model = timm.create_model(name, num_classes=num_classes, **kwargs)
     x = torch.randn(2, 3, h, w)
     out = model(x)
@@ -39,8 +44,8 @@ def check_timm_api(name: str, img_size, num_classes: int = 10, **kwargs):
     return model
 
 
-def check_features_only(name: str, img_size, strides=(4, 8, 16, 32), **kwargs):
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+def check_features_only(name: str, input_size, strides=(4, 8, 16, 32), **kwargs):
+    h, w = _hw(input_size)
     model = timm.create_model(name, features_only=True, **kwargs).eval()
     assert tuple(model.feature_info.reduction()) == tuple(strides)
     with torch.no_grad():
@@ -52,9 +57,9 @@ def check_features_only(name: str, img_size, strides=(4, 8, 16, 32), **kwargs):
     return feats
 
 
-def check_forward_intermediates(name: str, img_size: int = 224, **kwargs):
+def check_forward_intermediates(name: str, input_size=224, **kwargs):
     model = timm.create_model(name, num_classes=7, **kwargs).eval()
-    x = torch.randn(1, 3, img_size, img_size)
+    x = torch.randn(1, 3, *_hw(input_size))
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
         assert torch.allclose(final, model.forward_features(x), atol=1e-5)
@@ -66,12 +71,12 @@ def check_forward_intermediates(name: str, img_size: int = 224, **kwargs):
     assert pruned == [0, 1] or tuple(pruned) == (0, 1)
 
 
-def check_grad_checkpointing(name: str, img_size: int = 96, **kwargs):
-    """Gradient checkpointing gives the same gradients as plain backward."""
+def check_grad_checkpointing(name: str, input_size=96, **kwargs):
+    """Gradient checkpointing gives the same gradients as plain backward (`kwargs` go to the model)."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=4, **kwargs)
     model.eval()  # no dropout / BN updates, so both passes compute the same function
-    x = torch.randn(2, 3, img_size, img_size)
+    x = torch.randn(2, 3, *_hw(input_size))
     model(x).sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

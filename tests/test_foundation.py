@@ -81,3 +81,112 @@ def test_unwrap_envelopes(tmp_path):
 def test_import_is_idempotent():
     importlib.import_module("visionattn")
     importlib.import_module("visionattn.backbones")
+
+
+def _save_with_fake_module(path, module: str, qualname: str, obj_factory):
+    """torch.save an object whose class lives in a throwaway module (absent again when loading)."""
+    import sys
+    import types
+
+    parent, child = module.split(".")
+    pkg, mod = types.ModuleType(parent), types.ModuleType(module)
+    cls = obj_factory()
+    cls.__module__, cls.__qualname__ = module, qualname
+    setattr(mod, qualname, cls)
+    setattr(pkg, child, mod)
+    sys.modules.update({parent: pkg, module: mod})
+    try:
+        torch.save({"model": {"w": torch.ones(3)}, "config": cls(A=cls(B=5))}, path)
+    finally:
+        del sys.modules[parent], sys.modules[module]
+
+
+def _yacs_like():
+    class CfgNode(dict):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.__dict__.update(__immutable__=False, __new_allowed__=False)  # as yacs does
+
+    return CfgNode
+
+
+def test_load_state_dict_file_config_objects(tmp_path):
+    import argparse
+    import pickle
+
+    before = list(torch.serialization.get_safe_globals())
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(model="x", lr=0.1)}, tmp_path / "ns.pth")
+    ckpt = load_state_dict_file(tmp_path / "ns.pth")
+    assert ckpt["args"].model == "x" and torch.equal(unwrap_state_dict(ckpt)["w"], torch.ones(2))
+
+    _save_with_fake_module(tmp_path / "yacs.pth", "yacs.config", "CfgNode", _yacs_like)
+    ckpt = load_state_dict_file(tmp_path / "yacs.pth")
+    assert ckpt["config"]["A"]["B"] == 5 and type(ckpt["config"]).__module__ == "collections"
+    assert unwrap_state_dict(ckpt).keys() == {"w"}
+
+    # any other class is refused, even one that looks like a config
+    _save_with_fake_module(tmp_path / "evil.pth", "evil_pkg.cfg", "CfgNode", _yacs_like)
+    with pytest.raises(pickle.UnpicklingError, match="evil_pkg"):
+        load_state_dict_file(tmp_path / "evil.pth")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, tmp_path / "reduce.pth")
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict_file(tmp_path / "reduce.pth")
+    # the allow-list was only scoped: plain weights_only loads still refuse the config files
+    assert list(torch.serialization.get_safe_globals()) == before
+    for name in ("ns.pth", "yacs.pth"):
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(tmp_path / name, weights_only=True)
+
+
+def test_load_state_dict_file_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.arange(4.0)}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(load_state_dict_file(tmp_path / "w.safetensors")["a"], torch.arange(4.0))
+
+
+def test_unwrap_ema_only_and_mm_backbone():
+    sd = {"a.weight": torch.ones(2)}
+    assert unwrap_state_dict({"model_ema": sd, "epoch": 1}).keys() == sd.keys()
+    got = unwrap_state_dict({"model": sd, "model_ema": {"a.weight": torch.zeros(2)}})
+    assert torch.equal(got["a.weight"], sd["a.weight"])  # 'model' over the EMA copy unless asked
+    mm = {"state_dict": {"backbone.a.weight": torch.ones(2), "decode_head.w": torch.ones(1)}, "meta": {}}
+    assert unwrap_state_dict(mm).keys() == sd.keys()
+    assert unwrap_state_dict(sd).keys() == sd.keys()
+
+
+_ONE_PER_FAMILY = {
+    "agent_pvt_t": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
+    "biformer_t": dict(depths=(1, 1, 2, 1), embed_dims=(32, 48, 64, 96), head_dim=16),
+    "nat_mini": dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+    "slab_pvt_t": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(_ONE_PER_FAMILY))
+def test_pretrained_file_same_for_every_family(tmp_path, name):
+    """pretrained=True with pretrained_cfg_overlay=dict(file=...) on a trainer-style file (pickled args, an EMA
+    copy beside 'model') loads 'model' the same way for every family; another class count keeps the trunk."""
+    import argparse
+
+    kw = _ONE_PER_FAMILY[name]
+    torch.manual_seed(0)
+    sd = timm.create_model(name, num_classes=10, **kw).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = str(tmp_path / f"{name}.pth")
+    torch.save({"model": sd, "model_ema": ema, "epoch": 3, "args": argparse.Namespace(model=name)}, path)
+    overlay = dict(file=path, num_classes=10)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=10, **kw)
+    got = model.state_dict()
+    for k, v in sd.items():
+        assert torch.equal(got[k], v), k
+    assert model.pretrained_cfg["file"] == path and "state_dict" not in model.pretrained_cfg
+    other = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3, **kw)
+    assert other.get_classifier().out_features == 3
+    conv = model.pretrained_cfg["first_conv"] + ".weight"
+    assert torch.equal(other.state_dict()[conv], sd[conv])

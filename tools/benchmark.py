@@ -30,7 +30,7 @@ from visionattn.utils import fuse_for_inference, is_reparameterizable, set_attn_
 
 COLUMNS = ["model", "family", "img_size", "params_m", "gmacs", "device", "threads",
            "eager_ms", "compile_ms", "compile_s", "ort_ms", "amp_ms",
-           "eager_ips", "compile_ips", "ort_ips", "amp_ips", "ort_vs_eager"]
+           "eager_ips", "compile_ips", "ort_ips", "amp_ips", "ort_vs_eager", "reference_ips", "vs_reference"]
 
 
 def parse_args(argv=None):
@@ -47,6 +47,9 @@ def parse_args(argv=None):
                         "eager,compile,amp on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-fuse", action="store_true")
+    p.add_argument("--compare-reference", action="store_true",
+                   help="also time eager with the attention forced onto the 'reference' backend (the stand-in for "
+                        "the official gather / unfused code) and report our speed-up over it")
     p.add_argument("--out-dir", default="out/bench")
     return p.parse_args(argv)
 
@@ -92,6 +95,16 @@ def bench_model(name: str, args, device: torch.device, modes: list[str]) -> dict
 
     if "eager" in modes:
         measure(model, "eager")
+    if args.compare_reference and any(type(m).__module__.startswith("visionattn") and hasattr(m, "backend")
+                                      for m in model.modules()):
+        saved = {m: m.backend for m in model.modules() if hasattr(m, "backend")}
+        set_attn_backend(model, "reference")
+        t = time_fn(wrap(lambda: model(xb)), max(1, args.warmup // 2), max(3, args.reps // 2))
+        for m, backend in saved.items():
+            m.backend = backend
+        row["reference_ips"] = round(args.batch / (t / 1e3), 1)
+        if row.get("eager_ips"):
+            row["vs_reference"] = round(row["eager_ips"] / row["reference_ips"], 2)
     if "amp" in modes and device.type == "cuda":
         def amp_fn(x):
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -31,10 +31,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from visionattn.utils import LinearHeadMixin, drop_path_rates, trunc_normal_unless_meta
 
 __all__ = [
     "LePEAttention",
@@ -96,17 +98,6 @@ def windows_to_img(x: torch.Tensor, hw: tuple[int, int], win: tuple[int, int]) -
     c = x.shape[-1]
     x = x.reshape(-1, h // hs, w // ws, hs, ws, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, h * w, c)
-
-
-def _trunc_normal(t: torch.Tensor, std: float = 0.02) -> None:
-    """timm trunc_normal_, skipped on the meta device (where it is slow and meaningless)."""
-    if not t.is_meta:
-        trunc_normal_(t, std=std)
-
-
-def _linspace(end: float, n: int) -> list[float]:
-    """torch.linspace(0, end, n) in Python floats (works while building on the meta device)."""
-    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
 class LePEAttention(nn.Module):
@@ -254,7 +245,7 @@ class MergeBlock(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
-class CSWinTransformer(nn.Module):
+class CSWinTransformer(LinearHeadMixin, nn.Module):
     """The 4-stage CSWin classifier (official attribute names) with the timm model API.
 
     Args:
@@ -263,6 +254,8 @@ class CSWinTransformer(nn.Module):
         single_branch: per stage, force the one-window form; default: the last stage and every stage whose split
             size reaches its resolution at `img_size` (the official rule).
         norm_layer: token norm factory used everywhere (stem, blocks, merges, final norm).
+        block_layer, stem_layer, merge_layer: the block / stem / patch-merging classes (subclasses of
+            `CSWinBlock`, `CSWinStem`, `MergeBlock` with the same constructor, e.g. adding fold hooks).
     """
 
     def __init__(
@@ -284,8 +277,14 @@ class CSWinTransformer(nn.Module):
         single_branch: Sequence[bool] | None = None,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         global_pool: str = "avg",
+        block_layer: type[nn.Module] | None = None,
+        stem_layer: type[nn.Module] | None = None,
+        merge_layer: type[nn.Module] | None = None,
     ):
         super().__init__()
+        block_layer = block_layer or CSWinBlock
+        stem_layer = stem_layer or CSWinStem
+        merge_layer = merge_layer or MergeBlock
         if len(depth) != 4 or len(split_size) != 4 or len(num_heads) != 4:
             raise ValueError("depth, split_size and num_heads must have 4 entries (one per stage)")
         if global_pool not in ("avg", ""):
@@ -299,12 +298,12 @@ class CSWinTransformer(nn.Module):
         if single_branch is None:
             single_branch = [i == 3 or split_size[i] >= img_size // 4 // 2 ** i for i in range(4)]
         self.single_branch = tuple(bool(s) for s in single_branch)
-        self.stage1_conv_embed = CSWinStem(in_chans, embed_dim, norm_layer)
-        dpr = _linspace(drop_path_rate, sum(depth))
+        self.stage1_conv_embed = stem_layer(in_chans, embed_dim, norm_layer)
+        dpr = drop_path_rates(drop_path_rate, sum(depth))
         self.feature_info = []
         for i in range(4):
             blocks = nn.ModuleList([
-                CSWinBlock(
+                block_layer(
                     dims[i], num_heads[i], split_size=split_size[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                     qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[sum(depth[:i]) + j],
                     single_branch=self.single_branch[i], attn_layer=attn_layers[i], norm_layer=norm_layer,
@@ -314,7 +313,7 @@ class CSWinTransformer(nn.Module):
             ])
             setattr(self, f"stage{i + 1}", blocks)
             if i < 3:
-                setattr(self, f"merge{i + 1}", MergeBlock(dims[i], dims[i + 1], norm_layer))
+                setattr(self, f"merge{i + 1}", merge_layer(dims[i], dims[i + 1], norm_layer))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stage{i + 1}"))
         self.norm = norm_layer(dims[-1])
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
@@ -324,7 +323,7 @@ class CSWinTransformer(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module):
         if isinstance(m, nn.Linear):
-            _trunc_normal(m.weight)
+            trunc_normal_unless_meta(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -347,18 +346,6 @@ class CSWinTransformer(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def stages(self) -> list[nn.ModuleList]:
         return [getattr(self, f"stage{i + 1}") for i in range(4)]
