@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# two workers: many tests are single-threaded Python (the Triton interpreter); see tests/conftest.py
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-full lint venv natten mm clean
 
@@ -36,10 +38,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test: $(STAMP) natten mm lint
-	$(PY) -m pytest -q -m "not full" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not full" $(PYTEST_ARGS)
 
 test-full: $(STAMP) natten mm lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

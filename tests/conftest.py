@@ -8,6 +8,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+# Under pytest-xdist each worker gets one intra-op thread: the workers already fill the cores, and torch's
+# thread pools oversubscribed across processes spin instead of working.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from parity_utils import parity_dir  # noqa: E402
 
 

@@ -360,3 +360,16 @@ _SWEEP = [
 @pytest.mark.parametrize("case", _SWEEP, ids=case_id)
 def test_torch_sweep(case):
     assert_matches_reference("torch", **case)
+
+
+def test_module_under_bf16_autocast():
+    """The fp32 RPB table is cast to the activations' dtype (NAT/DiNAT training with bf16 AMP)."""
+    from visionattn.layers import NeighborhoodAttention2D
+
+    m = NeighborhoodAttention2D(32, 2, 5, dilation=2)
+    x = torch.randn(2, 11, 13, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().square().mean().backward()
+    assert y.dtype == torch.bfloat16 and m.rpb.grad is not None and m.rpb.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), m(x), atol=5e-2, rtol=5e-2)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import to_2tuple
 from timm.layers.helpers import to_1tuple
 from torch import nn
 
 from ..kernels.na import na1d, na2d
+from ..utils import trunc_normal_unless_meta
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D"]
 
@@ -53,7 +54,7 @@ class _NeighborhoodAttention(nn.Module):
         # a direct parameter registered before the Linears: official state-dict order
         if rpb:
             self.rpb = nn.Parameter(torch.zeros(num_heads, *(2 * k - 1 for k in self.kernel_size)))
-            trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+            trunc_normal_unless_meta(self.rpb, std=0.02)
         else:
             self.register_parameter("rpb", None)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -95,6 +96,10 @@ class _NeighborhoodAttention(nn.Module):
             x = x[(slice(None), *(slice(0, s) for s in spatial))]
         return self.proj_drop(self.proj(x))
 
+    def _bias(self, q):
+        # under autocast q is bf16/fp16 while the table stays fp32; the kernels take one dtype
+        return None if self.rpb is None else self.rpb.to(q.dtype)
+
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, head_dim={self.head_dim}, kernel_size={self.kernel_size}, "
                 f"dilation={self.dilation}, rpb={self.rpb is not None}, backend={self.backend!r}, "
@@ -112,7 +117,8 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
     _ndim = 2
 
     def _attend(self, q, k, v):
-        return na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale, backend=self.backend)
+        return na2d(q, k, v, self.kernel_size, self.dilation, rpb=self._bias(q), scale=self.scale,
+                    backend=self.backend)
 
 
 class NeighborhoodAttention1D(_NeighborhoodAttention):
@@ -121,4 +127,5 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
     _ndim = 1
 
     def _attend(self, q, k, v):
-        return na1d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale, backend=self.backend)
+        return na1d(q, k, v, self.kernel_size, self.dilation, rpb=self._bias(q), scale=self.scale,
+                    backend=self.backend)
