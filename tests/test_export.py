@@ -143,13 +143,19 @@ def test_shvit_filter_matches_official_key_dump():
     assert set(mapped) == set(timm.create_model("shvit_s1").state_dict())
 
 
-@pytest.mark.slow
-def test_benchmark_two_models(tmp_path):
-    out = subprocess.run(
+def _run_benchmark(tmp_path, modes):
+    return subprocess.run(
         [sys.executable, str(REPO / "tools/benchmark.py"), "--filter", "shvit_s1,efficientvim_m1",
-         "--img-size", "128", "--batch", "2", "--reps", "2", "--warmup", "1", "--out-dir", str(tmp_path)],
+         "--img-size", "128", "--batch", "2", "--reps", "2", "--warmup", "1", "--out-dir", str(tmp_path),
+         "--modes", modes],
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )
+
+
+@pytest.mark.slow
+def test_benchmark_two_models(tmp_path):
+    # torch.compile is part of the protocol but takes minutes on 2 cores: the `full` test below covers it
+    out = _run_benchmark(tmp_path, "eager,onnx")
     assert out.returncode == 0, out.stderr[-2000:]
     for f in ("bench.csv", "bench.md", "bench.png"):
         assert (tmp_path / f).stat().st_size > 0
@@ -157,3 +163,12 @@ def test_benchmark_two_models(tmp_path):
     assert len(rows) == 3 and "ort_ms" in rows[0]
     for row in rows[1:]:
         assert row.split(",")[7] not in ("",)  # eager_ms measured
+
+
+@pytest.mark.full
+def test_benchmark_with_compile(tmp_path):
+    out = _run_benchmark(tmp_path, "eager,compile,onnx")
+    assert out.returncode == 0, out.stderr[-2000:]
+    header, *rows = (tmp_path / "bench.csv").read_text().strip().splitlines()
+    col = header.split(",").index("compile_ms")
+    assert all(r.split(",")[col] for r in rows)

@@ -1,33 +1,81 @@
-"""Build every zoo model at a small input and print name / family / params / output shape."""
+"""`make demo`: train a reduced zoo model on sklearn's digits, validate it, export it to ONNX — CPU only, offline.
+
+1. sklearn.datasets.load_digits -> an ImageNet-layout folder of PNGs (cached under .cache/digits);
+2. tools/train.py with configs/demo/<config>.yaml (the same folder pipeline as ImageNet);
+3. tools/validate.py on the best checkpoint;
+4. visionattn.export.export_onnx: onnxruntime parity and latency.
+
+The last line is `demo: model=<name> top1=<xx.x> onnx_max_abs_diff=<e> ort_ms=<t> torch_ms=<t>`.
+"""
+from __future__ import annotations
+
 import argparse
+import importlib.util
+import json
 import sys
 import time
+from pathlib import Path
 
-import timm
-import torch
-
-import visionattn
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--family", default=None)
-    p.add_argument("--img-size", type=int, default=224)
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"_visionattn_tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "demo" / "nat_mini_digits.yaml"))
+    p.add_argument("--data-dir", default=str(ROOT / ".cache" / "digits"))
+    p.add_argument("--output-dir", default=str(ROOT / "output" / "demo"))
+    p.add_argument("--min-top1", type=float, default=95.0, help="exit 1 below this validation top-1")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for the training config")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    rows = []
-    for name in visionattn.list_models(args.family):
-        t0 = time.perf_counter()
-        model = timm.create_model(name, pretrained=False).eval()
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        size = model.pretrained_cfg.get("input_size", (3, args.img_size, args.img_size))
-        out = model(torch.randn(1, *size))
-        rows.append((name, name.family, params, tuple(out.shape), time.perf_counter() - t0))
-        print(f"{name:40s} {name.family:16s} {params:8.2f}M {str(tuple(out.shape)):14s} {rows[-1][-1]:6.1f}s",
-              flush=True)
-        del model
-    print(f"demo: {len(rows)} models built", file=sys.stdout)
+    t0 = time.time()
+
+    import torch
+
+    from visionattn.data import digits_to_folder
+    from visionattn.train_utils import build_model, load_config, load_weights, resolve_data
+
+    data = digits_to_folder(args.data_dir, size=32)
+    print(f"[demo] digits folder: {data} ({time.time() - t0:.1f}s)", flush=True)
+    overrides = [f"data_dir={data}", f"output_dir={args.output_dir}", *args.overrides]
+
+    rc = _tool("train").main(["--config", args.config, *overrides])
+    if rc != 0:
+        print(f"demo: training failed (exit {rc})", file=sys.stderr)
+        return rc
+    print(f"[demo] trained ({time.time() - t0:.1f}s)", flush=True)
+
+    out = Path(args.output_dir)
+    res_file = out / "validate.json"
+    rc = _tool("validate").main(["--config", args.config, "--checkpoint", str(out / "best.safetensors"),
+                                 "--results-file", str(res_file), *overrides])
+    if rc != 0:
+        print(f"demo: validation failed (exit {rc})", file=sys.stderr)
+        return rc
+    val = json.loads(res_file.read_text())
+    print(f"[demo] validated ({time.time() - t0:.1f}s)", flush=True)
+
+    from visionattn.export import export_onnx
+
+    cfg = load_config(args.config, overrides)
+    model = build_model(cfg, num_classes=10)
+    load_weights(model, out / "best.safetensors")
+    size = resolve_data(cfg, model)["input_size"][1:]
+    torch.set_num_threads(cfg["threads"] or 1)
+    res = export_onnx(model.eval(), out / f"{cfg['model']}_digits.onnx", img_size=tuple(size), threads=1, reps=10)
+    print(f"[demo] exported to {res['onnx']} ({res['exporter']}) ({time.time() - t0:.1f}s total)", flush=True)
+    line = (f"demo: model={cfg['model']} top1={val['top1']:.1f} onnx_max_abs_diff={res['max_abs_diff']:.2e} "
+            f"ort_ms={res['ort_ms']:.3f} torch_ms={res['torch_ms']:.3f}")
+    print(line, flush=True)
+    return 0 if val["top1"] >= args.min_top1 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

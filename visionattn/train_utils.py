@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -138,6 +137,7 @@ DEFAULTS: dict[str, Any] = {
     "find_unused_parameters": False,
     "dist_backend": None,  # None: nccl on CUDA, gloo on CPU
     "device": None,  # None: cuda if available else cpu
+    "threads": None,  # torch.set_num_threads (None: torch's default); 1 is fastest for tiny models on busy CPUs
 }
 
 _CHOICES = {
@@ -147,6 +147,32 @@ _CHOICES = {
     "remode": ("pixel", "rand", "const"),
     "distill.type": ("none", "soft", "hard"),
 }
+
+
+def _yaml_loader():
+    """SafeLoader that also reads `1e-3` / `5e4` as floats (YAML 1.1 needs a dot: `1.0e-3`)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader
+
+
+def yaml_load(text: str):
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def _suggest(key: str, known) -> str:
@@ -184,7 +210,7 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key=value")
         key, _, raw = item.partition("=")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
         parts = key.strip().split(".")
@@ -205,7 +231,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, Mapping):
@@ -238,7 +264,7 @@ def validate_config(cfg: dict) -> None:
         v = cfg[key]
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
             raise ConfigError(f"config key {key!r} must be a number >= 0, got {v!r}")
-    for key in ("max_steps", "img_size", "num_classes", "val_batch_size", "prepbn_steps"):
+    for key in ("max_steps", "img_size", "num_classes", "val_batch_size", "prepbn_steps", "threads"):
         v = cfg[key]
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ConfigError(f"config key {key!r} must be an integer >= 1 or null, got {v!r}")
@@ -473,7 +499,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     if not p.is_file():
         raise ConfigError(f"checkpoint not found: {p}")
     sd = unwrap_state_dict(load_state_dict_file(str(p)))
-    missing, unexpected = model.load_state_dict(sd, strict=strict)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=strict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"checkpoint {p} does not fit model {type(model).__name__}: "
+                          f"{' '.join(x.strip() for x in first[:3])[:300]}") from None
     if not strict and (missing or unexpected):
         import warnings
 
@@ -517,8 +548,6 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return str(obj)
         return obj
     return str(obj)
 

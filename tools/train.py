@@ -1,0 +1,580 @@
+"""Train any visionattn (or timm) model on an ImageNet-layout folder from a YAML config.
+
+    python tools/train.py --config configs/imagenet/nat_mini.yaml data_dir=/data/imagenet [key=value ...]
+
+Every config key is listed with its default in `visionattn.train_utils.DEFAULTS`; `key=value` overrides are
+parsed as YAML and dotted keys reach into mappings (`distill.type=hard`, `model_kwargs.embed_dim=32`; in a
+YAML flow mapping put a space after each colon: `model_kwargs={embed_dim: 32}`).
+`batch_size` is per process; `lr: null` means `lr_base * global_batch / lr_base_size`.
+
+Distributed (DDP; nccl on GPU, gloo on CPU), one node:
+
+    torchrun --nproc_per_node=8 tools/train.py --config ...
+
+Several nodes: run the same command on every node with its own --node_rank:
+
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        tools/train.py --config ...
+
+Resume: `resume=auto` continues from `<output_dir>/last_state.pt` when it exists (a fresh run otherwise);
+`resume=<dir or file>` from that checkpoint. With `workers: 0` (or `no_aug`), a run stopped after N steps
+(`max_steps=N`) and resumed is bit-identical to an uninterrupted one; with worker processes and random
+augmentation the images after a mid-epoch resume are augmented with other random numbers.
+
+Outputs in output_dir: last/best(.safetensors, _ema), last_state.pt, config.yaml, log.jsonl, tb/ (when
+tensorboard: true), summary.json. Exit codes: 0 done, 2 bad config / data / model, 3 non-finite loss (the
+last good checkpoint is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from visionattn.train_utils import (  # noqa: E402
+    ConfigError,
+    DistillationLoss,
+    autocast,
+    build_dataset,
+    build_model,
+    check_model_name,
+    eval_loader,
+    evaluate,
+    get_rng_state,
+    load_checkpoint_state,
+    load_config,
+    load_weights,
+    num_classes_of,
+    resolve_data,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    train_transform,
+)
+
+EXIT_CONFIG, EXIT_NAN = 2, 3
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """The wrapped sampler's indices without the first `skip` (mid-epoch resume)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class Trainer:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.world, self.rank, self.local_rank = _dist_env()
+        self.distributed = self.world > 1
+        self.main = self.rank == 0
+        if cfg["device"]:
+            self.device = torch.device(cfg["device"])
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if cfg["amp"] == "fp16" and self.device.type != "cuda":
+            raise ConfigError("amp: fp16 needs a CUDA device (use amp: bf16 on CPU)")
+        self.out = Path(cfg["output_dir"] or Path("output") / cfg["model"])
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        check_model_name(cfg["model"])
+        self.train_ds = build_dataset(cfg, cfg["train_split"])
+        build_dataset(cfg, cfg["val_split"])  # fail early on a missing val folder
+        if self.distributed:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            backend = cfg["dist_backend"] or ("nccl" if self.device.type == "cuda" else "gloo")
+            torch.distributed.init_process_group(backend=backend)
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        if cfg["deterministic"]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        _seed_all(cfg["seed"])  # same initial weights on every rank
+        self.num_classes = cfg["num_classes"] or num_classes_of(self.train_ds)
+        model = build_model(cfg, self.num_classes)
+        if cfg["grad_checkpointing"]:
+            model.set_grad_checkpointing(True)
+        self.data_cfg = resolve_data(cfg, model)
+        self.train_ds.transform = train_transform(cfg, self.data_cfg)
+        self.val_loader, _ = eval_loader(cfg, self.data_cfg, cfg["val_split"], self.rank, self.world)
+        model.to(self.device)
+        if cfg["channels_last"]:
+            model.to(memory_format=torch.channels_last)
+        if self.distributed and cfg["sync_bn"]:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+
+        # SLAB: the trainer's optimizer step drives the PRepBN LN->BN blend (saved with the model buffers).
+        from visionattn.layers.prepbn import prepbn_modules, set_prepbn_step
+
+        self.has_prepbn = bool(prepbn_modules(model))
+        if self.has_prepbn:
+            set_prepbn_step(model, 0, total_steps=cfg["prepbn_steps"], warm_steps=cfg["prepbn_warm"],
+                            auto_step=False)
+
+        # loader geometry
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        if cfg["repeated_aug"]:
+            self.sampler = RepeatAugSampler(self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True)
+        else:
+            self.sampler = torch.utils.data.DistributedSampler(
+                self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg["seed"])
+        self.micro_per_epoch = len(self.sampler) // cfg["batch_size"]
+        self.updates_per_epoch = self.micro_per_epoch // cfg["accum_steps"]
+        if self.updates_per_epoch == 0:
+            raise ConfigError(f"the training split has {len(self.train_ds)} images, fewer than one global batch "
+                              f"({cfg['batch_size']} x {self.world} processes x {cfg['accum_steps']} accum_steps)")
+        self.micro_per_epoch = self.updates_per_epoch * cfg["accum_steps"]
+
+        # optimizer / scheduler / scaler / EMA
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        self.global_batch = cfg["batch_size"] * self.world * cfg["accum_steps"]
+        self.lr = cfg["lr"] if cfg["lr"] is not None else cfg["lr_base"] * self.global_batch / cfg["lr_base_size"]
+        opt_kwargs = {}
+        if cfg["opt_eps"] is not None:
+            opt_kwargs["eps"] = cfg["opt_eps"]
+        if cfg["opt_betas"] is not None:
+            opt_kwargs["betas"] = tuple(cfg["opt_betas"])
+        try:
+            self.optimizer = create_optimizer_v2(
+                model, opt=cfg["opt"], lr=self.lr, weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],
+                layer_decay=cfg["layer_decay"], **opt_kwargs)
+        except (AssertionError, ValueError) as e:
+            raise ConfigError(f"config key 'opt': {e}") from None
+        try:
+            self.scheduler, self.num_epochs = create_scheduler_v2(
+                self.optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"], cooldown_epochs=cfg["cooldown_epochs"],
+                min_lr=cfg["min_lr"], warmup_lr=cfg["warmup_lr"], warmup_epochs=cfg["warmup_epochs"],
+                warmup_prefix=cfg["warmup_prefix"], step_on_epochs=not cfg["sched_on_updates"],
+                updates_per_epoch=self.updates_per_epoch)
+        except (AssertionError, ValueError) as e:
+            raise ConfigError(f"config key 'sched': {e}") from None
+        if self.scheduler is None:
+            raise ConfigError(f"config key 'sched' must name a timm scheduler, got {cfg['sched']!r}")
+        self.scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
+        self.ema = ModelEmaV3(model, decay=cfg["model_ema_decay"], use_warmup=cfg["model_ema_warmup"]) \
+            if cfg["model_ema"] else None
+
+        # losses
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        self.mixup = None
+        if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+            self.mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                               switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
+                               label_smoothing=cfg["smoothing"], num_classes=self.num_classes)
+            base = SoftTargetCrossEntropy()
+        elif cfg["smoothing"] > 0:
+            base = LabelSmoothingCrossEntropy(cfg["smoothing"])
+        else:
+            base = nn.CrossEntropyLoss()
+        self.soft_ce = SoftTargetCrossEntropy()
+        d = cfg["distill"]
+        self.distill = d["type"] != "none"
+        if self.distill:
+            import timm
+
+            check_model_name(d["teacher"])
+            teacher = timm.create_model(d["teacher"], num_classes=self.num_classes, **d["teacher_kwargs"])
+            if d["teacher_checkpoint"]:
+                load_weights(teacher, d["teacher_checkpoint"])
+            teacher.to(self.device).eval().requires_grad_(False)
+            if hasattr(model, "set_distilled_training"):
+                model.set_distilled_training(True)
+            self.loss_fn = DistillationLoss(base, teacher, d["type"], d["alpha"], d["tau"])
+        else:
+            self.loss_fn = base
+
+        # state
+        self.step = 0
+        self.epoch = 0
+        self.micro_in_epoch = 0
+        self.best_top1 = None
+        self.best_top1_ema = None
+        self.last_metrics: dict = {}
+        self.wall_before = 0.0
+        self.resumed_from = None
+        self._maybe_resume()
+
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=cfg["find_unused_parameters"])
+        if cfg["compile"]:
+            self.model = torch.compile(self.model)
+        # different augmentation / drop-path streams per rank (the weights are already equal)
+        if self.resumed_from is None:
+            _seed_all(cfg["seed"] + self.rank)
+        self.writer = None
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            if cfg["tensorboard"]:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tb"))
+
+    def _maybe_resume(self) -> None:
+        cfg = self.cfg
+        if not cfg["resume"]:
+            return
+        src = self.out if cfg["resume"] == "auto" else Path(cfg["resume"])
+        state_path = src / "last_state.pt" if src.is_dir() or cfg["resume"] == "auto" else src
+        if cfg["resume"] == "auto" and not state_path.exists():
+            return
+        state = load_checkpoint_state(state_path)
+        weights = state_path.parent / state["weights"]
+        load_weights(self.model, weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        self.best_top1, self.best_top1_ema = state["best_top1"], state["best_top1_ema"]
+        self.last_metrics = state.get("last_metrics", {})
+        self.wall_before = state.get("wall_s", 0.0)
+        rng = state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0]
+        set_rng_state(rng)
+        self.resumed_from = str(state_path)
+        if self.main:
+            print(f"resumed from {state_path} at step {self.step} (epoch {self.epoch})", flush=True)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def save(self, tag: str = "last") -> None:
+        """Write `last` (every rank's RNG gathered; rank 0 writes)."""
+        rng = get_rng_state()
+        if self.distributed:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = gathered
+        else:
+            rng = [rng]
+        if not self.main:
+            return
+        model = _unwrap(self.model)
+        meta = {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
+        save_weights(model.state_dict(), self.out / f"{tag}.safetensors", meta)
+        if self.ema is not None:
+            save_weights(self.ema.module.state_dict(), self.out / f"{tag}_ema.safetensors", meta)
+        state = {
+            "weights": f"{tag}.safetensors",
+            "model": self.cfg["model"],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_in_epoch": self.micro_in_epoch,
+            "best_top1": self.best_top1,
+            "best_top1_ema": self.best_top1_ema,
+            "last_metrics": self.last_metrics,
+            "wall_s": self.wall_before + time.time() - self.t0,
+            "world_size": self.world,
+            "rng": rng,
+            "config": self.cfg,
+        }
+        save_checkpoint(self.out / f"{tag}_state.pt", state)
+
+    # ------------------------------------------------------------------------------------------------- training
+    def _loader(self, epoch: int):
+        cfg = self.cfg
+        self.sampler.set_epoch(epoch)
+        skip = self.micro_in_epoch * cfg["batch_size"]
+        g = torch.Generator().manual_seed(cfg["seed"] * 100003 + epoch * 1009 + self.rank)
+        return torch.utils.data.DataLoader(
+            self.train_ds, batch_size=cfg["batch_size"], sampler=_SkipSampler(self.sampler, skip),
+            num_workers=cfg["workers"], pin_memory=cfg["pin_memory"] and self.device.type == "cuda",
+            drop_last=True, generator=g, persistent_workers=False)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+        if self.distributed:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def _set_train(self) -> None:
+        self.model.train()
+
+    def train_epoch(self, epoch: int) -> dict:
+        from timm.models._manipulate import model_parameters
+        from timm.utils import dispatch_clip_grad
+        from tqdm import tqdm
+
+        from visionattn.layers.prepbn import set_prepbn_step
+
+        cfg = self.cfg
+        model = self.model
+        unwrapped = _unwrap(model)
+        self._set_train()
+        accum = cfg["accum_steps"]
+        loader = self._loader(epoch)
+        start_update = self.micro_in_epoch // accum
+        pbar = tqdm(total=self.updates_per_epoch, initial=start_update, desc=f"epoch {epoch + 1}/{self.num_epochs}",
+                    disable=not self.main, dynamic_ncols=True, leave=True)
+        loss_sum, loss_n = 0.0, 0
+        mesa_on = cfg["mesa"] > 0 and self.ema is not None and not self.distill \
+            and epoch >= cfg["mesa_start"] * cfg["epochs"]
+        self.optimizer.zero_grad(set_to_none=True)
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            if cfg["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.has_prepbn:
+                set_prepbn_step(unwrapped, self.step, warm_steps=cfg["prepbn_warm"])
+            last_micro = (self.micro_in_epoch + 1) % accum == 0
+            sync = last_micro or not self.distributed
+            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _null()
+            with ctx:
+                with autocast(cfg["amp"], self.device):
+                    out = model(x)
+                    loss = self.loss_fn(x, out, y) if self.distill else self.loss_fn(out, y)
+                    if mesa_on:
+                        with torch.no_grad():
+                            t = self.ema.module(x).float().softmax(-1)
+                        loss = loss + cfg["mesa"] * self.soft_ce(out if torch.is_tensor(out) else out[0], t)
+                if not self._all_finite(loss):
+                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step + 1} "
+                                        f"(epoch {epoch + 1})")
+                scaled = loss / accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            self.micro_in_epoch += 1
+            loss_sum += loss.item()
+            loss_n += 1
+            if not last_micro:
+                continue
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if cfg["clip_grad"] is not None:
+                dispatch_clip_grad(model_parameters(unwrapped, exclude_head=cfg["clip_mode"] == "agc"),
+                                   value=cfg["clip_grad"], mode=cfg["clip_mode"])
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(unwrapped, step=self.step)
+            self.scheduler.step_update(num_updates=self.step)
+            lr = self.optimizer.param_groups[0]["lr"]
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{lr:.2e}")
+            if self.writer is not None and self.step % cfg["log_interval"] == 0:
+                self.writer.add_scalar("train/loss", loss.item(), self.step)
+                self.writer.add_scalar("train/lr", lr, self.step)
+            if cfg["max_steps"] is not None and self.step >= cfg["max_steps"]:
+                break
+            if cfg["checkpoint_interval"] and self.step % cfg["checkpoint_interval"] == 0 \
+                    and self.micro_in_epoch < self.micro_per_epoch:
+                self.save("last")
+        pbar.close()
+        return {"train_loss": loss_sum / max(loss_n, 1), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def validate(self) -> dict:
+        cfg = self.cfg
+        m = evaluate(self.model, self.val_loader, self.device, cfg["amp"], cfg["channels_last"], self.distributed)
+        out = {"top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"]}
+        if self.ema is not None:
+            e = evaluate(self.ema.module, self.val_loader, self.device, cfg["amp"], cfg["channels_last"],
+                         self.distributed)
+            out.update({"ema_top1": e["top1"], "ema_top5": e["top5"]})
+        return out
+
+    @torch.no_grad()
+    def recalibrate_bn(self) -> None:
+        """SLAB: passes over the training data with only the BatchNorm layers in train mode."""
+        model = self.model
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+        for _ in range(self.cfg["bn_recalib_epochs"]):
+            self.micro_in_epoch = 0
+            for x, _y in self._loader(self.num_epochs):
+                x = x.to(self.device)
+                if self.cfg["channels_last"]:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(self.cfg["amp"], self.device):
+                    model(x)
+
+    def log(self, row: dict) -> None:
+        if not self.main:
+            return
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and k not in ("epoch", "step"):
+                    self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        stopped = False
+        while self.epoch < self.num_epochs:
+            epoch = self.epoch
+            t_epoch = time.time()
+            row = self.train_epoch(epoch)
+            if self.micro_in_epoch < self.micro_per_epoch:  # max_steps reached mid-epoch
+                self.save("last")
+                stopped = True
+                break
+            self.epoch += 1
+            self.micro_in_epoch = 0
+            self.scheduler.step(self.epoch)
+            last = self.epoch == self.num_epochs
+            if last and cfg["bn_recalib_epochs"]:
+                self.recalibrate_bn()
+            if self.epoch % cfg["eval_interval"] == 0 or last:
+                metrics = self.validate()
+                row.update(metrics)
+                self.last_metrics = metrics
+                improved = self.best_top1 is None or metrics["top1"] > self.best_top1
+                if improved:
+                    self.best_top1 = metrics["top1"]
+                if "ema_top1" in metrics and (self.best_top1_ema is None or metrics["ema_top1"] > self.best_top1_ema):
+                    self.best_top1_ema = metrics["ema_top1"]
+                    if self.main:
+                        save_weights(self.ema.module.state_dict(), self.out / "best_ema.safetensors",
+                                     {"model": cfg["model"], "epoch": self.epoch})
+                if improved and self.main:
+                    save_weights(_unwrap(self.model).state_dict(), self.out / "best.safetensors",
+                                 {"model": cfg["model"], "epoch": self.epoch, "top1": metrics["top1"]})
+            row.update({"epoch": self.epoch, "step": self.step, "epoch_s": time.time() - t_epoch})
+            self.save("last")
+            self.log(row)
+            if self.main:
+                msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                print(msg, flush=True)
+            if cfg["max_steps"] is not None and self.step >= cfg["max_steps"]:
+                stopped = self.epoch < self.num_epochs
+                break
+        wall = self.wall_before + time.time() - self.t0
+        summary = {
+            "model": cfg["model"],
+            "epochs": self.epoch,
+            "epochs_planned": self.num_epochs,
+            "steps": self.step,
+            "completed": not stopped,
+            "best_top1": self.best_top1,
+            "final_top1": self.last_metrics.get("top1"),
+            "final_top5": self.last_metrics.get("top5"),
+            "best_top1_ema": self.best_top1_ema,
+            "final_top1_ema": self.last_metrics.get("ema_top1"),
+            "wall_s": round(wall, 3),
+            "world_size": self.world,
+            "global_batch": self.global_batch,
+            "lr": self.lr,
+            "num_classes": self.num_classes,
+            "input_size": list(self.data_cfg["input_size"]),
+            "output_dir": str(self.out),
+        }
+        if self.main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if self.writer is not None:
+                self.writer.close()
+        return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train a visionattn / timm model from a YAML config.",
+                                epilog="Overrides: key=value (YAML values, dotted keys for nested mappings).")
+    p.add_argument("--config", "-c", default=None, help="YAML config (keys: visionattn.train_utils.DEFAULTS)")
+    p.add_argument("--resume", default=None, help="same as resume=<value>: auto, a run directory or last_state.pt")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    prog = "train.py"
+    trainer = None
+    try:
+        overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+        cfg = load_config(args.config, overrides)
+        trainer = Trainer(cfg)
+        trainer.setup()
+        summary = trainer.fit()
+        if trainer.main:
+            print(f"summary: {json.dumps(summary)}", flush=True)
+        return 0
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    except NonFiniteLoss as e:
+        last = trainer.out / "last.safetensors" if trainer is not None else None
+        kept = f"last good checkpoint kept: {last}" if last is not None and last.exists() else \
+            "no checkpoint had been written yet"
+        print(f"{prog}: error: {e}; stopping ({kept})", file=sys.stderr, flush=True)
+        return EXIT_NAN
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
