@@ -1,0 +1,22 @@
+# Semantic FPN 80k ADE20K, BiFormer-S, official det/seg settings (n_win 16 det / 8 seg, auto_pad, extra_norms; spec
+# biformer.md s.6).
+_base_ = [
+    "./_base_/models/fpn.py",
+    "./_base_/datasets/ade20k.py",
+    "./_base_/schedules/schedule_80k.py",
+    "./_base_/default_runtime.py",
+]
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type="BiFormerMM",
+        model_name="biformer_s",
+        out_indices=(0, 1, 2, 3),
+        n_win=8,
+        drop_path_rate=0.15,
+        init_cfg=dict(type="Pretrained", checkpoint=None),
+    ),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+    decode_head=dict(num_classes=150),
+)
+optim_wrapper = dict(optimizer=dict(lr=0.0002, weight_decay=0.0001))

@@ -1,0 +1,28 @@
+# Semantic FPN 80k ADE20K, SHViT-S4; strides 16/32/64 -> TransConvFPN (transposed convs make strides 8 and 4), BN
+# frozen for det.
+_base_ = [
+    "./_base_/models/fpn.py",
+    "./_base_/datasets/ade20k.py",
+    "./_base_/schedules/schedule_80k.py",
+    "./_base_/default_runtime.py",
+]
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type="SHViTMM",
+        model_name="shvit_s4",
+        out_indices=(0, 1, 2),
+        init_cfg=dict(type="Pretrained", checkpoint=None),
+    ),
+    neck=dict(
+        _delete_=True,
+        type="TransConvFPN",
+        in_channels=[224, 336, 448],
+        out_channels=256,
+        num_outs=4,
+        num_extra_trans_convs=2,
+        add_extra_convs=False,
+    ),
+    decode_head=dict(num_classes=150),
+)
+optim_wrapper = dict(optimizer=dict(lr=0.0002, weight_decay=0.0001))

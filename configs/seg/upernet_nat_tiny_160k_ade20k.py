@@ -1,0 +1,21 @@
+# UPerNet 160k ADE20K, NAT-Tiny; the paper reports Mask R-CNN 3x and UPerNet 160k only (1x / RetinaNet / FPN are
+# ours).
+_base_ = [
+    "./_base_/models/upernet.py",
+    "./_base_/datasets/ade20k.py",
+    "./_base_/schedules/schedule_160k.py",
+    "./_base_/default_runtime.py",
+]
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type="NATMM",
+        model_name="nat_tiny",
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.3,
+        init_cfg=dict(type="Pretrained", checkpoint=None),
+    ),
+    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
+    auxiliary_head=dict(in_channels=256, num_classes=150),
+)
+optim_wrapper = dict(optimizer=dict(lr=6e-05, weight_decay=0.01))

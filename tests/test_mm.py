@@ -1,0 +1,472 @@
+"""mmdet / mmseg integration: the repo's configs build, train 2 iterations and predict for every family on tiny
+synthetic data (CPU); backbone freezing, norm_eval, odd input sizes, checkpoint loading; a short det_train /
+det_test run (slow)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.mm
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SIZE = (128, 160)  # H, W of the synthetic images
+
+# family -> (det config, seg config, smallest-model overrides of the backbone)
+FAMILIES = {
+    "biformer": ("mask_rcnn_biformer_s_1x_coco", "upernet_biformer_s_160k_ade20k",
+                 dict(model_name="biformer_t", n_win=4, drop_path_rate=0.0)),
+    "nat": ("mask_rcnn_nat_tiny_1x_coco", "upernet_nat_tiny_160k_ade20k",
+            dict(model_name="nat_mini", drop_path_rate=0.0)),
+    "dinat": ("mask_rcnn_dinat_tiny_1x_coco", "upernet_dinat_tiny_160k_ade20k",
+              dict(model_name="dinat_mini", drop_path_rate=0.0,
+                   dilations=[[1, 2, 1], [1, 2, 1, 2], [1, 2, 1, 1, 1, 2], [1, 1, 1, 1, 1]])),
+    "agent_attention": ("mask_rcnn_agent_swin_t_1x_coco", "upernet_agent_swin_t_160k_ade20k",
+                        dict(model_name="agent_pvt_t", drop_path_rate=0.0)),
+    "slab": ("mask_rcnn_slab_pvt_t_1x_coco", "upernet_slab_pvt_t_160k_ade20k",
+             dict(model_name="slab_pvt_t", img_size=160, drop_path_rate=0.0)),
+    "gcvit": ("mask_rcnn_gcvit_tiny_1x_coco", "upernet_gcvit_tiny_160k_ade20k",
+              dict(model_name="gcvit_xxtiny", img_size=160, drop_path_rate=0.0)),
+    "shvit": ("mask_rcnn_shvit_s4_1x_coco", "upernet_shvit_s4_160k_ade20k", dict(model_name="shvit_s1")),
+    "efficientvim": ("mask_rcnn_efficientvim_m4_1x_coco", "upernet_efficientvim_m4_160k_ade20k",
+                     dict(model_name="efficientvim_m1")),
+}
+
+
+@pytest.fixture(scope="module")
+def mm():
+    pytest.importorskip("mmcv.ops")
+    pytest.importorskip("mmdet.models")
+    pytest.importorskip("mmseg.models")
+    from mmdet.utils import register_all_modules as det_register
+    from mmseg.utils import register_all_modules as seg_register
+
+    det_register(init_default_scope=False)
+    seg_register(init_default_scope=False)
+    import visionattn.mm
+
+    visionattn.mm.register_all()
+    return visionattn.mm
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory, mm):
+    from visionattn.mm.synthetic import make_ade, make_coco
+
+    root = tmp_path_factory.mktemp("synth")
+    coco = make_coco(str(root / "coco"), n_train=8, n_val=4, size=SIZE)
+    ade = make_ade(str(root / "ade"), n_train=4, n_val=2, size=SIZE)
+    return coco + "/", ade
+
+
+def _f(x) -> float:
+    return float(torch.as_tensor(x).detach())
+
+
+def _num_threads():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# config surgery: tiny models, the synthetic data, no workers
+
+def _loader(cfg_loader, data_root, batch_size):
+    cfg_loader.batch_size = batch_size
+    cfg_loader.num_workers = 0
+    cfg_loader.persistent_workers = False
+    cfg_loader.dataset.data_root = data_root
+    return cfg_loader
+
+
+def det_config(name: str, coco_root: str, backbone: dict | None = None, tiny_heads: bool = True):
+    from mmengine.config import Config
+
+    from visionattn.mm.synthetic import COCO_CLASSES
+
+    cfg = Config.fromfile(osp.join(ROOT, "configs", "det", name + ".py"))
+    if backbone:
+        cfg.model.backbone.update(backbone)
+    bb = cfg.model.backbone
+    chans = _channels(bb)
+    scale = (SIZE[1], SIZE[0])
+    for pipe in (cfg.train_pipeline, cfg.test_pipeline):
+        for t in pipe:
+            if t["type"] == "Resize":
+                t["scale"] = scale
+    meta = dict(classes=COCO_CLASSES)
+    for key, bs in (("train_dataloader", 2), ("val_dataloader", 1), ("test_dataloader", 1)):
+        loader = _loader(cfg[key], coco_root, bs)
+        loader.dataset.metainfo = meta
+        loader.dataset.pipeline = cfg.train_pipeline if key == "train_dataloader" else cfg.test_pipeline
+        if key == "train_dataloader":
+            loader.dataset.filter_cfg = dict(filter_empty_gt=True, min_size=4)
+    for key in ("val_evaluator", "test_evaluator"):
+        cfg[key].ann_file = coco_root + "annotations/instances_val2017.json"
+    m = cfg.model
+    n_cls = len(COCO_CLASSES)
+    neck = m.neck
+    neck.in_channels = chans
+    if tiny_heads:
+        c = 32
+        neck.out_channels = c
+        m.rpn_head.in_channels = m.rpn_head.feat_channels = c
+        r = m.roi_head
+        r.bbox_roi_extractor.out_channels = r.mask_roi_extractor.out_channels = c
+        r.bbox_head.update(in_channels=c, fc_out_channels=64)
+        r.mask_head.update(in_channels=c, conv_out_channels=c, num_convs=2)
+        m.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
+        m.train_cfg.rcnn.sampler.num = 64
+        m.test_cfg.rpn.update(nms_pre=200, max_per_img=100)
+    m.roi_head.bbox_head.num_classes = m.roi_head.mask_head.num_classes = n_cls
+    return cfg
+
+
+def seg_config(name: str, ade_root: str, backbone: dict | None = None):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(ROOT, "configs", "seg", name + ".py"))
+    if backbone:
+        cfg.model.backbone.update(backbone)
+    m = cfg.model
+    crop = (SIZE[0], SIZE[0])
+    m.data_preprocessor.size = crop
+    train_pipe = [
+        dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=True),
+        dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5),
+        dict(type="PackSegInputs"),
+    ]
+    test_pipe = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=True),
+                 dict(type="PackSegInputs")]
+    for key, bs in (("train_dataloader", 2), ("val_dataloader", 1), ("test_dataloader", 1)):
+        loader = _loader(cfg[key], ade_root, bs)
+        loader.dataset.pipeline = train_pipe if key == "train_dataloader" else test_pipe
+    chans = _channels(m.backbone)
+    if m.get("neck") is not None:
+        m.neck.update(in_channels=chans, out_channels=32)
+        m.decode_head.in_channels = [32] * 4
+    else:
+        m.decode_head.in_channels = chans
+    m.decode_head.channels = 32
+    # the synthetic labels are 1..4 (0 = ignore); with reduce_zero_label they become 0..3
+    m.decode_head.num_classes = 4
+    if m.get("auxiliary_head") is not None:
+        m.auxiliary_head.update(in_channels=32 if m.get("neck") is not None else chans[2], channels=16, num_classes=4)
+    return cfg
+
+
+def _channels(bb: dict) -> list[int]:
+    import timm
+
+    import visionattn  # noqa: F401
+
+    model = timm.create_model(bb["model_name"], pretrained=False, num_classes=0,
+                              **{k: v for k, v in bb.items() if k in ("img_size",)})
+    return [model.feature_info[i]["num_chs"] for i in bb["out_indices"]]
+
+
+def _train_two_iters(cfg, scope: str):
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    with DefaultScope.overwrite_default_scope(scope):
+        registry = __import__(f"{scope}.registry", fromlist=["MODELS"]).MODELS
+        model = registry.build(cfg.model)
+        model.init_weights()
+        optim = build_optim_wrapper(model, cfg.optim_wrapper)
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+        model.train()
+        logs = []
+        it = iter(loader)
+        for _ in range(2):
+            logs.append(model.train_step(next(it), optim))
+        model.eval()
+        val_loader = Runner.build_dataloader(cfg.val_dataloader, seed=0)
+        data = next(iter(val_loader))
+        with torch.no_grad():
+            preds = model.val_step(data)
+    return model, logs, data, preds
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_mask_rcnn_family(family, synth, mm):
+    _num_threads()
+    det_name, _, bb = FAMILIES[family]
+    cfg = det_config(det_name, synth[0], bb)
+    model, logs, data, preds = _train_two_iters(cfg, "mmdet")
+    for log in logs:
+        for k in ("loss_rpn_cls", "loss_cls", "loss_bbox", "loss_mask"):
+            assert k in log and math.isfinite(_f(log[k])), (k, log)
+    pred = preds[0]
+    h, w = pred.ori_shape
+    inst = pred.pred_instances
+    n = inst.bboxes.shape[0]
+    assert inst.bboxes.shape == (n, 4) and inst.scores.shape == (n,) and inst.labels.shape == (n,)
+    assert inst.masks.shape == (n, h, w)
+    # The backbone also takes odd sizes (the mm data preprocessor pads to 32, a user may not).
+    with torch.no_grad():
+        outs = model.backbone(torch.randn(1, 3, 97, 131))
+    for r, y in zip(model.backbone.reductions, outs):
+        assert tuple(y.shape[-2:]) == (math.ceil(97 / r), math.ceil(131 / r))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_upernet_family(family, synth, mm):
+    _num_threads()
+    _, seg_name, bb = FAMILIES[family]
+    cfg = seg_config(seg_name, synth[1], bb)
+    _, logs, data, preds = _train_two_iters(cfg, "mmseg")
+    for log in logs:
+        assert "decode.loss_ce" in log and math.isfinite(_f(log["decode.loss_ce"])), log
+        assert math.isfinite(_f(log["aux.loss_ce"]))
+    seg = preds[0].pred_sem_seg.data
+    assert seg.shape == (1, *SIZE) and seg.dtype == torch.int64 and 0 <= int(seg.min()) <= int(seg.max()) < 4
+
+
+@pytest.mark.parametrize("family", ["shvit", "efficientvim"])
+def test_retinanet_and_fpn_3_stage(family, synth, mm):
+    """The 3-stage families' RetinaNet (1 transposed conv + extra conv) and Semantic FPN configs."""
+    _num_threads()
+    model_name = FAMILIES[family][2]["model_name"]
+    big = FAMILIES[family][0].split("_", 2)[2].rsplit("_1x", 1)[0]  # e.g. shvit_s4
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    cfg = Config.fromfile(osp.join(ROOT, "configs", "det", f"retinanet_{big}_1x_coco.py"))
+    cfg.model.backbone.model_name = model_name
+    cfg.model.neck.in_channels = _channels(cfg.model.backbone)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        from mmdet.registry import MODELS
+
+        model = MODELS.build(cfg.model).eval()
+        with torch.no_grad():
+            feats = model.extract_feat(torch.randn(1, 3, 128, 160))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+    seg = seg_config(f"fpn_{big}_80k_ade20k", synth[1], dict(model_name=model_name))
+    _, logs, _, preds = _train_two_iters(seg, "mmseg")
+    assert math.isfinite(_f(logs[-1]["decode.loss_ce"]))
+    assert preds[0].pred_sem_seg.data.shape == (1, *SIZE)
+
+
+def test_every_config_builds(mm):
+    """All det/seg configs parse and build (backbone swapped for the family's smallest model); the feature
+    pyramid the heads see has the levels and strides the heads expect."""
+    import glob
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    import visionattn
+
+    _num_threads()
+    files = sorted(glob.glob(osp.join(ROOT, "configs", "det", "*.py")) + glob.glob(osp.join(ROOT, "configs", "seg",
+                                                                                              "*.py")))
+    assert len(files) >= 4 * len(FAMILIES)
+    fams = set()
+    x = torch.randn(1, 3, 128, 160)
+    for f in files:
+        cfg = Config.fromfile(f)
+        bb = cfg.model.backbone
+        fam = visionattn.get_family(bb.model_name)
+        fams.add(fam)
+        bb.update(FAMILIES[fam][2])
+        if "dilations" in bb and "dilations" not in FAMILIES[fam][2]:
+            bb.pop("dilations")
+        chans = _channels(bb)
+        m = cfg.model
+        if m.get("neck") is not None:
+            m.neck.in_channels = chans
+        else:
+            m.decode_head.in_channels = chans
+            m.auxiliary_head.in_channels = chans[m.auxiliary_head.in_index]
+        scope = "mmdet" if osp.basename(osp.dirname(f)) == "det" else "mmseg"
+        with DefaultScope.overwrite_default_scope(scope):
+            registry = __import__(f"{scope}.registry", fromlist=["MODELS"]).MODELS
+            model = registry.build(m).eval()
+            with torch.no_grad():
+                feats = model.extract_feat(x)
+        sizes = [tuple(y.shape[-2:]) for y in feats]
+        name = osp.basename(f)
+        if name.startswith("mask_rcnn"):
+            expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)] + [(2, 3)]
+        elif name.startswith("retinanet"):
+            expect = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+        elif fam == "efficientvim" and name.startswith("fpn"):  # the official config: strides 16..128
+            expect = [(8, 10), (4, 5), (2, 3), (1, 2)]
+        else:
+            expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)]
+        assert sizes == expect, (name, sizes)
+    assert fams == set(FAMILIES)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# backbone behaviour
+
+@pytest.mark.parametrize("name,cls", [("biformer_t", "BiFormerMM"), ("shvit_s1", "SHViTMM"),
+                                      ("slab_pvt_t", "SLABMM")])
+def test_frozen_stages_and_norm_eval(name, cls, mm):
+    _num_threads()
+    kw = dict(img_size=96) if name.startswith("slab") else {}
+    out = (0, 1, 2) if name.startswith("shvit") else (0, 1, 2, 3)
+    bb = getattr(mm, cls)(model_name=name, out_indices=out, frozen_stages=1, norm_eval=True, **kw)
+    bb.train()
+    frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
+    assert frozen, "frozen_stages=1 froze nothing"
+    stem, stage0 = bb._stage_params[0], bb._stage_params[1]
+    assert stage0 and {f"model.{n}" for n in stem | stage0} <= frozen  # (SLAB-PVT has its stem inside stage 0)
+    assert not any(n.startswith(f"model.{next(iter(bb._stage_params[3]))}") for n in frozen)
+    before = copy.deepcopy(bb.state_dict())
+    opt = torch.optim.AdamW(bb.parameters(), lr=1e-2, weight_decay=0.1)
+    x = torch.randn(2, 3, 96, 96)
+    loss = sum(y.square().mean() for y in bb(x))
+    loss.backward()
+    opt.step()
+    after = bb.state_dict()
+    for n in frozen:
+        assert torch.equal(before[n], after[n]), n
+    changed = [n for n, p in bb.named_parameters() if p.requires_grad and not torch.equal(before[n], after[n])]
+    assert changed
+    # norm_eval: BatchNorm running statistics do not move in train mode
+    bns = [n for n, m in bb.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for n in bns:
+        for s in ("running_mean", "running_var"):
+            assert torch.equal(before[f"{n}.{s}"], after[f"{n}.{s}"]), (n, s)
+    bb.train()  # frozen modules stay in eval after another train()
+    assert all(not m.training for n, m in bb.named_modules() if n in bns)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_parameter_used(family, mm):
+    """RetinaNet-style out_indices (1, 2, 3): every trainable backbone parameter gets a gradient (DDP without
+    find_unused_parameters needs that)."""
+    _num_threads()
+    kw = dict(FAMILIES[family][2])
+    kw.pop("dilations", None)
+    out = (1, 2) if family in ("shvit", "efficientvim") else (1, 2, 3)
+    bb = mm.ZooBackboneMM(out_indices=out, **kw).train()
+    sum(y.mean() for y in bb(torch.randn(1, 3, 128, 128))).backward()
+    unused = [n for n, p in bb.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+
+
+def test_norm_eval_off_updates_bn(mm):
+    bb = mm.SHViTMM(model_name="shvit_s1", out_indices=(0, 1, 2), norm_eval=False).train()
+    bn = next(m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(before, bn.running_mean)
+
+
+@pytest.mark.parametrize("name,cls,kw", [("nat_mini", "NATMM", {}), ("agent_pvt_t", "AgentAttentionMM", {}),
+                                         ("gcvit_xxtiny", "GCViTMM", dict(img_size=128))])
+def test_pretrained_checkpoint(name, cls, kw, mm, tmp_path):
+    """init_cfg Pretrained: an mmdet-style (`state_dict` + `backbone.`) file and a classification file."""
+    import timm
+
+    src = getattr(mm, cls)(model_name=name, **kw).eval()
+    for p in src.parameters():  # make the per-output norms non-trivial
+        p.data.add_(0.01 * torch.randn_like(p))
+    det_file = tmp_path / "det.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in src.state_dict().items()},
+                "meta": {"epoch": 12}}, det_file)
+    dst = getattr(mm, cls)(model_name=name, init_cfg=dict(type="Pretrained", checkpoint=str(det_file)), **kw)
+    dst.init_weights()
+    dst.eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        for a, b in zip(src(x), dst(x)):
+            torch.testing.assert_close(a, b)
+    # a classification checkpoint (the model with its head, at 224: GC ViT's window tables get resized) loads
+    cls_model = timm.create_model(name, pretrained=False)
+    cls_file = tmp_path / "cls.pth"
+    torch.save({"model": cls_model.state_dict()}, cls_file)
+    bb = getattr(mm, cls)(model_name=name, **kw)
+    missing, unexpected = bb.load_checkpoint(str(cls_file))
+    assert not [k for k in missing if not k.startswith("norm")], missing
+    ref = cls_model.state_dict()
+    for k, v in bb.model.state_dict().items():
+        if k in ref and ref[k].shape == v.shape:
+            torch.testing.assert_close(v, ref[k])
+
+
+def test_bad_arguments(mm):
+    with pytest.raises(ValueError, match="biformer"):
+        mm.NATMM(model_name="biformer_t")
+    with pytest.raises(ValueError, match="out_indices"):
+        mm.SHViTMM(model_name="shvit_s1", out_indices=(0, 1, 2, 3))
+    with pytest.raises(ValueError, match="frozen_stages"):
+        mm.BiFormerMM(model_name="biformer_t", frozen_stages=7)
+    bb = mm.GCViTMM(model_name="gcvit_xxtiny", img_size=64)
+    with pytest.raises(ValueError, match="img_size"):
+        bb(torch.randn(1, 3, 96, 64))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the tools
+
+@pytest.mark.slow
+def test_det_train_and_test_tools(synth, mm, tmp_path):
+    """~48 iterations of Mask R-CNN (EfficientViM-M1, 128x160 synthetic images) lower the loss; det_test
+    reports COCO bbox and segm mAP."""
+    _num_threads()
+    from mmengine.config import Config
+
+    from visionattn.mm.runner import test_main, train_main
+
+    cfg = det_config("mask_rcnn_efficientvim_m4_1x_coco", synth[0], dict(model_name="efficientvim_m1"))
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=12, val_interval=100)
+    cfg.param_scheduler = [dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=8)]
+    cfg.optim_wrapper.optimizer.lr = 4e-4
+    cfg.default_hooks.logger.interval = 4
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=12, max_keep_ckpts=1)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook")
+    cfg.log_processor = dict(type="LogProcessor", window_size=1, by_epoch=True)
+    cfg.train_dataloader.batch_sampler = None
+    cfg.randomness = dict(seed=0)
+    cfg.model.test_cfg.rcnn.score_thr = 0.0  # a 48-iteration model is not confident yet: keep every box
+    cfg_file = tmp_path / "cfg.py"
+    Config(cfg.to_dict()).dump(str(cfg_file))
+    work = tmp_path / "work"
+    train_main([str(cfg_file), "--work-dir", str(work)], scope="mmdet")
+    logs = []
+    for root, _, files in os.walk(work):
+        for f in files:
+            if f == "scalars.json":
+                with open(osp.join(root, f)) as fh:
+                    logs += [json.loads(line) for line in fh if '"loss"' in line]
+    losses = [r["loss"] for r in logs]
+    assert len(losses) >= 10, losses
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first, losses
+    metrics = test_main([str(cfg_file), str(work / "epoch_12.pth"), "--work-dir", str(work)], scope="mmdet")
+    assert "coco/bbox_mAP" in metrics and "coco/segm_mAP" in metrics, metrics
+    assert metrics["coco/bbox_mAP"] >= 0.0
+
+
+def test_seg_train_and_test_tools(synth, mm, tmp_path):
+    """seg_train (4 iterations of UPerNet / SHViT-S1, then --resume to 6) and seg_test (mIoU)."""
+    _num_threads()
+    from mmengine.config import Config
+
+    from visionattn.mm.runner import test_main, train_main
+
+    cfg = seg_config("upernet_shvit_s4_160k_ade20k", synth[1], dict(model_name="shvit_s1"))
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=4, val_interval=100)
+    cfg.param_scheduler = [dict(type="PolyLR", eta_min=0.0, power=1.0, begin=0, end=6, by_epoch=False)]
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=False, interval=2, max_keep_ckpts=1)
+    cfg.default_hooks.logger.interval = 1
+    cfg_file = tmp_path / "cfg.py"
+    Config(cfg.to_dict()).dump(str(cfg_file))
+    work = tmp_path / "work"
+    train_main([str(cfg_file), "--work-dir", str(work)], scope="mmseg")
+    assert (work / "iter_4.pth").exists()
+    train_main([str(cfg_file), "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=6"],
+               scope="mmseg")
+    assert (work / "iter_6.pth").exists()
+    metrics = test_main([str(cfg_file), str(work / "iter_6.pth"), "--work-dir", str(work)], scope="mmseg")
+    assert "mIoU" in metrics and 0.0 <= metrics["mIoU"] <= 100.0, metrics

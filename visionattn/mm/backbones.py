@@ -1,0 +1,276 @@
+"""mmdet 3.x / mmseg 1.x backbones for every zoo family.
+
+One class, `ZooBackboneMM`, wraps any zoo (or adopted timm) model; the per-family subclasses only fix which
+family `model_name` must belong to and the per-output norm the family's official dense backbone uses:
+
+=================  =====================  ===============================================================
+registry name      family                 per-output norm
+=================  =====================  ===============================================================
+BiFormerMM         biformer               the model's own `extra_norms` (LayerNorm2d, as `BiFormer_mm`)
+NATMM / DiNATMM    nat / dinat            the model's own `norm{i}` (as the official `NAT` / `DiNAT_s`)
+AgentAttentionMM   agent_attention        `norm{i}` LayerNorm2d added here (Swin/PVT mmdet style)
+SLABMM             slab                   `norm{i}` LayerNorm2d added here (official `norm0..norm3`)
+GCViTMM            gcvit                  `norm{i}` LayerNorm2d added here (official GC ViT det)
+SHViTMM            shvit                  none (BN model; the neck `TransConvFPN` adapts 3 levels)
+EfficientViMMM     efficientvim           none (the neck's `pre_norm=True`, as the official config)
+=================  =====================  ===============================================================
+
+All are registered in the mmdet and mmseg MODELS registries (and mmengine's root registry), so a config
+only needs ``custom_imports=dict(imports=['visionattn.mm'], allow_failed_imports=False)``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.layers import LayerNorm2d, resize_rel_pos_bias_table
+from timm.models._manipulate import group_parameters
+from torch import nn
+
+import visionattn
+from visionattn.checkpoint import load_state_dict_file, strip_prefix, unwrap_state_dict
+
+__all__ = [
+    "ZooBackboneMM", "BiFormerMM", "NATMM", "DiNATMM", "AgentAttentionMM", "SLABMM", "GCViTMM", "SHViTMM",
+    "EfficientViMMM",
+]
+
+
+def _filter_fn(model: nn.Module):
+    """The family's `checkpoint_filter_fn` (official -> zoo keys), found beside the model class."""
+    family = visionattn.get_family(model.pretrained_cfg["architecture"])
+    if family == "shvit":
+        from visionattn.adopted import shvit_checkpoint_filter_fn
+        return shvit_checkpoint_filter_fn
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+
+
+def _resize_rel_table(key: str, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Relative-position tables of window models built for another window (e.g. GC ViT at a new img_size)."""
+    if v.shape == target.shape or not key.endswith("relative_position_bias_table") or v.ndim != 2:
+        return v
+    side = round(math.sqrt(target.shape[0]))
+    if side * side != target.shape[0] or side % 2 == 0 or v.shape[1] != target.shape[1]:
+        return v
+    return resize_rel_pos_bias_table(v, ((side + 1) // 2,) * 2, tuple(target.shape))
+
+
+class ZooBackboneMM(BaseModule):
+    """A zoo model as an mmdet/mmseg backbone: forward returns a tuple of NCHW maps for `out_indices`.
+
+    Args:
+        model_name: a zoo / adopted timm name (`visionattn.list_models()`); other kwargs go to the model.
+        out_indices: stage indices to return (0-based; 4 stages, or 3 for SHViT / EfficientViM).
+        frozen_stages: -1 none; >= 0 freezes the stem, k > 0 also stages 0..k-1 (the model's coarse
+            `group_matcher` says which parameters form the stem and each stage). Kept frozen across `train()`.
+        norm_eval: keep every BatchNorm in eval mode in `train()` (statistics frozen, affine still trained).
+        out_norm: 'auto' (the family's official choice, see the module table), 'ln' (LayerNorm2d `norm{i}` per
+            output added here) or 'none'.
+        pad_multiple: zero-pad the input right/bottom to a multiple of this before the model and crop every
+            map back to ceil(side / stride). Default: 32 for Agent Attention (windows), none for the rest
+            (they handle any size themselves). GC ViT and SLAB are built for `img_size` (windows / position
+            tables) and pad smaller inputs up to it; a larger input raises ValueError (build with a larger
+            `img_size`; the checkpoint filters resize the tables).
+        init_cfg: e.g. ``dict(type='Pretrained', checkpoint=PATH)``: our or official classification / dense
+            checkpoints (``backbone.`` prefixes stripped), read with weights_only=True and mapped through the
+            family's `checkpoint_filter_fn`; loaded non-strictly (missing head / norms are logged).
+    """
+
+    family: str | tuple[str, ...] | None = None
+    _own_norm_families = ("biformer", "nat", "dinat")
+    _ln_families = ("agent_attention", "slab", "gcvit")
+    _pad_families = ("agent_attention",)
+    _fixed_size_families = ("gcvit", "slab")  # windows / position tables tied to `img_size`
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 norm_eval: bool = False, out_norm: str = "auto", pad_multiple: int | None = None,
+                 init_cfg: dict | None = None, **model_kwargs):
+        super().__init__(init_cfg=None)
+        self._init_cfg_pretrained = init_cfg
+        family = visionattn.get_family(model_name)
+        allowed = (self.family,) if isinstance(self.family, str) else self.family
+        if allowed is not None and family not in allowed:
+            raise ValueError(f"model_name {model_name!r} is a {family!r} model; {type(self).__name__} takes "
+                             f"{allowed} models")
+        if out_norm not in ("auto", "ln", "none"):
+            raise ValueError(f"out_norm must be 'auto', 'ln' or 'none', got {out_norm!r}")
+        self.model_name, self.model_family = model_name, family
+        kwargs = dict(model_kwargs)
+        if family == "biformer":
+            kwargs.setdefault("extra_norms", True)
+        elif family in ("nat", "dinat"):
+            kwargs.setdefault("out_norms", tuple(out_indices))
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        n_stages = len(self.model.feature_info)
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(not 0 <= i < n_stages for i in out_indices) or list(out_indices) != sorted(
+                set(out_indices)):
+            raise ValueError(f"out_indices must be increasing stage indices in [0, {n_stages - 1}], got {out_indices}")
+        if not -1 <= frozen_stages <= n_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {n_stages}], got {frozen_stages}")
+        self.out_indices, self.frozen_stages, self.norm_eval = out_indices, frozen_stages, norm_eval
+        self.reductions = [self.model.feature_info[i]["reduction"] for i in out_indices]
+        self.channels = [self.model.feature_info[i]["num_chs"] for i in out_indices]
+        # Stage membership comes from the unpruned model (the matcher names the modules pruning keeps).
+        self._stage_params = self._stage_param_names(n_stages)
+        self.model.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
+        extra = getattr(self.model, "extra_norms", None)
+        if extra is not None:  # norms of stages not returned would be unused parameters under DDP
+            for i in range(len(extra)):
+                if i not in out_indices:
+                    extra[i] = nn.Identity()
+
+        if out_norm == "auto":
+            out_norm = "ln" if family in self._ln_families else "none"
+        if family in self._own_norm_families and out_norm == "ln":
+            out_norm = "none"  # the model's own per-output norms already apply
+        self.out_norm = out_norm
+        if out_norm == "ln":
+            for i, c in zip(out_indices, self.channels):
+                self.add_module(f"norm{i}", LayerNorm2d(c, eps=1e-5))
+        if pad_multiple is None and family in self._pad_families:
+            pad_multiple = max(self.reductions)
+        if pad_multiple is not None and pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be >= 1 or None, got {pad_multiple}")
+        self.pad_multiple = pad_multiple
+        self.fixed_size = None
+        if family in self._fixed_size_families:
+            self.fixed_size = tuple(timm.layers.to_2tuple(kwargs.get("img_size", 224)))
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _stage_param_names(self, n_stages: int) -> list[set[str]]:
+        """[stem, stage 0, ..., stage n-1] parameter-name sets from the model's coarse group matcher."""
+        try:
+            groups = group_parameters(self.model, self.model.group_matcher(coarse=True))
+        except (ValueError, TypeError):  # a matcher timm cannot order: fall back to the feature_info modules
+            groups = None
+        if groups is not None:
+            out = [set(groups[g]) for g in sorted(groups)[: n_stages + 1]]
+            return out + [set()] * (n_stages + 1 - len(out))
+        prefixes = [f["module"] + "." for f in self.model.feature_info]
+        out = [set() for _ in range(n_stages + 1)]
+        for name, _ in self.model.named_parameters():
+            idx = next((i for i, p in enumerate(prefixes) if name.startswith(p)), None)
+            if idx is not None:
+                out[idx + 1].add(name)
+            elif not name.startswith(("head", "norm.", "fc_norm")):
+                out[0].add(name)
+        return out
+
+    def _freeze_stages(self):
+        if self.frozen_stages < 0:
+            return
+        frozen = set().union(*self._stage_params[: self.frozen_stages + 1])
+        params = dict(self.model.named_parameters())
+        for name in frozen:
+            if name in params:
+                params[name].requires_grad = False
+        for name, m in self.model.named_modules():
+            names = [f"{name}.{n}" if name else n for n, _ in m.named_parameters()]
+            if names and all(n in frozen for n in names):
+                m.eval()
+        for i in range(self.frozen_stages):
+            norm = getattr(self, f"norm{i}", None)
+            if norm is not None:
+                norm.eval()
+                norm.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._freeze_stages()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------------------------
+    def init_weights(self):
+        cfg = self._init_cfg_pretrained
+        if cfg is None:
+            return
+        if cfg.get("type") != "Pretrained":
+            raise ValueError(f"init_cfg must be dict(type='Pretrained', checkpoint=PATH or None), got {cfg}")
+        if not cfg.get("checkpoint"):  # configs ship checkpoint=None: random init until a path is given
+            return
+        self.load_checkpoint(cfg["checkpoint"], prefix=cfg.get("prefix"))
+
+    def load_checkpoint(self, path: str, prefix: str | None = None) -> tuple[list[str], list[str]]:
+        """Load our or an official checkpoint (weights_only); returns (missing, unexpected) keys."""
+        sd = unwrap_state_dict(load_state_dict_file(path))
+        if prefix:
+            sd = strip_prefix({k: v for k, v in sd.items() if k.startswith(prefix)}, prefix)
+        # `unwrap_state_dict` already dropped mmdet's `backbone.`; this wrapper's own files nest the model in `model.`
+        sd = strip_prefix(sd, "model.")
+        own = {}
+        if self.out_norm == "ln":
+            own = {k: sd.pop(k) for k in list(sd) if k.split(".", 1)[0] in {f"norm{i}" for i in self.out_indices}}
+        # Checkpoints saved from this wrapper carry `model.` (stripped above) -- official ones go through the filter.
+        filt = _filter_fn(self.model)
+        if filt is not None:
+            sd = filt(sd, self.model)
+        model_sd = self.model.state_dict()
+        sd = {k: _resize_rel_table(k, v, model_sd[k]) if k in model_sd else v for k, v in sd.items()}
+        skipped = [k for k, v in sd.items() if k in model_sd and model_sd[k].shape != v.shape]
+        if skipped:
+            print_log(f"{type(self).__name__}: shape mismatch, not loaded: {skipped[:8]}", logger="current")
+        sd = {k: v for k, v in sd.items() if k not in skipped}
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        if own:
+            m2, u2 = nn.Module.load_state_dict(self, {k: v for k, v in own.items()}, strict=False)
+            unexpected = list(unexpected) + [k for k in u2]
+        missing = list(missing) + [k for k in self.state_dict() if k.split(".", 1)[0].startswith("norm")
+                                   and k not in own and not k.startswith("model.")]
+        print_log(f"{type(self).__name__}: loaded {path}; missing {len(missing)} {missing[:8]}, "
+                  f"unexpected {len(unexpected)} {list(unexpected)[:8]}", logger="current")
+        return missing, list(unexpected)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h, w = x.shape[-2:]
+        if self.fixed_size is not None:
+            fh, fw = self.fixed_size
+            if h > fh or w > fw:
+                raise ValueError(f"input {h}x{w} is larger than the img_size {fh}x{fw} the {self.model_family} model "
+                                 f"was built for (windows / position tables are tied to it); pass img_size >= the "
+                                 f"largest input")
+            x = F.pad(x, (0, fw - w, 0, fh - h))
+        elif self.pad_multiple is not None:
+            m = self.pad_multiple
+            x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))
+        feats = self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+        outs = []
+        for i, r, y in zip(self.out_indices, self.reductions, feats):
+            if y.ndim == 3:  # token outputs (B, N, C) of a plain ViT are returned as a grid
+                gh, gw = math.ceil(x.shape[-2] / r), math.ceil(x.shape[-1] / r)
+                y = y.transpose(1, 2).reshape(y.shape[0], -1, gh, gw)
+            y = y[..., : math.ceil(h / r), : math.ceil(w / r)]
+            if self.out_norm == "ln":
+                y = getattr(self, f"norm{i}")(y)
+            outs.append(y.contiguous())
+        return tuple(outs)
+
+
+def _family_class(name: str, family, doc: str):
+    return type(name, (ZooBackboneMM,), {"family": family, "__doc__": doc, "__module__": __name__})
+
+
+BiFormerMM = _family_class("BiFormerMM", "biformer", "BiFormer (T/S/B/STL) as `BiFormer_mm`: extra_norms outputs.")
+NATMM = _family_class("NATMM", "nat", "NAT: official det/seg `NAT` maps with `norm{i}` per output.")
+DiNATMM = _family_class("DiNATMM", "dinat", "DiNAT / DiNAT_s (pass the dense config's `dilations=`).")
+AgentAttentionMM = _family_class("AgentAttentionMM", "agent_attention", "Agent-PVT / Agent-Swin / Agent-CSwin.")
+SLABMM = _family_class("SLABMM", "slab", "SLAB / PRepBN PVT, Swin, CSwin (RepBN kept in eval with norm_eval).")
+GCViTMM = _family_class("GCViTMM", "gcvit", "GC ViT (timm); built for `img_size`, smaller inputs are padded.")
+SHViTMM = _family_class("SHViTMM", "shvit", "SHViT (timm): 3 maps, strides 16/32/64; pair with `TransConvFPN`.")
+EfficientViMMM = _family_class("EfficientViMMM", "efficientvim",
+                               "EfficientViM (timm): 3 maps, strides 16/32/64; pair with `TransConvFPN`.")
+
+_ALL = [ZooBackboneMM, BiFormerMM, NATMM, DiNATMM, AgentAttentionMM, SLABMM, GCViTMM, SHViTMM, EfficientViMMM]
