@@ -34,7 +34,10 @@ def _flex(H, W, k, heads, device, with_rpb):
     table = torch.randn(heads, 2 * k - 1, 2 * k - 1, device=device, requires_grad=True)
 
     def score_mod(score, b, h, qi, ki):
-        return score + table[h, ki // W - qi // W + k - 1, ki % W - qi % W + k - 1]
+        # clamped: score_mod also runs on the masked pairs of partial blocks (out-of-table on GPU)
+        r = torch.clamp(ki // W - qi // W + k - 1, 0, 2 * k - 2)
+        c = torch.clamp(ki % W - qi % W + k - 1, 0, 2 * k - 2)
+        return score + table[h, r, c]
 
     fn = torch.compile(flex_attention)
     return lambda q, k_, v: fn(q, k_, v, block_mask=bm, score_mod=score_mod if with_rpb else None)

@@ -31,6 +31,7 @@ __all__ = ["na_triton"]
 
 _LOG2E = 1.4426950408889634
 TILES_2D = None  # ((1, tx, ty), (1, bx, by)) to override the 2-D tile shapes (benchmarking)
+DEVICE_TILES = False  # the GPU's tile shapes in the interpreter too (tests of the GPU's index arithmetic)
 
 
 @triton.jit
@@ -303,7 +304,7 @@ def _tiles(n: int, spatial3, ds3, interpret: bool) -> tuple[tuple, tuple]:
     lg = [-(-L // d) for L, d in zip(spatial3, ds3)]
     if n == 2 and TILES_2D is not None:
         return TILES_2D
-    if interpret:
+    if interpret and not DEVICE_TILES:
         # the interpreter's cost is per program and per op, not per element: few, large tiles
         t = [min(32, _pow2(x)) for x in lg]
         while math.prod(t) > 1024:  # [M, N] logits stay small

@@ -2,6 +2,7 @@
 
 On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET): tiny shapes only.
 """
+import math
 import os
 import subprocess
 import sys
@@ -199,3 +200,74 @@ def test_gpu_large_offsets():
     out = na2d(q, q, q, 3, backend="triton")
     ref = na2d(q[:, -64:, -64:], q[:, -64:, -64:], q[:, -64:, -64:], 3, backend="torch")
     torch.testing.assert_close(out[:, -63:-1, -63:-1], ref[:, 1:-1, 1:-1], atol=2e-2, rtol=2e-2)
+
+
+class _GuardedTorch:
+    """Stand-in for ``torch`` inside na_triton: every buffer the kernels get lies between NaN guards as long as
+    itself, so an unmasked read outside a tensor turns results into NaN and a write outside one shows in a
+    guard (what an illegal memory access on a GPU would be)."""
+
+    def __init__(self):
+        self.buffers = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def guarded(self, shape, dtype, fill=None, device="cpu"):
+        n = math.prod(shape)
+        buf = torch.full((3 * n,), float("nan"), dtype=dtype, device=device)
+        view = buf[n:2 * n].view(shape)
+        if fill is not None:
+            view.fill_(fill)
+        self.buffers.append((buf, n))
+        return view
+
+    def _shape(self, size):
+        return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+
+    def empty(self, *size, dtype=None, device="cpu"):
+        return self.guarded(self._shape(size), dtype or torch.get_default_dtype(), None, device)
+
+    def zeros(self, *size, dtype=None, device="cpu"):
+        if dtype is not None and not dtype.is_floating_point:  # index tables built on the host
+            return torch.zeros(*size, dtype=dtype, device=device)
+        return self.guarded(self._shape(size), dtype or torch.get_default_dtype(), 0.0, device)
+
+    def empty_like(self, t):
+        return self.guarded(tuple(t.shape), t.dtype, None, t.device)
+
+    def intact(self):
+        return all(torch.isnan(b[:n]).all() and torch.isnan(b[2 * n:]).all() for b, n in self.buffers)
+
+
+@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
+    ((1, 13, 19, 1, 16), 5, 1, 1, False),
+    ((1, 20, 17, 1, 16), 3, (2, 1), (1, 2), (False, True)),
+    ((1, 150, 1, 16), 13, 3, 1, False),
+    ((1, 5, 6, 7, 1, 16), (3, 3, 5), (1, 2, 1), 1, (False, False, True)),
+])
+def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stride, is_causal):
+    """The GPU's tile shapes, every input, output and scratch buffer fenced by NaN guards: forward and backward
+    read and write inside their tensors only, and cover every output element."""
+    from visionattn.kernels import na_triton
+
+    guard = _GuardedTorch()
+    monkeypatch.setattr(na_triton, "torch", guard)
+    monkeypatch.setattr(na_triton, "DEVICE_TILES", True)
+    rank = len(shape) - 3
+    ks = (kernel_size,) * rank if isinstance(kernel_size, int) else kernel_size
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, g = (guard.guarded(shape, torch.float32).copy_(torch.randn(shape, generator=gen)) for _ in range(4))
+    rpb_shape = (shape[-2], *(2 * x - 1 for x in ks))
+    rpb = guard.guarded(rpb_shape, torch.float32).copy_(0.5 * torch.randn(rpb_shape, generator=gen))
+    leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
+    out = FNS[rank](*leaves[:3], kernel_size, dilation, stride, is_causal, rpb=leaves[3], backend="triton")
+    grads = torch.autograd.grad(out, leaves, g)
+    assert guard.intact(), "a kernel wrote outside its tensors"
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    ref = FNS[rank](*ref_leaves[:3], kernel_size, dilation, stride, is_causal, rpb=ref_leaves[3],
+                    backend="reference")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    for name, got, want in zip("qkvr", grads, torch.autograd.grad(ref, ref_leaves, g)):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got, want, atol=2e-5 * scale, rtol=2e-5, msg=lambda m, n=name: f"d{n}: {m}")

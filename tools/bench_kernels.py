@@ -147,7 +147,9 @@ def _flex_rpb_score_mod(spatial, k, d, rpb):
         idx = 0
         for a, (s, L) in enumerate(zip(strides, spatial)):
             qa, ka = (qi // s) % L, (ki // s) % L
-            idx = idx + (ka // d - qa // d + k - 1) * st[a]
+            # clamped: score_mod also runs on the masked pairs of partial blocks (out-of-table on GPU)
+            rel = torch.clamp(ka // d - qa // d + k - 1, 0, 2 * k - 2)
+            idx = idx + rel * st[a]
         return score + flat[h, idx]
 
     return score_mod

@@ -4,7 +4,8 @@ onnxruntime (CPU), or eager / compile / AMP on a GPU.
     python tools/benchmark.py --filter 'biformer_t,nat_mini' --out-dir out/bench
 
 Protocol: each model in eval mode (re-parameterisable models fused unless --no-fuse), attention on the
-backend `auto` picks (torch on CPU, triton on CUDA); `--warmup` calls, then the median of `--reps` timed calls;
+backend `auto` picks (torch on CPU; on CUDA triton for BRA, torch for NA unless VISIONATTN_NA_AUTO_TRITON=1);
+`--warmup` calls, then the median of `--reps` timed calls;
 latency at batch 1, throughput (img/s) at batch `--batch`; threads fixed by `--threads`. FLOPs come from
 torch.utils.flop_counter (attention matmuls included) at batch 1; GMACs = FLOPs / 2, the convention of
 the papers' "FLOPs" columns. Writes bench.csv, bench.md and bench.png (throughput vs params) to --out-dir.
