@@ -476,9 +476,9 @@ class SlabPvt(_OfficialPretrainedMixin, LinearHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse=False):
-        return dict(stem=r"^stages\.0\.(patch_embed|pos_embed)",
+        return dict(stem=r"^stages\.0\.(?:patch_embed|pos_embed)",
                     blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                                                             (r"^stages\.(\d+)\.(patch_embed|pos_embed)", (0,))])
+                                                             (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable=True):

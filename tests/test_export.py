@@ -65,9 +65,10 @@ def test_export_every_variant(name, tmp_path):
 
 
 def test_export_cli_last_line_is_json(tmp_path):
+    """The CLI with the optional onnxslim pass; the slimmed graph still matches PyTorch."""
     out = subprocess.run(
         [sys.executable, str(REPO / "tools/export_onnx.py"), SMALLEST[_CLI_FAMILY], "--img-size", "160", "--reps", "2",
-         "--out", str(tmp_path / "m.onnx"), "--num-classes", "7"],
+         "--out", str(tmp_path / "m.onnx"), "--num-classes", "7", "--slim"],
         capture_output=True, text=True, check=True, cwd=REPO,
     )
     res = json.loads(out.stdout.strip().splitlines()[-1])

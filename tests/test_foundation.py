@@ -190,3 +190,21 @@ def test_pretrained_file_same_for_every_family(tmp_path, name):
     assert other.get_classifier().out_features == 3
     conv = model.pretrained_cfg["first_conv"] + ".weight"
     assert torch.equal(other.state_dict()[conv], sd[conv])
+
+
+@pytest.mark.parametrize("name", [str(m) for m in visionattn.list_models() if m.family not in
+                                  ("gcvit", "shvit", "efficientvim")])
+def test_group_matcher_works_with_timm(name):
+    """timm's parameter grouping (coarse and fine) and layer-wise lr decay accept every zoo model: each parameter
+    lands in exactly one group."""
+    from timm.models import group_parameters
+    from timm.optim import param_groups_layer_decay
+
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    names = [n for n, _ in model.named_parameters()]
+    for coarse in (False, True):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert sorted(n for g in groups.values() for n in g) == sorted(names), coarse
+    decayed = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75)
+    assert sum(len(g["params"]) for g in decayed) == sum(p.requires_grad for p in model.parameters())
