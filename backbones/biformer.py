@@ -59,6 +59,7 @@ from visionattn.checkpoint import (
 from visionattn.kernels.bra import BRA_BACKENDS
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
 from visionattn.official import register_official
+from visionattn.utils import set_attn_backend
 
 __all__ = [
     "BiFormer",
@@ -431,9 +432,7 @@ class BiFormer(nn.Module):
         """Switch the BRA backend of every routed block (e.g. 'torch' before ONNX export)."""
         if backend not in BRA_BACKENDS:
             raise ValueError(f"backend must be one of {BRA_BACKENDS}, got {backend!r}")
-        for m in self.modules():
-            if isinstance(m, (BiLevelRoutingAttention, NchwBiLevelRoutingAttention)):
-                m.backend = backend
+        set_attn_backend(self, backend)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

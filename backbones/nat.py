@@ -61,7 +61,7 @@ from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrai
 from visionattn.kernels.na import BACKENDS as NA_BACKENDS
 from visionattn.layers.na import NeighborhoodAttention2D
 from visionattn.official import register_official
-from visionattn.utils import LinearHeadMixin
+from visionattn.utils import LinearHeadMixin, set_attn_backend
 
 __all__ = [
     "NAT",
@@ -438,10 +438,7 @@ class NAT(LinearHeadMixin, nn.Module):
     @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the NA backend of every block (e.g. 'torch' before ONNX export, 'reference' to debug)."""
-        backend = _check_backend(backend)
-        for m in self.modules():
-            if isinstance(m, NeighborhoodAttention2D):
-                m.backend = backend
+        set_attn_backend(self, _check_backend(backend))
 
     def forward_intermediates(
             self,
@@ -663,10 +660,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
     @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the NA backend of every NA block (ViT-RPB blocks always use scaled_dot_product_attention)."""
-        backend = _check_backend(backend)
-        for m in self.modules():
-            if isinstance(m, NeighborhoodAttention2D):
-                m.backend = backend
+        set_attn_backend(self, _check_backend(backend))
 
     def forward_intermediates(
             self,

@@ -47,6 +47,23 @@ def _region_token_offsets(reg, t, GW, RH: tl.constexpr, RW: tl.constexpr, stride
 
 
 @triton.jit
+def _load_routed_kv(idx_row, k_base, v_base, j0, L, GW, RH: tl.constexpr, RW: tl.constexpr,
+                    skh, skw, skd, svh, svw, svd, offs_dq, offs_dv, mask_dq, mask_dv, BLOCK_N: tl.constexpr):
+    """Tile j0..j0+BLOCK_N of a query region's routed key/value sequence (its topk regions in index order), read
+    in place by region index; returns (k, v, mask_n)."""
+    HW: tl.constexpr = RH * RW
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < L
+    reg = tl.load(idx_row + offs_n // HW, mask=mask_n, other=0)
+    t = offs_n % HW
+    tok_k = _region_token_offsets(reg, t, GW, RH, RW, skh, skw)
+    tok_v = _region_token_offsets(reg, t, GW, RH, RW, svh, svw)
+    k = tl.load(k_base + tok_k[:, None] + offs_dq[None, :] * skd, mask=mask_n[:, None] & mask_dq[None, :], other=0.0)
+    v = tl.load(v_base + tok_v[:, None] + offs_dv[None, :] * svd, mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+    return k, v, mask_n
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, OUT, LSE, IDX,
     sqb, sqh, sqw, sqn, sqd,
@@ -85,16 +102,8 @@ def _fwd_kernel(
     k_base = K + b * skb + head * skn
     v_base = V + b * svb + head * svn
     for j0 in range(0, L, BLOCK_N):
-        offs_n = j0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < L
-        reg = tl.load(idx_row + offs_n // HW, mask=mask_n, other=0)
-        t = offs_n % HW
-        tok_k = _region_token_offsets(reg, t, GW, RH, RW, skh, skw)
-        tok_v = _region_token_offsets(reg, t, GW, RH, RW, svh, svw)
-        k = tl.load(k_base + tok_k[:, None] + offs_dq[None, :] * skd,
-                    mask=mask_n[:, None] & mask_dq[None, :], other=0.0)
-        v = tl.load(v_base + tok_v[:, None] + offs_dv[None, :] * svd,
-                    mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+        k, v, mask_n = _load_routed_kv(idx_row, k_base, v_base, j0, L, GW, RH, RW, skh, skw, skd, svh, svw, svd,
+                                       offs_dq, offs_dv, mask_dq, mask_dv, BLOCK_N)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -164,16 +173,8 @@ def _bwd_dq_kernel(
         k_base = K + b * skb + head * skn
         v_base = V + b * svb + head * svn
         for j0 in range(0, L, BLOCK_N):
-            offs_n = j0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < L
-            reg = tl.load(idx_row + offs_n // HW, mask=mask_n, other=0)
-            t = offs_n % HW
-            tok_k = _region_token_offsets(reg, t, GW, RH, RW, skh, skw)
-            tok_v = _region_token_offsets(reg, t, GW, RH, RW, svh, svw)
-            k = tl.load(k_base + tok_k[:, None] + offs_dq[None, :] * skd,
-                        mask=mask_n[:, None] & mask_dq[None, :], other=0.0)
-            v = tl.load(v_base + tok_v[:, None] + offs_dv[None, :] * svd,
-                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+            k, v, mask_n = _load_routed_kv(idx_row, k_base, v_base, j0, L, GW, RH, RW, skh, skw, skd, svh, svw, svd,
+                                           offs_dq, offs_dv, mask_dq, mask_dv, BLOCK_N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(mask_n[None, :], p, 0.0)

@@ -11,7 +11,7 @@ import torch
 
 import visionattn
 from visionattn.adopted import load_official_checkpoint, shvit_checkpoint_filter_fn
-from visionattn.export import export_onnx
+from visionattn.export import export_onnx, ort_session
 from visionattn.utils import fuse_for_inference, is_reparameterizable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,14 +72,12 @@ def test_export_every_variant(name, tmp_path):
     res = export_onnx(model, tmp_path / f"{name}.onnx", reps=1, fuse=False, check=False)
     if res["max_abs_diff"] <= 1e-4:
         return
-    import onnxruntime as ort
-
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     x = torch.randn(1, *size)
     with torch.no_grad():
         want = model.double()(x.double())
         torch_err = (model.float()(x).double() - want).abs().max().item()
-    sess = ort.InferenceSession(res["onnx"], providers=["CPUExecutionProvider"])
+    sess = ort_session(res["onnx"])
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]).double()
     ort_err = (got - want).abs().max().item()
     assert ort_err <= 2 * torch_err + 1e-4, (res["max_abs_diff"], ort_err, torch_err)
