@@ -14,33 +14,16 @@ import torch
 import triton
 
 from . import na_triton
+from ._na_flex import make_na_flex
 from .na import na2d
 
 TILE_CHOICES = (((8, 8), (8, 8)), ((4, 16), (4, 16)), ((8, 16), (8, 16)), ((16, 16), (8, 16)), ((8, 8), (4, 16)))
 
 
-def _flex(H, W, k, heads, device, with_rpb):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    def start(i, L):
-        return torch.clamp(i - k // 2, 0, L - k)
-
-    def mask_mod(b, h, qi, ki):
-        qr, qc, kr, kc = qi // W, qi % W, ki // W, ki % W
-        r0, c0 = start(qr, H), start(qc, W)
-        return (kr >= r0) & (kr < r0 + k) & (kc >= c0) & (kc < c0 + k)
-
-    bm = create_block_mask(mask_mod, None, None, H * W, H * W, device=device)
-    table = torch.randn(heads, 2 * k - 1, 2 * k - 1, device=device, requires_grad=True)
-
-    def score_mod(score, b, h, qi, ki):
-        # clamped: score_mod also runs on the masked pairs of partial blocks (out-of-table on GPU)
-        r = torch.clamp(ki // W - qi // W + k - 1, 0, 2 * k - 2)
-        c = torch.clamp(ki % W - qi % W + k - 1, 0, 2 * k - 2)
-        return score + table[h, r, c]
-
-    fn = torch.compile(flex_attention)
-    return lambda q, k_, v: fn(q, k_, v, block_mask=bm, score_mod=score_mod if with_rpb else None)
+def _sdpa_dense(q, k, v):
+    B, heads, D = q.shape[0], q.shape[-2], q.shape[-1]
+    qf, kf, vf = (t.reshape(B, -1, heads, D).transpose(1, 2) for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(qf, kf, vf).transpose(1, 2).reshape(q.shape)
 
 
 def _time(fn, inputs):
@@ -69,7 +52,6 @@ def main(argv=None):
     for H, heads in ((56, 2), (28, 4), (14, 8)):
         W = H
         hl = [torch.randn(B, H, W, heads, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3)]
-        hf = [torch.randn(B, heads, H * W, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3)]
         rpb = torch.randn(heads, 2 * k - 1, 2 * k - 1, device=dev, dtype=dt, requires_grad=True)
         res = {}
         for ta, tb in TILE_CHOICES:
@@ -79,13 +61,13 @@ def main(argv=None):
         res["triton"] = _time(lambda q, k_, v: na2d(q, k_, v, k, backend="triton"), hl)
         res["triton+rpb"] = _time(lambda q, k_, v, rpb=rpb: na2d(q, k_, v, k, rpb=rpb, backend="triton"), hl)
         res["torch+rpb"] = _time(lambda q, k_, v, rpb=rpb: na2d(q, k_, v, k, rpb=rpb, backend="torch"), hl)
-        for name, with_rpb in (("flex", False), ("flex+rpb", True)):
+        for name, bias in (("flex", None), ("flex+rpb", rpb)):
             try:
-                res[name] = _time(_flex(H, W, k, heads, dev, with_rpb), hf)
+                res[name] = _time(make_na_flex((H, W), k, rpb=bias, device=dev), hl)
             except Exception as e:  # report and go on
                 res[name] = float("nan")
                 print(f"  {name} failed: {type(e).__name__}: {str(e)[:200]}")
-        res["sdpa dense"] = _time(torch.nn.functional.scaled_dot_product_attention, hf)
+        res["sdpa dense"] = _time(_sdpa_dense, hl)
         print(f"{H}x{W} heads {heads}: " + ", ".join(f"{n} {t:.3f}" for n, t in res.items())
               + f" | rpb cost x{res['triton+rpb'] / res['triton']:.2f}")
 

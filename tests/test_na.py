@@ -373,3 +373,18 @@ def test_module_under_bf16_autocast():
     y.float().square().mean().backward()
     assert y.dtype == torch.bfloat16 and m.rpb.grad is not None and m.rpb.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), m(x), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("spatial,ks,d", [((19,), 5, 3), ((9, 11), 3, 2), ((7, 6), 5, 1)])
+def test_flex_yardstick_matches_reference(spatial, ks, d):
+    """The benchmarks' FlexAttention rows (block mask + RPB score_mod) compute NA exactly."""
+    from visionattn.kernels._na_flex import make_na_flex
+
+    q, k, v = (torch.randn(2, *spatial, 2, 8) for _ in range(3))
+    rpb = torch.randn(2, *([2 * ks - 1] * len(spatial)))
+    f = {1: na1d, 2: na2d}[len(spatial)]
+    for bias in (None, rpb):
+        want = f(q, k, v, ks, d, rpb=bias, backend="reference")
+        got = make_na_flex(spatial, ks, d, rpb=bias, compile=False)(q, k, v)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

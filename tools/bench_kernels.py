@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 
 try:
+    from visionattn.kernels._na_flex import make_na_flex
     from visionattn.kernels.na import na1d, na2d
 except Exception:  # a checkout without the editable install (or a timm too old for the backbones)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kernels._na_flex import make_na_flex
     from kernels.na import na1d, na2d
 
 # name, spatial, heads, kernel, dilation
@@ -116,45 +118,6 @@ def _peak_mb(fn, device) -> float:
 # ------------------------------------------------------------------------------------------------ NA impls
 
 
-def _flex_mask_mod(spatial, k, d):
-    """FlexAttention mask_mod of (non-causal, stride 1) NA: same group, key inside the shifted window."""
-    strides = [math.prod(spatial[a + 1:]) for a in range(len(spatial))]
-
-    def coords(i):
-        return [(i // s) % L for s, L in zip(strides, spatial)]
-
-    def mask_mod(b, h, qi, ki):
-        ok = None
-        for qa, ka, L in zip(coords(qi), coords(ki), spatial):
-            m = qa % d
-            g = qa // d
-            lg = (L - m + d - 1) // d
-            start = torch.minimum(torch.clamp(g - k // 2, min=0), lg - k)
-            kg = ka // d
-            cond = (ka % d == m) & (kg >= start) & (kg < start + k)
-            ok = cond if ok is None else ok & cond
-        return ok
-
-    return mask_mod
-
-
-def _flex_rpb_score_mod(spatial, k, d, rpb):
-    strides = [math.prod(spatial[a + 1:]) for a in range(len(spatial))]
-    flat = rpb.reshape(rpb.shape[0], -1)
-    st = [(2 * k - 1) ** (len(spatial) - 1 - a) for a in range(len(spatial))]
-
-    def score_mod(score, b, h, qi, ki):
-        idx = 0
-        for a, (s, L) in enumerate(zip(strides, spatial)):
-            qa, ka = (qi // s) % L, (ki // s) % L
-            # clamped: score_mod also runs on the masked pairs of partial blocks (out-of-table on GPU)
-            rel = torch.clamp(ka // d - qa // d + k - 1, 0, 2 * k - 2)
-            idx = idx + rel * st[a]
-        return score + flat[h, idx]
-
-    return score_mod
-
-
 def _na_fn(n):
     return na1d if n == 1 else na2d
 
@@ -174,19 +137,7 @@ def _make_na(impl, case, q, k, v, rpb, scale, device):
         f = {1: natten.na1d, 2: natten.na2d}[n]
         return (lambda q, k, v: f(q, k, v, kernel_size=ks, dilation=dil, scale=scale)), None
     if impl in ("flex", "flex_rpb"):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        N = math.prod(spatial)
-        bm = create_block_mask(_flex_mask_mod(spatial, ks, dil), None, None, N, N, device=device.type)
-        score_mod = _flex_rpb_score_mod(spatial, ks, dil, rpb) if impl == "flex_rpb" else None
-        compiled = torch.compile(flex_attention, dynamic=False)
-
-        def run(q, k, v):
-            B, h, D = q.shape[0], q.shape[-2], q.shape[-1]
-            qf, kf, vf = (t.reshape(B, N, h, D).transpose(1, 2) for t in (q, k, v))
-            out = compiled(qf, kf, vf, block_mask=bm, score_mod=score_mod, scale=scale)
-            return out.transpose(1, 2).reshape(q.shape)
-
+        run = make_na_flex(spatial, ks, dil, rpb=rpb if impl == "flex_rpb" else None, scale=scale, device=device)
         t0 = time.perf_counter()
         if q.requires_grad:
             run(q, k, v).sum().backward()
