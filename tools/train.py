@@ -28,8 +28,8 @@ last good checkpoint is kept).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import random
 import sys
 import time
@@ -48,14 +48,17 @@ from visionattn.train_utils import (  # noqa: E402
     build_dataset,
     build_model,
     check_model_name,
+    dist_env,
     eval_loader,
     evaluate,
     get_rng_state,
+    init_distributed,
     load_checkpoint_state,
     load_config,
     load_weights,
     num_classes_of,
     resolve_data,
+    resolve_device,
     save_checkpoint,
     save_weights,
     set_rng_state,
@@ -82,10 +85,6 @@ class _SkipSampler(torch.utils.data.Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
-def _dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -101,15 +100,10 @@ class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.t0 = time.time()
-        self.world, self.rank, self.local_rank = _dist_env()
+        self.world, self.rank, self.local_rank = dist_env()
         self.distributed = self.world > 1
         self.main = self.rank == 0
-        if cfg["device"]:
-            self.device = torch.device(cfg["device"])
-        elif torch.cuda.is_available():
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
+        self.device = resolve_device(cfg, self.local_rank)
         if cfg["amp"] == "fp16" and self.device.type != "cuda":
             raise ConfigError("amp: fp16 needs a CUDA device (use amp: bf16 on CPU)")
         self.out = Path(cfg["output_dir"] or Path("output") / cfg["model"])
@@ -121,10 +115,7 @@ class Trainer:
         self.train_ds = build_dataset(cfg, cfg["train_split"])
         build_dataset(cfg, cfg["val_split"])  # fail early on a missing val folder
         if self.distributed:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            backend = cfg["dist_backend"] or ("nccl" if self.device.type == "cuda" else "gloo")
-            torch.distributed.init_process_group(backend=backend)
+            init_distributed(cfg, self.device)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         if cfg["deterministic"]:
@@ -277,8 +268,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"])
+        if self.ema is not None and state.get("ema_weights"):
+            load_weights(self.ema.module, state_path.parent / state["ema_weights"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         self.best_top1, self.best_top1_ema = state["best_top1"], state["best_top1_ema"]
         self.last_metrics = state.get("last_metrics", {})
@@ -312,7 +303,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_weights": f"{tag}_ema.safetensors" if self.ema is not None else None,
             "step": self.step,
             "epoch": self.epoch,
             "micro_in_epoch": self.micro_in_epoch,
@@ -343,9 +334,6 @@ class Trainer:
             torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
         return bool(ok.item())
 
-    def _set_train(self) -> None:
-        self.model.train()
-
     def train_epoch(self, epoch: int) -> dict:
         from timm.models._manipulate import model_parameters
         from timm.utils import dispatch_clip_grad
@@ -356,7 +344,7 @@ class Trainer:
         cfg = self.cfg
         model = self.model
         unwrapped = _unwrap(model)
-        self._set_train()
+        model.train()
         accum = cfg["accum_steps"]
         loader = self._loader(epoch)
         start_update = self.micro_in_epoch // accum
@@ -376,7 +364,7 @@ class Trainer:
                 set_prepbn_step(unwrapped, self.step, warm_steps=cfg["prepbn_warm"])
             last_micro = (self.micro_in_epoch + 1) % accum == 0
             sync = last_micro or not self.distributed
-            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _null()
+            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
             with ctx:
                 with autocast(cfg["amp"], self.device):
                     out = model(x)
@@ -530,14 +518,6 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def parse_args(argv=None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,19 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from visionattn.train_utils import (  # noqa: E402
     ConfigError,
     build_model,
+    dist_env,
     eval_loader,
     evaluate,
+    init_distributed,
     load_config,
     load_weights,
     num_classes_of,
     resolve_data,
+    resolve_device,
 )
 
 
 def run(cfg: dict, checkpoint: str | None, ema: bool = False, split: str | None = None) -> dict:
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(cfg["device"] or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    world, rank, local_rank = dist_env()
+    device = resolve_device(cfg, local_rank)
     distributed = world > 1
     split = split or cfg["val_split"]
     if cfg["threads"]:
@@ -45,9 +46,8 @@ def run(cfg: dict, checkpoint: str | None, ema: bool = False, split: str | None 
 
     check_model_name(cfg["model"])
     ds = build_dataset(cfg, split)
-    if distributed and not torch.distributed.is_initialized():
-        backend = cfg["dist_backend"] or ("nccl" if device.type == "cuda" else "gloo")
-        torch.distributed.init_process_group(backend=backend)
+    if distributed:
+        init_distributed(cfg, device)
     num_classes = cfg["num_classes"] or num_classes_of(ds)
     model = build_model(cfg, num_classes)
     if checkpoint:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if int(os.environ.get("RANK", 0)) == 0:
+    if dist_env()[1] == 0:
         line = json.dumps(res)
         print(line, flush=True)
         if args.results_file:

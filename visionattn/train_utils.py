@@ -393,6 +393,27 @@ def eval_loader(cfg: dict, data_cfg: dict, split: str, rank: int = 0, world: int
     ), ds
 
 
+def dist_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) as torchrun sets them; (1, 0, 0) in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(cfg: dict, local_rank: int = 0) -> torch.device:
+    """The config's `device`, else this process's GPU, else the CPU."""
+    if cfg["device"]:
+        return torch.device(cfg["device"])
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_distributed(cfg: dict, device: torch.device) -> None:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU unless `dist_backend` says otherwise)."""
+    if torch.distributed.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=cfg["dist_backend"] or ("nccl" if device.type == "cuda" else "gloo"))
+
+
 def autocast(amp: str | None, device: torch.device):
     if amp is None:
         return torch.autocast(device.type, enabled=False)
