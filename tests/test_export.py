@@ -102,8 +102,6 @@ def test_export_cli_unknown_model():
 
 
 def test_reparameterizable_models_are_fused(tmp_path):
-    from visionattn.utils import fuse_for_inference, is_reparameterizable
-
     model = timm.create_model("efficientvim_m1", num_classes=4).eval()
     assert is_reparameterizable(model)
     fused = fuse_for_inference(model)

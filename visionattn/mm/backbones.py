@@ -225,8 +225,7 @@ class ZooBackboneMM(BaseModule):
         sd = {k: v for k, v in sd.items() if k not in skipped}
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         if own:
-            m2, u2 = nn.Module.load_state_dict(self, {k: v for k, v in own.items()}, strict=False)
-            unexpected = list(unexpected) + [k for k in u2]
+            unexpected = list(unexpected) + list(nn.Module.load_state_dict(self, own, strict=False).unexpected_keys)
         missing = list(missing) + [k for k in self.state_dict() if k.split(".", 1)[0].startswith("norm")
                                    and k not in own and not k.startswith("model.")]
         print_log(f"{type(self).__name__}: loaded {path}; missing {len(missing)} {missing[:8]}, "

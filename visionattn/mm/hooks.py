@@ -27,8 +27,7 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return type(obj)((k, to_plain(v)) for k, v in obj.items()) if type(obj) is not dict else {
-            k: to_plain(v) for k, v in obj.items()}
+        return type(obj)((k, to_plain(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_plain(v) for v in obj)
     return obj
