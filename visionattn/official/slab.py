@@ -1,0 +1,2 @@
+"""Official SLAB constructors -> zoo modules (transitional: the adapters still live beside the models)."""
+import visionattn.backbones.slab  # noqa: F401
