@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CheckpointError",
     "load_state_dict_file",
     "unwrap_state_dict",
     "strip_prefix",
@@ -48,24 +49,59 @@ class _InertCfgNode:
 _CONFIG_GLOBALS = [argparse.Namespace, (_InertCfgNode, "yacs.config.CfgNode")]
 
 
+class CheckpointError(pickle.UnpicklingError, ValueError):
+    """A file that is not a readable checkpoint: empty, truncated, another format, or one that would unpickle
+    objects beyond tensors and plain containers. The message is one line naming the file."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split())) or type(e).__name__
+    # torch's weights-only refusal is a page of advice around one line of reason
+    reason = re.search(r"WeightsUnpickler error: (.+?)(?: Please use| Check the documentation|$)", text)
+    if reason:
+        text = reason.group(1).strip()
+    if len(text) > 160 and ". " in text:
+        text = text.split(". ")[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file without unpickling arbitrary objects (safetensors or `weights_only=True`).
 
     A file refused only because it pickles a yacs `CfgNode` or an argparse `Namespace` is read again with those
     classes allowed for this one call (scoped `torch.serialization.safe_globals`); anything else is refused.
+    Raises FileNotFoundError for a missing file and `CheckpointError` for any file that cannot be read as a
+    checkpoint (empty, truncated, not a checkpoint, or refused by the weights-only unpickler).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path, device=str(map_location))
+        try:
+            return load_file(path, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {_one_line(e)}") from None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    # refused: read it again with only the config classes allowed, for this call (raises for anything else)
-    with torch.serialization.safe_globals(_CONFIG_GLOBALS):
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            pass
+        # refused: read it again with only the config classes allowed, for this call (raises for anything else)
+        with torch.serialization.safe_globals(_CONFIG_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {path} was refused by the weights-only loader (it holds objects other "
+                              f"than tensors and plain containers, or is not a torch file): {_one_line(e)}") from None
+    except (EOFError, RuntimeError, KeyError, ValueError, OSError, IndexError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
