@@ -14,9 +14,33 @@ Built with numpy (never traced: under torch.export / ONNX export the results bec
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["axis_windows", "axis_tiles", "axis_dense"]
+__all__ = ["AxisWindows", "AxisTiles", "axis_windows", "axis_tiles", "axis_dense"]
+
+
+class AxisWindows(NamedTuple):
+    """Per query of one axis (``[L, k]`` each): key positions (clamped into the axis), validity (causal
+    slots before the start are invalid), RPB index, key group coordinates (unclamped)."""
+
+    pos: np.ndarray
+    valid: np.ndarray
+    rel: np.ndarray
+    group_coord: np.ndarray
+
+
+class AxisTiles(NamedTuple):
+    """Query tiles of one axis and the key region each needs (see ``axis_tiles``)."""
+
+    qpos: np.ndarray  # [n, t] query positions per tile
+    kpos: np.ndarray  # [n, r] key positions per tile region
+    mask: np.ndarray  # [n, t, r] key in the query's window
+    rel: np.ndarray  # [n, t, r] RPB index
+    inv: np.ndarray  # [L] flat (tile * t + slot) holding query p's result
+    t: int
+    r: int
 
 
 def _groups(L: int, d: int):
@@ -41,7 +65,7 @@ def axis_windows(L: int, k: int, d: int, s: int, causal: bool):
         valid = np.ones((L, k), dtype=bool)
     pos = np.maximum(kg, 0) * d + m[:, None]
     rel = np.clip(kg - ig[:, None] + k - 1, 0, 2 * k - 2)
-    return pos, valid, rel, kg
+    return AxisWindows(pos, valid, rel, kg)
 
 
 def axis_tiles(L: int, k: int, d: int, s: int, causal: bool, tile: int):
@@ -50,10 +74,9 @@ def axis_tiles(L: int, k: int, d: int, s: int, causal: bool, tile: int):
     Queries of one dilation group are cut in tiles of `t` consecutive group coordinates (the last
     tile of a group is shifted back so it stays inside the group; overlapping queries are computed
     twice and read back once). Each tile reads a region of `r` consecutive keys of its group.
-    Returns (qpos [n, t], kpos [n, r], mask [n, t, r], rel [n, t, r], inv [L], t, r): `inv[p]` is
-    the flat (tile * t + slot) index holding query p's result.
+    Returns ``AxisTiles``.
     """
-    _, _, _, kg = axis_windows(L, k, d, s, causal)
+    kg = axis_windows(L, k, d, s, causal).group_coord
     _, ig, lg = _groups(L, d)
     if causal:
         lo, hi = np.maximum(kg, 0), np.minimum(kg, ig[:, None])
@@ -88,7 +111,7 @@ def axis_tiles(L: int, k: int, d: int, s: int, causal: bool, tile: int):
         rel.append(np.clip(rg[None] - qg[:, None] + k - 1, 0, 2 * k - 2))
         fresh = inv[qp] < 0
         inv[qp[fresh]] = n * t + np.arange(t)[fresh]
-    return np.stack(qpos), np.stack(kpos), np.stack(mask), np.stack(rel), inv, t, r
+    return AxisTiles(np.stack(qpos), np.stack(kpos), np.stack(mask), np.stack(rel), inv, t, r)
 
 
 def axis_dense(L: int, k: int, d: int, s: int, causal: bool):

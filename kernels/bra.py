@@ -18,12 +18,11 @@ Backends:
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._common import Backend, capturing, check_int, check_scale, choose_backend, to_tuple
 
 __all__ = [
     "region_topk",
@@ -35,34 +34,16 @@ __all__ = [
     "BRA_BACKENDS",
 ]
 
-BRA_BACKENDS = ("auto", "reference", "torch", "triton")
-
 # Elements of one chunk's logits (and of its gathered K/V): bounds the extra memory of the torch backend.
 # On accelerators kernel launches cost more than memory, so chunks are much larger there.
 _CHUNK_ELEMS = 1 << 18
 _CHUNK_ELEMS_ACCEL = 1 << 26
 
 
-def _capturing() -> bool:
-    """True while torch.export / dynamo / TorchScript tracing capture a graph (custom Functions are avoided)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None:
-        if getattr(compiler, "is_exporting", lambda: False)() or getattr(compiler, "is_compiling", lambda: False)():
-            return True
-    return False
-
-
 def _pair(x, name: str) -> tuple[int, int]:
-    if isinstance(x, int) and not isinstance(x, bool):
-        out = (x, x)
-    elif isinstance(x, Sequence) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-        out = (int(x[0]), int(x[1]))
-    else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {x!r}")
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"{name} must be >= 1, got {x!r}")
+    out = to_tuple(x, 2, name)
+    for v in out:
+        check_int(name, v, 1)
     return out
 
 
@@ -86,13 +67,8 @@ def region_mean(x: Tensor, region_grid) -> Tensor:
     return x.mean(dim=(2, 4)).reshape(B, gh * gw, -1)
 
 
-def region_topk(
-    q_region: Tensor,
-    k_region: Tensor,
-    topk: int,
-    scale: float | None = None,
-    return_logits: bool = False,
-):
+def region_topk(q_region: Tensor, k_region: Tensor, topk: int, *, scale: float | None = None,
+                return_logits: bool = False):
     """Top-k key regions of every query region, as the official router.
 
     Region-level affinity ``(q_region * scale) @ k_region^T`` of the (detached) region descriptors
@@ -109,10 +85,8 @@ def region_topk(
             f"q_region {tuple(q_region.shape)} and k_region {tuple(k_region.shape)} must share batch and channels"
         )
     n_k = k_region.shape[1]
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_k:
-        raise ValueError(f"topk must be an int in [1, {n_k}] (the number of key regions), got {topk!r}")
-    if scale is None:
-        scale = q_region.shape[-1] ** -0.5
+    check_int("topk", topk, 1, n_k)
+    scale = check_scale(scale, q_region.shape[-1] ** -0.5)
     # Routing is not differentiable in BiFormer: only the integer indices leave this function.
     q_region, k_region = q_region.detach(), k_region.detach()
     logits = (q_region * scale) @ k_region.transpose(-2, -1)
@@ -150,7 +124,8 @@ def _flat_index(index: Tensor, R: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def routed_attention_reference(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> Tensor:
+def routed_attention_reference(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *,
+                               scale: float) -> Tensor:
     """Official formulation: gather K/V of the routed regions from an expanded view, then dense attention."""
     B, H, W, nh, dq = q.shape
     dv = v.shape[-1]
@@ -329,7 +304,7 @@ def _plain_regions(qr: Tensor, kr: Tensor, vr: Tensor, fidx: Tensor, topk: int, 
     return _attend(qr.transpose(1, 2), kg, vg, scale).transpose(1, 2)
 
 
-def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> Tensor:
+def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
     """Torch backend (inputs assumed validated; see `routed_attention`)."""
     B, H, W, nh, dq = q.shape
     rh, rw = region_size
@@ -337,7 +312,7 @@ def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, regio
     topk = index.shape[-1]
     qr, kr, vr = (_to_regions(t, rh, rw) for t in (q, k, v))
     fidx = _flat_index(index, R)
-    if _capturing():
+    if capturing():
         out = _plain_regions(qr, kr, vr, fidx, topk, scale)
     elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         out = _RoutedAttentionFn.apply(qr, kr, vr, fidx, topk, float(scale))
@@ -352,35 +327,37 @@ def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, regio
 
 
 def _validate(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size) -> tuple[int, int]:
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, Tensor) or t.dim() != 5:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a 5-D tensor [B, H, W, heads, head_dim], got {shape}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be floating point, got {t.dtype}")
     if k.shape != q.shape:
-        raise ValueError(f"k shape {tuple(k.shape)} must equal q shape {tuple(q.shape)}")
+        raise ValueError(f"key shape {tuple(k.shape)} must equal query shape {tuple(q.shape)}")
     if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"v shape {tuple(v.shape)} must match q shape {tuple(q.shape)} except the head dim")
+        raise ValueError(f"value shape {tuple(v.shape)} must match query shape {tuple(q.shape)} except the head dim")
     if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError(f"query, key, value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not isinstance(index, Tensor):
+        raise ValueError(f"index must be an int64 tensor, got {type(index).__name__}")
     if not (q.device == k.device == v.device == index.device):
-        raise ValueError(f"q, k, v and index must be on one device, got {q.device}, {k.device}, {v.device}, "
-                         f"{index.device}")
+        raise ValueError(f"query, key, value and index must be on one device, got {q.device}, {k.device}, "
+                         f"{v.device}, {index.device}")
     rh, rw = _pair(region_size, "region_size")
     B, H, W = q.shape[:3]
     if H % rh or W % rw:
         raise ValueError(f"spatial size {H}x{W} must be a multiple of region_size {rh}x{rw}")
     R = (H // rh) * (W // rw)
-    if not isinstance(index, Tensor) or index.dtype != torch.int64:
-        raise ValueError(f"index must be an int64 tensor, got {getattr(index, 'dtype', type(index).__name__)}")
+    if index.dtype != torch.int64:
+        raise ValueError(f"index must be an int64 tensor, got {index.dtype}")
     if index.dim() != 3 or index.shape[0] != B or index.shape[1] != R:
         raise ValueError(f"index must have shape [B={B}, R={R}, topk], got {tuple(index.shape)}")
     topk = index.shape[2]
     if not 1 <= topk <= R:
         raise ValueError(f"topk (index.shape[-1]) must be in [1, {R}], got {topk}")
     # A value check is a device sync (one); skip it while capturing a graph.
-    if not _capturing() and index.numel():
+    if not capturing() and index.numel():
         lo, hi = torch.stack(torch.aminmax(index)).tolist()
         if lo < 0 or hi >= R:
             raise ValueError(f"index values must be in [0, {R - 1}] (regions of the {H // rh}x{W // rw} grid), "
@@ -388,25 +365,50 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size) -> tu
     return rh, rw
 
 
-def _triton_fn():
+def _reference(q, k, v, index, region_size, scale):
+    return routed_attention_reference(q, k, v, index, region_size, scale=scale)
+
+
+def _torch(q, k, v, index, region_size, scale):
+    return routed_attention_torch(q, k, v, index, region_size, scale=scale)
+
+
+def _triton(q, k, v, index, region_size, scale):
     from .bra_triton import routed_attention_triton
 
-    return routed_attention_triton
+    return routed_attention_triton(q, k, v, index, region_size, scale=scale)
 
 
-def routed_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    index: Tensor,
-    region_size,
-    scale: float | None = None,
-    backend: str = "auto",
-) -> Tensor:
+def _triton_check(q, k, v, index, region_size, scale) -> str | None:
+    try:
+        from .bra_triton import unsupported
+    except ImportError as e:
+        return f"needs triton ({e}); use backend='torch'"
+    return unsupported(q, k, v)
+
+
+def _always(*args) -> None:
+    return None
+
+
+_BACKENDS = {
+    "reference": Backend(_reference, _always),
+    "torch": Backend(_torch, _always),
+    "triton": Backend(_triton, _triton_check),
+}
+BRA_BACKENDS = ("auto", *_BACKENDS)
+
+
+def _auto_order(q: Tensor) -> tuple:
+    return ("triton", "torch") if q.is_cuda and not capturing() else ("torch",)
+
+
+def routed_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, region_size, *,
+                     scale: float | None = None, backend: str = "auto") -> Tensor:
     """Token attention of every query region over the union of its routed key/value regions.
 
     Args:
-        q, k: ``[B, H, W, heads, dq]``; v: ``[B, H, W, heads, dv]``; H, W multiples of ``region_size``.
+        query, key: ``[B, H, W, heads, dq]``; value: ``[B, H, W, heads, dv]``; H, W multiples of ``region_size``.
         index: ``[B, R, topk]`` int64, routed key regions (row-major over the region grid) of each query region.
         region_size: ``(rows, cols)`` tokens per region (an int for square regions).
         scale: logit scale; defaults to ``dq ** -0.5`` (BiFormer passes ``qk_dim ** -0.5``, the full dim).
@@ -415,47 +417,27 @@ def routed_attention(
     """
     if backend not in BRA_BACKENDS:
         raise ValueError(f"backend must be one of {BRA_BACKENDS}, got {backend!r}")
-    region_size = _validate(q, k, v, index, region_size)
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    if backend == "reference":
-        return routed_attention_reference(q, k, v, index, region_size, scale)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and not _capturing()):
-        try:
-            fn = _triton_fn()
-            return fn(q, k, v, index, region_size, scale)
-        except (ImportError, NotImplementedError) as e:
-            if backend == "triton":
-                raise ValueError(f"backend 'triton' does not support this configuration: {e}") from e
-    return routed_attention_torch(q, k, v, index, region_size, scale)
+    region_size = _validate(query, key, value, index, region_size)
+    scale = check_scale(scale, query.shape[-1] ** -0.5)
+    args = (query, key, value, index, region_size, scale)
+    return _BACKENDS[choose_backend(backend, _BACKENDS, _auto_order(query), *args)].run(*args)
 
 
-def bi_level_routing_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    n_win,
-    topk: int,
-    scale: float | None = None,
-    backend: str = "auto",
-    return_index: bool = False,
-):
-    """Both BRA steps: route the region means of q and k (official legacy router), then routed attention.
+def bi_level_routing_attention(query: Tensor, key: Tensor, value: Tensor, n_win, topk: int, *,
+                               scale: float | None = None, backend: str = "auto", return_index: bool = False):
+    """Both BRA steps: route the region means of query and key (official legacy router), then routed attention.
 
     ``n_win`` is the region grid (regions per side, an int or ``(rows, cols)``); ``scale`` (default
     ``(heads * dq) ** -0.5``, BiFormer's full-qk-dim quirk) is used for routing and attention alike.
     """
-    if not isinstance(q, Tensor) or q.dim() != 5:
-        raise ValueError(f"q must be a 5-D tensor [B, H, W, heads, head_dim], got {getattr(q, 'shape', q)}")
+    if not isinstance(query, Tensor) or query.dim() != 5:
+        raise ValueError(f"query must be a 5-D tensor [B, H, W, heads, head_dim], got "
+                         f"{getattr(query, 'shape', query)}")
     gh, gw = _pair(n_win, "n_win")
-    B, H, W, nh, dq = q.shape
+    B, H, W, nh, dq = query.shape
     if H % gh or W % gw:
         raise ValueError(f"spatial size {H}x{W} must be a multiple of n_win {gh}x{gw}")
-    if scale is None:
-        scale = (nh * dq) ** -0.5
-    index = region_topk(region_mean(q, (gh, gw)), region_mean(k, (gh, gw)), topk, scale=scale)
-    out = routed_attention(q, k, v, index, (H // gh, W // gw), scale=scale, backend=backend)
+    scale = check_scale(scale, (nh * dq) ** -0.5)
+    index = region_topk(region_mean(query, (gh, gw)), region_mean(key, (gh, gw)), topk, scale=scale)
+    out = routed_attention(query, key, value, index, (H // gh, W // gw), scale=scale, backend=backend)
     return (out, index) if return_index else out

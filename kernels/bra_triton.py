@@ -2,7 +2,7 @@
 
 Called by ``routed_attention(..., backend="triton")`` in ``kernels/bra.py`` (validation lives there)::
 
-    routed_attention_triton(q, k, v, index, region_size, scale) -> out
+    routed_attention_triton(q, k, v, index, region_size, scale=scale) -> out
 
 ``q, k: [B, H, W, heads, dq]``, ``v: [B, H, W, heads, dv]`` (any strides), ``index: [B, R, topk]`` int64.
 Nothing of size ``topk * K`` is materialised: the kernels compute the address of every routed key token
@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["routed_attention_triton"]
+from ._common import LOG2E, interpreting
 
-_LOG2E = 1.4426950408889634
+__all__ = ["routed_attention_triton", "unsupported"]
+
 _MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -317,7 +317,7 @@ def _forward(q, k, v, index, rh, rw, scale):
     _fwd_kernel[grid](
         q, k, v, out, lse, index,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse),
-        R, gw, dq, dv, scale * _LOG2E,
+        R, gw, dq, dv, scale * LOG2E,
         TOPK=topk, RH=rh, RW=rw, **cfg,
     )
     return out, lse
@@ -340,7 +340,7 @@ def _backward(q, k, v, out, lse, index, gout, rh, rw, scale, need_q, need_kv):
         q, k, v, out, gout, gq if need_q else q, lse, delta, index,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(gout),
         *_strides(gq if need_q else q), *_strides(lse),
-        R, gw, dq, dv, scale * _LOG2E, scale,
+        R, gw, dq, dv, scale * LOG2E, scale,
         TOPK=topk, RH=rh, RW=rw, COMPUTE_DQ=need_q, **cfg,
     )
     if need_kv:
@@ -354,7 +354,7 @@ def _backward(q, k, v, out, lse, index, gout, rh, rw, scale, need_q, need_kv):
             q, k, v, gout, gk, gv, lse, delta, ptr, qlist,
             *_strides(q), *_strides(k), *_strides(v), *_strides(gout), *_strides(gk), *_strides(gv),
             *_strides(lse),
-            R, gw, dq, dv, scale * _LOG2E, scale,
+            R, gw, dq, dv, scale * LOG2E, scale,
             RH=rh, RW=rw, **kcfg,
         )
     return gq, gk, gv
@@ -379,27 +379,31 @@ class _RoutedAttentionTriton(torch.autograd.Function):
             None, None, None, None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    """None if the kernels run these (validated) tensors, else the reason, naming the argument: CPU tensors
+    outside the Triton interpreter, dtypes other than fp16/bf16/fp32/fp64 (fp64 only in the interpreter),
+    head dims > 256."""
+    if q.dtype not in _DTYPES:
+        return f"dtype {q.dtype} is not supported by triton (float16, bfloat16, float32; float64 in the interpreter)"
+    if not interpreting():
+        if not q.is_cuda:
+            return f"device {q.device}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+        if q.dtype == torch.float64:
+            return "dtype float64 is supported by triton only in the interpreter (TRITON_INTERPRET=1)"
+    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
+        return f"head_dim (query: {q.shape[-1]}, value: {v.shape[-1]}) must be <= {_MAX_HEAD_DIM} for triton"
+    return None
 
 
-def routed_attention_triton(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> Tensor:
+def routed_attention_triton(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
     """Fused routed attention (inputs validated by `routed_attention`); differentiable w.r.t. q, k, v.
 
-    Raises NotImplementedError for what the kernels do not cover: CPU tensors outside the Triton
-    interpreter, dtypes other than fp16/bf16/fp32/fp64 (fp64 only in the interpreter), head dims > 256.
+    Raises NotImplementedError for what the kernels do not cover (see ``unsupported``).
     """
     rh, rw = (int(s) for s in region_size)
-    if q.dtype not in _DTYPES:
-        raise NotImplementedError(f"q.dtype {q.dtype} is not supported (fp16, bf16, fp32; fp64 in the interpreter)")
-    if not _interpreting():
-        if not q.is_cuda:
-            raise NotImplementedError(f"q.device {q.device}: the Triton kernels need CUDA tensors "
-                                      "(or TRITON_INTERPRET=1)")
-        if q.dtype == torch.float64:
-            raise NotImplementedError("q.dtype float64 is only supported in the Triton interpreter")
-    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
-        raise NotImplementedError(f"head_dim (q: {q.shape[-1]}, v: {v.shape[-1]}) must be <= {_MAX_HEAD_DIM}")
+    reason = unsupported(q, k, v)
+    if reason is not None:
+        raise NotImplementedError(reason)
     scale = float(scale)
     if not math.isfinite(scale):
         raise NotImplementedError(f"scale must be finite, got {scale}")

@@ -1,6 +1,6 @@
 """Fused neighborhood attention in Triton (1-D / 2-D / 3-D, dilation, stride, causal, RPB), forward + backward.
 
-Called by ``na.py`` (``backend="triton"``) with validated arguments; layout is heads-last
+Called by ``na.py`` (``backend="triton"``) with validated arguments (``NAConfig``); layout is heads-last
 ``[B, *spatial, heads, head_dim]``. Every rank runs through one 3-D kernel (missing leading axes have size 1,
 kernel 1), so the index rules exist once.
 
@@ -25,11 +25,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._common import LOG2E, interpreting
 from ._na_index import axis_windows
 
-__all__ = ["na_triton"]
+__all__ = ["na_triton", "unsupported"]
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)
+_MAX_HEAD_DIM = 256
 TILES_2D = None  # ((1, tx, ty), (1, bx, by)) to override the 2-D tile shapes (benchmarking)
 DEVICE_TILES = False  # the GPU's tile shapes in the interpreter too (tests of the GPU's index arithmetic)
 
@@ -82,7 +84,7 @@ def _logits(q, k, qx, qy, qz, kx, ky, kz, valid, rpb_base, qk_scale,
         ry = tl.minimum(tl.maximum(ky[None, :] - qy[:, None] + KY - 1, 0), 2 * KY - 2)
         rz = tl.minimum(tl.maximum(kz[None, :] - qz[:, None] + KZ - 1, 0), 2 * KZ - 2)
         idx = (rx * (2 * KY - 1) + ry) * (2 * KZ - 1) + rz
-        s += tl.load(rpb_base + idx, mask=valid, other=0.0).to(ACC) * 1.4426950408889634
+        s += tl.load(rpb_base + idx, mask=valid, other=0.0).to(ACC) * _LOG2E
     return tl.where(valid, s, float("-inf"))
 
 
@@ -328,12 +330,10 @@ def _to3(t, n: int, fill):
 
 def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
     n = q.dim() - 3
-    if n not in (1, 2, 3):
-        raise NotImplementedError(f"q rank {q.dim()} is not supported by triton")
     B, *spatial, h, D = q.shape
     spatial3 = _to3(spatial, n, 1)
     ks3, ds3, ss3, cs3 = _to3(ks, n, 1), _to3(ds, n, 1), _to3(ss, n, 1), _to3(cs, n, False)
-    ta, tb = _tiles(n, spatial3, ds3, q.device.type == "cpu")
+    ta, tb = _tiles(n, spatial3, ds3, interpreting())
     nt = [_cdiv(_cdiv(L, d), t) for L, d, t in zip(spatial3, ds3, ta)]
     grid = (math.prod(nt[a] * ds3[a] for a in range(3)), B * h)
     common = dict(
@@ -345,7 +345,7 @@ def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
               else "tf32" if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"),
         ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,  # fp64 only for gradcheck
     )
-    args = (*spatial3, *ds3, *nt, h, D, v.shape[-1], scale * _LOG2E, scale)
+    args = (*spatial3, *ds3, *nt, h, D, v.shape[-1], scale * LOG2E, scale)
     return grid, args, common, ta, ks3, ss3
 
 
@@ -366,7 +366,7 @@ def _rpb_index(spatial, ks, ds, ss, cs, device) -> Tensor:
     sizes = [2 * kk - 1 for kk in ks]
     idx = torch.zeros((1,) * (2 * n), dtype=torch.long)
     for a in range(n):
-        rel = axis_windows(spatial[a], ks[a], ds[a], ss[a], cs[a])[2]
+        rel = axis_windows(spatial[a], ks[a], ds[a], ss[a], cs[a]).rel
         shape = [1] * (2 * n)
         shape[a], shape[n + a] = rel.shape
         idx = idx * sizes[a] + rel.reshape(shape)
@@ -417,12 +417,26 @@ class _NATriton(torch.autograd.Function):
         return dq, dk, dv, drpb, None, None, None, None, None
 
 
-def na_triton(q: Tensor, k: Tensor, v: Tensor, kernel_size: tuple, dilation: tuple, stride: tuple,
-              is_causal: tuple, rpb: Tensor | None, scale: float) -> Tensor:
-    """Fused neighborhood attention; arguments as validated by ``na.py``, output shaped like q (v's head_dim)."""
+def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str | None:
+    """None if the fused kernel runs these (validated) arguments, else the reason, naming the argument."""
     if q.dim() - 3 not in (1, 2, 3):
-        raise NotImplementedError(f"q rank {q.dim()} is not supported by triton")
-    if max(q.shape[-1], v.shape[-1]) > 256:
-        raise NotImplementedError(f"head_dim {max(q.shape[-1], v.shape[-1])} > 256 is not supported by triton")
-    return _NATriton.apply(q, k, v, rpb, tuple(kernel_size), tuple(dilation), tuple(stride),
-                           tuple(bool(c) for c in is_causal), float(scale))
+        return f"query rank {q.dim()} is not supported by triton"
+    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
+        return f"head_dim {max(q.shape[-1], v.shape[-1])} > {_MAX_HEAD_DIM} is not supported by triton"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"dtype {q.dtype} is not supported by triton (float16, bfloat16, float32)"
+    if not interpreting():
+        if not q.is_cuda:
+            return f"device {q.device}: triton needs CUDA tensors (or TRITON_INTERPRET=1)"
+        if q.dtype == torch.float64:
+            return "dtype float64 is supported by triton only in the interpreter (TRITON_INTERPRET=1)"
+    return None
+
+
+def na_triton(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> Tensor:
+    """Fused neighborhood attention; arguments as validated by ``na.py``, output shaped like q (v's head_dim)."""
+    reason = unsupported(q, k, v, rpb, cfg)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    return _NATriton.apply(q, k, v, rpb, tuple(cfg.kernel_size), tuple(cfg.dilation), tuple(cfg.stride),
+                           tuple(bool(c) for c in cfg.is_causal), float(cfg.scale))

@@ -68,7 +68,8 @@ def make_inputs(spatial, kernel_size, heads=2, head_dim=8, batch=1, rpb=True, dt
 
 def run_na(backend, q, k, v, table, kernel_size, dilation=1, stride=1, is_causal=False, scale=None):
     fn = NA_FNS[q.dim() - 3]
-    return fn(q, k, v, kernel_size, dilation, stride, is_causal, rpb=table, scale=scale, backend=backend)
+    return fn(q, k, v, kernel_size, stride=stride, dilation=dilation, is_causal=is_causal, rpb=table, scale=scale,
+              backend=backend)
 
 
 def assert_matches_reference(backend, spatial, kernel_size, dilation=1, stride=1, is_causal=False, heads=2,

@@ -39,7 +39,7 @@ def test_torch_many_chunks(case, monkeypatch):
 @pytest.mark.parametrize("case", BRA_CASES[1::2], ids=case_id)
 def test_capture_path_matches_reference(case, monkeypatch):
     # The export/compile graph (single gather, plain autograd) is what ONNX and torch.compile see.
-    monkeypatch.setattr(bra, "_capturing", lambda: True)
+    monkeypatch.setattr(bra, "capturing", lambda: True)
     check_backend("torch", case, dtype=torch.float64, atol=1e-10)
 
 
@@ -56,17 +56,19 @@ def test_triton_dispatch(monkeypatch):
     q, k, v, index = make_inputs(case)
     seen = {}
 
-    def fake(q, k, v, index, region_size, scale):
+    def check(q, k, v, index, region_size, scale):
         seen.update(region_size=region_size, scale=scale)
-        raise NotImplementedError("head dim 8")
+        return "head_dim 8 is not supported"
 
-    monkeypatch.setattr(bra, "_triton_fn", lambda: fake)
-    with pytest.raises(ValueError, match="triton"):
+    monkeypatch.setitem(bra._BACKENDS, "triton", bra._BACKENDS["triton"]._replace(check=check))
+    with pytest.raises(ValueError, match="backend='triton': head_dim 8"):
         routed_attention(q, k, v, index, case["region"], backend="triton")
     assert seen == dict(region_size=(2, 2), scale=8 ** -0.5)
-    # auto only picks triton on CUDA, and falls back to torch where the kernel declines.
+    # auto tries triton first on CUDA, and falls back to torch where the kernel declines.
+    monkeypatch.setattr(bra, "_auto_order", lambda q: ("triton", "torch"))
+    seen.clear()
     want = routed_attention(q, k, v, index, case["region"], backend="torch")
-    assert torch.equal(routed_attention(q, k, v, index, case["region"]), want)
+    assert torch.equal(routed_attention(q, k, v, index, case["region"]), want) and seen
 
 
 def test_duplicate_routed_regions():
@@ -148,13 +150,13 @@ def test_kernel_validation_errors():
         ra(q, k, v, index[:, :3], (2, 2))
     with pytest.raises(ValueError, match="topk"):
         ra(q, k, v, torch.zeros(1, 4, 5, dtype=torch.long), (2, 2))
-    with pytest.raises(ValueError, match="k shape"):
+    with pytest.raises(ValueError, match="key shape"):
         ra(q, k[..., :3], v, index, (2, 2))
-    with pytest.raises(ValueError, match="v shape"):
+    with pytest.raises(ValueError, match="value shape"):
         ra(q, k, v[:, :2], index, (2, 2))
     with pytest.raises(ValueError, match="dtype"):
         ra(q, k, v.double(), index, (2, 2))
-    with pytest.raises(ValueError, match="q must be"):
+    with pytest.raises(ValueError, match="query must be"):
         ra(q[0], k, v, index, (2, 2))
     with pytest.raises(ValueError, match="backend"):
         ra(q, k, v, index, (2, 2), backend="cuda")

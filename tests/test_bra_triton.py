@@ -53,7 +53,7 @@ def test_fp64_exact_and_gradcheck():
     q, k, v, index = make_inputs(case, dtype=torch.float64)
     ins = tuple(t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(
-        lambda a, b, c: routed_attention_triton(a, b, c, index, (1, 2), 0.7), ins, fast_mode=True
+        lambda a, b, c: routed_attention_triton(a, b, c, index, (1, 2), scale=0.7), ins, fast_mode=True
     )
 
 
@@ -100,14 +100,16 @@ def test_unsupported_configs_raise(monkeypatch):
     q, k, v, index = make_inputs(CASES[0])
     big = torch.zeros(*q.shape[:4], 512)
     with pytest.raises(NotImplementedError, match="head_dim"):
-        routed_attention_triton(big, big, v, index, (1, 1), 1.0)
+        routed_attention_triton(big, big, v, index, (1, 1), scale=1.0)
     with pytest.raises(NotImplementedError, match="dtype"):
-        routed_attention_triton(q.to(torch.complex64), k, v, index, (1, 1), 1.0)
+        routed_attention_triton(q.to(torch.complex64), k, v, index, (1, 1), scale=1.0)
     with pytest.raises(ValueError, match="triton"):  # the public API names the backend
         routed_attention(big, big, v, index, (1, 1), backend="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(NotImplementedError, match="device"):
-        routed_attention_triton(q, k, v, index, (1, 1), 1.0)
+        routed_attention_triton(q, k, v, index, (1, 1), scale=1.0)
+    with pytest.raises(ValueError, match="backend='triton': device cpu"):
+        routed_attention(q, k, v, index, (1, 1), backend="triton")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,5 +139,5 @@ def test_cuda_auto_backend_uses_triton():
     q, k, v, index = (t.to("cuda", torch.float16) if t.is_floating_point() else t.cuda()
                       for t in make_inputs(GPU_CASES[0]))
     a = routed_attention(q, k, v, index, (8, 8), backend="auto")
-    b = routed_attention_triton(q, k, v, index, (8, 8), q.shape[-1] ** -0.5)
+    b = routed_attention_triton(q, k, v, index, (8, 8), scale=q.shape[-1] ** -0.5)
     assert torch.equal(a, b)

@@ -1,8 +1,6 @@
 """Neighborhood attention: backends vs the dense reference, gradcheck, NATTEN equality, arguments, modules, ONNX."""
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 
 import pytest
@@ -28,11 +26,12 @@ def test_gather_matches_reference(case):
 @pytest.mark.parametrize("tile", [(1, 1), (3, 5), (16, 16)])
 def test_torch_tile_sizes(tile):
     """Any tiling gives the same function (tiles overlapping at group ends, tiles larger than a group)."""
-    from visionattn.kernels.na import _na_torch
+    from visionattn.kernels.na import NAConfig, _na_torch
 
     q, k, v, rpb = make_inputs((13, 17), 5, heads=2, dtype=torch.float64)
     ref = run_na("reference", q, k, v, rpb, 5, dilation=2, stride=2, is_causal=(False, True))
-    out = _na_torch(q, k, v, (5, 5), (2, 2), (2, 2), (False, True), rpb, 8 ** -0.5, tile=tile)
+    cfg = NAConfig(kernel_size=(5, 5), stride=(2, 2), dilation=(2, 2), is_causal=(False, True), scale=8 ** -0.5)
+    out = _na_torch(q, k, v, rpb, cfg, tile=tile)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
@@ -53,8 +52,8 @@ def test_scale_and_head_dim_of_v():
 
 def test_half_precision_forward():
     q, k, v, rpb = make_inputs((11, 13), 5, heads=2, dtype=torch.float32)
-    ref = na2d(q, k, v, 5, 2, rpb=rpb, backend="reference")
-    out = na2d(q.bfloat16(), k.bfloat16(), v.bfloat16(), 5, 2, rpb=rpb.bfloat16(), backend="torch")
+    ref = na2d(q, k, v, 5, dilation=2, rpb=rpb, backend="reference")
+    out = na2d(q.bfloat16(), k.bfloat16(), v.bfloat16(), 5, dilation=2, rpb=rpb.bfloat16(), backend="torch")
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
 
@@ -81,35 +80,36 @@ def test_gradcheck_fp64():
     # full Jacobians on a tiny DiNA case; random-projection (fast_mode) checks on stride/causal/1-D/3-D
     q, k, v, rpb = make_inputs((6, 7), 3, heads=1, head_dim=2, dtype=torch.float64)
     leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
-    assert gradcheck(lambda q, k, v, r: na2d(q, k, v, 3, 2, rpb=r, backend="torch"), leaves)
+    assert gradcheck(lambda q, k, v, r: na2d(q, k, v, 3, dilation=2, rpb=r, backend="torch"), leaves)
     for spatial, ks, d, s, c in [((7, 6), (3, 5), 1, (2, 1), (True, False)), ((11,), 5, 2, 1, True),
                                  ((4, 5, 4), 3, 1, (1, 2, 1), (False, False, True))]:
         q, k, v, rpb = make_inputs(spatial, ks, heads=2, head_dim=3, dtype=torch.float64)
         leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
         fn = {1: na1d, 2: na2d, 3: na3d}[len(spatial)]
-        f = lambda q, k, v, r, fn=fn, ks=ks, d=d, s=s, c=c: fn(q, k, v, ks, d, s, c, rpb=r, backend="torch")
+        f = lambda q, k, v, r, fn=fn, ks=ks, d=d, s=s, c=c: fn(q, k, v, ks, stride=s, dilation=d, is_causal=c, rpb=r,
+                                                               backend="torch")
         assert gradcheck(f, leaves, fast_mode=True)
 
 
 def test_logits():
     """na_logits gives the window logits (row-major neighbours); softmax of them times the gathered v = na2d."""
     q, k, v, rpb = make_inputs((9, 11), 3, heads=2, dtype=torch.float64)
-    logits = na2d_logits(q, k, 3, 2, rpb)
+    logits = na2d_logits(q, k, 3, dilation=2, rpb=rpb)
     assert logits.shape == (1, 2, 9, 11, 9)
     # query (0, 0) with d2: keys rows {0, 2, 4} x cols {0, 2, 4}; rpb rows/cols index key-query in units of 2, +2
     s = 8 ** -0.5
     for n, (r, c) in enumerate([(r, c) for r in (0, 2, 4) for c in (0, 2, 4)]):
         want = (q[0, 0, 0, 1] * s) @ k[0, r, c, 1] + rpb[1, r // 2 + 2, c // 2 + 2]
         torch.testing.assert_close(logits[0, 1, 0, 0, n], want)
-    out = na2d(q, k, v, 3, 2, rpb=rpb, backend="reference")
+    out = na2d(q, k, v, 3, dilation=2, rpb=rpb, backend="reference")
     # the same attention rebuilt from the logits and the gathered values
-    from visionattn.kernels.na import _gather_index, _gather_windows
+    from visionattn.kernels.na import NAConfig, _gather_index, _gather_windows
 
-    pos, _, _ = _gather_index((9, 11), (3, 3), (2, 2), (1, 1), (False, False), "cpu")
-    vw = _gather_windows(v, pos)  # [B, H, W, h, K, D]
+    cfg = NAConfig((3, 3), (1, 1), (2, 2), (False, False), 1.0)
+    vw = _gather_windows(v, _gather_index((9, 11), *cfg[:4], "cpu").pos)  # [B, H, W, h, K, D]
     rebuilt = (logits.movedim(1, -2).softmax(-1).unsqueeze(-2) @ vw).squeeze(-2)
     torch.testing.assert_close(rebuilt, out)
-    causal = na_logits(q, k, 3, 1, rpb, is_causal=True)
+    causal = na_logits(q, k, 3, rpb=rpb, is_causal=True)
     assert torch.isinf(causal[0, 0, 0, 0]).sum() == 8  # the first query sees only itself
 
 
@@ -200,43 +200,58 @@ def test_bad_tensors():
 
 
 def test_triton_backend_errors(monkeypatch):
-    """Unsupported configurations of the Triton kernel surface as ValueError naming the argument."""
-    fake = types.ModuleType("visionattn.kernels.na_triton")
+    """Configurations the Triton kernel does not run surface as ValueError naming the argument."""
+    import visionattn.kernels.na as na_mod
 
-    def na_triton(*args, **kwargs):
-        raise NotImplementedError("is_causal is not supported")
-
-    fake.na_triton = na_triton
-    monkeypatch.setitem(sys.modules, "visionattn.kernels.na_triton", fake)
+    be = na_mod._BACKENDS["triton"]
+    monkeypatch.setitem(na_mod._BACKENDS, "triton", be._replace(check=lambda *a: "is_causal is not supported"))
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match="is_causal"):
+    with pytest.raises(ValueError, match="backend='triton': is_causal"):
         na2d(q, k, v, 3, is_causal=True, backend="triton")
 
 
+def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="device cpu"):
+        na2d(q, k, v, 3, backend="triton")
+
+
 def test_auto_falls_back_to_torch(monkeypatch):
-    """`auto` picks triton on CUDA; a configuration the kernel rejects runs on the torch path instead."""
+    """`auto` tries triton first where it may (CUDA, opted in); a configuration the kernel rejects runs on the
+    torch path instead."""
     import visionattn.kernels.na as na_mod
 
-    fake = types.ModuleType("visionattn.kernels.na_triton")
-
-    def na_triton(*args, **kwargs):
-        raise NotImplementedError("head_dim 8 is not supported")
-
-    fake.na_triton = na_triton
-    monkeypatch.setitem(sys.modules, "visionattn.kernels.na_triton", fake)
-    monkeypatch.setattr(na_mod, "_resolve", lambda backend, q: "triton" if backend == "auto" else backend)
+    seen = []
+    be = na_mod._BACKENDS["triton"]
+    monkeypatch.setitem(na_mod._BACKENDS, "triton", be._replace(check=lambda *a: seen.append(1) or "no"))
+    monkeypatch.setattr(na_mod, "_auto_order", lambda q: ("triton", "torch"))
     q, k, v = _qkv()
     torch.testing.assert_close(na2d(q, k, v, 3), na2d(q, k, v, 3, backend="torch"))
+    assert seen == [1]
 
 
 def test_auto_is_torch_on_cpu(monkeypatch):
     import visionattn.kernels.na as na_mod
 
     seen = []
-    monkeypatch.setitem(na_mod._IMPLS, "torch", lambda *a: seen.append(1) or a[0])
+    be = na_mod._BACKENDS["torch"]
+    monkeypatch.setitem(na_mod._BACKENDS, "torch", be._replace(run=lambda *a: seen.append(1) or a[0]))
     q, k, v = _qkv()
     na2d(q, k, v, 3)
     assert seen == [1]
+
+
+def test_keyword_only_natten_order():
+    """Everything after kernel_size is keyword-only (NATTEN >= 0.20 names): no silent stride/dilation swap."""
+    q, k, v = _qkv((1, 12, 12, 2, 8))
+    with pytest.raises(TypeError):
+        na2d(q, k, v, 3, 2)
+    with pytest.raises(TypeError):
+        na2d_logits(q, k, 3, 2)
+    a = na2d(q, k, v, 3, stride=2, dilation=3, backend="reference")
+    b = na2d(q, k, v, kernel_size=3, dilation=3, stride=2, backend="torch")
+    torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -268,7 +283,7 @@ def _module_by_hand(m: NeighborhoodAttention2D, x: torch.Tensor) -> torch.Tensor
     xp[:, :H, :W] = x
     qkv = m.qkv(xp).reshape(B, Hp, Wp, 3, m.num_heads, C // m.num_heads)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    o = na2d(q, k, v, m.kernel_size, m.dilation, rpb=m.rpb, scale=m.scale, backend="reference")
+    o = na2d(q, k, v, m.kernel_size, dilation=m.dilation, rpb=m.rpb, scale=m.scale, backend="reference")
     return m.proj(o.reshape(B, Hp, Wp, C)[:, :H, :W])
 
 
@@ -385,6 +400,6 @@ def test_flex_yardstick_matches_reference(spatial, ks, d):
     rpb = torch.randn(2, *([2 * ks - 1] * len(spatial)))
     f = {1: na1d, 2: na2d}[len(spatial)]
     for bias in (None, rpb):
-        want = f(q, k, v, ks, d, rpb=bias, backend="reference")
+        want = f(q, k, v, ks, dilation=d, rpb=bias, backend="reference")
         got = make_na_flex(spatial, ks, d, rpb=bias, compile=False)(q, k, v)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

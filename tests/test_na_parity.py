@@ -34,7 +34,7 @@ def test_na2d_parity(family, name, backend):
         out = m(x)
         B, H, W, C = x.shape
         q, k, _ = m.qkv(x).reshape(B, H, W, 3, m.num_heads, C // m.num_heads).unbind(3)
-        logits = na2d_logits(q, k, m.kernel_size, m.dilation, m.rpb, m.scale)
+        logits = na2d_logits(q, k, m.kernel_size, dilation=m.dilation, rpb=m.rpb, scale=m.scale)
     assert max_abs_diff(out, tensors["out"]) <= tol
     assert logits.shape == tensors["attn_logits"].shape
     assert max_abs_diff(logits, tensors["attn_logits"]) <= tol

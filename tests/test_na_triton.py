@@ -30,12 +30,12 @@ def _check(shape, kernel_size, dilation=1, stride=1, is_causal=False, with_rpb=T
     rank = len(shape) - 3
     fn = FNS[rank]
     (q, k, v), rpb = _inputs(shape, rank, kernel_size, dtype, device, with_rpb, dv)
-    args = (kernel_size, dilation, stride, is_causal)
-    out = fn(q, k, v, *args, rpb=rpb, backend="triton")
+    args = dict(kernel_size=kernel_size, stride=stride, dilation=dilation, is_causal=is_causal)
+    out = fn(q, k, v, **args, rpb=rpb, backend="triton")
     # the oracle runs in fp32 from the same (rounded) inputs
     qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
     rf = rpb.detach().float().requires_grad_() if with_rpb else None
-    ref = fn(qf, kf, vf, *args, rpb=rf, backend="reference")
+    ref = fn(qf, kf, vf, **args, rpb=rf, backend="reference")
     assert out.shape == ref.shape and out.dtype == dtype
     tol = TOL[dtype]
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
@@ -166,7 +166,7 @@ def test_gradcheck_fp64():
     torch.manual_seed(0)
     shape = (1, 5, 6, 1, 4)
     (q, k, v), rpb = _inputs(shape, 2, 3, torch.float64, "cpu", True)
-    f = lambda q, k, v, r: na2d(q, k, v, 3, (1, 2), rpb=r, backend="triton")  # noqa: E731
+    f = lambda q, k, v, r: na2d(q, k, v, 3, dilation=(1, 2), rpb=r, backend="triton")  # noqa: E731
     # fast mode (random projections): the interpreter is too slow for the full numerical Jacobian
     assert torch.autograd.gradcheck(f, (q, k, v, rpb), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
@@ -261,12 +261,12 @@ def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stri
     rpb_shape = (shape[-2], *(2 * x - 1 for x in ks))
     rpb = guard.guarded(rpb_shape, torch.float32).copy_(0.5 * torch.randn(rpb_shape, generator=gen))
     leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
-    out = FNS[rank](*leaves[:3], kernel_size, dilation, stride, is_causal, rpb=leaves[3], backend="triton")
+    args = dict(kernel_size=kernel_size, stride=stride, dilation=dilation, is_causal=is_causal)
+    out = FNS[rank](*leaves[:3], **args, rpb=leaves[3], backend="triton")
     grads = torch.autograd.grad(out, leaves, g)
     assert guard.intact(), "a kernel wrote outside its tensors"
     ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    ref = FNS[rank](*ref_leaves[:3], kernel_size, dilation, stride, is_causal, rpb=ref_leaves[3],
-                    backend="reference")
+    ref = FNS[rank](*ref_leaves[:3], **args, rpb=ref_leaves[3], backend="reference")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     for name, got, want in zip("qkvr", grads, torch.autograd.grad(ref, ref_leaves, g)):
         scale = max(1.0, want.abs().max().item())

@@ -130,7 +130,7 @@ def _make_na(impl, case, q, k, v, rpb, scale, device):
         be = "torch" if impl == "torch_norpb" else impl
         bias = None if impl == "torch_norpb" else rpb
         f = _na_fn(n)
-        return (lambda q, k, v: f(q, k, v, ks, dil, rpb=bias, scale=scale, backend=be)), None
+        return (lambda q, k, v: f(q, k, v, ks, dilation=dil, rpb=bias, scale=scale, backend=be)), None
     if impl == "natten":
         import natten
 

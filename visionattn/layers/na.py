@@ -3,23 +3,65 @@
 Same function and state dict as ``natten.NeighborhoodAttention1D/2D`` of NATTEN <= 0.15, the version the
 NAT/DiNAT checkpoints were trained with, including its behaviour on maps smaller than kernel * dilation
 (``pad_small_inputs``).
+
+The shape-dependent steps (padding small maps, cropping back) and the kernel call are leaf functions for
+``torch.fx`` (``torch.fx.wrap``), so models built on these modules trace with ``torch.fx.symbolic_trace`` and
+timm's FX feature extraction while keeping their checks.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import to_2tuple
-from timm.layers.helpers import to_1tuple
 from torch import nn
 
+from ..kernels.na import BACKENDS as NA_BACKENDS
 from ..kernels.na import na1d, na2d
-from ..utils import trunc_normal_unless_meta
+from ..utils import check_backend, trunc_normal_unless_meta
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D"]
+
+# the kernel calls are graph leaves for torch.fx (their argument checks are Python control flow)
+torch.fx.wrap("na1d")
+torch.fx.wrap("na2d")
+
+
+def _per_axis(value, n: int, name: str) -> tuple[int, ...]:
+    values = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be an int >= 1 or a tuple of {n} of them, got {value!r}")
+    return values
+
+
+@torch.fx.wrap
+def _pad_small_input(x: torch.Tensor, need: tuple[int, ...], allow: bool) -> torch.Tensor:
+    """NATTEN <= 0.15: zero-pad a channels-last map right/bottom up to `need` (kernel * dilation) per axis."""
+    n = len(need)
+    if x.dim() != n + 2:
+        raise ValueError(f"x must be [B, {n} spatial axes, C], got shape {tuple(x.shape)}")
+    spatial = x.shape[1:-1]
+    pads = [max(0, w - s) for s, w in zip(spatial, need)]
+    if not any(pads):
+        return x
+    if not allow:
+        raise ValueError(f"input spatial size {tuple(spatial)} is smaller than kernel_size * dilation {need}; set "
+                         "pad_small_inputs=True for the NATTEN <= 0.15 behaviour (zero-pad, then crop)")
+    pad = [0, 0]
+    for p in reversed(pads):
+        pad += [0, p]
+    return F.pad(x, pad)
+
+
+@torch.fx.wrap
+def _crop_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`y` cropped to the spatial size of `x` (both channels-last)."""
+    if y.shape[1:-1] == x.shape[1:-1]:
+        return y
+    return y[(slice(None), *(slice(0, s) for s in x.shape[1:-1]))]
 
 
 class _NeighborhoodAttention(nn.Module):
     _ndim = 2
+    backends = NA_BACKENDS  # the names `backend` accepts (visionattn.utils.set_attn_backend)
 
     def __init__(
         self,
@@ -37,20 +79,16 @@ class _NeighborhoodAttention(nn.Module):
     ):
         super().__init__()
         n = self._ndim
-        tup = to_2tuple if n == 2 else to_1tuple
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
-        self.kernel_size = tuple(tup(kernel_size))
-        self.dilation = tuple(tup(1 if dilation is None else dilation))
-        if any(k < 1 for k in self.kernel_size):
-            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
-        if any(d < 1 for d in self.dilation):
-            raise ValueError(f"dilation must be >= 1, got {dilation}")
-        self.backend = backend
+        self.kernel_size = _per_axis(kernel_size, n, "kernel_size")
+        self.dilation = _per_axis(1 if dilation is None else dilation, n, "dilation")
+        self.backend = check_backend(backend, self.backends, "backend")
         self.pad_small_inputs = pad_small_inputs
+        self._need = tuple(k * d for k, d in zip(self.kernel_size, self.dilation))
         # a direct parameter registered before the Linears: official state-dict order
         if rpb:
             self.rpb = nn.Parameter(torch.zeros(num_heads, *(2 * k - 1 for k in self.kernel_size)))
@@ -67,34 +105,16 @@ class _NeighborhoodAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: channels-last ``[B, *spatial, C]``."""
-        n = self._ndim
         if self.attn_drop and self.training:
             # every NAT/DiNAT config uses 0; the NA ops never materialise the weights to drop them
             raise ValueError(f"attn_drop must be 0 when training (got {self.attn_drop}): the NA kernels have no "
                              "attention dropout")
-        if x.dim() != n + 2:
-            raise ValueError(f"x must be [B, {n} spatial axes, C], got shape {tuple(x.shape)}")
-        spatial = x.shape[1:-1]
-        need = [k * d for k, d in zip(self.kernel_size, self.dilation)]
-        pads = [max(0, w - s) for s, w in zip(spatial, need)]
-        if any(pads):
-            if not self.pad_small_inputs:
-                raise ValueError(
-                    f"input spatial size {tuple(spatial)} is smaller than kernel_size * dilation {tuple(need)}; "
-                    "set pad_small_inputs=True for the NATTEN <= 0.15 behaviour (zero-pad, then crop)")
-            # old NATTEN: zero-pad the input right/bottom BEFORE qkv (pad tokens carry the qkv bias and
-            # are attended to, unmasked), crop after attention
-            pad = []
-            for p in reversed(pads):
-                pad += [0, p]
-            x = F.pad(x, [0, 0] + pad)
-        B, C = x.shape[0], x.shape[-1]
-        qkv = self.qkv(x).reshape(B, *x.shape[1:-1], 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(-3)
-        x = self._attend(q, k, v).reshape(B, *x.shape[1:-1], C)
-        if any(pads):
-            x = x[(slice(None), *(slice(0, s) for s in spatial))]
-        return self.proj_drop(self.proj(x))
+        # old NATTEN on maps smaller than kernel * dilation: pad BEFORE qkv (pad tokens carry the qkv bias and
+        # are attended to, unmasked), crop after attention
+        padded = _pad_small_input(x, self._need, self.pad_small_inputs)
+        q, k, v = self.qkv(padded).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        out = _crop_like(self._attend(q, k, v).flatten(-2), x)
+        return self.proj_drop(self.proj(out))
 
     def _bias(self, q):
         # under autocast q is bf16/fp16 while the table stays fp32; the kernels take one dtype
@@ -111,13 +131,14 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
 
     pad_small_inputs: when H or W < kernel * dilation, zero-pad the input right/bottom before ``qkv``
         and crop after attention, as NATTEN <= 0.15 did (NAT/DiNAT results depend on it); False raises.
-    backend: kernel backend of ``visionattn.kernels.na2d`` (an attribute the models may override).
+    backend: kernel backend of ``visionattn.kernels.na2d`` (one of ``backends``; switch it later with
+        ``visionattn.set_attn_backend``).
     """
 
     _ndim = 2
 
     def _attend(self, q, k, v):
-        return na2d(q, k, v, self.kernel_size, self.dilation, rpb=self._bias(q), scale=self.scale,
+        return na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self._bias(q), scale=self.scale,
                     backend=self.backend)
 
 
@@ -127,5 +148,5 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
     _ndim = 1
 
     def _attend(self, q, k, v):
-        return na1d(q, k, v, self.kernel_size, self.dilation, rpb=self._bias(q), scale=self.scale,
+        return na1d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self._bias(q), scale=self.scale,
                     backend=self.backend)
