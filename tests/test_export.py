@@ -11,7 +11,7 @@ import torch
 
 import visionattn
 from visionattn.adopted import load_official_checkpoint, shvit_checkpoint_filter_fn
-from visionattn.export import export_onnx, ort_session
+from visionattn.export import ONNX_OPSETS, export_onnx, is_own_export, onnx_opset, ort_session, save_onnx
 from visionattn.utils import fuse_for_inference, is_reparameterizable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +30,12 @@ SMALLEST = {
 
 
 def test_every_family_has_a_smallest_variant():
-    families = {m.family for m in visionattn.list_models()}
+    """Both ways: a new family needs an export case, and a lost registration fails here (never a skip)."""
+    models = visionattn.list_models()
+    families = {m.family for m in models}
     assert families <= set(SMALLEST), families - set(SMALLEST)
-
-
-def _registered(name):
-    if name not in {str(m) for m in visionattn.list_models()}:
-        pytest.skip(f"{name} is not registered yet")
+    missing = {fam: name for fam, name in SMALLEST.items() if name not in {str(m) for m in models}}
+    assert not missing, f"not registered: {missing}"
 
 
 # SHViT's smallest variant is exported by the CLI test below; GC ViT, built for one input size by timm,
@@ -48,7 +47,6 @@ _SIZES = {"gcvit": (256, 320)}
 @pytest.mark.parametrize("family", sorted(set(SMALLEST) - {_CLI_FAMILY}))
 def test_export_smallest_per_family(family, tmp_path):
     name = SMALLEST[family]
-    _registered(name)
     torch.manual_seed(0)
     size = _SIZES.get(family)
     kwargs = {"img_size": size} if size else {}
@@ -99,6 +97,80 @@ def test_export_cli_unknown_model():
     out = subprocess.run([sys.executable, str(REPO / "tools/export_onnx.py"), "no_such_model"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "unknown model" in out.stderr and "Traceback" not in out.stderr
+
+
+def _tool(name, *args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=timeout)
+
+
+def _assert_user_error(out, *words):
+    """Exit 2 and exactly one line on stderr (no traceback), containing `words`."""
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, out.stderr[-2000:])
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def _tiny_net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+
+
+@pytest.mark.parametrize("opset", [ONNX_OPSETS[0], 21])
+def test_export_writes_the_requested_opset(opset, tmp_path):
+    res = export_onnx(_tiny_net(), tmp_path / "m.onnx", img_size=32, opset=opset, reps=1)
+    assert res["opset"] == opset == onnx_opset(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("kwargs", [dict(opset=5), dict(opset=17), dict(opset=99), dict(batch=0), dict(reps=0),
+                                    dict(img_size=0), dict(img_size=(-32, 32)), dict(img_size=(40, 50, 60))])
+def test_export_rejects_bad_arguments(kwargs, tmp_path):
+    """Issue 15 item 7: an opset the dynamo exporter does not write is refused, not reported as written."""
+    with pytest.raises(ValueError, match=next(iter(kwargs)).split("_")[0]):
+        export_onnx(_tiny_net(), tmp_path / "m.onnx", **{"img_size": 32, "reps": 1, **kwargs})
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_own_exports_are_marked(tmp_path):
+    save_onnx(_tiny_net(), torch.randn(1, 3, 32, 32), tmp_path / "m.onnx")
+    (tmp_path / "photo.onnx").write_bytes(b"not an onnx file")
+    assert is_own_export(tmp_path / "m.onnx") and not is_own_export(tmp_path / "photo.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "photo.onnx"]  # no temporary file left
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--opset", "5"], ["--opset", "18..25", "dynamo"]),
+    (["--img-size", "0"], ["--img-size"]),
+    (["--img-size", "-32"], ["--img-size"]),
+    (["--img-size", "40", "50", "60"], ["--img-size", "H W"]),
+    (["--batch", "0"], ["--batch"]),
+    (["--reps", "0"], ["--reps"]),
+    (["--out", "{tmp}"], ["--out", "directory"]),
+    (["--out", "{tmp}/photo.onnx"], ["--out", "--overwrite"]),
+], ids=["opset5", "img0", "img-32", "img3values", "batch0", "reps0", "out-dir", "out-foreign-file"])
+def test_export_cli_user_errors(args, words, tmp_path):
+    """Issue 15 items 7 and 10: one line on stderr, exit 2; a file the tool did not write is left untouched."""
+    foreign = tmp_path / "photo.onnx"
+    foreign.write_bytes(b"someone else's file")
+    out = _tool("export_onnx.py", "nat_mini", "--reps", "1", *(a.format(tmp=tmp_path) for a in args))
+    _assert_user_error(out, *words)
+    assert foreign.read_bytes() == b"someone else's file"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--img-size", "0"], ["--img-size"]),
+    (["--batch", "0"], ["--batch"]),
+    (["--modes", "bogus"], ["--modes", "bogus"]),
+    (["--modes", "eager,onx"], ["--modes", "onx"]),
+    (["--family", "nope"], ["--family"]),
+    (["--device", "tpu9"], ["--device"]),
+], ids=["img0", "batch0", "modes-bogus", "modes-typo", "family", "device"])
+def test_benchmark_cli_user_errors(args, words, tmp_path):
+    """Issue 15 item 10: validated up front, one line on stderr, exit 2, nothing measured or written."""
+    out = _tool("benchmark.py", "--filter", "shvit_s1", "--out-dir", tmp_path / "bench", *args)
+    _assert_user_error(out, *words)
+    assert not (tmp_path / "bench").exists()
 
 
 def test_reparameterizable_models_are_fused(tmp_path):

@@ -12,7 +12,6 @@ the papers' "FLOPs" columns. Writes bench.csv, bench.md and bench.png (throughpu
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import fnmatch
 import os
@@ -23,36 +22,43 @@ from pathlib import Path
 
 import timm
 import torch
+from bench.cli import Parser, comma_list, default_device, device_arg, nonneg_int, positive_int
 from tqdm import tqdm
 
 import visionattn
-from visionattn.export import _export, ort_session, time_fn
-from visionattn.utils import fuse_for_inference, is_reparameterizable, set_attn_backend
+from visionattn.export import ort_session, save_onnx, time_fn
+from visionattn.utils import attn_modules, fuse_for_inference, is_reparameterizable, set_attn_backend
 
 COLUMNS = ["model", "family", "img_size", "params_m", "gmacs", "device", "threads",
            "eager_ms", "compile_ms", "compile_s", "ort_ms", "amp_ms",
            "eager_ips", "compile_ips", "ort_ips", "amp_ips", "ort_vs_eager", "reference_ips", "vs_reference"]
 
 
+MODES = ("eager", "compile", "onnx", "amp")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--filter", default="*", help="comma-separated fnmatch patterns over zoo model names")
-    p.add_argument("--family", default=None, help="restrict to one family")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: each model's cfg)")
-    p.add_argument("--batch", type=int, default=8, help="batch for the throughput measurement")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--modes", default=None,
+    p.add_argument("--family", choices=visionattn.FAMILIES, default=None, help="restrict to one family")
+    p.add_argument("--img-size", type=positive_int, default=None, help="input side (default: each model's cfg)")
+    p.add_argument("--batch", type=positive_int, default=8, help="batch for the throughput measurement")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--warmup", type=nonneg_int, default=3)
+    p.add_argument("--reps", type=positive_int, default=10)
+    p.add_argument("--modes", type=comma_list(MODES), default=None,
                    help="comma list of eager,compile,onnx,amp (default: eager,compile,onnx on CPU; "
                         "eager,compile,amp on CUDA)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("--no-fuse", action="store_true")
     p.add_argument("--compare-reference", action="store_true",
                    help="also time eager with the attention forced onto the 'reference' backend (the stand-in for "
                         "the official gather / unfused code) and report our speed-up over it")
     p.add_argument("--out-dir", default="out/bench")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        p.error(f"argument --out-dir: {args.out_dir} exists and is not a directory")
+    return args
 
 
 def flops_per_image(model, x) -> float:
@@ -96,9 +102,8 @@ def bench_model(name: str, args, device: torch.device, modes: list[str]) -> dict
 
     if "eager" in modes:
         measure(model, "eager")
-    if args.compare_reference and any(type(m).__module__.startswith("visionattn") and hasattr(m, "backend")
-                                      for m in model.modules()):
-        saved = {m: m.backend for m in model.modules() if hasattr(m, "backend")}
+    if args.compare_reference and attn_modules(model):
+        saved = {m: m.backend for m in attn_modules(model)}
         set_attn_backend(model, "reference")
         t = time_fn(wrap(lambda: model(xb)), max(1, args.warmup // 2), max(3, args.reps // 2))
         for m, backend in saved.items():
@@ -119,11 +124,11 @@ def bench_model(name: str, args, device: torch.device, modes: list[str]) -> dict
         row["compile_s"] = round(time.perf_counter() - t0, 1)
         measure(compiled, "compile")
     if "onnx" in modes and device.type == "cpu":
-        cpu_model = set_attn_backend(model, "torch")
+        cpu_model = set_attn_backend(model, "torch") if attn_modules(model) else model
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.onnx"
             dyn_x = torch.randn(2, 3, size, size)
-            _export(cpu_model, dyn_x, path, 18, dynamic=True)
+            save_onnx(cpu_model, dyn_x, path, opset=18, dynamic=True)
             sess = ort_session(path, args.threads)
             iname = sess.get_inputs()[0].name
             measure(lambda x: sess.run(None, {iname: x.cpu().numpy()}), "ort")
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    modes = (args.modes or ("eager,compile,amp" if device.type == "cuda" else "eager,compile,onnx")).split(",")
+    modes = args.modes or (["eager", "compile", "amp"] if device.type == "cuda" else ["eager", "compile", "onnx"])
     pats = [p.strip() for p in args.filter.split(",") if p.strip()]
     names = [str(m) for m in visionattn.list_models(args.family) if any(fnmatch.fnmatch(m, p) for p in pats)]
     if not names:
