@@ -10,7 +10,7 @@ Variants (all load the official checkpoints through `checkpoint_filter_fn`):
 * `biformer_stl_nchw` -- models/biformer_stl_nchw.py: the same layout on the refactored NCHW BRA.
 
 The dense-prediction backbone of the official det/seg code (`BiFormer_mm`) is `BiFormerDense`; the same maps
-come from `timm.create_model(name, features_only=True, extra_norms=True, n_win=16)`.
+come from `timm.create_model(name, features_only=True, out_norms=True, n_win=16)`.
 
 Input size (documented choices, tested in tests/test_biformer.py):
 
@@ -33,7 +33,8 @@ weights_only=True (their `args` Namespace allowed) and, like the official loader
 even when `model_ema` is present.
 
 Checkpoints use timm-style module names (`stem`, `stages.i.downsample`, `stages.i.blocks.j`, `mlp.fc1`,
-`head.fc`); `checkpoint_filter_fn` maps the official names (and mmdet/mmseg `backbone.` checkpoints) onto them.
+`ls1.gamma`, `out_norms.i`, `head.fc`); `checkpoint_filter_fn` maps the official names (and mmdet/mmseg
+`backbone.` checkpoints) onto them.
 The attention modules keep the official parameter names (`qkv.qkv`, `wo`, `lepe`; `qkv_linear`,
 `output_linear`; `qkv`, `proj`).
 """
@@ -45,21 +46,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale, Mlp, trunc_normal_
+from timm.layers import (
+    ClassifierHead,
+    DropPath,
+    LayerNorm2d,
+    LayerScale,
+    Mlp,
+    calculate_drop_path_rates,
+    get_norm_layer,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import (
-    build_model_with_pretrained_file,
-    load_pretrained_file,
-    unwrap_state_dict,
-)
+from visionattn import register_zoo_model
+from visionattn.checkpoint import build_model_with_pretrained_file, unwrap_state_dict
 from visionattn.kernels.bra import BRA_BACKENDS
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
-from visionattn.official import register_official
-from visionattn.utils import set_attn_backend
+from visionattn.utils import check_backend, init_weights_, set_attn_backend
 
 __all__ = [
     "BiFormer",
@@ -73,12 +77,15 @@ __all__ = [
 ]
 
 
-def _norm2d(kind: str, dim: int) -> nn.Module:
-    if kind == "batchnorm":
-        return nn.BatchNorm2d(dim)
-    if kind == "layernorm2d":
-        return LayerNorm2d(dim, eps=1e-6)
-    raise ValueError(f"norm_layer must be 'batchnorm' or 'layernorm2d', got {kind!r}")
+def _norm2d(norm_layer: str | Callable[[int], nn.Module], name: str = "norm_layer") -> Callable[[int], nn.Module]:
+    """A 2-D norm: a class / partial, or 'batchnorm' (nn.BatchNorm2d) | 'layernorm2d' (LayerNorm2d, eps 1e-6)."""
+    if isinstance(norm_layer, str):
+        if norm_layer not in ("batchnorm", "layernorm2d"):
+            raise ValueError(f"{name} must be 'batchnorm', 'layernorm2d' or a norm class, got {norm_layer!r}")
+        return get_norm_layer(norm_layer)
+    if not callable(norm_layer):
+        raise ValueError(f"{name} must be 'batchnorm', 'layernorm2d' or a norm class, got {norm_layer!r}")
+    return norm_layer
 
 
 def _per_stage(value, name: str, n: int = 4) -> tuple:
@@ -230,6 +237,17 @@ class NchwBiFormerBlock(nn.Module):
         return x
 
 
+@torch.fx.wrap
+def _check_nchw_stage_size(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    if min(x.shape[-2:]) < n_win:
+        raise ValueError(
+            f"input too small for the NCHW BRA: a stage map of {tuple(x.shape[-2:])} is smaller than n_win={n_win} "
+            "on one side (each BRA stage side must be >= n_win); use a larger input, a smaller n_win for this "
+            "stage, or the legacy-BRA model (biformer_stl), which pads"
+        )
+    return x
+
+
 class BiFormerStage(nn.Module):
     """Downsampling (Identity for the first stage) followed by blocks; NCHW in and out."""
 
@@ -244,12 +262,8 @@ class BiFormerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.check_min_size and min(x.shape[-2:]) < self.n_win:
-            raise ValueError(
-                f"input too small for the NCHW BRA: a stage map of {tuple(x.shape[-2:])} is smaller than n_win="
-                f"{self.n_win} on one side (each BRA stage side must be >= n_win); use a larger input, a smaller "
-                "n_win for this stage, or the legacy-BRA model (biformer_stl), which pads"
-            )
+        if self.check_min_size:
+            x = _check_nchw_stage_size(x, self.n_win)
         if self.channels_last:
             x = x.permute(0, 2, 3, 1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -276,11 +290,12 @@ class BiFormer(nn.Module):
         stem_type: 'overlap' (two 3x3 s2 convs, 3x3 s2 conv downsampling; T/S/B) or 'patch' (4x4 s4 conv,
             norm + 2x2 s2 conv merging; STL).
         layout: 'nhwc' (legacy BRA, official models/biformer*.py) or 'nchw' (refactored BRA, STL-nchw).
-        norm_layer: stem/downsample norm of the 'patch' stem and the final norm: 'batchnorm' | 'layernorm2d'.
+        norm_layer: stem/downsample norm of the 'patch' stem and the final norm: a 2-D norm class (e.g.
+            nn.BatchNorm2d) or 'batchnorm' | 'layernorm2d'; final_norm_layer overrides the final one.
         auto_pad: legacy BRA pads maps that n_win does not divide (see the module docstring).
-        attn_backend: BRA backend for every routed block (None = the BRA layer's default).
-        extra_norms: add a LayerNorm2d per stage output (the dense-prediction backbone's `extra_norms`),
-            applied to every map `forward_intermediates` / `features_only` return.
+        attn_backend: BRA backend of every routed block (`visionattn.kernels.bra.BRA_BACKENDS`; None = 'auto').
+        out_norms: True or stage indices: add a LayerNorm2d per stage output (`out_norms.i`, the dense-prediction
+            backbone's `extra_norms`), applied to the maps `forward_intermediates` / `features_only` return.
     """
 
     def __init__(
@@ -300,13 +315,13 @@ class BiFormer(nn.Module):
             before_attn_dwconv: int = 3,
             stem_type: str = "overlap",
             layout: str = "nhwc",
-            norm_layer: str = "batchnorm",
-            final_norm_layer: str | None = None,
+            norm_layer: str | Callable[[int], nn.Module] = "batchnorm",
+            final_norm_layer: str | Callable[[int], nn.Module] | None = None,
             auto_pad: bool = True,
             layer_scale_init_value: float | None = None,
             full_attn_heads: int = 8,
             attn_backend: str | None = None,
-            extra_norms: bool = False,
+            out_norms: bool | Sequence[int] = False,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
     ):
@@ -321,6 +336,9 @@ class BiFormer(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        attn_backend = check_backend(attn_backend, BRA_BACKENDS)
+        norm_layer = _norm2d(norm_layer)
+        final_norm_layer = norm_layer if final_norm_layer is None else _norm2d(final_norm_layer, "final_norm_layer")
         qk_dims = tuple(qk_dims) if qk_dims is not None else tuple(embed_dims)
         n_wins = _per_stage(n_win, "n_win")
         mlp_ratios = _per_stage(mlp_ratios, "mlp_ratios")
@@ -348,10 +366,11 @@ class BiFormer(nn.Module):
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, embed_dims[0], 4, stride=4), _norm2d(norm_layer, embed_dims[0])
+                nn.Conv2d(in_chans, embed_dims[0], 4, stride=4), norm_layer(embed_dims[0])
             )
 
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
+        first = [sum(depths[:i]) for i in range(4)]
         self.feature_info = []
         stages = []
         for i in range(4):
@@ -364,7 +383,7 @@ class BiFormer(nn.Module):
                 )
             else:
                 downsample = nn.Sequential(
-                    _norm2d(norm_layer, embed_dims[i - 1]), nn.Conv2d(embed_dims[i - 1], dim, 2, stride=2)
+                    norm_layer(embed_dims[i - 1]), nn.Conv2d(embed_dims[i - 1], dim, 2, stride=2)
                 )
             heads = max(qk_dims[i] // head_dim, 1)  # the official floor division
             if layout == "nhwc":
@@ -372,7 +391,7 @@ class BiFormer(nn.Module):
                     BiFormerBlock(
                         dim, heads, n_win=n_wins[i], qk_dim=qk_dims[i], qk_scale=qk_scale, topk=topks[i],
                         mlp_ratio=mlp_ratios[i], side_dwconv=side_dwconv, before_attn_dwconv=before_attn_dwconv,
-                        auto_pad=auto_pad, layer_scale_init_value=layer_scale_init_value, drop_path=dpr[i][j],
+                        auto_pad=auto_pad, layer_scale_init_value=layer_scale_init_value, drop_path=dpr[first[i] + j],
                         full_attn_heads=full_attn_heads, attn_backend=attn_backend,
                     ) for j in range(depths[i])
                 ]
@@ -380,7 +399,7 @@ class BiFormer(nn.Module):
                 blocks = [
                     NchwBiFormerBlock(
                         dim, heads, n_win=n_wins[i], qk_scale=qk_scale, topk=topks[i], mlp_ratio=mlp_ratios[i],
-                        side_dwconv=side_dwconv, drop_path=dpr[i][j], full_attn_heads=full_attn_heads,
+                        side_dwconv=side_dwconv, drop_path=dpr[first[i] + j], full_attn_heads=full_attn_heads,
                         attn_backend=attn_backend,
                     ) for j in range(depths[i])
                 ]
@@ -388,21 +407,15 @@ class BiFormer(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
 
-        self.extra_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in embed_dims]) if extra_norms else None
-        self.norm = _norm2d(final_norm_layer or norm_layer, embed_dims[-1])
+        idx = range(4) if out_norms is True else tuple(int(i) for i in (out_norms or ()))
+        if any(not 0 <= i < 4 for i in idx):
+            raise ValueError(f"out_norms must be a bool or stage indices in [0, 3], got {out_norms!r}")
+        self.out_norms = nn.ModuleList([
+            LayerNorm2d(d, eps=1e-6) if i in idx else nn.Identity() for i, d in enumerate(embed_dims)
+        ]) if idx else None
+        self.norm = final_norm_layer(embed_dims[-1])
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        # the official init: only Linear and LayerNorm are re-initialised, convs keep PyTorch defaults
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights_)  # the official init: Linear and LayerNorm only, convs keep PyTorch defaults
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -416,7 +429,7 @@ class BiFormer(nn.Module):
             blocks=r"^stages\.(\d+)" if coarse else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^extra_norms\.(\d+)", None),
+                (r"^out_norms\.(\d+)", None),
                 (r"^norm", (99999,)),
             ],
         )
@@ -430,8 +443,6 @@ class BiFormer(nn.Module):
     @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the BRA backend of every routed block (e.g. 'torch' before ONNX export)."""
-        if backend not in BRA_BACKENDS:
-            raise ValueError(f"backend must be one of {BRA_BACKENDS}, got {backend!r}")
         set_attn_backend(self, backend)
 
     @torch.jit.ignore
@@ -453,7 +464,7 @@ class BiFormer(nn.Module):
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4/8/16/32; after `extra_norms` when the model has them).
+        """Stage outputs (strides 4/8/16/32; after `out_norms` when the model has them).
 
         norm: apply the final norm to the last stage's map when it is taken.
         """
@@ -468,8 +479,8 @@ class BiFormer(nn.Module):
             x = stage(x)
             if i in take_indices:
                 y = x
-                if self.extra_norms is not None:
-                    y = self.extra_norms[i](y)
+                if self.out_norms is not None:
+                    y = self.out_norms[i](y)
                 elif norm and i == last:
                     y = self.norm(y)
                 intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
@@ -485,8 +496,8 @@ class BiFormer(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
-        if self.extra_norms is not None:
-            self.extra_norms = self.extra_norms[: max_index + 1]
+        if self.out_norms is not None:
+            self.out_norms = self.out_norms[: max_index + 1]
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_end:
@@ -518,7 +529,7 @@ class BiFormerDense(BiFormer):
     """
 
     def __init__(self, norm_eval: bool = False, frozen_bn: bool = False, **kwargs):
-        kwargs.update(num_classes=0, extra_norms=True)
+        kwargs.update(num_classes=0, out_norms=True)
         super().__init__(**kwargs)
         self.norm = nn.Identity()
         self.norm_eval = norm_eval
@@ -542,7 +553,7 @@ class BiFormerDense(BiFormer):
 # --------------------------------------------------------------------------------------------------------------
 # checkpoints
 
-_OPTIONAL_GROUPS = ("norm.", "head.", "extra_norms.")
+_OPTIONAL_GROUPS = ("norm.", "head.", "out_norms.")
 
 _KEY_RULES = [
     (re.compile(r"^downsample_layers\.0\."), "stem."),
@@ -551,6 +562,7 @@ _KEY_RULES = [
     (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.gamma1$"), r"\1.ls1.gamma"),
     (re.compile(r"^(stages\.\d+\.blocks\.\d+)\.gamma2$"), r"\1.ls2.gamma"),
     (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+    (re.compile(r"^extra_norms\."), "out_norms."),  # BiFormer_mm's per-output norms
 ]
 
 
@@ -567,12 +579,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 
     Opens `model` / `state_dict` / `module.` envelopes (the official loader reads 'model'), keeps only
     `backbone.*` of a dense-prediction checkpoint, renames official keys to timm-style ones. The classifier
-    (`norm`, `head`) and the dense `extra_norms` are the only parts that may be absent on one side or differ in
-    shape: a missing one keeps the model's initial values, one the model lacks (or sizes differently) is dropped,
-    as the official dense code does when it loads a classification checkpoint non-strictly.
+    (`norm`, `head`) and the dense per-output norms (official `extra_norms`, here `out_norms`) are the only
+    parts that may be absent on one side or differ in shape: a missing one keeps the model's initial values,
+    one the model lacks (or sizes differently) is dropped, as the official dense code does when it loads a
+    classification checkpoint non-strictly.
     """
     sd = unwrap_state_dict(state_dict)  # 'model' over 'model_ema' (as the official loader); EMA-only files too
-    if any(k.startswith("downsample_layers.") for k in sd):
+    if any(k.startswith(("downsample_layers.", "extra_norms.")) for k in sd):
         # legacy T/S/B MLP is Sequential(Linear, Identity, GELU, Linear); STL drops the Identity slot
         mlp_out = "3" if any(re.match(r"^stages\.\d+\.\d+\.mlp\.3\.", k) for k in sd) else "2"
         sd = {_remap_official_key(k, mlp_out): v for k, v in sd.items()}
@@ -688,137 +701,3 @@ def biformer_stl_nchw(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-STL on the refactored NCHW BRA (28.4M params, 4.6 GMACs, 82.7% top-1); inputs >= 112 px."""
     args = dict(_STL, topks=(1, 4, 16, -1), layout="nchw")
     return _create_biformer("biformer_stl_nchw", pretrained, **dict(args, **kwargs))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# official constructors -> our modules (visionattn.from_official)
-
-def _official_norm(value, default: str) -> str:
-    """Official norm_layer arguments: a class, or its name as the parity fixtures spell it."""
-    if value is None:
-        return default
-    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
-    if "BatchNorm" in name:
-        return "batchnorm"
-    if "LayerNorm2d" in name or name.startswith("default"):
-        return "layernorm2d"
-    raise ValueError(f"norm_layer must be nn.BatchNorm2d or LayerNorm2d, got {value!r}")
-
-
-def _require(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"official argument {name}={value!r} is not supported (allowed: {allowed})")
-
-
-def _finish(model: BiFormer, use_checkpoint_stages) -> BiFormer:
-    for i in use_checkpoint_stages or ():
-        model.stages[i].grad_checkpointing = True
-    return model
-
-
-def _official_biformer(
-        depth=(3, 4, 8, 3), in_chans=3, num_classes=1000, embed_dim=(64, 128, 320, 512), head_dim=64, qk_scale=None,
-        representation_size=None, drop_path_rate=0.0, drop_rate=0.0, use_checkpoint_stages=(), n_win=7,
-        kv_downsample_mode="ada_avgpool", kv_per_wins=None, topks=(8, 8, -1, -1), side_dwconv=5,
-        layer_scale_init_value=-1, qk_dims=(None, None, None, None), param_routing=False, diff_routing=False,
-        soft_routing=False, pre_norm=True, pe=None, pe_stages=(0,), before_attn_dwconv=3, auto_pad=False,
-        kv_downsample_kernels=None, kv_downsample_ratios=None, mlp_ratios=(4, 4, 4, 4), param_attention="qkvo",
-        mlp_dwconv=False, cls=BiFormer, **extra,
-):
-    # only the configuration every released model uses is implemented (others are ablations of the paper)
-    _require("representation_size", representation_size, (None, 0))
-    _require("kv_downsample_mode", kv_downsample_mode, ("identity",))
-    _require("param_routing", param_routing, (False,))
-    _require("diff_routing", diff_routing, (False,))
-    _require("soft_routing", soft_routing, (False,))
-    _require("pre_norm", pre_norm, (True,))
-    _require("pe", pe, (None, "none"))
-    _require("param_attention", param_attention, ("qkvo",))
-    _require("mlp_dwconv", mlp_dwconv, (False,))
-    qk_dims = tuple(q or d for q, d in zip(qk_dims, embed_dim))
-    model = cls(
-        depths=tuple(depth), embed_dims=tuple(embed_dim), in_chans=in_chans, num_classes=num_classes,
-        mlp_ratios=tuple(mlp_ratios), head_dim=head_dim, qk_dims=qk_dims, qk_scale=qk_scale, n_win=n_win,
-        topks=tuple(topks), side_dwconv=side_dwconv, before_attn_dwconv=before_attn_dwconv, stem_type="overlap",
-        layout="nhwc", auto_pad=auto_pad, layer_scale_init_value=layer_scale_init_value,
-        drop_path_rate=drop_path_rate, **extra,
-    )
-    return _finish(model, use_checkpoint_stages)
-
-
-def _official_stl(
-        in_chans=3, num_classes=1000, depth=(2, 2, 6, 2), embed_dim=(96, 192, 384, 768), head_dim=32, qk_scale=None,
-        drop_path_rate=0.0, drop_rate=0.0, use_checkpoint_stages=(), mlp_ratios=(4, 4, 4, 4), norm_layer=None,
-        pre_head_norm_layer=None, n_wins=(7, 7, 7, 7), topks=(1, 4, 16, -2), side_dwconv=5, layout="nhwc",
-):
-    # the official STL blocks ignore qk_scale (BasicLayer does not forward it) and use qk_dim = dim
-    norm = _official_norm(norm_layer, "layernorm2d")
-    model = BiFormer(
-        depths=tuple(depth), embed_dims=tuple(embed_dim), in_chans=in_chans, num_classes=num_classes,
-        mlp_ratios=tuple(mlp_ratios), head_dim=head_dim, n_win=tuple(_per_stage(n_wins, "n_wins")),
-        topks=tuple(_per_stage(topks, "topks")), side_dwconv=side_dwconv, before_attn_dwconv=0, stem_type="patch",
-        layout=layout, norm_layer=norm, final_norm_layer=_official_norm(pre_head_norm_layer, norm), auto_pad=False,
-        drop_path_rate=drop_path_rate,
-    )
-    return _finish(model, use_checkpoint_stages)
-
-
-@register_official("biformer", "models/biformer.py:BiFormer", checkpoint_filter_fn)
-def _official_biformer_cls(**kwargs) -> BiFormer:
-    return _official_biformer(**kwargs)
-
-
-@register_official("biformer", "models/biformer_stl.py:BiFormerSTL", checkpoint_filter_fn)
-def _official_biformer_stl_cls(**kwargs) -> BiFormer:
-    return _official_stl(**kwargs, layout="nhwc")
-
-
-@register_official("biformer", "models/biformer_stl_nchw.py:nchwBiFormerSTL", checkpoint_filter_fn)
-def _official_biformer_stl_nchw_cls(**kwargs) -> BiFormer:
-    return _official_stl(**kwargs, layout="nchw")
-
-
-def _official_mm(pretrained=None, norm_eval=False, disable_bn_grad=False, **kwargs) -> BiFormerDense:
-    kwargs.pop("num_classes", None)  # only sizes the head BiFormer_mm deletes
-    model = _official_biformer(cls=BiFormerDense, norm_eval=norm_eval, frozen_bn=disable_bn_grad, **kwargs)
-    if isinstance(pretrained, str):
-        load_pretrained_file(model, pretrained, checkpoint_filter_fn, strict=True)
-    return model
-
-
-@register_official("biformer", "semantic_segmentation/models_mm/biformer_mm.py:BiFormer_mm", checkpoint_filter_fn)
-def _official_biformer_mm_seg(**kwargs) -> BiFormerDense:
-    return _official_mm(**kwargs)
-
-
-@register_official("biformer", "object_detection/models_mm/biformer_mm.py:BiFormer_mm", checkpoint_filter_fn)
-def _official_biformer_mm_det(norm_eval=True, **kwargs) -> BiFormerDense:
-    return _official_mm(norm_eval=norm_eval, **kwargs)
-
-
-def _official_factory(name: str, auto_pad: bool | None) -> Callable[..., BiFormer]:
-    # the official registered functions: BiFormer classification models leave auto_pad False (strict sizes)
-    def build(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, drop_rate=0.0, **kwargs):
-        if pretrained:
-            raise ValueError("from_official builds random-init modules; load weights through its state_dict argument")
-        if auto_pad is not None:
-            kwargs.setdefault("auto_pad", auto_pad)
-        return _timm_create(name, **kwargs)
-
-    return build
-
-
-def _timm_create(name: str, **kwargs) -> BiFormer:
-    import timm
-
-    return timm.create_model(name, **kwargs)
-
-
-for _fn, _name, _pad in (
-    ("models/biformer.py:biformer_tiny", "biformer_t", False),
-    ("models/biformer.py:biformer_small", "biformer_s", False),
-    ("models/biformer.py:biformer_base", "biformer_b", False),
-    ("models/biformer_stl.py:biformer_stl", "biformer_stl", False),
-    ("models/biformer_stl_nchw.py:biformer_stl_nchw", "biformer_stl_nchw", None),
-):
-    register_official("biformer", _fn, checkpoint_filter_fn)(_official_factory(_name, _pad))

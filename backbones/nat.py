@@ -10,18 +10,20 @@ Variants (official names, official checkpoints load through `checkpoint_filter_f
   downsamplers, (dilated) neighborhood attention with relative positional bias in every block.
 * `dinat_s_{tiny,small,base,large}`, `dinat_s_large_384` -- classification/dinats.py (`DiNATs`): the Swin layout
   (4x4 patch embedding, patch merging) with alternating NA / DiNA blocks.
-* `nat_isotropic_{small,base}`, `dinat_isotropic_{small,base}`, `vitrpb_{small,base}` -- classification/
-  isotropic.py (`NATIsotropic`): 16x16 patches, 12 blocks of NA / DiNA or global self attention with a
-  relative positional bias table (ViT-RPB).
+* `nat_isotropic_{small,base}` (family `nat`), `dinat_isotropic_{small,base}`, `vitrpb_{small,base}` --
+  classification/isotropic.py (`NATIsotropic`): 16x16 patches, 12 blocks of NA / DiNA or global self attention
+  with a relative positional bias table (ViT-RPB).
 
 The dense-prediction backbones of the official det/seg code (`detection/nat.py:NAT`, `detection/dinat.py:DiNAT`,
 `detection/dinats.py:DiNAT_s` and their segmentation twins) are `NATDense` / `DiNATsDense`: no head or final norm,
-one LayerNorm `norm{i}` per output, forward returns the NCHW maps. The same maps come from
+one LayerNorm per output, forward returns the NCHW maps. The same maps come from
 `timm.create_model(name, features_only=True, out_norms=True)` (pass the det/seg config's `dilations=`: the dense
 configs use larger dilations than the classification ones, with the same weights).
 
-Module and parameter names are the official ones (`patch_embed`, `levels.i.blocks.j`, `layers.i.blocks.j`,
-`attn.rpb`, `gamma1`, `norm`, `head`), so official checkpoints need no renaming.
+Module names follow timm (`patch_embed`, `stages.i.downsample` at the start of stage i > 0, `stages.i.blocks.j`,
+`ls1.gamma`, `out_norms.i`, `norm`, `head.fc`; isotropic: `blocks.j`, `head`); the attention modules keep
+NATTEN's names (`qkv`, `rpb`, `proj`). `checkpoint_filter_fn` maps official checkpoints (`levels.i.*`,
+`layers.i.*`, `gamma1`, `norm{i}`, mmdet/mmseg `backbone.*`) onto them.
 
 Input size (documented choices, tested in tests/test_nat.py):
 
@@ -35,11 +37,12 @@ Input size (documented choices, tested in tests/test_nat.py):
   class only accepts `img_size` inputs; at that size the outputs are the same.
 * ViT-RPB is tied to its bias table ([heads, 2S-1, 2S-1], S = img_size // patch_size): any grid up to S x S works
   (the offsets it needs are a sub-table, so no interpolation); a larger grid raises ValueError -- create the model
-  with `img_size=` (the checkpoint filter then bicubically resizes the table and rebuilds the index).
+  with `img_size=` (the checkpoint filter then bicubically resizes the table).
 
-`attn_backend=` ('auto', 'torch', 'reference', 'triton', ...; see `visionattn.kernels.na`) sets the NA backend of
-every block; `set_attn_backend()` switches it later (e.g. 'torch' before ONNX export).
-`drop_rate` keeps the official meaning (dropout after the stem and inside the blocks), not timm's head dropout.
+`forward_features` returns NHWC maps (`model.output_fmt == 'NHWC'`). `attn_backend=` ('auto', 'torch',
+'reference', 'triton', ...; see `visionattn.kernels.na`) sets the NA backend of every block;
+`set_attn_backend()` switches it later (e.g. 'torch' before ONNX export). `drop_rate` keeps the official meaning
+(dropout after the stem and inside the blocks), not timm's head dropout.
 """
 from __future__ import annotations
 
@@ -50,18 +53,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resize_rel_pos_bias_table_simple, to_2tuple, trunc_normal_
+from timm.layers import (
+    ClassifierHead,
+    DropPath,
+    LayerScale,
+    Mlp,
+    calculate_drop_path_rates,
+    resize_rel_pos_bias_table_simple,
+    to_2tuple,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # timm exports no public name for it
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from visionattn._registry import register_zoo_model
+from visionattn import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
 from visionattn.kernels.na import BACKENDS as NA_BACKENDS
 from visionattn.layers.na import NeighborhoodAttention2D
-from visionattn.official import register_official
-from visionattn.utils import LinearHeadMixin, set_attn_backend
+from visionattn.utils import LinearHeadMixin, check_backend, init_weights_, set_attn_backend, trunc_normal_unless_meta
 
 __all__ = [
     "NAT",
@@ -80,32 +90,12 @@ __all__ = [
 ]
 
 
-def _norm_layer(norm_layer) -> Callable[[int], nn.Module]:
-    # official kwargs may carry a description string instead of the class: all official configs use nn.LayerNorm
-    if norm_layer is None or isinstance(norm_layer, str):
-        return nn.LayerNorm
+def _norm_layer(norm_layer: Callable[[int], nn.Module] | None) -> Callable[[int], nn.Module]:
+    if norm_layer is None:
+        return nn.LayerNorm  # the official default (eps 1e-5)
+    if not callable(norm_layer):
+        raise ValueError(f"norm_layer must be a norm class (e.g. nn.LayerNorm) or None, got {norm_layer!r}")
     return norm_layer
-
-
-def _init_weights(m: nn.Module):
-    # the official init: Linear trunc-normal / zero bias, LayerNorm 1 / 0; convs keep PyTorch defaults
-    if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.weight.is_meta:
-        return  # nothing to initialise on the meta device (and trunc_normal_ is slow there)
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-def _check_backend(attn_backend: str | None) -> str:
-    if attn_backend is None:
-        return "auto"
-    if attn_backend not in NA_BACKENDS:
-        raise ValueError(f"attn_backend must be one of {NA_BACKENDS} or None, got {attn_backend!r}")
-    return attn_backend
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -160,7 +150,10 @@ class PatchEmbed(nn.Module):
 
 
 class NATBlock(nn.Module):
-    """Official NATLayer / NATransformerLayer: x + [gamma1 *] NA(norm1(x)), x + [gamma2 *] MLP(norm2(x)), NHWC."""
+    """Official NATLayer / NATransformerLayer: x + [ls1] NA(norm1(x)), x + [ls2] MLP(norm2(x)), NHWC.
+
+    layer_scale: a number adds `ls1` / `ls2` (the official `gamma1` / `gamma2`), None or False none.
+    """
 
     def __init__(
             self,
@@ -180,26 +173,21 @@ class NATBlock(nn.Module):
     ):
         super().__init__()
         # official rule: layer scale only when a number is given (gamma1/gamma2 keys exist only then)
-        if isinstance(layer_scale, (int, float)) and not isinstance(layer_scale, bool):
-            self.gamma1 = nn.Parameter(layer_scale * torch.ones(dim))
-            self.gamma2 = nn.Parameter(layer_scale * torch.ones(dim))
-        else:
-            self.gamma1 = self.gamma2 = None
+        ls = isinstance(layer_scale, (int, float)) and not isinstance(layer_scale, bool)
         self.norm1 = norm_layer(dim)
         self.attn = NeighborhoodAttention2D(
             dim, num_heads, kernel_size=kernel_size, dilation=dilation, rpb=True, qkv_bias=qkv_bias,
             qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop, backend=attn_backend,
         )
+        self.ls1 = LayerScale(dim, layer_scale) if ls else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.ls2 = LayerScale(dim, layer_scale) if ls else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gamma1 is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
-        return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def _rpb_index(grid: tuple[int, int], table: tuple[int, int], device=None) -> torch.Tensor:
@@ -215,10 +203,28 @@ def _rpb_index(grid: tuple[int, int], table: tuple[int, int], device=None) -> to
     return dy * (2 * tw - 1) + dx
 
 
+@torch.fx.wrap
+def _rpb_bias(rpb: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The [heads, N, N] bias of an NHWC map `x` from the table `rpb` ([heads, 2S-1, 2S-1], `index` its S x S
+    index); smaller grids use the table's centre (no interpolation), larger ones raise."""
+    h, w = x.shape[1:3]
+    gh, gw = (rpb.shape[1] + 1) // 2, (rpb.shape[2] + 1) // 2
+    if (h, w) != (gh, gw):
+        if h > gh or w > gw:
+            raise ValueError(
+                f"token grid {h}x{w} is larger than the relative position table's {gh}x{gw}; create the model "
+                f"with a larger img_size (the checkpoint filter resizes the table)")
+        index = _rpb_index((h, w), (gh, gw), device=rpb.device)
+    n = h * w
+    return rpb.flatten(1)[:, index.reshape(-1)].reshape(rpb.shape[0], n, n)
+
+
 class MHSARPB(nn.Module):
     """ViT-RPB attention: global multi-head self attention plus a relative positional bias table (NHWC in/out).
 
     The table covers offsets of a `grid_size` token grid; grids up to that size use its centre, larger ones raise.
+    The index is a non-persistent buffer (rebuilt from `grid_size`; the official checkpoints store it and the
+    checkpoint filter drops it).
     """
 
     def __init__(self, dim: int, grid_size, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
@@ -232,35 +238,20 @@ class MHSARPB(nn.Module):
         self.grid_size = tuple(to_2tuple(grid_size))
         gh, gw = self.grid_size
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * gh - 1, 2 * gw - 1))
-        trunc_normal_(self.rpb, std=0.02)
-        self.register_buffer("relative_position_index", _rpb_index(self.grid_size, self.grid_size))
+        trunc_normal_unless_meta(self.rpb, std=0.02)
+        self.register_buffer("relative_position_index", _rpb_index(self.grid_size, self.grid_size), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _bias(self, h: int, w: int) -> torch.Tensor:
-        gh, gw = self.grid_size
-        if (h, w) == (gh, gw):
-            index = self.relative_position_index
-        elif h <= gh and w <= gw:
-            index = _rpb_index((h, w), (gh, gw), device=self.rpb.device)
-        else:
-            raise ValueError(
-                f"token grid {h}x{w} is larger than the relative position table's {gh}x{gw}; create the model "
-                f"with a larger img_size (the checkpoint filter resizes the table)")
-        n = h * w
-        return self.rpb.flatten(1)[:, index.reshape(-1)].reshape(self.num_heads, n, n)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        bias = self._bias(H, W).unsqueeze(0).to(q.dtype)
-        x = F.scaled_dot_product_attention(
+        q, k, v = self.qkv(x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        bias = _rpb_bias(self.rpb, self.relative_position_index, x).unsqueeze(0).to(q.dtype)
+        out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
-        x = x.transpose(1, 2).reshape(B, H, W, C)
-        return self.proj_drop(self.proj(x))
+        out = out.transpose(1, 2).flatten(2).reshape_as(x)
+        return self.proj_drop(self.proj(out))
 
 
 class ViTRPBBlock(nn.Module):
@@ -283,21 +274,19 @@ class ViTRPBBlock(nn.Module):
 
 
 class NATStage(nn.Module):
-    """Blocks of one level, then (except at the last level) the downsampler to the next level's width."""
+    """One level: the downsampler from the previous level's width (Identity for the first), then its blocks."""
 
-    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None):
+    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None = None):
         super().__init__()
         self.grad_checkpointing = False
-        self.blocks = nn.Sequential(*blocks)
         self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(self.forward_blocks(x))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -313,19 +302,19 @@ def _per_level_dilations(dilations, depths: Sequence[int]) -> list[list[int]]:
     return [[1 if v is None else int(v) for v in dl] for dl in dilations]
 
 
-class NAT(LinearHeadMixin, nn.Module):
+class NAT(nn.Module):
     """NAT / DiNAT (official classification/nat.py:NAT, dinat.py:DiNAT): hierarchical (dilated) NA transformer.
 
     Args (official names): embed_dim, depths, num_heads, kernel_size, dilations (per level, per block; None = 1),
         mlp_ratio, qkv_bias, qk_scale, drop_rate (dropout after the stem and in blocks, as official),
-        attn_drop_rate, drop_path_rate, layer_scale (number -> gamma1/gamma2), norm_layer.
-        global_pool: 'avg' (mean over tokens) or '' (forward_head keeps the NHWC map).
-        out_norms: True or stage indices: add the dense backbones' LayerNorm `norm{i}` per output, applied to
+        attn_drop_rate, drop_path_rate, layer_scale (number -> ls1/ls2), norm_layer (a class; nn.LayerNorm).
+        global_pool: 'avg' (mean over tokens) or '' (the head keeps the NHWC map).
+        out_norms: True or stage indices: add the dense backbones' per-output LayerNorm (`out_norms.i`), applied to
             the maps `forward_intermediates` / `features_only` return.
-        attn_backend: NA backend of every block (None -> 'auto').
+        attn_backend: NA backend of every block (`visionattn.kernels.na.BACKENDS`; None -> 'auto').
     """
 
-    _stages_attr = "levels"
+    output_fmt = "NHWC"
 
     def __init__(
             self,
@@ -344,7 +333,7 @@ class NAT(LinearHeadMixin, nn.Module):
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.2,
             layer_scale: float | None = None,
-            norm_layer: Callable | str | None = None,
+            norm_layer: Callable[[int], nn.Module] | None = None,
             out_norms: bool | Sequence[int] = False,
             attn_backend: str | None = None,
             patch_size: int = 4,
@@ -356,10 +345,9 @@ class NAT(LinearHeadMixin, nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = _norm_layer(norm_layer)
-        backend = _check_backend(attn_backend)
+        backend = check_backend(attn_backend, NA_BACKENDS)
         dilations = _per_level_dilations(dilations, depths)
         self.num_classes = num_classes
-        self.global_pool = global_pool
         self.num_levels = len(depths)
         dims = [int(embed_dim * 2 ** i) for i in range(self.num_levels)]
         self.num_features = self.head_hidden_size = dims[-1]
@@ -367,7 +355,7 @@ class NAT(LinearHeadMixin, nn.Module):
 
         self.patch_embed = self._make_stem(in_chans, embed_dim, patch_size, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             blocks = [
@@ -379,10 +367,10 @@ class NAT(LinearHeadMixin, nn.Module):
                 )
                 for j in range(depth)
             ]
-            down = self._make_downsample(dims[i], norm_layer) if i < self.num_levels - 1 else None
+            down = self._make_downsample(dims[i - 1], norm_layer) if i > 0 else None
             stages.append(NATStage(blocks, down))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"{self._stages_attr}.{i}"))
-        setattr(self, self._stages_attr, nn.Sequential(*stages))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
 
         if out_norms is True:
             out_norms = range(self.num_levels)
@@ -390,10 +378,12 @@ class NAT(LinearHeadMixin, nn.Module):
         for i in self.out_norm_indices:
             if not 0 <= i < self.num_levels:
                 raise ValueError(f"out_norms indices must be in [0, {self.num_levels - 1}], got {i}")
-            self.add_module(f"norm{i}", norm_layer(dims[i]))
+        self.out_norms = nn.ModuleList([
+            norm_layer(d) if i in self.out_norm_indices else nn.Identity() for i, d in enumerate(dims)
+        ]) if self.out_norm_indices else None
         self.norm = norm_layer(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, input_fmt="NHWC")
+        self.apply(init_weights_)  # the official init: Linear and LayerNorm only, convs keep PyTorch defaults
 
     @staticmethod
     def _make_stem(in_chans, embed_dim, patch_size, norm_layer) -> nn.Module:
@@ -402,10 +392,6 @@ class NAT(LinearHeadMixin, nn.Module):
     @staticmethod
     def _make_downsample(dim, norm_layer) -> nn.Module:
         return ConvDownsampler(dim, norm_layer)
-
-    @property
-    def stages(self) -> nn.Sequential:
-        return getattr(self, self._stages_attr)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -418,13 +404,12 @@ class NAT(LinearHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        s = self._stages_attr
         return dict(
             stem=r"^patch_embed",
-            blocks=rf"^{s}\.(\d+)" if coarse else [
-                (rf"^{s}\.(\d+)\.downsample", (0,)),
-                (rf"^{s}\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm(\d+)", None),
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^out_norms\.(\d+)", None),
                 (r"^norm\.", (99999,)),
             ],
         )
@@ -438,7 +423,17 @@ class NAT(LinearHeadMixin, nn.Module):
     @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the NA backend of every block (e.g. 'torch' before ONNX export, 'reference' to debug)."""
-        set_attn_backend(self, _check_backend(backend))
+        set_attn_backend(self, backend)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        if global_pool is not None and global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
 
     def forward_intermediates(
             self,
@@ -449,9 +444,9 @@ class NAT(LinearHeadMixin, nn.Module):
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Level outputs before each downsampler (strides 4/8/16/32), through `norm{i}` when the model has them.
+        """Stage outputs (strides 4/8/16/32), through the per-output norm when the model has them.
 
-        norm: apply the final norm to the last level's map when it is taken (models without out norms).
+        norm: apply the final norm to the last stage's map when it is taken (stages without an out norm).
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
@@ -461,15 +456,14 @@ class NAT(LinearHeadMixin, nn.Module):
         intermediates = []
         x = self.pos_drop(self.patch_embed(x))
         for i, stage in enumerate(stages):
-            x = stage.forward_blocks(x)
+            x = stage(x)
             if i in take_indices:
                 y = x
                 if i in self.out_norm_indices:
-                    y = getattr(self, f"norm{i}")(y)
+                    y = self.out_norms[i](y)
                 elif norm and i == last:
                     y = self.norm(y)
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-            x = stage.downsample(x)
         if intermediates_only:
             return intermediates
         if len(stages) == len(self.stages):
@@ -479,11 +473,9 @@ class NAT(LinearHeadMixin, nn.Module):
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1]
-        stages[-1].downsample = nn.Identity()
-        setattr(self, self._stages_attr, stages)
-        for i in [i for i in self.out_norm_indices if i > max_index]:
-            delattr(self, f"norm{i}")
+        self.stages = self.stages[: max_index + 1]
+        if self.out_norms is not None:
+            self.out_norms = self.out_norms[: max_index + 1]
         self.out_norm_indices = tuple(i for i in self.out_norm_indices if i <= max_index)
         prune_end = max_index < self.num_levels - 1
         if prune_end:
@@ -491,7 +483,8 @@ class NAT(LinearHeadMixin, nn.Module):
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_head or prune_end:
-            self.reset_classifier(0)
+            self.head.reset(0, in_features=self.num_features)
+            self.num_classes = 0
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -501,9 +494,7 @@ class NAT(LinearHeadMixin, nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -512,11 +503,9 @@ class NAT(LinearHeadMixin, nn.Module):
 class DiNATs(NAT):
     """DiNAT_s (official classification/dinats.py:DiNAT_s): the Swin layout with (dilated) NA blocks.
 
-    4x4 patch embedding, Swin patch merging, no layer scale; `layers.i.blocks.j` names. Arguments as `NAT`
+    4x4 patch embedding, Swin patch merging (at the start of stages 1-3), no layer scale. Arguments as `NAT`
     (mlp_ratio default 4, patch_size / patch_norm of the patch embedding).
     """
-
-    _stages_attr = "layers"
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), mlp_ratio: float = 4.0, **kwargs):
@@ -534,9 +523,10 @@ class DiNATs(NAT):
 
 
 class _DenseMixin:
-    """The official dense-prediction backbone: no head or final norm, `norm{i}` per output, forward returns the
-    NCHW maps of `out_indices`. frozen_stages: >= 0 freezes the stem, >= 2 also levels 0..frozen_stages-2 (the
-    Swin rule the official code intends). pretrained: a local checkpoint path, loaded non-strictly like mmcv."""
+    """The official dense-prediction backbone: no head or final norm, a norm per output, forward returns the NCHW
+    maps of `out_indices`. frozen_stages: >= 0 freezes the stem, >= 2 also the official levels
+    0..frozen_stages-2 with their downsamplers (the Swin rule the official code intends). pretrained: a
+    checkpoint path, loaded through `checkpoint_filter_fn`; a file whose keys do not match raises RuntimeError."""
 
     def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  pretrained: str | None = None, **kwargs):
@@ -546,7 +536,7 @@ class _DenseMixin:
         self.norm = nn.Identity()
         self.frozen_stages = frozen_stages
         if pretrained is not None:
-            load_pretrained_file(self, pretrained, checkpoint_filter_fn, strict=False)
+            load_pretrained_file(self, pretrained, checkpoint_filter_fn, strict=True)
         self._freeze_stages()
 
     def _freeze_stages(self):
@@ -554,7 +544,11 @@ class _DenseMixin:
         if self.frozen_stages >= 0:
             frozen.append(self.patch_embed)
         if self.frozen_stages >= 2:
-            frozen.extend(self.stages[: self.frozen_stages - 1])
+            # official level i ends with the downsampler that starts our stage i + 1
+            n = self.frozen_stages - 1
+            frozen.extend(self.stages[:n])
+            if n < len(self.stages):
+                frozen.append(self.stages[n].downsample)
         for m in frozen:
             m.eval()
             for p in m.parameters():
@@ -585,6 +579,8 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
     Input size: NA models take any size; ViT-RPB takes grids up to img_size // patch_size (see module docstring).
     """
 
+    output_fmt = "NHWC"
+
     def __init__(
             self,
             img_size=224,
@@ -604,7 +600,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
             drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.1,
-            norm_layer: Callable | str | None = None,
+            norm_layer: Callable[[int], nn.Module] | None = None,
             patch_norm: bool = True,
             attn_backend: str | None = None,
     ):
@@ -614,7 +610,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = _norm_layer(norm_layer)
-        backend = _check_backend(attn_backend)
+        backend = check_backend(attn_backend, NA_BACKENDS)
         img_size = to_2tuple(img_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_classes = num_classes
@@ -625,7 +621,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
         common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop_rate,
                       attn_drop=attn_drop_rate, norm_layer=norm_layer)
         if block_type == "na":
@@ -635,11 +631,11 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         else:
             blocks = [ViTRPBBlock(embed_dim, num_heads, self.grid_size, drop_path=dpr[i], **common)
                       for i in range(depth)]
-        self.layers = nn.Sequential(*blocks)
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}") for i in range(depth)]
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights_)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -651,7 +647,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^patch_embed", blocks=[(r"^layers\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -659,8 +655,8 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def set_attn_backend(self, backend: str):
-        """Switch the NA backend of every NA block (ViT-RPB blocks always use scaled_dot_product_attention)."""
-        set_attn_backend(self, _check_backend(backend))
+        """Switch the NA backend of every NA block (ViT-RPB has no NA block: ValueError)."""
+        set_attn_backend(self, backend)
 
     def forward_intermediates(
             self,
@@ -674,8 +670,8 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         """Block outputs (stride = patch size); norm: apply the final norm to every taken map."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        blocks = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[: max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
         intermediates = []
         x = self.pos_drop(self.patch_embed(x))
         for i, blk in enumerate(blocks):
@@ -689,8 +685,8 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -698,11 +694,12 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final-norm NHWC token map [B, H/patch, W/patch, C]."""
         x = self.pos_drop(self.patch_embed(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.layers, x)
+            x = checkpoint_seq(self.blocks, x)
         else:
-            x = self.layers(x)
+            x = self.blocks(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -717,39 +714,60 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # checkpoints
 
-_OUT_NORM = re.compile(r"^norm\d+\.")
-_CLASSIFIER = ("norm.", "head.")
+# official key layouts -> ours (first match wins)
+_STAGE_RULES = [
+    (re.compile(r"^(?:levels|layers)\.(\d+)\.blocks\."), lambda m: f"stages.{m[1]}.blocks."),
+    # the official downsampler ends level i; ours starts stage i + 1
+    (re.compile(r"^(?:levels|layers)\.(\d+)\.downsample\."), lambda m: f"stages.{int(m[1]) + 1}.downsample."),
+    (re.compile(r"^layers\.(\d+)\."), lambda m: f"blocks.{m[1]}."),  # isotropic
+    (re.compile(r"^norm(\d+)\."), lambda m: f"out_norms.{m[1]}."),  # the dense backbones' output norms
+]
+_LAYER_SCALE = re.compile(r"\.gamma([12])$")
+_OPTIONAL = re.compile(r"^(norm\.|head\.|out_norms\.)")
+
+
+def _official_to_ours(key: str, head_fc: bool) -> str:
+    for pattern, repl in _STAGE_RULES:
+        new, n = pattern.subn(repl, key, count=1)
+        if n:
+            key = new
+            break
+    key = _LAYER_SCALE.sub(lambda m: f".ls{m[1]}.gamma", key)
+    if head_fc and key in ("head.weight", "head.bias"):
+        key = "head.fc." + key.split(".", 1)[1]
+    return key
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official NAT / DiNAT / DiNAT_s / isotropic checkpoint (or an mmdet/mmseg one) onto `model`.
 
-    Opens 'model' / 'state_dict' / 'module.' envelopes and keeps only `backbone.*` of dense checkpoints. Key names
-    are the official ones. RPB tables are resized bicubically when the model's kernel size (NA) or token grid
-    (ViT-RPB) differs, and the ViT-RPB index is rebuilt for the model's grid. The classifier (`norm`, `head`) and
-    the dense out norms (`norm{i}`) may be absent on one side: a missing one keeps the model's own values, one
-    the model lacks is dropped (as the official dense code does when it loads a classification checkpoint).
+    Opens 'model' / 'state_dict' / 'module.' envelopes and keeps only `backbone.*` of dense checkpoints; renames
+    the official keys (see the module docstring) and drops the ViT-RPB index buffers (rebuilt by the model).
+    RPB tables are resized bicubically when the model's kernel size (NA) or token grid (ViT-RPB) differs. The
+    classifier (`norm`, `head`) and the dense output norms may be absent on one side: a missing one keeps the
+    model's own values, one the model lacks (or sizes differently) is dropped, as the official dense code does
+    when it loads a classification checkpoint.
     """
     sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
+    head_fc = "head.fc.weight" in own or "head.fc.bias" in own or isinstance(getattr(model, "head", None),
+                                                                              ClassifierHead)
     out = {}
     for k, v in sd.items():
-        if k not in own:
-            if k.startswith(_CLASSIFIER) or _OUT_NORM.match(k):
-                continue
-            out[k] = v
+        if k.endswith("relative_position_index"):
             continue
-        target = own[k]
-        if k.endswith("rpb") and v.shape != target.shape:
-            heads, th, tw = target.shape
-            v = resize_rel_pos_bias_table_simple(v.float(), ((th + 1) // 2, (tw + 1) // 2), tuple(target.shape))
-            v = v.to(target.dtype if target.is_floating_point() else v.dtype)
-        elif k.endswith("relative_position_index") and v.shape != target.shape:
-            attn = model.get_submodule(k.rsplit(".", 1)[0])
-            v = _rpb_index(attn.grid_size, attn.grid_size)
+        k = _official_to_ours(k, head_fc)
+        target = own.get(k)
+        if target is None or target.shape != v.shape:
+            if _OPTIONAL.match(k):
+                continue
+            if target is not None and k.endswith("rpb"):
+                heads, th, tw = target.shape
+                v = resize_rel_pos_bias_table_simple(v.float(), ((th + 1) // 2, (tw + 1) // 2), tuple(target.shape))
+                v = v.to(target.dtype)
         out[k] = v
     for k, v in own.items():
-        if k not in out and (k.startswith(_CLASSIFIER) or _OUT_NORM.match(k)):
+        if k not in out and _OPTIONAL.match(k):
             out[k] = v
     return out
 
@@ -773,13 +791,13 @@ def _cfg(url: str, paper: str = "dinat", first_conv: str = "patch_embed.proj", *
         "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
-        "pool_size": None,
+        "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": first_conv,
-        "classifier": "head",
+        "classifier": "head.fc",
         "license": "mit",
         "paper_name": name,
         "paper_ids": ids,
@@ -792,7 +810,8 @@ _TOK = "patch_embed.proj.0"
 _IN22K = dict(
     num_classes=21841, notes=("ImageNet-22k pre-training checkpoint (head size 21841: not verified offline)",),
 )
-_384 = dict(input_size=(3, 384, 384), crop_pct=1.0)
+_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+_ISO = dict(pool_size=(14, 14), classifier="head")
 
 default_cfgs = generate_default_cfgs({
     "nat_mini.in1k": _cfg(_NAT_CLS + "nat_mini.pth", "nat", _TOK),
@@ -817,12 +836,12 @@ default_cfgs = generate_default_cfgs({
     "dinat_s_large.in22k_ft_in1k": _cfg(_DINAT_1K + "dinat_s_large_in1k_224.pth"),
     "dinat_s_large.in22k": _cfg(_DINAT_22K + "dinat_s_large_in22k_224.pth", **_IN22K),
     "dinat_s_large_384.in22k_ft_in1k": _cfg(_DINAT_1K + "dinat_s_large_in1k_384.pth", **_384),
-    "nat_isotropic_small.in1k": _cfg(_DINAT_ISO + "nat_isotropic_small_in1k_224.pth"),
-    "nat_isotropic_base.in1k": _cfg(_DINAT_ISO + "nat_isotropic_base_in1k_224.pth"),
-    "dinat_isotropic_small.in1k": _cfg(_DINAT_ISO + "dinat_isotropic_small_in1k_224.pth"),
-    "dinat_isotropic_base.in1k": _cfg(_DINAT_ISO + "dinat_isotropic_base_in1k_224.pth"),
-    "vitrpb_small.in1k": _cfg(_DINAT_ISO + "vitrpb_small_in1k_224.pth"),
-    "vitrpb_base.in1k": _cfg(_DINAT_ISO + "vitrpb_base_in1k_224.pth"),
+    "nat_isotropic_small.in1k": _cfg(_DINAT_ISO + "nat_isotropic_small_in1k_224.pth", **_ISO),
+    "nat_isotropic_base.in1k": _cfg(_DINAT_ISO + "nat_isotropic_base_in1k_224.pth", **_ISO),
+    "dinat_isotropic_small.in1k": _cfg(_DINAT_ISO + "dinat_isotropic_small_in1k_224.pth", **_ISO),
+    "dinat_isotropic_base.in1k": _cfg(_DINAT_ISO + "dinat_isotropic_base_in1k_224.pth", **_ISO),
+    "vitrpb_small.in1k": _cfg(_DINAT_ISO + "vitrpb_small_in1k_224.pth", **_ISO),
+    "vitrpb_base.in1k": _cfg(_DINAT_ISO + "vitrpb_base_in1k_224.pth", **_ISO),
 })
 
 
@@ -982,13 +1001,13 @@ _ISO_SMALL = dict(embed_dim=384, num_heads=12, drop_path_rate=0.1)
 _ISO_BASE = dict(embed_dim=768, num_heads=24, drop_path_rate=0.4)
 
 
-@register_zoo_model("dinat")
+@register_zoo_model("nat")
 def nat_isotropic_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
     """Isotropic NAT-S (22.0M params, 4.3 GMACs, 80.0%); any input size."""
     return _create_isotropic("nat_isotropic_small", pretrained, **dict(_ISO_SMALL, dilation=1, **kwargs))
 
 
-@register_zoo_model("dinat")
+@register_zoo_model("nat")
 def nat_isotropic_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
     """Isotropic NAT-B (86.5M params, 16.9 GMACs, 81.6%); any input size."""
     return _create_isotropic("nat_isotropic_base", pretrained, **dict(_ISO_BASE, dilation=1, **kwargs))
@@ -1016,86 +1035,3 @@ def vitrpb_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
 def vitrpb_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
     """ViT-RPB-B (86.6M params, 17.5 GMACs, 82.5%); inputs up to img_size (224 default)."""
     return _create_isotropic("vitrpb_base", pretrained, **dict(_ISO_BASE, block_type="mhsa_rpb", **kwargs))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# official constructors (visionattn.from_official)
-
-_IGNORED = ("norm_layer", "pretrain_img_size")
-
-
-def _official_common(kwargs: dict) -> dict:
-    kwargs = {k: v for k, v in kwargs.items() if k not in _IGNORED}
-    if kwargs.get("drop_path_rate") is None:
-        kwargs.pop("drop_path_rate", None)
-    return kwargs
-
-
-def _official_nat(**kwargs) -> NAT:
-    return NAT(**_official_common(kwargs))
-
-
-def _official_dinats(**kwargs) -> DiNATs:
-    return DiNATs(**_official_common(kwargs))
-
-
-def _official_nat_dense(**kwargs) -> NATDense:
-    return NATDense(**_official_common(kwargs))
-
-
-def _official_dinats_dense(**kwargs) -> DiNATsDense:
-    return DiNATsDense(**_official_common(kwargs))
-
-
-def _official_isotropic(layer=None, **kwargs) -> NATIsotropic:
-    kwargs = _official_common(kwargs)
-    # `layer` arrives as a class description: NATransformerLayer (NA) or VisionTransformerLayer (ViT-RPB)
-    name = layer if isinstance(layer, str) else getattr(layer, "__name__", "NATransformerLayer")
-    if "VisionTransformerLayer" in name:
-        kwargs.update(block_type="mhsa_rpb")
-        kwargs.pop("kernel_size", None)
-        kwargs.pop("dilation", None)
-    elif "NATransformerLayer" in name:
-        kwargs.update(block_type="na")
-    else:
-        raise ValueError(f"layer must be NATransformerLayer or VisionTransformerLayer, got {layer!r}")
-    return NATIsotropic(**kwargs)
-
-
-for _family, _builder, _fn in (
-    ("nat", "classification/nat.py:NAT", _official_nat),
-    ("dinat", "classification/dinat.py:DiNAT", _official_nat),
-    ("dinat", "classification/dinats.py:DiNAT_s", _official_dinats),
-    ("dinat", "classification/isotropic.py:NATIsotropic", _official_isotropic),
-    ("nat", "detection/nat.py:NAT", _official_nat_dense),
-    ("nat", "segmentation/nat.py:NAT", _official_nat_dense),
-    ("dinat", "detection/dinat.py:DiNAT", _official_nat_dense),
-    ("dinat", "segmentation/dinat.py:DiNAT", _official_nat_dense),
-    ("dinat", "detection/dinats.py:DiNAT_s", _official_dinats_dense),
-    ("dinat", "segmentation/dinats.py:DiNAT_s", _official_dinats_dense),
-):
-    register_official(_family, _builder, checkpoint_filter_fn)(_fn)
-
-
-def _official_factory(name: str) -> Callable[..., nn.Module]:
-    # the official registered functions take (pretrained, **kwargs) and pass kwargs to the class
-    def build(pretrained: bool = False, **kwargs) -> nn.Module:
-        import timm
-
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-
-    build.__name__ = f"official_{name}"
-    return build
-
-
-for _family, _file, _names in (
-    ("nat", "classification/nat.py", ("nat_mini", "nat_tiny", "nat_small", "nat_base")),
-    ("dinat", "classification/dinat.py", ("dinat_mini", "dinat_tiny", "dinat_small", "dinat_base", "dinat_large",
-                                          "dinat_large_384", "dinat_large_384_11x11")),
-    ("dinat", "classification/dinats.py", ("dinat_s_tiny", "dinat_s_small", "dinat_s_base", "dinat_s_large",
-                                           "dinat_s_large_384")),
-    ("dinat", "classification/isotropic.py", ("nat_isotropic_small", "nat_isotropic_base", "dinat_isotropic_small",
-                                              "dinat_isotropic_base", "vitrpb_small", "vitrpb_base")),
-):
-    for _name in _names:
-        register_official(_family, f"{_file}:{_name}", checkpoint_filter_fn)(_official_factory(_name))

@@ -14,7 +14,17 @@ from model_checks import (
     check_timm_api,
     count_params,
 )
-from parity_utils import case_names, load_case, load_manifest, manifest_names, manifest_state_dict, max_abs_diff
+from parity_utils import (
+    case_names,
+    load_case,
+    load_manifest,
+    manifest_names,
+    manifest_state_dict,
+    max_abs_diff,
+    official_kwargs,
+)
+from timm.layers import LayerNorm2d
+from torch import nn
 
 import visionattn
 from visionattn.backbones.biformer import BiFormer, BiFormerDense, checkpoint_filter_fn
@@ -34,7 +44,7 @@ def _run(model, x):
 @pytest.mark.parametrize("case", MODEL_CASES)
 def test_official_parity(case):
     meta, tensors, sd = load_case(FAMILY, case)
-    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd)
+    model = visionattn.from_official(FAMILY, meta["official_builder"], official_kwargs(meta), sd)
     out = _run(model, tensors["input"])
     outs = out if isinstance(out, tuple) else (out,)
     for name, o in zip(meta["outputs"], outs, strict=True):
@@ -50,13 +60,17 @@ def test_manifest(name):
         return  # building the large ones for real only costs time; their builders share the code paths
     man = load_manifest(FAMILY, name)
     # the official registered builder loads the same state dict strictly
-    model = visionattn.from_official(FAMILY, man["official_builder"], man["official_kwargs"], manifest_state_dict(man))
+    model = visionattn.from_official(FAMILY, man["official_builder"], official_kwargs(man), manifest_state_dict(man))
     assert count_params(model) == man["num_params"]
+
+
+VARIANTS = ["biformer_b", "biformer_s", "biformer_stl", "biformer_stl_nchw", "biformer_t"]
 
 
 def test_registered_names_and_cfgs():
     names = visionattn.list_models(FAMILY)
-    assert sorted(names) == sorted(manifest_names(FAMILY) or names)
+    assert names == VARIANTS  # a lost (or an unexpected) registration fails here
+    assert set(manifest_names(FAMILY)) <= set(VARIANTS)
     for n in names:
         cfg = timm.get_pretrained_cfg(f"{n}.in1k").to_dict()
         assert cfg["url"].startswith("https://api.onedrive.com/") and cfg["license"] == "mit"
@@ -142,7 +156,7 @@ def test_attn_backend_grads_match():
 
 def test_auto_pad_identical_at_divisible_sizes():
     meta, tensors, sd = load_case(FAMILY, "biformer_t")
-    strict = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd)
+    strict = visionattn.from_official(FAMILY, meta["official_builder"], official_kwargs(meta), sd)
     assert not strict.stages[0].blocks[0].attn.auto_pad  # official classification setting
     padded = timm.create_model("biformer_t", num_classes=10, **TINY).eval()
     padded.load_state_dict(checkpoint_filter_fn(sd, padded))
@@ -204,7 +218,7 @@ def test_dense_backbone_from_mm_checkpoint(tmp_path):
     mm_ckpt = {"meta": {}, "state_dict": {f"backbone.{k}": v for k, v in sd.items()} | {"decode_head.w": torch.ones(1)}}
     torch.save(mm_ckpt, tmp_path / "mm.pth")
     feats = timm.create_model(
-        "biformer_s", features_only=True, extra_norms=True, pretrained=True,
+        "biformer_s", features_only=True, out_norms=True, pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tmp_path / "mm.pth")), **TINY,
     ).eval()
     with torch.no_grad():
@@ -245,3 +259,56 @@ def test_bad_arguments():
             BiFormer(**TINY, **kw)
     with pytest.raises(ValueError, match="kv_downsample_mode"):
         visionattn.from_official(FAMILY, "models/biformer.py:BiFormer", dict(depth=[1, 1, 1, 1]))
+
+
+def test_official_registered_function_pretrained(tmp_path):
+    """The official `biformer_tiny(pretrained=True, ...)` loads weights, through the same path as timm's
+    `pretrained=True` (the official functions load their checkpoint; before, from_official refused)."""
+    meta, tensors, sd = load_case(FAMILY, "biformer_t")
+    path = _official_file(tmp_path, sd)
+    model = visionattn.from_official(
+        FAMILY, "models/biformer.py:biformer_tiny",
+        dict(pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=10), num_classes=10, **TINY),
+    )
+    assert not model.stages[0].blocks[0].attn.auto_pad  # the official classification setting
+    torch.testing.assert_close(_run(model, tensors["input"]), tensors["logits"], atol=1e-4, rtol=0)
+
+
+def test_official_stl_norm_layer_objects():
+    """from_official takes what the official constructor takes: norm classes, not the fixtures' strings."""
+    kw = dict(depth=[1, 1, 1, 1], embed_dim=[32, 48, 64, 96], head_dim=16, num_classes=4)
+    bn = visionattn.from_official(FAMILY, "models/biformer_stl.py:BiFormerSTL", dict(kw, norm_layer=nn.BatchNorm2d))
+    assert isinstance(bn.stem[1], nn.BatchNorm2d) and isinstance(bn.norm, nn.BatchNorm2d)
+    ln = visionattn.from_official(FAMILY, "models/biformer_stl.py:BiFormerSTL",
+                                  dict(kw, pre_head_norm_layer=nn.BatchNorm2d))
+    assert isinstance(ln.stem[1], LayerNorm2d) and ln.stem[1].eps == 1e-6  # the official default
+    assert isinstance(ln.norm, nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="norm_layer"):
+        visionattn.from_official(FAMILY, "models/biformer_stl.py:BiFormerSTL", dict(kw, norm_layer="nn.BatchNorm2d"))
+
+
+def test_official_mm_pretrained_must_match(tmp_path):
+    """BiFormer_mm(pretrained=PATH) loads through the filter; another architecture's file raises."""
+    meta, tensors, sd = load_case(FAMILY, "biformer_mm_features")
+    kw = official_kwargs(meta)
+    good = tmp_path / "cls.pth"
+    torch.save({"model": sd}, good)
+    model = visionattn.from_official(FAMILY, meta["official_builder"], dict(kw, pretrained=str(good))).eval()
+    for i, o in enumerate(_run(model, tensors["input"])):
+        assert max_abs_diff(o, tensors[f"features.{i}"]) <= meta["tolerance"]
+    bad = tmp_path / "other.pth"
+    torch.save({"model": timm.create_model("resnet18").state_dict()}, bad)
+    with pytest.raises(RuntimeError, match="does not match"):
+        visionattn.from_official(FAMILY, meta["official_builder"], dict(kw, pretrained=str(bad)))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_batch_zero(name):
+    """An empty batch gives an empty result, like every torch op (features and logits)."""
+    kw = TINY if name != "biformer_t" else {}
+    model = timm.create_model(name, num_classes=3, **kw).eval()
+    x = torch.randn(0, 3, 224, 224)
+    with torch.no_grad():
+        assert model(x).shape == (0, 3)
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[0] for f in feats] == [0] * 4

@@ -1,11 +1,15 @@
 """visionattn: efficient-attention vision backbones registered with timm."""
-from . import (
-    backbones,  # noqa: E402  (registers every zoo model with timm)
-    kernels,  # noqa: E402,I001  (maps to the top-level kernels/ folder)
-    layers,  # noqa: E402
-)
+# ruff: noqa: I001
+# The registry and the official-constructor hooks come first: the model files import them from here.
 from ._registry import FAMILIES, ModelNameClashError, ZooModel, get_family, list_models, register_zoo_model
 from .official import from_official, official_builders, register_official
+from .utils import set_attn_backend
+
+from . import (  # noqa: E402
+    backbones,  # registers every zoo model with timm
+    kernels,  # maps to the top-level kernels/ folder
+    layers,
+)
 
 __version__ = "0.1.0"
 
@@ -22,4 +26,5 @@ __all__ = [
     "official_builders",
     "register_official",
     "register_zoo_model",
+    "set_attn_backend",
 ]

@@ -1,7 +1,6 @@
 """timm registration glue: zoo models are registered with timm under a family tag, never over a timm name."""
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 
 import timm
@@ -93,7 +92,3 @@ def list_models(family: str | None = None, pretrained: bool = False) -> list[Zoo
         with_weights = {n.split(".")[0] for n in timm.list_pretrained()}
         names = [n for n in names if n in with_weights]
     return [ZooModel(n, fams[n]) for n in names]
-
-
-def filter_names(names, pattern: str) -> list[str]:
-    return [n for n in names if fnmatch.fnmatch(n, pattern)]

@@ -1,8 +1,8 @@
 """Glue for the timm families the zoo adopts as they are (GC ViT, SHViT, EfficientViM).
 
 timm's own classes are used unchanged; what lives here is what timm lacks: loading the official SHViT
-GitHub-release checkpoints (their keys differ from timm's) and building SHViT from the official
-constructor arguments.
+GitHub-release checkpoints (their keys differ from timm's). Building SHViT from the official constructor
+arguments is `visionattn.from_official("shvit", "model/shvit.py:SHViT", ...)` (visionattn/official/shvit.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import torch
 
 from .checkpoint import unwrap_state_dict
-from .official import register_official
 
 __all__ = ["shvit_checkpoint_filter_fn", "load_official_checkpoint"]
 
@@ -45,7 +44,7 @@ _FILTERS = {"shvit": shvit_checkpoint_filter_fn}
 
 def load_official_checkpoint(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
     """Load an official checkpoint file (weights_only) into a timm model of an adopted family."""
-    from ._registry import get_family
+    from . import get_family
     from .checkpoint import load_state_dict_file
 
     family = get_family(model.pretrained_cfg["architecture"])
@@ -54,19 +53,3 @@ def load_official_checkpoint(model: torch.nn.Module, path: str, strict: bool = T
     sd = filt(sd, model) if filt else unwrap_state_dict(sd)
     model.load_state_dict(sd, strict=strict)
     return model
-
-
-@register_official("shvit", "model/shvit.py:SHViT", filter_fn=shvit_checkpoint_filter_fn)
-def _shvit_from_official(
-    in_chans=3, num_classes=1000, embed_dim=(128, 256, 384), partial_dim=(32, 64, 96), qk_dim=(16, 16, 16),
-    depth=(1, 2, 3), types=("s", "s", "s"), distillation=False, **unused,
-):
-    from timm.models.shvit import SHViT
-
-    if distillation:
-        raise ValueError("distillation=True: timm's SHViT has no distillation head (head_dist); use False")
-    ignored = set(unused) - {"img_size", "patch_size", "frozen_stages", "down_ops", "pretrained", "model_cfg"}
-    if ignored:
-        raise ValueError(f"unsupported official SHViT arguments: {sorted(ignored)}")
-    return SHViT(in_chans=in_chans, num_classes=num_classes, embed_dim=tuple(embed_dim),
-                 partial_dim=tuple(partial_dim), qk_dim=tuple(qk_dim), depth=tuple(depth), types=tuple(types))

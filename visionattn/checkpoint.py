@@ -191,8 +191,7 @@ def build_model_with_pretrained_file(
     files under one basename). The checkpoint is not kept in the model's `pretrained_cfg`, which names the
     original `file` / `url` again. hf-hub, local-dir and `state_dict` sources are left to timm.
     """
-    from timm.models import build_model_with_cfg
-    from timm.models._builder import resolve_pretrained_cfg
+    from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
     restore = None
     if pretrained:

@@ -1,21 +1,71 @@
-"""Helpers shared by the backbones (drop-path schedules, meta-safe init) and model-level switches used by the
-tools (attention backend selection, inference fusion)."""
+"""Helpers shared by every zoo model file, and model-level switches used by the tools.
+
+Stable interface (the own families of both model helpers and the tools rely on it; extend, do not change):
+
+* ``check_backend(backend, allowed, name)`` -- the one validation of an attention-backend argument.
+* ``attn_modules(model)`` / ``set_attn_backend(model, backend)`` -- every attention module that declares
+  ``backends`` (a class attribute: the names its ``backend`` attribute accepts) and its switch.
+* ``init_weights_(module)`` / ``trunc_normal_unless_meta(t)`` -- the official init of the own families (Linear
+  trunc-normal std 0.02 and zero bias, LayerNorm 1 / 0), a no-op on the meta device: the one meta-safe init.
+* ``is_reparameterizable`` / ``fuse_for_inference``, ``LinearHeadMixin``.
+
+Drop-path schedules are timm's ``timm.layers.calculate_drop_path_rates`` (it computes on the CPU, so it also
+works under ``torch.device("meta")``).
+"""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import calculate_drop_path_rates, trunc_normal_
 from torch import nn
 
-__all__ = ["drop_path_rates", "trunc_normal_unless_meta", "set_attn_backend", "is_reparameterizable",
-           "fuse_for_inference"]
+__all__ = [
+    "check_backend",
+    "attn_modules",
+    "set_attn_backend",
+    "init_weights_",
+    "trunc_normal_unless_meta",
+    "drop_path_rates",
+    "is_reparameterizable",
+    "fuse_for_inference",
+    "LinearHeadMixin",
+]
 
 
-def drop_path_rates(drop_path_rate: float, n: int) -> list[float]:
-    """torch.linspace(0, drop_path_rate, n) as Python floats, computed without a tensor so that building under
-    `torch.device("meta")` works."""
-    return [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+def check_backend(backend: str | None, allowed: Iterable[str], name: str = "attn_backend") -> str:
+    """`backend` if it is one of `allowed` (None means 'auto'); ValueError naming `name` and the choices."""
+    allowed = tuple(allowed)
+    if backend is None:
+        backend = "auto"
+    if not isinstance(backend, str) or backend not in allowed:
+        raise ValueError(f"{name} must be one of {allowed} or None, got {backend!r}")
+    return backend
+
+
+def attn_modules(model: nn.Module) -> list[nn.Module]:
+    """The sub-modules of `model` whose kernel backend can be switched: they declare a class attribute
+    ``backends`` (the accepted names) and hold the current choice in ``backend``."""
+    return [m for m in model.modules()
+            if isinstance(getattr(type(m), "backends", None), tuple) and hasattr(m, "backend")]
+
+
+def set_attn_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Set the kernel backend of every attention module of `model` (in place); returns the model.
+
+    ValueError when `model` has no such module (e.g. an adopted timm model: nothing would change) or when
+    `backend` is not accepted by every one of them (nothing is changed then).
+    """
+    mods = attn_modules(model)
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no attention module with a selectable kernel backend "
+                         "(visionattn.utils.attn_modules is empty)")
+    allowed = tuple(b for b in type(mods[0]).backends if all(b in type(m).backends for m in mods))
+    check_backend(backend, allowed, "backend")
+    for m in mods:
+        m.backend = backend
+    return model
 
 
 def trunc_normal_unless_meta(t: torch.Tensor, std: float = 0.02) -> None:
@@ -24,12 +74,24 @@ def trunc_normal_unless_meta(t: torch.Tensor, std: float = 0.02) -> None:
         trunc_normal_(t, std=std)
 
 
-def set_attn_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Set `backend` on every visionattn attention module of `model` (in place); returns the model."""
-    for m in model.modules():
-        if hasattr(m, "backend") and type(m).__module__.startswith("visionattn"):
-            m.backend = backend
-    return model
+def init_weights_(m: nn.Module, std: float = 0.02) -> None:
+    """The official init of the own families, for ``model.apply``: Linear weight trunc-normal(std), bias 0;
+    LayerNorm weight 1, bias 0; every other module keeps PyTorch's default. Nothing happens on the meta device."""
+    if isinstance(m, nn.Linear):
+        if m.weight.is_meta:
+            return
+        trunc_normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None and not m.weight.is_meta:
+        nn.init.ones_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def drop_path_rates(drop_path_rate: float, n: int) -> list[float]:
+    """Linear stochastic-depth rates for `n` blocks: timm's ``calculate_drop_path_rates`` (use that directly)."""
+    return calculate_drop_path_rates(drop_path_rate, n)
 
 
 def is_reparameterizable(model: nn.Module) -> bool:

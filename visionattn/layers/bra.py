@@ -3,6 +3,10 @@
 ``BiLevelRoutingAttention``: the legacy NHWC module (ops/bra_legacy.py) of the released T/S/B/STL checkpoints.
 ``NchwBiLevelRoutingAttention``: the refactored NCHW module (ops/bra_nchw.py ``nchwBRA``) of STL-nchw.
 The attention itself runs on ``visionattn.kernels.routed_attention`` (backend selectable).
+
+The modules hold the parameters; the shape-dependent steps (padding to whole regions, routing, region
+attention, cropping) are plain functions that ``torch.fx`` keeps as graph leaves (``torch.fx.wrap``), so the
+models trace with ``torch.fx.symbolic_trace`` / timm's FX feature extraction with every check in place.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionattn.kernels.bra import BRA_BACKENDS, region_mean, region_topk, routed_attention
-from visionattn.official import register_official
+from visionattn.utils import check_backend
 
 __all__ = ["BiLevelRoutingAttention", "NchwBiLevelRoutingAttention", "QKVLinear"]
 
@@ -22,10 +26,69 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return value
 
 
-def _check_backend(backend: str) -> str:
-    if backend not in BRA_BACKENDS:
-        raise ValueError(f"backend must be one of {BRA_BACKENDS}, got {backend!r}")
-    return backend
+@torch.fx.wrap
+def _pad_to_regions(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> torch.Tensor:
+    """Legacy BRA input check and padding: NHWC `x` zero-padded right/bottom to multiples of `n_win`."""
+    if x.dim() != 4 or x.shape[-1] != dim:
+        raise ValueError(f"x must be NHWC [N, H, W, {dim}], got {tuple(x.shape)}")
+    H, W = x.shape[1:3]
+    pad_b, pad_r = (n_win - H % n_win) % n_win, (n_win - W % n_win) % n_win
+    if not (pad_b or pad_r):
+        return x
+    if not auto_pad:
+        raise ValueError(f"input size {H}x{W} must be a multiple of n_win={n_win} (or set auto_pad=True)")
+    return F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+
+
+@torch.fx.wrap
+def _legacy_routed_attention(q, k, v, n_win: int, num_heads: int, topk: int, scale: float, backend: str):
+    """Route the region means of q and k, then attend over the routed regions; (out [N, H, W, C_v], index)."""
+    H, W = q.shape[1:3]
+    index = region_topk(region_mean(q, n_win), region_mean(k, n_win), topk, scale=scale)
+    out = routed_attention(q.unflatten(-1, (num_heads, -1)), k.unflatten(-1, (num_heads, -1)),
+                           v.unflatten(-1, (num_heads, -1)), index, (H // n_win, W // n_win), scale=scale,
+                           backend=backend)
+    return out.flatten(-2), index
+
+
+@torch.fx.wrap
+def _crop_hw(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """NHWC `y` cropped to the height and width of NHWC `x`."""
+    if y.shape[1:3] == x.shape[1:3]:
+        return y
+    return y[:, : x.shape[1], : x.shape[2]].contiguous()
+
+
+@torch.fx.wrap
+def _check_nchw(x: torch.Tensor, dim: int) -> torch.Tensor:
+    if x.dim() != 4 or x.shape[1] != dim:
+        raise ValueError(f"x must be NCHW [N, {dim}, H, W], got {tuple(x.shape)}")
+    return x
+
+
+@torch.fx.wrap
+def _nchw_routed_attention(x, q, k, v, n_win: int, num_heads: int, topk: int, scale: float, backend: str):
+    """nchwBRA's routing (ceil-mode region means of whole and partial regions, unscaled logits) and attention
+    on q/k/v zero-padded to whole regions; (out [N, C, H, W] cropped back, index)."""
+    N, C, H, W = x.shape
+    rh, rw = H // n_win, W // n_win
+    if rh < 1 or rw < 1:
+        raise ValueError(f"input size {H}x{W} must be at least n_win={n_win} per side")
+    q_r = F.avg_pool2d(q.detach(), (rh, rw), ceil_mode=True, count_include_pad=False)
+    k_r = F.avg_pool2d(k.detach(), (rh, rw), ceil_mode=True, count_include_pad=False)
+    gh, gw = q_r.shape[-2:]
+    if topk > gh * gw:
+        raise ValueError(f"topk must be in [1, {gh * gw}] (regions of the {gh}x{gw} grid), got {topk}")
+    index = region_topk(q_r.flatten(2).transpose(1, 2), k_r.flatten(2).transpose(1, 2), topk, scale=1.0)
+    pad_b, pad_r = gh * rh - H, gw * rw - W
+
+    def heads(t):  # [N, C, H, W] -> zero-padded [N, H', W', heads, C/heads]
+        if pad_b or pad_r:
+            t = F.pad(t, (0, pad_r, 0, pad_b))
+        return t.unflatten(1, (num_heads, -1)).permute(0, 3, 4, 1, 2)
+
+    out = routed_attention(heads(q), heads(k), heads(v), index, (rh, rw), scale=scale, backend=backend)
+    return out[:, :H, :W].flatten(-2).permute(0, 3, 1, 2), index
 
 
 class QKVLinear(nn.Module):
@@ -49,7 +112,10 @@ class BiLevelRoutingAttention(nn.Module):
     before the projection (pad tokens carry the bias, count in the region means and are attended to) and
     crops the output. The KV-downsampling and routing options of the official signature are accepted only
     with the values every BiFormer config uses (identity downsampling, non-parametric hard routing).
+    ``backend``: one of ``backends`` (``visionattn.kernels.routed_attention``).
     """
+
+    backends = BRA_BACKENDS  # the names `backend` accepts (visionattn.utils.set_attn_backend)
 
     def __init__(
         self,
@@ -99,7 +165,7 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(f"side_dwconv must be an int >= 0, got {side_dwconv!r}")
         self.param_attention = param_attention
         self.auto_pad = bool(auto_pad)
-        self.backend = _check_backend(backend)
+        self.backend = check_backend(backend, self.backends, "backend")
 
         self.lepe = (
             nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
@@ -109,30 +175,13 @@ class BiLevelRoutingAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_index: bool = False):
         """x: ``[N, H, W, C]`` -> ``[N, H, W, C]`` (and the routing index ``[N, n_win**2, topk]`` if asked)."""
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be NHWC [N, H, W, {self.dim}], got {tuple(x.shape)}")
-        N, H_in, W_in, C = x.shape
-        S = self.n_win
-        if self.auto_pad:
-            pad_b, pad_r = (S - H_in % S) % S, (S - W_in % S) % S
-            if pad_b or pad_r:
-                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        elif H_in % S or W_in % S:
-            raise ValueError(f"input size {H_in}x{W_in} must be a multiple of n_win={S} (or set auto_pad=True)")
-        H, W = x.shape[1:3]
-
-        q, k, v = self.qkv(x)
-        index = region_topk(region_mean(q, S), region_mean(k, S), self.topk, scale=self.scale)
-        m = self.num_heads
-        out = routed_attention(
-            q.unflatten(-1, (m, -1)), k.unflatten(-1, (m, -1)), v.unflatten(-1, (m, -1)),
-            index, (H // S, W // S), scale=self.scale, backend=self.backend,
-        ).flatten(-2)
+        padded = _pad_to_regions(x, self.dim, self.n_win, self.auto_pad)
+        q, k, v = self.qkv(padded)
+        out, index = _legacy_routed_attention(q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
+                                              self.backend)
         if self.lepe is not None:
             out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = self.wo(out)
-        if H != H_in or W != W_in:
-            out = out[:, :H_in, :W_in].contiguous()
+        out = _crop_hw(self.wo(out), x)
         return (out, index) if return_index else out
 
     def extra_repr(self) -> str:
@@ -147,7 +196,10 @@ class NchwBiLevelRoutingAttention(nn.Module):
     the missing tokens of partial regions (so there may be more than ``n_win`` regions per side), routing
     logits are unscaled, q/k/v are zero-padded after the projection to whole regions (pad keys are attended
     to with logit 0) and cropped back; LePE runs on the unpadded V. Attention scale ``qk_scale or dim ** -0.5``.
+    ``attn_backend`` is the official argument (only 'torch' exists there); ``backend`` picks our kernel.
     """
+
+    backends = BRA_BACKENDS
 
     def __init__(
         self,
@@ -176,7 +228,7 @@ class NchwBiLevelRoutingAttention(nn.Module):
             raise ValueError(
                 f"attn_backend must be 'torch' (the only official option; see backend=...), got {attn_backend!r}"
             )
-        self.backend = _check_backend(backend)
+        self.backend = check_backend(backend, self.backends, "backend")
         self.lepe = (
             nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
         )
@@ -185,31 +237,9 @@ class NchwBiLevelRoutingAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_index: bool = False):
         """x: ``[N, C, H, W]`` -> ``[N, C, H, W]`` (and the routing index ``[N, R, topk]`` if asked)."""
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"x must be NCHW [N, {self.dim}, H, W], got {tuple(x.shape)}")
-        N, C, H, W = x.shape
-        rh, rw = H // self.n_win, W // self.n_win
-        if rh < 1 or rw < 1:
-            raise ValueError(f"input size {H}x{W} must be at least n_win={self.n_win} per side")
-        q, k, v = self.qkv_linear(x).chunk(3, dim=1)
-        q_r = F.avg_pool2d(q.detach(), (rh, rw), ceil_mode=True, count_include_pad=False)
-        k_r = F.avg_pool2d(k.detach(), (rh, rw), ceil_mode=True, count_include_pad=False)
-        gh, gw = q_r.shape[-2:]
-        n_regions = gh * gw
-        if self.topk > n_regions:
-            raise ValueError(f"topk must be in [1, {n_regions}] (regions of the {gh}x{gw} grid), got {self.topk}")
-        index = region_topk(q_r.flatten(2).transpose(1, 2), k_r.flatten(2).transpose(1, 2), self.topk, scale=1.0)
-
-        pad_b, pad_r = gh * rh - H, gw * rw - W
-        m = self.num_heads
-
-        def heads(t):  # [N, C, H, W] -> zero-padded [N, H', W', heads, C/heads]
-            if pad_b or pad_r:
-                t = F.pad(t, (0, pad_r, 0, pad_b))
-            return t.unflatten(1, (m, -1)).permute(0, 3, 4, 1, 2)
-
-        out = routed_attention(heads(q), heads(k), heads(v), index, (rh, rw), scale=self.scale, backend=self.backend)
-        out = out[:, :H, :W].flatten(-2).permute(0, 3, 1, 2)
+        q, k, v = self.qkv_linear(_check_nchw(x, self.dim)).chunk(3, dim=1)
+        out, index = _nchw_routed_attention(x, q, k, v, self.n_win, self.num_heads, self.topk, self.scale,
+                                            self.backend)
         if self.lepe is not None:
             out = out + self.lepe(v)
         out = self.output_linear(out)
@@ -218,18 +248,3 @@ class NchwBiLevelRoutingAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}, "
                 f"backend={self.backend!r}")
-
-
-def _official_kwargs(kwargs: dict) -> dict:
-    # Fixtures may describe non-serialisable defaults with strings such as "default (...); not passed".
-    return {k: v for k, v in kwargs.items() if not (isinstance(v, str) and "not passed" in v)}
-
-
-@register_official("biformer", "ops/bra_legacy.py:BiLevelRoutingAttention")
-def _official_bra_legacy(**kwargs) -> nn.Module:
-    return BiLevelRoutingAttention(**_official_kwargs(kwargs))
-
-
-@register_official("biformer", "ops/bra_nchw.py:nchwBRA")
-def _official_bra_nchw(**kwargs) -> nn.Module:
-    return NchwBiLevelRoutingAttention(**_official_kwargs(kwargs))

@@ -6,8 +6,8 @@ family `model_name` must belong to and the per-output norm the family's official
 =================  =====================  ===============================================================
 registry name      family                 per-output norm
 =================  =====================  ===============================================================
-BiFormerMM         biformer               the model's own `extra_norms` (LayerNorm2d, as `BiFormer_mm`)
-NATMM / DiNATMM    nat / dinat            the model's own `norm{i}` (as the official `NAT` / `DiNAT_s`)
+BiFormerMM         biformer               the model's own `out_norms.i` (LayerNorm2d, `BiFormer_mm`'s extra_norms)
+NATMM / DiNATMM    nat / dinat            the model's own `out_norms.i` (the official `NAT` / `DiNAT_s` norm{i})
 AgentAttentionMM   agent_attention        `norm{i}` LayerNorm2d added here (Swin/PVT mmdet style)
 SLABMM             slab                   `norm{i}` LayerNorm2d added here (official `norm0..norm3`)
 GCViTMM            gcvit                  `norm{i}` LayerNorm2d added here (official GC ViT det)
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d, resize_rel_pos_bias_table
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from torch import nn
 
 import visionattn
@@ -79,7 +79,8 @@ class ZooBackboneMM(BaseModule):
             `img_size`; the checkpoint filters resize the tables).
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=PATH)``: our or official classification / dense
             checkpoints (``backbone.`` prefixes stripped), read with weights_only=True and mapped through the
-            family's `checkpoint_filter_fn`; loaded non-strictly (missing head / norms are logged).
+            family's `checkpoint_filter_fn`, with the rule of ``timm.create_model(pretrained=True)``: a file that
+            does not match the backbone raises RuntimeError (see `load_checkpoint`).
     """
 
     family: str | tuple[str, ...] | None = None
@@ -102,11 +103,13 @@ class ZooBackboneMM(BaseModule):
             raise ValueError(f"out_norm must be 'auto', 'ln' or 'none', got {out_norm!r}")
         self.model_name, self.model_family = model_name, family
         kwargs = dict(model_kwargs)
-        if family == "biformer":
-            kwargs.setdefault("extra_norms", True)
-        elif family in ("nat", "dinat"):
+        if family in self._own_norm_families:
             kwargs.setdefault("out_norms", tuple(out_indices))
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        # what a checkpoint of this model may hold beyond the pruned backbone (load_checkpoint)
+        self._unpruned_keys = set(self.model.state_dict())
+        classifier = self.model.pretrained_cfg.get("classifier") or ()
+        self._classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         n_stages = len(self.model.feature_info)
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i < n_stages for i in out_indices) or list(out_indices) != sorted(
@@ -120,11 +123,6 @@ class ZooBackboneMM(BaseModule):
         # Stage membership comes from the unpruned model (the matcher names the modules pruning keeps).
         self._stage_params = self._stage_param_names(n_stages)
         self.model.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
-        extra = getattr(self.model, "extra_norms", None)
-        if extra is not None:  # norms of stages not returned would be unused parameters under DDP
-            for i in range(len(extra)):
-                if i not in out_indices:
-                    extra[i] = nn.Identity()
 
         if out_norm == "auto":
             out_norm = "ln" if family in self._ln_families else "none"
@@ -204,7 +202,14 @@ class ZooBackboneMM(BaseModule):
         self.load_checkpoint(cfg["checkpoint"], prefix=cfg.get("prefix"))
 
     def load_checkpoint(self, path: str, prefix: str | None = None) -> tuple[list[str], list[str]]:
-        """Load our or an official checkpoint (weights_only); returns (missing, unexpected) keys."""
+        """Load our or an official checkpoint (weights_only) through the family's filter; returns the keys
+        (missing, unexpected) that were allowed to differ.
+
+        As ``timm.create_model(pretrained=True)``: every backbone tensor must come from the file with its shape.
+        Allowed: the classifier and final norm, and the stages beyond `out_indices` (the backbone dropped them),
+        and missing per-output norms (a classification file has none: they keep their init). Anything else
+        raises RuntimeError naming the keys (e.g. another architecture's file).
+        """
         sd = unwrap_state_dict(load_state_dict_file(path))
         if prefix:
             sd = strip_prefix({k: v for k, v in sd.items() if k.startswith(prefix)}, prefix)
@@ -219,18 +224,30 @@ class ZooBackboneMM(BaseModule):
             sd = filt(sd, self.model)
         model_sd = self.model.state_dict()
         sd = {k: _resize_rel_table(k, v, model_sd[k]) if k in model_sd else v for k, v in sd.items()}
-        skipped = [k for k, v in sd.items() if k in model_sd and model_sd[k].shape != v.shape]
-        if skipped:
-            print_log(f"{type(self).__name__}: shape mismatch, not loaded: {skipped[:8]}", logger="current")
-        sd = {k: v for k, v in sd.items() if k not in skipped}
+        wrong_shape = [f"{k} {tuple(v.shape)} (backbone {tuple(model_sd[k].shape)})" for k, v in sd.items()
+                       if k in model_sd and model_sd[k].shape != v.shape]
+        if wrong_shape:
+            raise RuntimeError(f"{type(self).__name__}: checkpoint {path} does not match {self.model_name}: "
+                               f"{len(wrong_shape)} tensors of another shape, e.g. {wrong_shape[:5]}")
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        unexpected = [k for k in unexpected if k not in self._unpruned_keys
+                      and not any(k.startswith(c + ".") for c in self._classifier)]
+        missing = [k for k in missing if not k.startswith("out_norms.")]
+        if missing or unexpected:
+            n = len(model_sd)
+            raise RuntimeError(
+                f"{type(self).__name__}: checkpoint {path} does not match {self.model_name}: {len(missing)} of "
+                f"{n} backbone tensors missing (e.g. {missing[:5]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:5]}); pass the checkpoint of this architecture")
         if own:
-            unexpected = list(unexpected) + list(nn.Module.load_state_dict(self, own, strict=False).unexpected_keys)
-        missing = list(missing) + [k for k in self.state_dict() if k.split(".", 1)[0].startswith("norm")
-                                   and k not in own and not k.startswith("model.")]
-        print_log(f"{type(self).__name__}: loaded {path}; missing {len(missing)} {missing[:8]}, "
-                  f"unexpected {len(unexpected)} {list(unexpected)[:8]}", logger="current")
-        return missing, list(unexpected)
+            unexpected = list(nn.Module.load_state_dict(self, own, strict=False).unexpected_keys)
+            if unexpected:
+                raise RuntimeError(f"{type(self).__name__}: checkpoint {path} has output norms this backbone "
+                                   f"lacks: {unexpected[:5]}")
+        missing = [k for k in self.state_dict() if k.split(".", 1)[0].startswith("norm") and k not in own]
+        print_log(f"{type(self).__name__}: loaded {path} ({len(model_sd)} backbone tensors); output norms kept "
+                  f"at their init: {missing[:8]}", logger="current")
+        return missing, []
 
     # ----------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -262,7 +279,7 @@ def _family_class(name: str, family, doc: str):
     return type(name, (ZooBackboneMM,), {"family": family, "__doc__": doc, "__module__": __name__})
 
 
-BiFormerMM = _family_class("BiFormerMM", "biformer", "BiFormer (T/S/B/STL) as `BiFormer_mm`: extra_norms outputs.")
+BiFormerMM = _family_class("BiFormerMM", "biformer", "BiFormer (T/S/B/STL) as `BiFormer_mm`: out_norms outputs.")
 NATMM = _family_class("NATMM", "nat", "NAT: official det/seg `NAT` maps with `norm{i}` per output.")
 DiNATMM = _family_class("DiNATMM", "dinat", "DiNAT / DiNAT_s (pass the dense config's `dilations=`).")
 AgentAttentionMM = _family_class("AgentAttentionMM", "agent_attention", "Agent-PVT / Agent-Swin / Agent-CSwin.")
