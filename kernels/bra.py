@@ -18,6 +18,8 @@ Backends:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,8 +65,9 @@ def region_mean(x: Tensor, region_grid) -> Tensor:
     B, H, W = x.shape[:3]
     if H % gh or W % gw:
         raise ValueError(f"spatial size {H}x{W} must be a multiple of the region grid {gh}x{gw}")
-    x = x.reshape(B, gh, H // gh, gw, W // gw, -1)
-    return x.mean(dim=(2, 4)).reshape(B, gh * gw, -1)
+    C = math.prod(x.shape[3:])
+    x = x.reshape(B, gh, H // gh, gw, W // gw, C)
+    return x.mean(dim=(2, 4)).reshape(B, gh * gw, C)
 
 
 def region_topk(q_region: Tensor, k_region: Tensor, topk: int, *, scale: float | None = None,
@@ -318,7 +321,9 @@ def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, regio
         out = _RoutedAttentionFn.apply(qr, kr, vr, fidx, topk, float(scale))
     else:
         out = _forward_regions(qr, kr, vr, fidx, topk, scale)
-    return _from_regions(out, B, H, W, rh, rw)
+    # PyTorch's CPU attention kernels turn a NaN query row into 0 (the softmax max skips NaN); a non-finite
+    # query gives a NaN row in exact arithmetic. `q.sum() * 0` is 0 for finite rows and NaN otherwise.
+    return _from_regions(out, B, H, W, rh, rw) + q.sum(-1, keepdim=True) * 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,6 +344,9 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size) -> tu
         raise ValueError(f"value shape {tuple(v.shape)} must match query shape {tuple(q.shape)} except the head dim")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"query, key, value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[3] < 1 or q.shape[4] < 1 or v.shape[4] < 1:
+        raise ValueError(f"heads and head_dim must be >= 1, got query {tuple(q.shape)}, value {tuple(v.shape)} "
+                         "([B, H, W, heads, head_dim])")
     if not isinstance(index, Tensor):
         raise ValueError(f"index must be an int64 tensor, got {type(index).__name__}")
     if not (q.device == k.device == v.device == index.device):
@@ -435,6 +443,8 @@ def bi_level_routing_attention(query: Tensor, key: Tensor, value: Tensor, n_win,
                          f"{getattr(query, 'shape', query)}")
     gh, gw = _pair(n_win, "n_win")
     B, H, W, nh, dq = query.shape
+    if nh < 1 or dq < 1:
+        raise ValueError(f"heads and head_dim must be >= 1, got query {tuple(query.shape)}")
     if H % gh or W % gw:
         raise ValueError(f"spatial size {H}x{W} must be a multiple of n_win {gh}x{gw}")
     scale = check_scale(scale, (nh * dq) ** -0.5)

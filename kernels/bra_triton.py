@@ -407,6 +407,8 @@ def routed_attention_triton(q: Tensor, k: Tensor, v: Tensor, index: Tensor, regi
     scale = float(scale)
     if not math.isfinite(scale):
         raise NotImplementedError(f"scale must be finite, got {scale}")
+    if q.numel() == 0:  # batch 0 (heads / head_dim 0 are rejected by the caller): nothing to launch
+        return torch.zeros_like(v) + (q.sum() + k.sum() + v.sum()) * 0
     index = index.contiguous()
     # Triton launches on the current CUDA device: make it the inputs' one.
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():

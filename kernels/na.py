@@ -71,6 +71,9 @@ def _check_tensors(n: int, q: Tensor, k: Tensor, v: Tensor | None):
         raise ValueError(f"query, key, value must be floating point, got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"query, key, value devices must match, got {q.device}, {k.device}, {v.device}")
+    if q.shape[-2] < 1 or q.shape[-1] < 1 or v.shape[-1] < 1:
+        raise ValueError(f"heads and head_dim must be >= 1, got query {tuple(q.shape)}, value {tuple(v.shape)} "
+                         "([B, *spatial, heads, head_dim])")
 
 
 def _check_args(n: int, q: Tensor, k: Tensor, v: Tensor | None, kernel_size, stride, dilation, is_causal, scale,
@@ -172,8 +175,11 @@ def _na_reference(q, k, v, rpb, cfg: NAConfig):
     logits = qf @ kf.transpose(-1, -2)
     if rpb is not None:
         logits = logits + rpb.reshape(h, -1)[:, index.rpb_idx]
-    logits = logits.masked_fill(~index.mask, float("-inf"))
-    out = logits.softmax(-1) @ vf
+    p = logits.masked_fill(~index.mask, float("-inf")).softmax(-1)
+    if capturing() or bool(torch.isfinite(vf).all()):
+        out = p @ vf
+    else:  # 0 * inf outside the windows would spread a non-finite value to every query
+        out = torch.where(index.mask[..., None], p[..., None] * vf[..., None, :, :], 0).sum(-2)
     return out.transpose(1, 2).reshape(B, *spatial, h, v.shape[-1])
 
 
@@ -206,7 +212,7 @@ def _gather_index(spatial, ks, ss, ds, cs, device: str) -> WindowIndex:
 def _gather_windows(x: Tensor, pos) -> Tensor:
     """[B, *S, h, D] -> [B, *S, h, K, D] with K = prod(k_a), window order row-major over the axes."""
     n = len(pos)
-    B = x.shape[0]
+    B, h, D = x.shape[0], x.shape[-2], x.shape[-1]
     for a, p in enumerate(pos):
         # axis a of the input sits at dim 1 + 2a once the previous axes have become (S_b, k_b) pairs
         dim = 1 + 2 * a
@@ -215,7 +221,7 @@ def _gather_windows(x: Tensor, pos) -> Tensor:
     # x: [B, S1, k1, S2, k2, ..., h, D]
     perm = [0] + [1 + 2 * a for a in range(n)] + [2 * n + 1] + [2 + 2 * a for a in range(n)] + [2 * n + 2]
     x = x.permute(perm)
-    return x.reshape(B, *x.shape[1:n + 2], -1, x.shape[-1])
+    return x.reshape(B, *x.shape[1:n + 1], h, math.prod(p.shape[1] for p in pos), D)
 
 
 def _gather_logits(q, k, rpb, cfg: NAConfig):
@@ -254,7 +260,6 @@ class TileIndex(NamedTuple):
     inv: Tensor | None  # [N] tile slot holding each query's result (None: the identity)
     outside: Tensor  # [NT, T, R] key outside the query's window
     rpb_idx: Tensor  # [NT, T, R] flat RPB-table index
-    mask_bias: Tensor  # [NT, T, R] 0 inside, -inf outside (float32)
     n_tiles: int
     tile: int  # queries per tile
     region: int  # keys per tile region
@@ -277,11 +282,9 @@ def _tile_index(spatial, ks, ss, ds, cs, tile, device: str) -> TileIndex:
         mask = _combine([x.mask for x in tl], n, 3, np.logical_and).reshape(NT, T, R)
         st = _rpb_strides(ks)
         idx = _combine([x.rel * st[a] for a, x in enumerate(tl)], n, 3, np.add).reshape(NT, T, R)
-        bias = np.where(mask, 0.0, -np.inf).astype(np.float32)
         ident_q = qflat.size == inv.size and bool(np.array_equal(qflat, np.arange(qflat.size)))
         return TileIndex(None if ident_q else _t(qflat, device), _t(kflat, device),
-                         None if ident_q else _t(inv, device), _t(~mask, device), _t(idx, device),
-                         _t(bias, device), NT, T, R)
+                         None if ident_q else _t(inv, device), _t(~mask, device), _t(idx, device), NT, T, R)
 
     return _cached(("tile", spatial, ks, ss, ds, cs, tile, device), build)
 
@@ -289,11 +292,14 @@ def _tile_index(spatial, ks, ss, ds, cs, tile, device: str) -> TileIndex:
 def _heads_first(x: Tensor, flat: Tensor | None) -> Tensor:
     """[B, *S, h, D] -> [B, h, len(flat), D]: one transpose copy, then one contiguous gather."""
     B, h, D = x.shape[0], x.shape[-2], x.shape[-1]
-    x = x.reshape(B, -1, h, D).transpose(1, 2).contiguous()
+    x = x.reshape(B, math.prod(x.shape[1:-2]), h, D).transpose(1, 2).contiguous()
     return x if flat is None else x.index_select(2, flat)
 
 
 def _na_torch(q, k, v, rpb, cfg: NAConfig, tile=None):
+    if not capturing() and not bool(torch.isfinite(v).all()):
+        # a key region is shared by a tile of queries: 0 * inf would reach queries whose window misses the value
+        return _na_gather(q, k, v, rpb, cfg)
     n = q.dim() - 3
     B, *spatial, h, D = q.shape
     spatial = tuple(spatial)
@@ -307,14 +313,13 @@ def _na_torch(q, k, v, rpb, cfg: NAConfig, tile=None):
     vt = _heads_first(v, ix.kflat).view(B, h, NT, R, v.shape[-1])
     logits = qt @ kt.transpose(-1, -2)  # [B, h, NT, T, R]
     if rpb is not None:
-        bias = rpb.reshape(h, -1)[:, ix.rpb_idx].masked_fill(ix.outside, float("-inf"))
-    else:
-        bias = ix.mask_bias.to(q.dtype)
-    out = logits.add_(bias).softmax(-1) @ vt  # [B, h, NT, T, Dv]
-    out = out.reshape(B, h, NT * T, -1)
+        logits = logits.add_(rpb.reshape(h, -1)[:, ix.rpb_idx])
+    # masked_fill, not an additive mask: a non-finite key stays out of the windows that do not contain it
+    out = logits.masked_fill_(ix.outside, float("-inf")).softmax(-1) @ vt  # [B, h, NT, T, Dv]
+    out = out.reshape(B, h, NT * T, v.shape[-1])
     if ix.inv is not None:
         out = out.index_select(2, ix.inv)
-    return out.transpose(1, 2).reshape(B, *spatial, h, -1)
+    return out.transpose(1, 2).reshape(B, *spatial, h, v.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ windows can reach, and masks every (query, key) pair with the exact window rule 
 - dK / dV: key tile, query blocks over the exact range of queries whose window can contain the tile;
 - dRPB: the dQ pass stores dLogits in window order ``[B, N, heads, prod(k)]`` (fp32, no atomics), which is
   reduced over the batch and scattered into the table by torch.
+
+Non-finite inputs: a NaN / inf query, key or RPB entry reaches exactly the outputs whose windows hold it (every
+(query, key) pair is masked before the softmax). A non-finite *value* reaches every query of the tile that
+reads it (0 * inf in the P @ V product, as in flash-attention kernels); the torch path is exact there too.
 """
 from __future__ import annotations
 
@@ -438,5 +442,8 @@ def na_triton(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> Tenso
     reason = unsupported(q, k, v, rpb, cfg)
     if reason is not None:
         raise NotImplementedError(reason)
+    if q.shape[0] == 0:  # batch 0: nothing to launch; keep the result attached to the inputs for autograd
+        zero = (q.sum() + k.sum() + v.sum()) * 0 + (0 if rpb is None else rpb.sum() * 0)
+        return torch.zeros_like(v) + zero
     return _NATriton.apply(q, k, v, rpb, tuple(cfg.kernel_size), tuple(cfg.dilation), tuple(cfg.stride),
                            tuple(bool(c) for c in cfg.is_causal), float(cfg.scale))

@@ -343,3 +343,52 @@ def test_legacy_module_cuda():
         outs.append((out, xi.grad))
     for o, g in outs[1:]:
         assert max_abs_diff(o, outs[0][0]) < 1e-4 and max_abs_diff(g, outs[0][1]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults (issue 15): non-finite values, empty inputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("which", ["query", "key", "value"])
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+def test_nonfinite_pattern_equals_reference(which, value, grad):
+    """A NaN query gives a NaN row as in the reference (the torch path's CPU flash kernels, fp32, gave 0.0)."""
+    case = dict(B=2, grid=(3, 3), region=(2, 2), heads=2, dq=8, dv=8, topk=2)
+    q, k, v, index = make_inputs(case, dtype=torch.float32)
+    {"query": q, "key": k, "value": v}[which][1, 2, 3, 1, 5] = value
+    ref = routed_attention(q, k, v, index, (2, 2), backend="reference")
+    ins = [t.clone().requires_grad_(grad) for t in (q, k, v)]
+    out = routed_attention(*ins, index, (2, 2), backend="torch")
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+    assert (~torch.isfinite(ref)).any()
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(out[fin], ref[fin])
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_batch_zero(backend):
+    case = dict(B=1, grid=(2, 2), region=(2, 3), heads=2, dq=16, dv=8, topk=2)
+    q, k, v, _ = make_inputs(case)
+    q, k, v = (t[:0].clone().requires_grad_() for t in (q, k, v))
+    index = torch.zeros(0, 4, 2, dtype=torch.long)
+    out = routed_attention(q, k, v, index, (2, 3), backend=backend)
+    assert out.shape == (0, 4, 6, 2, 8)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+    with torch.no_grad():
+        assert routed_attention(q, k, v, index, (2, 3), backend=backend).shape == (0, 4, 6, 2, 8)
+    out, idx = bi_level_routing_attention(q, k, v, 2, 2, backend=backend, return_index=True)
+    assert out.shape == (0, 4, 6, 2, 8) and idx.shape == (0, 4, 2)
+    assert region_mean(q, 2).shape == (0, 4, 32)
+
+
+def test_empty_heads_or_head_dim_is_value_error():
+    index = torch.zeros(1, 4, 2, dtype=torch.long)
+    for shape in ((1, 4, 4, 0, 8), (1, 4, 4, 2, 0)):
+        x = torch.randn(shape)
+        with pytest.raises(ValueError, match="heads and head_dim"):
+            routed_attention(x, x, x, index, (2, 2))
+        with pytest.raises(ValueError, match="heads and head_dim"):
+            bi_level_routing_attention(x, x, x, 2, 2)

@@ -403,3 +403,104 @@ def test_flex_yardstick_matches_reference(spatial, ks, d):
         want = f(q, k, v, ks, dilation=d, rpb=bias, backend="reference")
         got = make_na_flex(spatial, ks, d, rpb=bias, compile=False)(q, k, v)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ faults (issue 15)
+
+_NONFINITE_CONFIGS = [
+    dict(spatial=(9, 10), kernel_size=3),
+    dict(spatial=(11, 13), kernel_size=(5, 3), dilation=(2, 1), stride=(1, 2), is_causal=(False, True)),
+    dict(spatial=(17,), kernel_size=5, dilation=2, is_causal=True),
+    dict(spatial=(5, 6, 7), kernel_size=3, dilation=(1, 2, 1), stride=(1, 1, 2)),
+]
+
+
+def _poisoned(cfg, which, value, seed=0):
+    spatial = cfg["spatial"]
+    q, k, v, rpb = make_inputs(spatial, cfg["kernel_size"], heads=2, head_dim=8, dtype=torch.float64, seed=seed)
+    pos = tuple(s // 2 for s in spatial)
+    t = {"query": q, "key": k, "value": v}[which]
+    t[(0, *pos, 1, 3)] = value
+    return q, k, v, rpb, pos
+
+
+def _window_set(cfg, pos):
+    """Queries whose window contains key position `pos` (NATTEN's mask predicate, one axis at a time)."""
+    from visionattn.kernels._na_index import axis_dense
+
+    spatial = cfg["spatial"]
+    n = len(spatial)
+    per_axis = lambda name, d: (lambda x: (x,) * n if isinstance(x, (int, bool)) else tuple(x))(cfg.get(name, d))
+    ks, ss, ds, cs = (per_axis(*a) for a in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("is_causal", False)))
+    out = torch.ones(spatial, dtype=torch.bool)
+    for a in range(n):
+        col = torch.from_numpy(axis_dense(spatial[a], ks[a], ds[a], ss[a], cs[a])[0][:, pos[a]])
+        out &= col.reshape([-1 if b == a else 1 for b in range(n)])
+    return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("which", ["query", "key", "value"])
+@pytest.mark.parametrize("cfg", _NONFINITE_CONFIGS, ids=lambda c: "x".join(map(str, c["spatial"])))
+def test_nonfinite_stays_in_windows(cfg, which, value):
+    """A NaN / inf reaches exactly the queries whose window holds it: the same NaN and inf pattern in every
+    backend (issue 15: an inf key made 21 queries NaN on the torch path where the reference gave 4)."""
+    q, k, v, rpb, pos = _poisoned(cfg, which, value)
+    args = {a: cfg[a] for a in ("stride", "dilation", "is_causal") if a in cfg}
+    ref = run_na("reference", q, k, v, rpb, cfg["kernel_size"], **args)
+    bad = ~torch.isfinite(ref).all(-1)[0, ..., 1]  # [*spatial], head 1
+    if which == "query":
+        want = torch.zeros_like(bad)
+        want[pos] = True
+        assert torch.equal(bad, want)
+    else:
+        window = _window_set(cfg, pos)
+        assert bool((bad <= window).all()) and bad.any()
+        if which == "value":
+            assert torch.equal(bad, window)
+    assert torch.isfinite(ref[:, ..., 0, :]).all()  # the other head is untouched
+    for be in ("torch", "gather"):
+        out = run_na(be, q, k, v, rpb, cfg["kernel_size"], **args)
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)), be
+        assert torch.equal(torch.isinf(out), torch.isinf(ref)), be
+        fin = torch.isfinite(ref)
+        torch.testing.assert_close(out[fin], ref[fin])
+
+
+def test_nonfinite_rpb_entry_stays_in_its_pairs():
+    q, k, v, rpb = make_inputs((9, 10), 3, heads=2, dtype=torch.float64)
+    rpb[1, 2, 2] = float("inf")  # key - query = (0, 0): every query's own position
+    rpb[0, 0, 4] = float("nan")  # key - query = (-2, +2): queries in rows >= 2 (cols < 8) or pushed by borders
+    ref = na2d(q, k, v, 3, rpb=rpb, backend="reference")
+    for be in ("torch", "gather"):
+        out = na2d(q, k, v, 3, rpb=rpb, backend=be)
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+    assert torch.isnan(ref[..., 0, :]).any() and not torch.isnan(ref[..., 0, :]).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "gather", "triton"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_batch_zero(backend, n):
+    """Batch 0 gives an empty result and empty gradients, like every torch op (issue 15)."""
+    fn = {1: na1d, 2: na2d, 3: na3d}[n]
+    spatial = (5,) * n
+    q, k = (torch.randn(0, *spatial, 2, 16, requires_grad=True) for _ in range(2))
+    v = torch.randn(0, *spatial, 2, 8, requires_grad=True)
+    rpb = torch.randn(2, *([5] * n), requires_grad=True)
+    out = fn(q, k, v, 3, dilation=1, is_causal=n == 1, rpb=rpb, backend=backend)
+    assert out.shape == (0, *spatial, 2, 8)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and v.grad.shape == v.shape and torch.equal(rpb.grad, torch.zeros_like(rpb))
+    assert na_logits(q, k, 3).shape == (0, 2, *spatial, 3 ** n)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 6, 0, 8), (1, 6, 6, 2, 0)], ids=["heads0", "head_dim0"])
+def test_empty_heads_or_head_dim_is_value_error(shape):
+    x = torch.randn(shape)
+    with pytest.raises(ValueError, match="heads and head_dim"):
+        na2d(x, x, x, 3)
+    with pytest.raises(ValueError, match="heads and head_dim"):
+        na2d_logits(x, x, 3)
+    v = torch.randn(1, 6, 6, 2, 0)
+    with pytest.raises(ValueError, match="heads and head_dim"):
+        na2d(torch.randn(1, 6, 6, 2, 8), torch.randn(1, 6, 6, 2, 8), v, 3)

@@ -271,3 +271,25 @@ def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stri
     for name, got, want in zip("qkvr", grads, torch.autograd.grad(ref, ref_leaves, g)):
         scale = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got, want, atol=2e-5 * scale, rtol=2e-5, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("which", ["query", "key", "rpb"])
+def test_nonfinite_pattern_equals_reference(which):
+    """A NaN / inf query, key or RPB entry reaches exactly the outputs it reaches in the reference (a non-finite
+    *value* reaches the queries of its kernel tile, as in flash-attention kernels: see na_triton's docstring)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 9, 10, 1, 16, generator=gen) for _ in range(3))
+    rpb = torch.randn(1, 5, 5, generator=gen)
+    for val in (float("nan"), float("inf"), float("-inf")):
+        qq, kk, rr = q.clone(), k.clone(), rpb.clone()
+        if which == "rpb":
+            rr[0, 1, 3] = val
+        else:
+            (qq if which == "query" else kk)[0, 4, 5, 0, 2] = val
+        args = dict(dilation=(1, 2), rpb=rr)
+        ref = na2d(qq, kk, v, 3, backend="reference", **args)
+        out = na2d(qq, kk, v, 3, backend="triton", **args)
+        assert (~torch.isfinite(ref)).any() or (which == "rpb" and val < 0)  # -inf bias: a pair dropped
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+        fin = torch.isfinite(ref)
+        torch.testing.assert_close(out[fin], ref[fin], atol=2e-5, rtol=2e-5)
