@@ -1,329 +1,189 @@
-"""Kernel benchmark: neighborhood attention (NA) and bi-level routing attention (BRA) backends in one table.
+"""Kernel benchmark: neighborhood attention (NA) and bi-level routing attention (BRA) implementations in one table.
 
     python tools/bench_kernels.py --op na --device cpu --threads 1 --csv out/bench_kernels.csv
     python tools/bench_kernels.py --op all --device cuda --dtype float16
+    python tools/bench_kernels.py --op all --verify-only             # every implementation vs the reference
 
-NA rows, on NAT-like shapes (B=8, head_dim 32): 56x56 k7, 28x28 k7 dilation 2, 14x14 k7, 1-D 4096 k31.
-Backends: ours (`torch`, with and without RPB; `gather` = the naive index-gather formulation; `triton` on
-CUDA), `natten` (its na*d, when installed; CPU: unfused FlexAttention, forward only), `flex` =
-torch.compile'd FlexAttention with an NA block mask (steady state; its compile time is in `compile_s`),
-on CUDA also `flex_rpb` (RPB via score_mod) and `sdpa_dense` (full attention, a dense-cost yardstick).
-Per row: median time of `--iters` calls after `--warmup` calls (`--timer cpu` uses process CPU time,
-steadier on a shared machine, only meaningful with --threads 1), and peak memory above the inputs (CUDA:
-allocator peak; CPU: sampled RSS peak, freed heap returned to the OS before each call). Ratios:
-`speedup_vs_natten`, `speedup_vs_flex`, `speedup_vs_gather` = their time / this row's time (same case and
-mode; ours without RPB is the like-for-like row against natten and flex, which have no RPB).
-BRA rows come from tools/_bench_bra.py (`run(args)`), when present.
+NA (tools/bench/na.py): on CPU, NAT-like shapes at --batch (default 8): 56x56 k7, 28x28 k7 dilation 2, 14x14 k7,
+1-D 4096 k31; on CUDA, NAT-Tiny stage shapes at B=32 (56x56 k7, 28x28 k7 d2, 14x14 k7) and 128x128 k7 at B=4.
+Implementations: ours `torch` / `triton` with RPB and `*_norpb` without, `gather` (naive index gather),
+`natten` (when installed; CPU: unfused FlexAttention, forward only), `flex` / `flex_rpb` (torch.compile'd
+FlexAttention with an NA block mask, RPB as score_mod; compile time in `compile_s`), `sdpa_dense` (full
+attention, the dense-cost yardstick). BRA (tools/bench/bra.py): BiFormer-S routed stages at --sizes (CPU:
+224 512 at B=1; CUDA: 224 512 1024 at B=8), `reference` (the official gather formulation), `torch`,
+`triton`, `flex` (compiled FlexAttention with a routing block mask).
+
+Per row: median time of up to --iters calls after warm-up (`--timer cpu`: process CPU time, with
+--threads 1 only), and peak memory one call allocates above its inputs (CUDA allocator peak; CPU: torch's
+allocations). Ratios: `speedup_vs_X` = X's time / this row's time in the same run (ours without RPB against
+natten / flex / sdpa_dense, with RPB against gather / flex_rpb), `rpb_cost` = ours with RPB / without,
+`mem_ratio_vs_gather` (BRA). --verify checks every implementation's output against the reference backend
+first (exit 1 on a mismatch): the rows compare like with like.
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import ctypes
+import dataclasses
 import math
-import statistics
 import sys
-import threading
-import time
 import warnings
-from pathlib import Path
 
 import torch
+from bench import bra as bra_bench
+from bench import na as na_bench
+from bench.cli import Parser, device_arg, nonneg_int, positive_int
+from bench.report import append_jsonl, columns, text_table, write_csv
+from bench.timing import Deadline
 
-try:
-    from visionattn.kernels._na_flex import make_na_flex
-    from visionattn.kernels.na import na1d, na2d
-except Exception:  # a checkout without the editable install (or a timm too old for the backbones)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from kernels._na_flex import make_na_flex
-    from kernels.na import na1d, na2d
-
-# name, spatial, heads, kernel, dilation
-NA_CASES = [
-    ("nat_56x56_k7", (56, 56), 2, 7, 1),
-    ("dinat_28x28_k7_d2", (28, 28), 4, 7, 2),
-    ("nat_14x14_k7", (14, 14), 4, 7, 1),
-    ("na1d_4096_k31", (4096,), 2, 31, 1),
-]
-QUICK_CASES = ("nat_56x56_k7",)
-CPU_COMPARE_CASES = ("nat_56x56_k7",)  # natten / compiled flex on CPU by default only here (the target case)
-HEAD_DIM = 32
-
-
-# ------------------------------------------------------------------------------------------------ timing
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device, warmup: int, iters: int, timer: str) -> float:
-    clock = time.process_time if timer == "cpu" and device.type == "cpu" else time.perf_counter
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = clock()
-        fn()
-        _sync(device)
-        times.append(clock() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-def _trim():
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def _peak_mb(fn, device) -> float:
-    """Peak memory of one call above what was allocated before it, in MiB."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    import gc
-
-    gc.collect()
-    _trim()
-    base = peak = _rss()
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss())
-            time.sleep(2e-4)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    fn()
-    done.set()
-    th.join()
-    peak = max(peak, _rss())
-    return (peak - base) / 2**20
-
-
-# ------------------------------------------------------------------------------------------------ NA impls
-
-
-def _na_fn(n):
-    return na1d if n == 1 else na2d
-
-
-def _make_na(impl, case, q, k, v, rpb, scale, device):
-    """(callable q, k, v -> out, compile seconds or None)."""
-    _, spatial, heads, ks, dil = case
-    n = len(spatial)
-    if impl in ("torch", "torch_norpb", "gather", "triton"):
-        be = "torch" if impl == "torch_norpb" else impl
-        bias = None if impl == "torch_norpb" else rpb
-        f = _na_fn(n)
-        return (lambda q, k, v: f(q, k, v, ks, dilation=dil, rpb=bias, scale=scale, backend=be)), None
-    if impl == "natten":
-        import natten
-
-        f = {1: natten.na1d, 2: natten.na2d}[n]
-        return (lambda q, k, v: f(q, k, v, kernel_size=ks, dilation=dil, scale=scale)), None
-    if impl in ("flex", "flex_rpb"):
-        run = make_na_flex(spatial, ks, dil, rpb=rpb if impl == "flex_rpb" else None, scale=scale, device=device)
-        t0 = time.perf_counter()
-        if q.requires_grad:
-            run(q, k, v).sum().backward()
-        else:
-            with torch.no_grad():
-                run(q, k, v)
-        _sync(device)
-        return run, time.perf_counter() - t0
-    if impl == "sdpa_dense":
-        import torch.nn.functional as F
-
-        def run(q, k, v):
-            B, h, D = q.shape[0], q.shape[-2], q.shape[-1]
-            qf, kf, vf = (t.reshape(B, -1, h, D).transpose(1, 2) for t in (q, k, v))
-            return F.scaled_dot_product_attention(qf, kf, vf, scale=scale).transpose(1, 2).reshape(q.shape)
-
-        return run, None
-    raise ValueError(f"unknown NA impl {impl!r}")
-
-
-def na_rows(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    cases = [c for c in NA_CASES if not args.quick or c[0] in QUICK_CASES]
-    if args.cases:
-        cases = [c for c in NA_CASES if c[0] in args.cases]
-    impls = args.na_backends or (
-        ["torch", "torch_norpb", "gather", "natten", "flex"]
-        + (["triton", "flex_rpb", "sdpa_dense"] if device.type == "cuda" else [])
-    )
-    rows = []
-    for case in cases:
-        name, spatial, heads, ks, dil = case
-        B = args.batch
-        shape = (B, *spatial, heads, HEAD_DIM)
-        gen = torch.Generator().manual_seed(0)
-        q, k, v, gout = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(4))
-        rpb = (0.1 * torch.randn(heads, *(2 * ks - 1 for _ in spatial), generator=gen)).to(device, dtype)
-        scale = HEAD_DIM ** -0.5
-        for impl in impls:
-            if (impl in ("natten", "flex") and device.type == "cpu" and name not in CPU_COMPARE_CASES
-                    and not args.compare_all):
-                continue  # minutes per case on CPU (natten's unfused path, inductor compiles)
-            for mode in ("fwd", "fwdbwd"):
-                row = dict(op="na", case=name, shape="x".join(map(str, spatial)), heads=heads, kernel=ks,
-                           dilation=dil, batch=B, dtype=args.dtype, device=device.type, backend=impl, mode=mode)
-                try:
-                    if mode == "fwdbwd" and impl == "natten" and device.type == "cpu":
-                        raise RuntimeError("natten has no CPU backward")
-                    if mode == "fwdbwd" and impl == "flex" and device.type == "cpu":
-                        raise RuntimeError("FlexAttention has no CPU backward")
-                    if (mode == "fwdbwd" and impl == "gather" and device.type == "cpu" and not args.compare_all
-                            and math.prod(spatial) * B > 2048):
-                        raise RuntimeError("skipped on CPU (tens of seconds; --compare-all runs it)")
-                    leaves = [t.clone().requires_grad_(mode == "fwdbwd") for t in (q, k, v)]
-                    rpb_l = rpb.clone().requires_grad_(mode == "fwdbwd")
-                    fn, compile_s = _make_na(impl, case, *leaves, rpb_l, scale, device)
-                    if compile_s is not None:
-                        row["compile_s"] = compile_s
-                    if mode == "fwd":
-                        def call(fn=fn, leaves=leaves):
-                            with torch.no_grad():
-                                fn(*leaves)
-                    else:
-                        def call(fn=fn, leaves=leaves, rpb_l=rpb_l, gout=gout):
-                            fn(*leaves).backward(gout)
-                            for t in (*leaves, rpb_l):
-                                t.grad = None
-                    first = []
-                    for _ in range(2):  # warm-up (caches, autograd threads, lazy compiles) before deciding
-                        t0 = time.perf_counter()
-                        call()
-                        first.append(time.perf_counter() - t0)
-                        if first[0] < 2.0:
-                            break
-                    if min(first) > 2.0:
-                        # natten's unfused CPU path: one more timed call (under the memory sampler)
-                        clock = time.process_time if args.timer == "cpu" else time.perf_counter
-                        t0 = clock()
-                        row["peak_mb"] = _peak_mb(call, device)
-                        row["time_ms"] = 1e3 * (clock() - t0)
-                        row["note"] = "1 timed call"
-                    else:
-                        row["time_ms"] = _time(call, device, args.warmup, args.iters, args.timer)
-                        row["peak_mb"] = _peak_mb(call, device)
-                except Exception as e:
-                    msg = str(e).splitlines()[0][:160] if str(e) else ""
-                    row["error"] = f"{type(e).__name__}: {msg}"
-                rows.append(row)
-    _add_ratios(rows)
-    return rows
-
-
-def _add_ratios(rows):
-    by = {(r["case"], r["mode"], r["backend"]): r for r in rows if "time_ms" in r}
-    for r in rows:
-        if "time_ms" not in r:
-            continue
-        for other in ("natten", "flex", "gather"):
-            o = by.get((r["case"], r["mode"], other))
-            if o is not None and o is not r:
-                r[f"speedup_vs_{other}"] = o["time_ms"] / r["time_ms"]
-
-
-# ------------------------------------------------------------------------------------------------ BRA
-
-
-def bra_rows(args) -> list[dict]:
-    path = Path(__file__).resolve().parent / "_bench_bra.py"
-    if not path.exists():
-        print("tools/_bench_bra.py not found: no BRA rows", file=sys.stderr)
-        return []
-    sys.path.insert(0, str(path.parent))
-    import _bench_bra
-
-    ns = argparse.Namespace(device=args.device, dtype=args.dtype, warmup=args.warmup, iters=args.iters,
-                            sizes=[224] if args.quick else None)
-    return _bench_bra.run(ns)
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-TABLE_COLS = ["op", "case", "size", "stage", "shape", "H", "region", "dim", "heads", "kernel", "dilation", "topk",
+NA_QUICK = ("nat_56x56_k7",)
+CPU_COMPARE_CASES = ("nat_56x56_k7",)  # natten / compiled flex on CPU by default only here (minutes per case)
+TABLE_COLS = ["op", "case", "size", "stage", "shape", "region", "dim", "heads", "kernel", "dilation", "topk",
               "batch", "dtype", "backend", "mode", "time_ms", "peak_mb", "compile_s", "speedup_vs_natten",
-              "speedup_vs_flex", "speedup_vs_gather", "mem_ratio_vs_gather", "note", "error"]
+              "speedup_vs_flex", "speedup_vs_flex_rpb", "speedup_vs_sdpa_dense", "speedup_vs_gather",
+              "speedup_vs_flex_norpb", "rpb_cost", "mem_ratio_vs_gather", "max_abs_diff", "note", "error"]
+DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _columns(rows):
-    cols = [c for c in TABLE_COLS if any(c in r for r in rows)]
-    extra = []
-    for r in rows:
-        extra += [c for c in r if c not in cols and c not in extra]
-    return cols + extra
-
-
-def format_table(rows) -> str:
-    cols = [c for c in _columns(rows) if c in TABLE_COLS]
-    cells = [[c for c in cols]]
-    for r in rows:
-        cells.append([f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in cells)
+def tolerance(dtype: str, device) -> float:
+    """Max |impl - reference| accepted by --verify (outputs are O(1) averages of unit-normal values)."""
+    if dtype == "float32":
+        return 1e-4 if torch.device(device).type == "cpu" else 5e-3  # CUDA fp32 dots may run in TF32
+    return {"float16": 2e-2, "bfloat16": 6e-2}[dtype]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--op", choices=["na", "bra", "all"], default="na")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    p.add_argument("--jsonl", default=None, help="append each row to this JSON-lines file as it is measured")
     p.add_argument("--quick", action="store_true", help="only the 56x56 k7 NA case (BRA: 224 only)")
-    p.add_argument("--cases", nargs="+", default=None, help=f"NA cases, of {[c[0] for c in NA_CASES]}")
-    p.add_argument("--na-backends", nargs="+", default=None)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--cases", nargs="+", choices=sorted(na_bench.ALL_CASES), default=None, metavar="CASE",
+                   help=f"NA cases, of {sorted(na_bench.ALL_CASES)}")
+    p.add_argument("--na-backends", nargs="+", choices=na_bench.IMPLS, default=None, metavar="IMPL",
+                   help=f"NA implementations, of {na_bench.IMPLS}")
+    p.add_argument("--bra-backends", nargs="+", choices=bra_bench.IMPLS, default=None, metavar="IMPL",
+                   help=f"BRA implementations, of {bra_bench.IMPLS}")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="NA batch (default: the case's own, else 8)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=None, help="BRA input sizes (px)")
+    p.add_argument("--stages", type=int, nargs="+", choices=[0, 1, 2], default=[0, 1, 2], help="BRA stages")
+    p.add_argument("--bra-batch", type=positive_int, default=None, help="BRA batch (CPU 1, CUDA 8)")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwdbwd"], default=["fwd", "fwdbwd"])
+    p.add_argument("--warmup", type=nonneg_int, default=2)
+    p.add_argument("--iters", type=positive_int, default=5)
+    p.add_argument("--max-s", type=float, default=None, help="bound on the timed calls of one row (seconds)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run; rows left when it runs out are reported as skipped")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--timer", choices=["wall", "cpu"], default="wall")
     p.add_argument("--compare-all", action="store_true",
                    help="on CPU, run natten and compiled flex on every case (default: 56x56 k7 only; slow)")
+    p.add_argument("--verify", action="store_true", help="check every implementation against the reference first")
+    p.add_argument("--verify-only", action="store_true", help="only the check (tiny shapes, seconds on CPU)")
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def _cpu_skip(args):
+    def skip(case, impl, mode):
+        if args.device.type != "cpu":
+            return None
+        if mode == "fwdbwd" and impl == "natten":
+            return "natten has no CPU backward"
+        if mode == "fwdbwd" and impl.startswith("flex"):
+            return "FlexAttention has no CPU backward"
+        if args.compare_all:
+            return None
+        if impl in ("natten", "flex", "flex_rpb") and case.name not in CPU_COMPARE_CASES and \
+                not case.name.startswith("quick"):
+            return "minutes per case on CPU (--compare-all runs it)"
+        if mode == "fwdbwd" and impl == "gather" and math.prod(case.spatial) * (case.batch or args.batch or 8) > 2048:
+            return "tens of seconds on CPU (--compare-all runs it)"
+        return None
+
+    return skip
+
+
+def na_cases(args):
+    cuda = args.device.type == "cuda"
+    if args.cases:
+        cases = [na_bench.ALL_CASES[c] for c in args.cases]
+    else:
+        cases = na_bench.NAT_TINY_CASES if cuda else na_bench.CPU_CASES
+        if args.quick:
+            cases = [c for c in cases if c.name in NA_QUICK or c.name.startswith("nat_tiny_s1")]
+    return [dataclasses.replace(c, batch=args.batch) if args.batch else c for c in cases]
+
+
+def run_verify(args) -> list[dict]:
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    if args.op in ("na", "all"):
+        impls = args.na_backends or (na_bench.CUDA_IMPLS if args.device.type == "cuda" else na_bench.CPU_VERIFY_IMPLS)
+        impls = [i for i in impls if not (i == "natten" and not _has("natten"))]
+        rows += na_bench.verify(impls, na_bench.VERIFY_CASES, args.device, dtype)
+    if args.op in ("bra", "all"):
+        impls = args.bra_backends or (bra_bench.CUDA_IMPLS if args.device.type == "cuda" else bra_bench.CPU_IMPLS)
+        rows += bra_bench.verify(impls, (56,), args.device, dtype)
+    tol = tolerance(args.dtype, args.device)
+    for r in rows:
+        if "max_abs_diff" in r:
+            r["note"] = "ok" if r["max_abs_diff"] <= tol else f"MISMATCH (> {tol:g})"
+    return rows
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.timer == "cpu" and torch.get_num_threads() > 1:
         print("--timer cpu sums the CPU time of all threads; use it with --threads 1", file=sys.stderr)
-    rows = []
-    if args.op in ("na", "all"):
-        rows += na_rows(args)
-    if args.op in ("bra", "all"):
-        rows += bra_rows(args)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} timer={args.timer} "
-          f"torch={torch.__version__}")
-    print(format_table(rows))
+          f"torch={torch.__version__}", flush=True)
+    na_bench.allow_recompiles()
+    emit = (lambda row: append_jsonl(args.jsonl, row)) if args.jsonl else None
+    rows, bad = [], []
+    if args.verify or args.verify_only:
+        checked = run_verify(args)
+        bad = [r for r in checked if r.get("note", "").startswith("MISMATCH")]
+        print(text_table(checked, columns(checked, ["op", "case", "backend", "dtype", "max_abs_diff", "note",
+                                                    "error"])), flush=True)
+        for r in checked:
+            if emit is not None:
+                emit({**r, "mode": "verify"})
+        if args.verify_only:
+            return 1 if bad else 0
+    deadline = Deadline(args.budget)
+    dtype = getattr(torch, args.dtype)
+    cuda = args.device.type == "cuda"
+    if args.op in ("na", "all"):
+        impls = args.na_backends or (na_bench.CUDA_IMPLS if cuda else na_bench.CPU_IMPLS)
+        rows += na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8,
+                              modes=args.modes, warmup=args.warmup, iters=args.iters, timer=args.timer,
+                              max_s=args.max_s, deadline=deadline, skip=_cpu_skip(args), emit=emit)
+    if args.op in ("bra", "all"):
+        impls = list(args.bra_backends or (bra_bench.CUDA_IMPLS if cuda else bra_bench.CPU_IMPLS))
+        if "reference" not in impls:
+            impls.insert(0, "reference")  # the ratios' baseline
+        sizes = args.sizes or ([224] if args.quick else [224, 512, 1024] if cuda else [224, 512])
+        batch = args.bra_batch or (8 if cuda else 1)
+        rows += bra_bench.rows(sizes, impls, device=args.device, dtype=dtype, batch=batch, stages=args.stages,
+                               modes=args.modes, warmup=args.warmup, iters=args.iters, max_s=args.max_s,
+                               deadline=deadline, emit=emit)
+    print(text_table(rows, [c for c in columns(rows, TABLE_COLS) if c in TABLE_COLS]))
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=_columns(rows))
-            w.writeheader()
-            w.writerows(rows)
-    return rows
+        write_csv(rows, args.csv, columns(rows, TABLE_COLS))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

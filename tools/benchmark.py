@@ -4,30 +4,26 @@ onnxruntime (CPU), or eager / compile / AMP on a GPU.
     python tools/benchmark.py --filter 'biformer_t,nat_mini' --out-dir out/bench
 
 Protocol: each model in eval mode (re-parameterisable models fused unless --no-fuse), attention on the
-backend `auto` picks (torch on CPU; on CUDA triton for BRA, torch for NA unless VISIONATTN_NA_AUTO_TRITON=1);
-`--warmup` calls, then the median of `--reps` timed calls;
+backend `auto` picks (see visionattn.kernels); `--warmup` calls, then the median of `--reps` timed calls
+(device synchronised, tools/bench/timing.py);
 latency at batch 1, throughput (img/s) at batch `--batch`; threads fixed by `--threads`. FLOPs come from
 torch.utils.flop_counter (attention matmuls included) at batch 1; GMACs = FLOPs / 2, the convention of
 the papers' "FLOPs" columns. Writes bench.csv, bench.md and bench.png (throughput vs params) to --out-dir.
 """
 from __future__ import annotations
 
-import csv
 import fnmatch
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import timm
 import torch
-from bench.cli import Parser, comma_list, default_device, device_arg, nonneg_int, positive_int
+from bench.cli import Parser, comma_list, default_device, device_arg, fail, nonneg_int, positive_int
+from bench.models import inference_row
+from bench.report import markdown_table, write_csv
 from tqdm import tqdm
 
 import visionattn
-from visionattn.export import ort_session, save_onnx, time_fn
-from visionattn.utils import attn_modules, fuse_for_inference, is_reparameterizable, set_attn_backend
 
 COLUMNS = ["model", "family", "img_size", "params_m", "gmacs", "device", "threads",
            "eager_ms", "compile_ms", "compile_s", "ort_ms", "amp_ms",
@@ -61,93 +57,11 @@ def parse_args(argv=None):
     return args
 
 
-def flops_per_image(model, x) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        model(x[:1])
-    return fc.get_total_flops()
-
-
-def _timer(device):
-    if device.type == "cuda":
-        def sync_time(fn):
-            def run():
-                fn()
-                torch.cuda.synchronize()
-            return run
-        return sync_time
-    return lambda fn: fn
-
-
-@torch.no_grad()
-def bench_model(name: str, args, device: torch.device, modes: list[str]) -> dict:
-    model = timm.create_model(name).eval()
-    if not args.no_fuse and is_reparameterizable(model):
-        model = fuse_for_inference(model)
-    size = args.img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    model = model.to(device)
-    x1 = torch.randn(1, 3, size, size, device=device)
-    xb = torch.randn(args.batch, 3, size, size, device=device)
-    wrap = _timer(device)
-    row = {"model": name, "family": visionattn.get_family(name), "img_size": size, "device": device.type,
-           "threads": torch.get_num_threads() if device.type == "cpu" else "",
-           "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
-    row["gmacs"] = round(flops_per_image(model, x1) / 2e9, 3)
-
-    def measure(fn, key):
-        row[f"{key}_ms"] = round(time_fn(wrap(lambda: fn(x1)), args.warmup, args.reps), 3)
-        t = time_fn(wrap(lambda: fn(xb)), max(1, args.warmup // 2), max(3, args.reps // 2))
-        row[f"{key}_ips"] = round(args.batch / (t / 1e3), 1)
-
-    if "eager" in modes:
-        measure(model, "eager")
-    if args.compare_reference and attn_modules(model):
-        saved = {m: m.backend for m in attn_modules(model)}
-        set_attn_backend(model, "reference")
-        t = time_fn(wrap(lambda: model(xb)), max(1, args.warmup // 2), max(3, args.reps // 2))
-        for m, backend in saved.items():
-            m.backend = backend
-        row["reference_ips"] = round(args.batch / (t / 1e3), 1)
-        if row.get("eager_ips"):
-            row["vs_reference"] = round(row["eager_ips"] / row["reference_ips"], 2)
-    if "amp" in modes and device.type == "cuda":
-        def amp_fn(x):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(x)
-        measure(amp_fn, "amp")
-    if "compile" in modes:
-        compiled = torch.compile(model)
-        t0 = time.perf_counter()
-        compiled(x1)
-        compiled(xb)
-        row["compile_s"] = round(time.perf_counter() - t0, 1)
-        measure(compiled, "compile")
-    if "onnx" in modes and device.type == "cpu":
-        cpu_model = set_attn_backend(model, "torch") if attn_modules(model) else model
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.onnx"
-            dyn_x = torch.randn(2, 3, size, size)
-            save_onnx(cpu_model, dyn_x, path, opset=18, dynamic=True)
-            sess = ort_session(path, args.threads)
-            iname = sess.get_inputs()[0].name
-            measure(lambda x: sess.run(None, {iname: x.cpu().numpy()}), "ort")
-        if row.get("eager_ms"):
-            row["ort_vs_eager"] = round(row["ort_ms"] / row["eager_ms"], 3)
-    return row
-
-
 def write_outputs(rows: list[dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
+    write_csv(rows, out_dir / "bench.csv", COLUMNS)
     used = [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
-    lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in used) + " |" for r in rows]
-    (out_dir / "bench.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "bench.md").write_text(markdown_table(rows, used) + "\n")
 
     import matplotlib
 
@@ -182,13 +96,14 @@ def main(argv=None) -> int:
     pats = [p.strip() for p in args.filter.split(",") if p.strip()]
     names = [str(m) for m in visionattn.list_models(args.family) if any(fnmatch.fnmatch(m, p) for p in pats)]
     if not names:
-        print(f"error: no zoo model matches --filter {args.filter!r}", file=sys.stderr)
-        return 2
+        return fail(f"no zoo model matches --filter {args.filter!r}")
     rows = []
     for name in (bar := tqdm(names, desc="benchmark", unit="model", file=sys.stderr)):
         bar.set_postfix_str(name)
         try:
-            rows.append(bench_model(name, args, device, modes))
+            rows.append(inference_row(name, device=device, modes=modes, img_size=args.img_size, batch=args.batch,
+                                      warmup=args.warmup, reps=args.reps, fuse=not args.no_fuse,
+                                      threads=args.threads, compare_reference=args.compare_reference))
         except Exception as err:  # noqa: BLE001 - one failing model must not hide the others
             print(f"warning: {name}: {type(err).__name__}: {err}", file=sys.stderr)
             rows.append({"model": name, "family": visionattn.get_family(name), "device": device.type})
