@@ -48,6 +48,13 @@ def _weights(path):
     return load_file(str(path))
 
 
+def _last(run: Path, name: str = "model.safetensors") -> Path:
+    """A file of the run's newest checkpoint (checkpoints/step-N/)."""
+    steps = sorted((run / "checkpoints").glob("step-*"))
+    assert steps, f"no checkpoint in {run}"
+    return steps[-1] / name
+
+
 def _assert_same(a: dict, b: dict, atol: float):
     assert a.keys() == b.keys()
     for k in a:
@@ -75,14 +82,18 @@ def test_resume_equals_uninterrupted(train_mod, digits16, tmp_path):
               "model_ema_decay=0.9"]
     assert _run(train_mod, *common, f"output_dir={tmp_path / 'full'}") == 0
     assert _run(train_mod, *common, f"output_dir={tmp_path / 'part'}", "max_steps=5") == 0
-    state = torch.load(tmp_path / "part" / "last_state.pt", weights_only=True)
+    state = torch.load(_last(tmp_path / "part", "state.pt"), weights_only=True)
     assert state["step"] == 5 and state["epoch"] == 0 and state["micro_in_epoch"] == 5
     assert not json.loads((tmp_path / "part" / "summary.json").read_text())["completed"]
     assert _run(train_mod, *common, f"output_dir={tmp_path / 'part'}", "resume=auto") == 0
-    full, resumed = _weights(tmp_path / "full" / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
+    full, resumed = _weights(_last(tmp_path / "full")), _weights(_last(tmp_path / "part"))
     _assert_same(full, resumed, atol=1e-6)
-    _assert_same(_weights(tmp_path / "full" / "last_ema.safetensors"),
-                 _weights(tmp_path / "part" / "last_ema.safetensors"), atol=1e-6)
+    _assert_same(_weights(_last(tmp_path / "full", "model_ema.safetensors")),
+                 _weights(_last(tmp_path / "part", "model_ema.safetensors")), atol=1e-6)
+    # the changed max_steps was applied and recorded
+    rec = json.loads((tmp_path / "part" / "run.json").read_text())
+    assert [h["event"] for h in rec["history"]] == ["start", "resume"]
+    assert rec["history"][1]["config_changes"] == {"max_steps": [5, None], "resume": [None, "auto"]}
     s_full = json.loads((tmp_path / "full" / "summary.json").read_text())
     s_res = json.loads((tmp_path / "part" / "summary.json").read_text())
     assert s_res["completed"] and s_res["steps"] == s_full["steps"] == 16
@@ -103,18 +114,17 @@ def test_ddp_matches_single_process(train_mod, digits16, tmp_path):
            str(ROOT / "tools" / "train.py"), *TINY, *common, "batch_size=8", f"output_dir={tmp_path / 'two'}"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    st = torch.load(tmp_path / "two" / "last_state.pt", weights_only=True)
+    st = torch.load(_last(tmp_path / "two", "state.pt"), weights_only=True)
     assert st["world_size"] == 2 and st["step"] == 4 and len(st["rng"]) == 2
-    _assert_same(_weights(tmp_path / "one" / "last.safetensors"), _weights(tmp_path / "two" / "last.safetensors"),
-                 atol=1e-5)
+    _assert_same(_weights(_last(tmp_path / "one")), _weights(_last(tmp_path / "two")), atol=1e-5)
 
 
 def test_checkpoint_is_weights_only(train_mod, digits16, tmp_path):
     assert _run(train_mod, f"data_dir={digits16}", "epochs=1", "max_steps=2", f"output_dir={tmp_path}") == 0
-    state = torch.load(tmp_path / "last_state.pt", weights_only=True)
-    assert {"optimizer", "scheduler", "rng", "step", "config"} <= set(state)
+    state = torch.load(_last(tmp_path, "state.pt"), weights_only=True)
+    assert {"optimizer", "scheduler", "rng", "step", "config", "classes"} <= set(state)
     assert isinstance(state["rng"][0]["torch"], torch.Tensor)
-    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+    assert not [p for p in tmp_path.rglob("*") if "tmp" in p.name]  # atomic writes leave no temp files
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -136,17 +146,19 @@ def test_missing_config_file(train_mod, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(train_mod, digits16, tmp_path, capsys):
+def test_nan_loss_stops_and_keeps_last_checkpoint(train_mod, digits16, tmp_path, capsys, monkeypatch):
     base = [f"data_dir={digits16}", "epochs=2", f"output_dir={tmp_path}"]
     assert _run(train_mod, *base, "max_steps=8") == 0  # one full epoch -> last checkpoint
-    before = (tmp_path / "last.safetensors").read_bytes()
+    last = _last(tmp_path)
+    before = last.read_bytes()
     capsys.readouterr()
-    # NaN inputs -> NaN loss in the first resumed step
-    assert _run(train_mod, *base, "resume=auto", "mean=[.nan, .nan, .nan]") == 3
+    # a NaN loss in the first resumed step (the loss module's output, whatever the data)
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, x, y: x.sum() * float("nan"))
+    assert _run(train_mod, *base, "resume=auto") == 3
     err = capsys.readouterr().err
     assert "non-finite loss" in err and "last good checkpoint kept" in err and "Traceback" not in err
-    assert (tmp_path / "last.safetensors").read_bytes() == before
-    assert torch.load(tmp_path / "last_state.pt", weights_only=True)["step"] == 8
+    assert str(last.parent) in err and _last(tmp_path) == last and last.read_bytes() == before
+    assert torch.load(_last(tmp_path, "state.pt"), weights_only=True)["step"] == 8
 
 
 def test_validate_tool(train_mod, digits16, tmp_path, capsys):
@@ -167,7 +179,7 @@ def test_prepbn_step_driven_by_trainer(train_mod, digits16, tmp_path):
             "prepbn_steps=10", f"data_dir={digits16}", "epochs=1", "max_steps=3", f"output_dir={tmp_path}"]
     tiny = [a for a in TINY if not a.startswith(("model=", "model_kwargs="))]
     assert train_mod.main([*tiny, *args]) == 0
-    w = _weights(tmp_path / "last.safetensors")
+    w = _weights(_last(tmp_path))
     iters = {k: int(v) for k, v in w.items() if k.endswith(".iter")}
     totals = {k: int(v) for k, v in w.items() if k.endswith(".total_step")}
     assert iters and set(totals.values()) == {10}

@@ -6,6 +6,8 @@
 4. visionattn.export.export_onnx: onnxruntime parity and latency.
 
 The last line is `demo: model=<name> top1=<xx.x> onnx_max_abs_diff=<e> ort_ms=<t> torch_ms=<t>`.
+The output folder is marked as the demo's (demo.json): a later demo replaces the run in it; any other
+non-empty folder is refused by the trainer, as always.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+_MARKER = "demo.json"
 
 
 def _tool(name: str):
@@ -42,17 +45,23 @@ def main(argv=None) -> int:
     from visionattn.data import digits_to_folder
     from visionattn.train_utils import build_model, load_config, load_weights, resolve_data
 
-    data = digits_to_folder(args.data_dir, size=32)
+    try:
+        data = digits_to_folder(args.data_dir, size=32)
+    except (FileExistsError, ValueError) as e:
+        print(f"demo.py: error: {e}", file=sys.stderr)
+        return 2
     print(f"[demo] digits folder: {data} ({time.time() - t0:.1f}s)", flush=True)
-    overrides = [f"data_dir={data}", f"output_dir={args.output_dir}", *args.overrides]
-
-    rc = _tool("train").main(["--config", args.config, *overrides])
+    out = Path(args.output_dir)
+    overrides = [f"data_dir={data}", f"output_dir={out}", *args.overrides]
+    # our own earlier demo run is replaced; anything else in the folder makes the trainer refuse
+    own = (out / _MARKER).is_file()
+    rc = _tool("train").main(["--config", args.config, *overrides, *(["overwrite=true"] if own else [])])
     if rc != 0:
         print(f"demo: training failed (exit {rc})", file=sys.stderr)
         return rc
+    (out / _MARKER).write_text(json.dumps({"config": args.config}) + "\n")
     print(f"[demo] trained ({time.time() - t0:.1f}s)", flush=True)
 
-    out = Path(args.output_dir)
     res_file = out / "validate.json"
     rc = _tool("validate").main(["--config", args.config, "--checkpoint", str(out / "best.safetensors"),
                                  "--results-file", str(res_file), *overrides])

@@ -137,14 +137,34 @@ def main(argv=None) -> int:
         missing = [n for n in names if not (out / f"{n}.yaml").exists()]
         print("missing: " + (", ".join(missing) if missing else "none"))
         return 1 if missing else 0
+    if out.exists() and not out.is_dir():
+        print(f"make_configs.py: error: --out {out} is a file, not a folder", file=sys.stderr)
+        return 2
+    # only configs this tool wrote are replaced: a hand-written file of the same name is refused, before any write
+    foreign = [p for p in (out / f"{n}.yaml" for n in names) if p.exists() and _MARK not in _head(p)]
+    if foreign:
+        print(f"make_configs.py: error: {foreign[0]} was not written by this tool ({len(foreign)} such files); "
+              "move them away or choose another --out", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         cfg = recipe(name)
         head = (f"# {name} ({name.family}): ImageNet-1k recipe (family spec {name.family}.md), "
-                "written by tools/make_configs.py.\n# batch_size is per process (the official runs used 8).\n")
+                f"{_MARK}.\n# batch_size is per process (the official runs used 8).\n")
         (out / f"{name}.yaml").write_text(head + yaml.safe_dump(cfg, sort_keys=False))
     print(f"wrote {len(names)} configs to {out}")
     return 0
+
+
+_MARK = "written by tools/make_configs.py"
+
+
+def _head(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(400)
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":

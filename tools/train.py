@@ -16,20 +16,29 @@ Several nodes: run the same command on every node with its own --node_rank:
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         tools/train.py --config ...
 
-Resume: `resume=auto` continues from `<output_dir>/last_state.pt` when it exists (a fresh run otherwise);
-`resume=<dir or file>` from that checkpoint. With `workers: 0` (or `no_aug`), a run stopped after N steps
-(`max_steps=N`) and resumed is bit-identical to an uninterrupted one; with worker processes and random
-augmentation the images after a mid-epoch resume are augmented with other random numbers.
+A run directory is never overwritten: a fresh run needs an empty (or new) `output_dir`; `resume=auto`
+continues the run there from its newest checkpoint (and refuses to start over a run whose checkpoint is gone
+but whose results are there); `overwrite=true` replaces the run there (only that run's own files).
+`resume=<run dir or checkpoint dir>` continues another run's checkpoint into this `output_dir`. On resume,
+config keys that only steer the run (max_steps, intervals, workers, device...) may change and are applied
+and recorded in run.json; changing any other key (lr, epochs, model...) is refused. With `workers: 0` (or
+`no_aug`), a run stopped after N steps (`max_steps=N`) or killed at any moment and resumed is bit-identical
+to an uninterrupted one; with worker processes and random augmentation the images after a mid-epoch resume
+are augmented with other random numbers.
 
-Outputs in output_dir: last/best(.safetensors, _ema), last_state.pt, config.yaml, log.jsonl, tb/ (when
-tensorboard: true), summary.json. Exit codes: 0 done, 2 bad config / data / model, 3 non-finite loss (the
-last good checkpoint is kept).
+Classes: one mapping for the run, from `class_map` or the training split's class folders; the validation
+folders are checked against it, and an empty class folder is an error, before the first step.
+
+Outputs in output_dir (layout in `visionattn.train_utils`): run.json, config.yaml, checkpoints/step-N/,
+best(_ema).safetensors, log.jsonl, tb/ (when tensorboard: true), summary.json. Exit codes: 0 done, 2 bad
+config / data / model / checkpoint / output_dir, 3 non-finite loss (the last good checkpoint is kept).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -42,27 +51,36 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from visionattn.train_utils import (  # noqa: E402
+    RUN_RECORD,
     ConfigError,
     DistillationLoss,
+    RunDir,
     autocast,
     build_dataset,
     build_model,
     check_model_name,
+    check_num_classes,
+    class_names,
+    config_changes,
     dist_env,
     eval_loader,
     evaluate,
     get_rng_state,
     init_distributed,
-    load_checkpoint_state,
+    latest_checkpoint,
     load_config,
     load_weights,
-    num_classes_of,
+    now_iso,
+    plain,
+    plan_run,
+    read_checkpoint,
     resolve_data,
     resolve_device,
-    save_checkpoint,
     save_weights,
     set_rng_state,
     train_transform,
+    write_checkpoint,
+    write_text_atomic,
 )
 
 EXIT_CONFIG, EXIT_NAN = 2, 3
@@ -107,28 +125,51 @@ class Trainer:
         if cfg["amp"] == "fp16" and self.device.type != "cuda":
             raise ConfigError("amp: fp16 needs a CUDA device (use amp: bf16 on CPU)")
         self.out = Path(cfg["output_dir"] or Path("output") / cfg["model"])
+        self.run_dir = RunDir(self.out)
+        self.writer = None
+
+    def _agree(self, fn):
+        """Run `fn` on rank 0 and hand its result (or its ConfigError) to every rank."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except ConfigError as e:
+                error = str(e)
+        if self.distributed:
+            box = [result, error]
+            torch.distributed.broadcast_object_list(box, src=0)
+            result, error = box
+        if error is not None:
+            raise ConfigError(error)
+        return result
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         cfg = self.cfg
         check_model_name(cfg["model"])
-        self.train_ds = build_dataset(cfg, cfg["train_split"])
-        build_dataset(cfg, cfg["val_split"])  # fail early on a missing val folder
+        # one class mapping for the run; val is checked against it before the first step
+        self.classes, self.class_source = class_names(cfg)
+        self.train_ds = build_dataset(cfg, cfg["train_split"], self.classes, source=self.class_source)
+        build_dataset(cfg, cfg["val_split"], self.classes, source=self.class_source)
+        self.num_classes = check_num_classes(cfg, self.classes)
         if self.distributed:
             init_distributed(cfg, self.device)
+        # how this run starts in output_dir (read only; written once everything else is built)
+        self.plan = self._agree(lambda: plan_run(self.out, cfg))
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         _seed_all(cfg["seed"])  # same initial weights on every rank
-        self.num_classes = cfg["num_classes"] or num_classes_of(self.train_ds)
         model = build_model(cfg, self.num_classes)
         if cfg["grad_checkpointing"]:
             model.set_grad_checkpointing(True)
         self.data_cfg = resolve_data(cfg, model)
         self.train_ds.transform = train_transform(cfg, self.data_cfg)
-        self.val_loader, _ = eval_loader(cfg, self.data_cfg, cfg["val_split"], self.rank, self.world)
+        self.val_loader, _ = eval_loader(cfg, self.data_cfg, cfg["val_split"], self.classes, self.rank, self.world,
+                                         source=self.class_source)
         model.to(self.device)
         if cfg["channels_last"]:
             model.to(memory_format=torch.channels_last)
@@ -228,9 +269,13 @@ class Trainer:
         self.micro_in_epoch = 0
         self.best_top1 = None
         self.best_top1_ema = None
+        self.best_step = None
+        self.best_ema_step = None
         self.last_metrics: dict = {}
         self.wall_before = 0.0
         self.resumed_from = None
+        self.resume_state: dict | None = None
+        self.config_changes: dict = {}
         self._maybe_resume()
 
         if self.distributed:
@@ -242,47 +287,136 @@ class Trainer:
         # different augmentation / drop-path streams per rank (the weights are already equal)
         if self.resumed_from is None:
             _seed_all(cfg["seed"] + self.rank)
-        self.writer = None
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            import yaml
-
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-            if cfg["tensorboard"]:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.out / "tb"))
+        self._agree(self._open_run)
 
     def _maybe_resume(self) -> None:
+        """Restore the checkpoint the plan names (verified whole), after checking the config and classes."""
         cfg = self.cfg
-        if not cfg["resume"]:
+        ckpt = self.plan["checkpoint"]
+        if not ckpt:
             return
-        src = self.out if cfg["resume"] == "auto" else Path(cfg["resume"])
-        state_path = src / "last_state.pt" if src.is_dir() or cfg["resume"] == "auto" else src
-        if cfg["resume"] == "auto" and not state_path.exists():
-            return
-        state = load_checkpoint_state(state_path)
-        weights = state_path.parent / state["weights"]
-        load_weights(self.model, weights)
+        state = read_checkpoint(ckpt)
+        applied, refused = config_changes(state.get("config", {}), cfg)
+        if refused:
+            diff = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in sorted(refused.items()))
+            raise ConfigError(f"resume from {ckpt}: config keys differ from the checkpoint's and cannot be applied "
+                              f"to the running optimizer / schedule / data: {diff}; put the checkpoint's values "
+                              "back, or start a new run from its weights (initial_checkpoint=...)")
+        if state.get("classes") is not None and list(state["classes"]) != list(self.classes):
+            raise ConfigError(f"resume from {ckpt}: the classes ({len(self.classes)}, from {self.class_source}) "
+                              f"differ from the checkpoint's ({len(state['classes'])}): the labels would change")
+        if state.get("world_size", self.world) != self.world:
+            applied["world_size"] = [state["world_size"], self.world]
+        load_weights(self.model, state["weights_path"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema_weights"):
-            load_weights(self.ema.module, state_path.parent / state["ema_weights"])
+        if self.ema is not None and state["ema_path"] is not None:
+            load_weights(self.ema.module, state["ema_path"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         self.best_top1, self.best_top1_ema = state["best_top1"], state["best_top1_ema"]
+        self.best_step, self.best_ema_step = state.get("best_step"), state.get("best_ema_step")
         self.last_metrics = state.get("last_metrics", {})
         self.wall_before = state.get("wall_s", 0.0)
         rng = state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0]
         set_rng_state(rng)
-        self.resumed_from = str(state_path)
+        self.resumed_from = str(ckpt)
+        self.resume_state = {k: state[k] for k in ("step", "best_step", "best_ema_step", "weights_path",
+                                                   "ema_path") if k in state}
+        self.config_changes = applied
         if self.main:
-            print(f"resumed from {state_path} at step {self.step} (epoch {self.epoch})", flush=True)
+            print(f"resumed from {ckpt} at step {self.step} (epoch {self.epoch})", flush=True)
+            if applied:
+                diff = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in sorted(applied.items()))
+                print(f"resume: config changes applied (recorded in {RUN_RECORD}): {diff}", flush=True)
+
+    def _open_run(self) -> None:
+        """Rank 0, once everything is built: lock output_dir, check the plan still holds, replace or clean up, and
+        write the run record and config (the first writes of the run)."""
+        import yaml
+
+        cfg, d = self.cfg, self.run_dir
+        d.path.mkdir(parents=True, exist_ok=True)
+        d.lock()
+        if plan_run(self.out, cfg) != self.plan:
+            raise ConfigError(f"output_dir {self.out} changed while this run was starting; start it again")
+        if self.plan["replace"]:
+            d.remove_run()
+        cleaned = d.clean_stale()
+        in_place = self.resumed_from is not None and Path(self.resumed_from).parent.parent.resolve() == \
+            self.out.resolve()
+        history = d.record().get("history", []) if in_place else []
+        entry = {"event": "resume" if self.resumed_from else "start", "time": now_iso(), "step": self.step,
+                 "epoch": self.epoch, "world_size": self.world}
+        if self.resumed_from:
+            entry["from"] = self.resumed_from
+            entry["config_changes"] = self.config_changes
+        if cleaned:
+            entry["cleaned"] = cleaned
+        history.append(entry)
+        record = {"format": "visionattn.run", "version": 1, "model": cfg["model"], "classes": self.classes,
+                  "class_source": self.class_source, "history": history}
+        write_text_atomic(self.out / RUN_RECORD, json.dumps(record, indent=1) + "\n")
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        if self.resumed_from and not in_place:
+            # continuing another run's checkpoint: this run starts with its own copy, so it resumes by itself
+            import shutil
+
+            src = Path(self.resumed_from)
+            write_checkpoint(self.out, self.step, {
+                f.name: (lambda p, f=f: shutil.copyfile(f, p)) for f in src.iterdir()
+                if f.name in ("model.safetensors", "model_ema.safetensors", "state.pt")})
+        if self.resumed_from:
+            d.truncate_log(self.step)  # rows of steps the checkpoint does not hold (a kill came in between)
+            self._restore_best()
+        if cfg["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if self.resumed_from else None)
+
+    def _restore_best(self) -> None:
+        """best(_ema).safetensors must hold the weights of the step the checkpoint calls best. A kill between the
+        checkpoint and the best export leaves them older: write them again from the checkpoint's weights (the
+        best step is the checkpoint's own step then), or from the source run when resuming into a new folder."""
+        from visionattn.checkpoint import load_state_dict_file
+        from visionattn.train_utils import _weights_metadata
+
+        st = self.resume_state
+        src_run = Path(self.resumed_from).parent.parent
+        for step_key, name, weights_key, top_key in (("best_step", "best.safetensors", "weights_path", "best_top1"),
+                                                     ("best_ema_step", "best_ema.safetensors", "ema_path",
+                                                      "best_top1_ema")):
+            best = st.get(step_key)
+            if best is None:
+                continue
+            target = self.out / name
+            try:
+                if target.is_file() and _weights_metadata(target).get("step") == str(best):
+                    continue
+            except Exception:  # unreadable: write it again
+                pass
+            src = None
+            if best == st["step"] and st.get(weights_key) is not None:
+                src = st[weights_key]
+            elif (src_run / name).is_file() and _weights_metadata(src_run / name).get("step") == str(best):
+                src = src_run / name
+            if src is None:
+                print(f"resume: warning: the best weights (step {best}) are not available to write {target}",
+                      flush=True)
+                continue
+            save_weights(load_state_dict_file(src), target,
+                         {"model": self.cfg["model"], "step": best, "top1": getattr(self, top_key)})
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.run_dir.unlock()
 
     # ---------------------------------------------------------------------------------------------- checkpoints
-    def save(self, tag: str = "last") -> None:
-        """Write `last` (every rank's RNG gathered; rank 0 writes)."""
+    def save(self) -> None:
+        """Write a checkpoint of this step as a whole (every rank's RNG gathered; rank 0 writes)."""
         rng = get_rng_state()
         if self.distributed:
             gathered = [None] * self.world
@@ -294,28 +428,45 @@ class Trainer:
             return
         model = _unwrap(self.model)
         meta = {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
-        save_weights(model.state_dict(), self.out / f"{tag}.safetensors", meta)
+        files = {"model.safetensors": lambda p: save_weights(model.state_dict(), p, meta, atomic=False)}
         if self.ema is not None:
-            save_weights(self.ema.module.state_dict(), self.out / f"{tag}_ema.safetensors", meta)
+            files["model_ema.safetensors"] = lambda p: save_weights(self.ema.module.state_dict(), p, meta,
+                                                                     atomic=False)
         state = {
-            "weights": f"{tag}.safetensors",
+            "format": "visionattn.train_state",
             "model": self.cfg["model"],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema_weights": f"{tag}_ema.safetensors" if self.ema is not None else None,
             "step": self.step,
             "epoch": self.epoch,
             "micro_in_epoch": self.micro_in_epoch,
             "best_top1": self.best_top1,
             "best_top1_ema": self.best_top1_ema,
+            "best_step": self.best_step,
+            "best_ema_step": self.best_ema_step,
             "last_metrics": self.last_metrics,
             "wall_s": self.wall_before + time.time() - self.t0,
             "world_size": self.world,
             "rng": rng,
             "config": self.cfg,
+            "classes": self.classes,
         }
-        save_checkpoint(self.out / f"{tag}_state.pt", state)
+        state = plain(state)
+        files["state.pt"] = lambda p: torch.save(state, p)
+        write_checkpoint(self.out, self.step, files)
+
+    def _export_best(self, model: bool, ema: bool) -> None:
+        """best(_ema).safetensors, after the checkpoint that records them as best (see `_restore_best`)."""
+        if not self.main:
+            return
+        meta = {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
+        if model:
+            save_weights(_unwrap(self.model).state_dict(), self.out / "best.safetensors",
+                         {**meta, "top1": self.best_top1})
+        if ema:
+            save_weights(self.ema.module.state_dict(), self.out / "best_ema.safetensors",
+                         {**meta, "top1": self.best_top1_ema})
 
     # ------------------------------------------------------------------------------------------------- training
     def _loader(self, epoch: int):
@@ -411,7 +562,7 @@ class Trainer:
                 break
             if cfg["checkpoint_interval"] and self.step % cfg["checkpoint_interval"] == 0 \
                     and self.micro_in_epoch < self.micro_per_epoch:
-                self.save("last")
+                self.save()
         pbar.close()
         return {"train_loss": loss_sum / max(loss_n, 1), "lr": self.optimizer.param_groups[0]["lr"]}
 
@@ -447,6 +598,8 @@ class Trainer:
             return
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, float) and k not in ("epoch", "step"):
@@ -454,13 +607,13 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
-        stopped = False
-        while self.epoch < self.num_epochs:
+        stopped = cfg["max_steps"] is not None and self.step >= cfg["max_steps"] and self.epoch < self.num_epochs
+        while self.epoch < self.num_epochs and not stopped:
             epoch = self.epoch
             t_epoch = time.time()
             row = self.train_epoch(epoch)
             if self.micro_in_epoch < self.micro_per_epoch:  # max_steps reached mid-epoch
-                self.save("last")
+                self.save()
                 stopped = True
                 break
             self.epoch += 1
@@ -475,18 +628,19 @@ class Trainer:
                 self.last_metrics = metrics
                 improved = self.best_top1 is None or metrics["top1"] > self.best_top1
                 if improved:
-                    self.best_top1 = metrics["top1"]
-                if "ema_top1" in metrics and (self.best_top1_ema is None or metrics["ema_top1"] > self.best_top1_ema):
-                    self.best_top1_ema = metrics["ema_top1"]
-                    if self.main:
-                        save_weights(self.ema.module.state_dict(), self.out / "best_ema.safetensors",
-                                     {"model": cfg["model"], "epoch": self.epoch})
-                if improved and self.main:
-                    save_weights(_unwrap(self.model).state_dict(), self.out / "best.safetensors",
-                                 {"model": cfg["model"], "epoch": self.epoch, "top1": metrics["top1"]})
+                    self.best_top1, self.best_step = metrics["top1"], self.step
+                ema_improved = "ema_top1" in metrics and (self.best_top1_ema is None
+                                                          or metrics["ema_top1"] > self.best_top1_ema)
+                if ema_improved:
+                    self.best_top1_ema, self.best_ema_step = metrics["ema_top1"], self.step
+            else:
+                improved = ema_improved = False
             row.update({"epoch": self.epoch, "step": self.step, "epoch_s": time.time() - t_epoch})
-            self.save("last")
+            # the row first, then the checkpoint, then best: a kill in between resumes from the previous
+            # checkpoint (its row dropped again) or from this one (best written again from it)
             self.log(row)
+            self.save()
+            self._export_best(improved, ema_improved)
             if self.main:
                 msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                 print(msg, flush=True)
@@ -512,11 +666,10 @@ class Trainer:
             "num_classes": self.num_classes,
             "input_size": list(self.data_cfg["input_size"]),
             "output_dir": str(self.out),
+            "checkpoint": str(latest_checkpoint(self.out) or "") or None if self.main else None,
         }
         if self.main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            if self.writer is not None:
-                self.writer.close()
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 
@@ -524,7 +677,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a visionattn / timm model from a YAML config.",
                                 epilog="Overrides: key=value (YAML values, dotted keys for nested mappings).")
     p.add_argument("--config", "-c", default=None, help="YAML config (keys: visionattn.train_utils.DEFAULTS)")
-    p.add_argument("--resume", default=None, help="same as resume=<value>: auto, a run directory or last_state.pt")
+    p.add_argument("--resume", default=None, help="same as resume=<value>: auto, a run or checkpoint directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     return p.parse_args(argv)
 
@@ -546,12 +699,13 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     except NonFiniteLoss as e:
-        last = trainer.out / "last.safetensors" if trainer is not None else None
-        kept = f"last good checkpoint kept: {last}" if last is not None and last.exists() else \
-            "no checkpoint had been written yet"
+        last = latest_checkpoint(trainer.out) if trainer is not None else None
+        kept = f"last good checkpoint kept: {last}" if last is not None else "no checkpoint had been written yet"
         print(f"{prog}: error: {e}; stopping ({kept})", file=sys.stderr, flush=True)
         return EXIT_NAN
     finally:
+        if trainer is not None:
+            trainer.close()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -4,8 +4,10 @@
         data_dir=/data/imagenet
     python tools/validate.py --model nat_mini --checkpoint w.safetensors data_dir=/data/imagenet img_size=224
 
---checkpoint takes a safetensors file, a weights-only torch file or a training run directory (its best, else
-last, weights; `--ema` prefers the EMA copy). `key=value` overrides use the training config keys (data_dir,
+--checkpoint takes a safetensors file, a weights-only torch file, a checkpoint directory or a training run
+directory (its best, else its newest checkpoint's weights; `--ema` prefers the EMA copy). Labels follow the
+run's class list (run.json) when the checkpoint belongs to a run, else `class_map`, else the split's folders.
+`key=value` overrides use the training config keys (data_dir,
 val_split, img_size, batch_size, workers, amp, channels_last, model_kwargs...). Runs under torchrun too
 (the split is sharded, counts are all-reduced). Exit code 2 on a bad config, data folder, model or checkpoint.
 """
@@ -23,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from visionattn.train_utils import (  # noqa: E402
     ConfigError,
     build_model,
+    check_model_name,
+    check_num_classes,
     dist_env,
+    eval_classes,
     eval_loader,
     evaluate,
     init_distributed,
     load_config,
     load_weights,
-    num_classes_of,
     resolve_data,
     resolve_device,
 )
@@ -42,21 +46,19 @@ def run(cfg: dict, checkpoint: str | None, ema: bool = False, split: str | None 
     split = split or cfg["val_split"]
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    from visionattn.train_utils import build_dataset, check_model_name
-
     check_model_name(cfg["model"])
-    ds = build_dataset(cfg, split)
+    # the labels the weights were trained with: the run's record, else class_map, else this split's folders
+    classes, source = eval_classes(cfg, checkpoint, split)
     if distributed:
         init_distributed(cfg, device)
-    num_classes = cfg["num_classes"] or num_classes_of(ds)
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg, check_num_classes(cfg, classes))
     if checkpoint:
         load_weights(model, checkpoint, ema=ema)
     model.to(device).eval()
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     data_cfg = resolve_data(cfg, model)
-    loader, _ = eval_loader(cfg, data_cfg, split, rank, world)
+    loader, _ = eval_loader(cfg, data_cfg, split, classes, rank, world, source=source)
     m = evaluate(model, loader, device, cfg["amp"], cfg["channels_last"], distributed, progress=rank == 0,
                  desc=f"validate {cfg['model']}")
     return {"model": cfg["model"], "checkpoint": checkpoint, "split": split, "top1": round(m["top1"], 4),
