@@ -206,6 +206,10 @@ def test_additional_tokens_equal_one_softmax():
     out = nf.na2d_av(attn, v, 3, 2, additional_values=ev)
     want = nf.na2d_av(attn[..., :9], v, 3, 2) + torch.einsum("bhijn,bhnd->bhijd", attn[..., 9:], ev)
     torch.testing.assert_close(out, want)
+    # the fused op (0.17 FNA: heads-last, extra tokens [B, N, heads, D]) is the same softmax
+    fused = nf.na2d(q.movedim(1, -2), k.movedim(1, -2), v.movedim(1, -2), 3, 2, False, rpb, 1.0,
+                    ek.transpose(1, 2), ev.transpose(1, 2))
+    torch.testing.assert_close(fused.movedim(-2, 1), out)
     small = [torch.randn(*shape, dtype=DT, requires_grad=True) for shape in ((1, 1, 5, 5, 2), (1, 1, 3, 2), (1, 5, 5))]
     assert torch.autograd.gradcheck(lambda a, b, c: nf.na2d_qk(a, a, 3, 1, additional_keys=b, rpb=c), small)
     small_v = [torch.randn(*shape, dtype=DT, requires_grad=True) for shape in ((1, 1, 5, 5, 12), (1, 1, 5, 5, 2),
@@ -404,7 +408,7 @@ def test_module_and_split_ops_export_to_onnx(tmp_path):
     m = NeighborhoodAttention2D(32, 4, 5, 2, rel_pos_bias=True).eval()
     x = torch.randn(1, 7, 13, 32)  # 7 < 10: the padded path
     q, k, v = torch.randn(3, 1, 2, 7, 9, 8).unbind(0)
-    for name, model, args in (("module", m, (x,)), ("split", Split(), (q, k, v, torch.randn(2, 5, 5)))):
+    for name, model, args in (("module", m, (x,)), ("split", Split().eval(), (q, k, v, torch.randn(2, 5, 5)))):
         path = tmp_path / f"{name}.onnx"
         torch.onnx.export(model, args, dynamo=True).save(str(path))
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
