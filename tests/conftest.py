@@ -1,4 +1,5 @@
 """Test harness: Triton interpreter on CPU-only machines, markers, parity-fixture discovery."""
+import importlib.util
 import os
 
 import torch
@@ -18,12 +19,8 @@ from parity_utils import parity_dir  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
-    try:
-        import natten  # noqa: F401
-
-        has_natten = True
-    except Exception:
-        has_natten = False
+    # find_spec, not import: importing the real natten would stop visionattn.compat.install_natten_legacy() in-process
+    has_natten = importlib.util.find_spec("natten") is not None
     try:
         import mmdet  # noqa: F401
         import mmseg  # noqa: F401
