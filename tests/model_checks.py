@@ -1,5 +1,9 @@
-"""Checks every zoo backbone's tests share: the timm model API, features, grad checkpointing, manifests."""
+"""Checks every zoo backbone's tests share: the timm model API, features, grad checkpointing, manifests, empty
+batches. Both model helpers' test files use them: keep the signatures stable (add keyword arguments only).
+The full timm contract (cfgs, FX, compile, export) is tests/test_timm_contract.py."""
 from __future__ import annotations
+
+import math
 
 import timm
 import torch
@@ -87,14 +91,19 @@ def check_grad_checkpointing(name: str, input_size=96, **kwargs):
             torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-def check_manifest(family: str, manifest_name: str, model_name: str | None = None, **kwargs):
+def check_manifest(family: str, manifest_name: str, model_name: str | None = None, *, unused_official=(),
+                   **kwargs):
     """An official state dict with exactly the manifest's keys loads with zero missing/unexpected keys
-    through the model's checkpoint filter, and the parameter count equals the official one."""
+    through the model's checkpoint filter, and the parameter count equals the official one.
+
+    unused_official: manifest keys of official parameters the official forward never reads, which the filter
+    drops (the model does not hold them, so they are not in its parameter count)."""
     man = load_manifest(family, manifest_name)
     model_name = model_name or man["variant"]
     with torch.device("meta"):
         model = timm.create_model(model_name, **kwargs)
-    assert count_params(model) == man["num_params"], (count_params(model), man["num_params"])
+    dropped = sum(math.prod(shape) for key, shape, _ in man["state_dict"] if key in set(unused_official))
+    assert count_params(model) + dropped == man["num_params"], (count_params(model), dropped, man["num_params"])
     model = model.to_empty(device="cpu")
     sd = manifest_state_dict(man)
     import importlib
@@ -103,3 +112,13 @@ def check_manifest(family: str, manifest_name: str, model_name: str | None = Non
     sd = filter_fn(sd, model)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not missing and not unexpected, (missing[:10], unexpected[:10])
+
+
+def check_empty_batch(name: str, input_size=96, num_classes: int = 3, **kwargs):
+    """A batch of 0 images gives empty logits and empty feature maps (like every torch op), no error."""
+    model = timm.create_model(name, num_classes=num_classes, **kwargs).eval()
+    x = torch.randn(0, 3, *_hw(input_size))
+    with torch.no_grad():
+        assert model(x).shape == (0, num_classes)
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    assert feats and all(f.shape[0] == 0 for f in feats)

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 from model_checks import (
+    check_empty_batch,
     check_features_only,
     check_forward_intermediates,
     check_grad_checkpointing,
@@ -305,10 +306,4 @@ def test_official_mm_pretrained_must_match(tmp_path):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_batch_zero(name):
     """An empty batch gives an empty result, like every torch op (features and logits)."""
-    kw = TINY if name != "biformer_t" else {}
-    model = timm.create_model(name, num_classes=3, **kw).eval()
-    x = torch.randn(0, 3, 224, 224)
-    with torch.no_grad():
-        assert model(x).shape == (0, 3)
-        feats = model.forward_intermediates(x, intermediates_only=True)
-    assert [f.shape[0] for f in feats] == [0] * 4
+    check_empty_batch(name, 224, **(TINY if name != "biformer_t" else {}))

@@ -6,6 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from model_checks import (
+    check_empty_batch,
     check_features_only,
     check_forward_intermediates,
     check_grad_checkpointing,
@@ -313,12 +314,7 @@ def test_dense_pretrained_must_match(tmp_path):
 @pytest.mark.parametrize("name", list(SMALL))
 def test_batch_zero(name):
     """An empty batch gives an empty result, like every torch op (logits and features)."""
-    model = timm.create_model(name, num_classes=3, **SMALL[name]).eval()
-    x = torch.randn(0, 3, 96, 96)
-    with torch.no_grad():
-        assert model(x).shape == (0, 3)
-        feats = model.forward_intermediates(x, intermediates_only=True)
-    assert feats and all(f.shape[0] == 0 for f in feats)
+    check_empty_batch(name, 96, **SMALL[name])
 
 
 def test_set_attn_backend_validates():
