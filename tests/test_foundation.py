@@ -57,10 +57,41 @@ def test_every_zoo_model_is_a_timm_model():
 
 
 def test_own_families_registered():
-    own = {m.family for m in list_models()} & set(visionattn._registry.OWN_FAMILIES)
-    # Each backbone module registers its family on import; the set grows as families land.
-    for fam in own:
-        assert list_models(fam)
+    """Every own family has registered models (a family whose registration is lost fails here)."""
+    for fam in ("biformer", "nat", "dinat", "agent_attention", "slab"):
+        assert list_models(fam), fam
+    assert {"nat_isotropic_small", "nat_isotropic_base"} <= set(list_models("nat"))
+    assert not {"nat_isotropic_small", "nat_isotropic_base"} & set(list_models("dinat"))
+
+
+def test_from_official_knows_every_fixture_builder():
+    """Every builder named by a parity case or manifest is registered for its family (shvit included)."""
+    import json
+
+    from parity_utils import parity_dir
+
+    assert visionattn.official_builders("shvit")
+    root = parity_dir()
+    if root is None:
+        pytest.skip("parity fixtures not found (set VISIONATTN_PARITY_DIR)")
+    named = {(p.parent.name if p.parent.name != "manifests" else p.parent.parent.name,
+              json.loads(p.read_text())["official_builder"]) for p in root.glob("*/**/*.json")}
+    assert named and named <= set(visionattn.official_builders()), sorted(named - set(visionattn.official_builders()))
+
+
+def test_set_attn_backend_validates():
+    from visionattn.utils import attn_modules, check_backend
+
+    model = timm.create_model("biformer_t", depths=(1, 1, 1, 1), embed_dims=(32, 48, 64, 96), head_dim=16)
+    assert attn_modules(model) and visionattn.set_attn_backend(model, "reference") is model
+    with pytest.raises(ValueError, match="backend must be one of"):
+        visionattn.set_attn_backend(model, "fast")
+    assert {m.backend for m in attn_modules(model)} == {"reference"}  # unchanged by the refused call
+    with pytest.raises(ValueError, match="no attention module"):
+        visionattn.set_attn_backend(timm.create_model("resnet18"), "torch")
+    assert check_backend(None, ("auto", "torch")) == "auto"
+    with pytest.raises(ValueError, match="attn_backend"):
+        check_backend("cuda", ("auto", "torch"))
 
 
 def test_from_official_unknown_builder():
