@@ -2,6 +2,7 @@
 the reference, rows measured and written, arguments validated. Driven through the command lines, as users do."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,119 @@ def test_kernel_rows_are_measured(tmp_path):
 ])
 def test_bench_kernels_user_errors(args, words):
     _assert_user_error(_tool("bench_kernels.py", *args), *words)
+
+
+# ------------------------------------------------------------------------------------------------ gpu_check
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--sections", "tests,bogus"], ["--sections", "bogus"]),
+    (["--budget", "0"], ["--budget"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--out-dir", "{file}"], ["--out-dir", "not a directory"]),
+    (["--render", "--out-dir", "{missing}"], ["--out-dir", "nothing to render"]),
+])
+def test_gpu_check_user_errors(args, words, tmp_path):
+    (tmp_path / "file").write_text("x")
+    args = [a.format(file=tmp_path / "file", missing=tmp_path / "missing") for a in args]
+    _assert_user_error(_tool("gpu_check.py", *args), *words)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_gpu_check_summary_from_rows(tmp_path):
+    """The Markdown writer: same-run ratios computed from the rows, a killed run's partial pytest log counted,
+    a line cut short by a kill ignored."""
+    (tmp_path / "env.json").write_text(json.dumps({
+        "date": "2026-01-01 00:00 UTC", "gpu": "NVIDIA H200", "torch": "2.11.0", "cuda": "12.8", "triton": "3.5.0",
+        "timm": "1.0.31", "git": "abc1234", "total_s": 401.5,
+        "sections": {"tests": {"rc": None, "seconds": 100.0}, "na": {"rc": 0, "seconds": 90.0, "restarts": 1}}}))
+    (tmp_path / "pytest_gpu.log").write_text(
+        "[gw0] [ 10%] PASSED tests/test_na_triton.py::test_a[float16]\n"
+        "[gw1] [ 20%] FAILED tests/test_na_triton.py::test_b[bfloat16]\n"
+        "[gw0] [ 30%] PASSED tests/test_bra_triton.py::test_c\n")
+    case = dict(op="na", case="nat_tiny_s1_56x56_k7", dtype="float16", device="cuda", shape="56x56")
+    _jsonl(tmp_path / "na.jsonl", [
+        dict(case, backend="triton", mode="verify", max_abs_diff=1e-3),
+        dict(case, backend="flex_rpb", mode="verify", max_abs_diff=0.5),
+        dict(case, backend="triton", mode="fwdbwd", time_ms=2.0, peak_mb=100.0),
+        dict(case, backend="triton_norpb", mode="fwdbwd", time_ms=1.6, peak_mb=90.0),
+        dict(case, backend="flex", mode="fwdbwd", time_ms=3.0, peak_mb=120.0, compile_s=7.5),
+        dict(case, backend="sdpa_dense", mode="fwdbwd", time_ms=1.0, peak_mb=50.0),
+        dict(case, backend="flex_rpb", mode="fwdbwd", error="InductorError: boom"),
+    ])
+    stage = dict(op="bra", case="biformer_s_512px_stage1", size=512, stage=1, shape="70x70", dtype="float16",
+                 device="cuda")
+    _jsonl(tmp_path / "bra.jsonl", [
+        dict(stage, backend="reference", mode="fwdbwd", time_ms=9.0, peak_mb=300.0),
+        dict(stage, backend="triton", mode="fwdbwd", time_ms=3.0, peak_mb=50.0),
+    ])
+    _jsonl(tmp_path / "models.jsonl", [
+        dict(op="model", model="nat_tiny", backend="triton", compile=False, mode="train", batch=64, img_size=224,
+             amp="bfloat16", img_s=800.0, peak_mb=9000.0),
+        dict(op="model", model="swin_tiny_patch4_window7_224", backend="-", compile=False, mode="train", batch=64,
+             img_size=224, amp="bfloat16", img_s=1000.0, peak_mb=8000.0),
+        dict(op="model", model="nat_tiny", backend="triton", compile=True, mode="train",
+             note="skipped: too little time left to compile"),
+    ])
+    with open(tmp_path / "models.jsonl", "a") as f:
+        f.write('{"op": "model", "model": "convnext_ti')  # killed mid-line
+    out = _tool("gpu_check.py", "--render", "--out-dir", tmp_path)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "summary.md").read_text()
+    assert out.stdout == md
+    assert "NVIDIA H200" in md and "tests: killed at its time limit" in md and "1 restart(s)" in md
+    assert "2 passed (run killed" in md and "1 failed (run killed" in md
+    assert "FAILED tests/test_na_triton.py::test_b[bfloat16]" in md
+    assert "1/2" in md and "flex_rpb" in md and "0.5000" in md  # the mismatching check is named
+    lines = md.splitlines()
+    target = next(line for line in lines if line.startswith("| nat_tiny_s1_56x56_k7 | float16 | 1.50"))
+    assert target.split(" | ")[3:5] == ["1.25", "0.50 |"]  # RPB cost 2.0/1.6, SDPA 1.0/2.0
+    assert any(line.startswith("| nat_tiny_s1_56x56_k7 | float16 | flex_rpb |") and "InductorError" in line
+               for line in lines)
+    assert any(line.startswith("| 512 | 1 | 70x70 | triton | — | 3.00 | 50.0 | 3.00 | 6.00 |") for line in lines)
+    assert "nat_tiny / swin_tiny training img/s (best of each): 0.80" in md
+    assert "skipped: too little time left to compile" in md and "convnext" not in md
+
+
+def _gpu_check(tmp_path, *args, env=None, timeout=900):
+    return subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--device", "cpu", "--quick",
+                           "--out-dir", str(tmp_path), *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The whole script on CPU with tiny shapes: every section runs, at most 8 files, the summary printed last."""
+    out = _gpu_check(tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["bra.jsonl", "env.json", "gpu_check.log", "models.jsonl", "na.jsonl", "pytest_gpu.log",
+                     "summary.md"], files
+    md = (tmp_path / "summary.md").read_text()
+    assert out.stdout.endswith(md)
+    for section in ("tests: exit 0", "na: exit 0", "bra: exit 0", "models: exit 0", "## pytest -m gpu",
+                    "## Neighborhood attention", "## Bi-level routing attention", "## Models"):
+        assert section in md, section
+    rows = _rows(tmp_path / "models.jsonl")
+    assert {(r["model"], r["mode"]) for r in rows} == {(m, mode) for m in ("nat_mini", "convnext_atto")
+                                                       for mode in ("train", "infer")}
+    assert all(r["img_s"] > 0 and "error" not in r for r in rows), rows
+    assert all("time_ms" in r for r in _rows(tmp_path / "na.jsonl") if r["mode"] != "verify")
+
+
+@pytest.mark.slow
+def test_gpu_check_sections_survive_each_other(tmp_path):
+    """A crashing section, a hanging one (killed at its limit) and a fatal error (restarted without the rows it
+    has) lose nothing of the others; the summary is still written."""
+    crash = _gpu_check(tmp_path / "crash", "--sections", "na,bra", env={"GPU_CHECK_FAULT": "na:crash"})
+    md = (tmp_path / "crash" / "summary.md").read_text()
+    assert crash.returncode == 1 and "na: exit 1" in md and "bra: exit 0" in md and "## Bi-level routing" in md
+    hang = _gpu_check(tmp_path / "hang", "--sections", "bra", "--budget", "12", env={"GPU_CHECK_FAULT": "bra:hang"})
+    assert hang.returncode == 1 and "bra: killed at its time limit" in (tmp_path / "hang" / "summary.md").read_text()
+    fatal = _gpu_check(tmp_path / "fatal", "--sections", "bra", "--budget", "300",
+                       env={"GPU_CHECK_FAULT": "bra:fatal"})
+    md = (tmp_path / "fatal" / "summary.md").read_text()
+    assert fatal.returncode == 0 and "bra: exit 0" in md and "1 restart(s)" in md and "## Bi-level routing" in md

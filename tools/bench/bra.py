@@ -13,6 +13,7 @@ import torch
 
 from visionattn.kernels.bra import region_mean, region_topk, routed_attention
 
+from .report import row_id
 from .timing import Deadline, TimeUp, error_text, measure, sync
 
 # BiFormer-S routed stages: (stride, dim, heads, topk); n_win 7, qk_dim = dim, scale dim ** -0.5.
@@ -97,7 +98,7 @@ def verify(impls, sizes=(56,), device="cpu", dtype=torch.float32, *, compile_fle
     for size in sizes:
         for st in stage_shapes(size):
             q, k, v, _, index, region, scale = _inputs(size, st, 1, device, dtype, gen)
-            want = routed_attention(q, k, v, index, region, scale=scale, backend="reference").float()
+            want = routed_attention(q.float(), k.float(), v.float(), index, region, scale=scale, backend="reference")
             for impl in impls:
                 row = dict(op="bra", case=f"{size}px_stage{st['stage']}", backend=impl, device=device.type,
                            dtype=str(dtype).replace("torch.", ""))
@@ -114,8 +115,10 @@ def verify(impls, sizes=(56,), device="cpu", dtype=torch.float32, *, compile_fle
 
 def rows(sizes, impls, *, device="cpu", dtype=torch.float32, batch: int = 1, stages=(0, 1, 2),
          modes=("fwd", "fwdbwd"), warmup: int = 2, iters: int = 5, max_s: float | None = None,
-         deadline: Deadline | None = None, emit=None) -> list[dict]:
-    """One row per (input size, stage, impl, mode): time_ms, peak_mb, and ratios to the gather `reference`."""
+         deadline: Deadline | None = None, emit=None, done=frozenset()) -> list[dict]:
+    """One row per (input size, stage, impl, mode): time_ms, peak_mb, and ratios to the gather `reference`.
+
+    Rows whose `row_id` is in `done` (measured by an earlier, interrupted run) are left out."""
     device = torch.device(device)
     deadline = deadline or Deadline(None)
     gen = torch.Generator().manual_seed(0)
@@ -130,6 +133,8 @@ def rows(sizes, impls, *, device="cpu", dtype=torch.float32, batch: int = 1, sta
                                stage=st["stage"], shape=f"{st['H']}x{st['W']}", heads=st["heads"], dim=st["dim"],
                                topk=st["topk"], region=f"{region[0]}x{region[1]}", batch=batch,
                                dtype=str(dtype).replace("torch.", ""), device=device.type, backend=impl, mode=mode)
+                    if row_id(row) in done:
+                        continue
                     try:
                         deadline.check(f"{row['case']} {impl} {mode}")
                         train = mode == "fwdbwd"

@@ -141,7 +141,7 @@ def train_row(name: str, *, device, backend: str | None = None, compile: bool = 
     """Training-step throughput: forward + cross-entropy + backward + AdamW step, under `amp` autocast."""
     device = torch.device(device)
     channels_last = wants_channels_last(name) if channels_last is None else channels_last
-    row = dict(model=name, family=family(name), mode="train", backend=backend or "-", compile=compile,
+    row = dict(op="model", model=name, family=family(name), mode="train", backend=backend or "-", compile=compile,
                batch=batch, img_size=img_size, amp=amp or "fp32", channels_last=channels_last, device=device.type)
     try:
         (deadline or Deadline(None)).check(f"{name} train")
@@ -179,7 +179,7 @@ def infer_row(name: str, *, device, backend: str | None = None, compile: bool = 
     """Inference throughput (eval mode, `amp` autocast) in img/s at `batch`."""
     device = torch.device(device)
     channels_last = wants_channels_last(name) if channels_last is None else channels_last
-    row = dict(model=name, family=family(name), mode="infer", backend=backend or "-", compile=compile,
+    row = dict(op="model", model=name, family=family(name), mode="infer", backend=backend or "-", compile=compile,
                batch=batch, img_size=img_size, amp=amp or "fp32", channels_last=channels_last, device=device.type)
     try:
         (deadline or Deadline(None)).check(f"{name} infer")

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from visionattn.kernels.na import na1d, na2d
 
+from .report import row_id
 from .timing import Deadline, TimeUp, error_text, measure, sync
 
 
@@ -193,8 +194,10 @@ def verify(impls, cases, device="cpu", dtype=torch.float32, *, compile_flex: boo
     for case in cases:
         q, k, v, _, rpb, scale = _inputs(case, 2, device, dtype)
         f = _na_fn(len(case.spatial))
-        want = {bias: f(q, k, v, case.kernel, dilation=case.dilation, rpb=None if bias == "norpb" else rpb,
-                        scale=scale, backend="reference").float() for bias in ("rpb", "norpb")}
+        # the reference in fp32 on the same (rounded) inputs: low-precision rows are judged against exact math
+        want = {bias: f(q.float(), k.float(), v.float(), case.kernel, dilation=case.dilation,
+                        rpb=None if bias == "norpb" else rpb.float(), scale=scale, backend="reference")
+                for bias in ("rpb", "norpb")}
         for impl in impls:
             if impl == "sdpa_dense":
                 continue  # dense attention is a cost yardstick, not NA
@@ -213,11 +216,11 @@ def verify(impls, cases, device="cpu", dtype=torch.float32, *, compile_flex: boo
 
 def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, modes=("fwd", "fwdbwd"),
          warmup: int = 2, iters: int = 5, timer: str = "wall", max_s: float | None = None,
-         deadline: Deadline | None = None, skip=None, emit=None) -> list[dict]:
+         deadline: Deadline | None = None, skip=None, emit=None, done=frozenset()) -> list[dict]:
     """One row per (case, impl, mode): time_ms, peak_mb, compile_s (flex), speed-ups; `emit(row)` as measured.
 
-    `skip(case, impl, mode)` returns a reason to skip or None. When `deadline` runs out, the remaining rows are
-    reported as skipped (`TimeUp`).
+    `skip(case, impl, mode)` returns a reason to skip or None; rows whose `row_id` is in `done` (measured by an
+    earlier, interrupted run) are left out. When `deadline` runs out, the remaining rows are reported as skipped.
     """
     device = torch.device(device)
     deadline = deadline or Deadline(None)
@@ -230,6 +233,8 @@ def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, mod
                 row = dict(op="na", case=case.name, shape="x".join(map(str, case.spatial)), heads=case.heads,
                            kernel=case.kernel, dilation=case.dilation, batch=q.shape[0], dtype=dt_name,
                            device=device.type, backend=impl, mode=mode)
+                if row_id(row) in done:
+                    continue
                 try:
                     deadline.check(f"{case.name} {impl} {mode}")
                     why = skip(case, impl, mode) if skip else None

@@ -7,6 +7,13 @@ import json
 import os
 from pathlib import Path
 
+_ID_KEYS = ("op", "case", "model", "dtype", "backend", "compile", "mode")
+
+
+def row_id(row: dict) -> str:
+    """What identifies a measurement across runs (resuming an interrupted run skips the ids it has)."""
+    return "|".join(str(row.get(k, "")) for k in _ID_KEYS)
+
 
 def columns(rows, preferred=()) -> list[str]:
     """`preferred` columns that occur, then every other key in order of appearance."""
