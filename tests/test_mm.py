@@ -470,3 +470,39 @@ def test_seg_train_and_test_tools(synth, mm, tmp_path):
     assert (work / "iter_6.pth").exists()
     metrics = test_main([str(cfg_file), str(work / "iter_6.pth"), "--work-dir", str(work)], scope="mmseg")
     assert "mIoU" in metrics and 0.0 <= metrics["mIoU"] <= 100.0, metrics
+
+
+@pytest.mark.parametrize("name,cls,kw", [("nat_mini", "NATMM", {}), ("biformer_t", "BiFormerMM", {}),
+                                         ("agent_pvt_t", "AgentAttentionMM", {})])
+def test_pretrained_checkpoint_must_match(name, cls, kw, mm, tmp_path):
+    """init_cfg Pretrained follows timm.create_model(pretrained=True): a file of another architecture (or
+    another size of the same one) raises instead of loading nothing and logging it."""
+    import timm
+
+    other = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in timm.create_model("resnet18").state_dict().items()}},
+               other)
+    bb = getattr(mm, cls)(model_name=name, init_cfg=dict(type="Pretrained", checkpoint=str(other)), **kw)
+    with pytest.raises(RuntimeError, match="does not match"):
+        bb.init_weights()
+    bigger = {"nat_mini": "nat_tiny", "biformer_t": "biformer_s", "agent_pvt_t": "agent_pvt_s"}[name]
+    sized = tmp_path / "other_size.pth"
+    torch.save({"model": timm.create_model(bigger).state_dict()}, sized)
+    with pytest.raises(RuntimeError, match="does not match"):
+        getattr(mm, cls)(model_name=name, **kw).load_checkpoint(str(sized))
+
+
+def test_pretrained_official_file_through_filter(mm, tmp_path):
+    """An official NAT classification checkpoint (official key names) loads through the family filter; the
+    out norms it lacks keep their init; the backbone computes the official model's stage maps."""
+    from parity_utils import load_case
+
+    meta, tensors, sd = load_case("nat", "nat_mini")
+    path = tmp_path / "nat_official.pth"
+    torch.save(sd, path)
+    kw = {k: meta["official_kwargs"][k] for k in ("embed_dim", "depths", "num_heads", "mlp_ratio")}
+    bb = mm.NATMM(model_name="nat_mini", init_cfg=dict(type="Pretrained", checkpoint=str(path)), **kw)
+    bb.init_weights()
+    torch.testing.assert_close(bb.model.stages[1].downsample.reduction.weight,
+                               sd["levels.0.downsample.reduction.weight"])
+    torch.testing.assert_close(bb.model.stages[3].blocks[0].attn.rpb, sd["levels.3.blocks.0.attn.rpb"])
