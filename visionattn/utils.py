@@ -18,7 +18,7 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "set_attn_backend",
     "init_weights_",
     "trunc_normal_unless_meta",
-    "drop_path_rates",
     "is_reparameterizable",
     "fuse_for_inference",
     "LinearHeadMixin",
@@ -87,11 +86,6 @@ def init_weights_(m: nn.Module, std: float = 0.02) -> None:
         nn.init.ones_(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def drop_path_rates(drop_path_rate: float, n: int) -> list[float]:
-    """Linear stochastic-depth rates for `n` blocks: timm's ``calculate_drop_path_rates`` (use that directly)."""
-    return calculate_drop_path_rates(drop_path_rate, n)
 
 
 def is_reparameterizable(model: nn.Module) -> bool:
