@@ -1,7 +1,7 @@
-"""tools/train.py, tools/validate.py, configs and the demo: resume, DDP equivalence, errors, configs."""
+"""visionattn.train (tools/train.py, tools/validate.py), configs and the demo: resume, DDP equivalence, errors,
+configs, the package layout."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,42 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Tiny NAT (no BatchNorm) on 16x16 digits: fast and deterministic on CPU.
-TINY = [
-    "model=nat_mini", "model_kwargs={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 2, 4, 8], kernel_size: 3}",
-    "img_size=16", "crop_pct=1.0", "interpolation=bilinear", "batch_size=16", "workers=0", "pin_memory=false",
-    "warmup_epochs=1", "warmup_lr=1e-4", "lr=2e-3", "min_lr=1e-5", "hflip=0.0", "color_jitter=0.0", "threads=1",
-    "seed=3", "deterministic=true", "log_interval=1",
-]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_test_tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from train_common import ROOT, TINY, make_digits, train_main, validate_main
+from train_common import weights as _weights
 
 
 @pytest.fixture(scope="module")
 def train_mod():
-    return _tool("train")
+    return train_main()
 
 
 @pytest.fixture(scope="module")
 def digits16(tmp_path_factory):
-    from visionattn.data import digits_to_folder
-
     # 160 images -> 130 train (8 steps of 16) / 30 val
-    return digits_to_folder(tmp_path_factory.mktemp("digits16"), size=16, limit=160, val_fraction=0.2)
-
-
-def _weights(path):
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    return make_digits(tmp_path_factory.mktemp("digits16"))
 
 
 def _last(run: Path, name: str = "model.safetensors") -> Path:
@@ -65,7 +42,7 @@ def _assert_same(a: dict, b: dict, atol: float):
 
 
 def _run(train_mod, *overrides):
-    return train_mod.main([*TINY, *overrides])
+    return train_mod([*TINY, *overrides])
 
 
 def test_digits_folder(digits16):
@@ -136,13 +113,13 @@ def test_checkpoint_is_weights_only(train_mod, digits16, tmp_path):
 ])
 def test_errors_are_one_line(train_mod, digits16, tmp_path, capsys, override, needle):
     args = [f"data_dir={digits16}", f"output_dir={tmp_path}", override]
-    assert train_mod.main([*TINY, *args]) == 2
+    assert train_mod([*TINY, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
 
 
 def test_missing_config_file(train_mod, capsys):
-    assert train_mod.main(["--config", "/nonexistent.yaml"]) == 2
+    assert train_mod(["--config", "/nonexistent.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
 
 
@@ -164,13 +141,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(train_mod, digits16, tmp_path,
 def test_validate_tool(train_mod, digits16, tmp_path, capsys):
     assert _run(train_mod, f"data_dir={digits16}", "epochs=1", f"output_dir={tmp_path}") == 0
     capsys.readouterr()
-    val = _tool("validate")
-    assert val.main(["--checkpoint", str(tmp_path), *TINY, f"data_dir={digits16}"]) == 0
+    val = validate_main()
+    assert val(["--checkpoint", str(tmp_path), *TINY, f"data_dir={digits16}"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     summary = json.loads((tmp_path / "summary.json").read_text())
     n_val = sum(1 for _ in (digits16 / "val").rglob("*.png"))
     assert res["count"] == n_val and res["top1"] == pytest.approx(summary["best_top1"], abs=1e-3)
-    assert val.main(["--checkpoint", str(tmp_path / "nope.safetensors"), *TINY, f"data_dir={digits16}"]) == 2
+    assert val(["--checkpoint", str(tmp_path / "nope.safetensors"), *TINY, f"data_dir={digits16}"]) == 2
 
 
 def test_prepbn_step_driven_by_trainer(train_mod, digits16, tmp_path):
@@ -178,7 +155,7 @@ def test_prepbn_step_driven_by_trainer(train_mod, digits16, tmp_path):
     args = ["model=slab_deit_t", "model_kwargs={embed_dim: 16, depth: 1, num_heads: 1, patch_size: 4, img_size: 16}",
             "prepbn_steps=10", f"data_dir={digits16}", "epochs=1", "max_steps=3", f"output_dir={tmp_path}"]
     tiny = [a for a in TINY if not a.startswith(("model=", "model_kwargs="))]
-    assert train_mod.main([*tiny, *args]) == 0
+    assert train_mod([*tiny, *args]) == 0
     w = _weights(_last(tmp_path))
     iters = {k: int(v) for k, v in w.items() if k.endswith(".iter")}
     totals = {k: int(v) for k, v in w.items() if k.endswith(".total_step")}
@@ -191,7 +168,7 @@ def test_configs_cover_every_zoo_model():
     import timm
 
     import visionattn
-    from visionattn.train_utils import load_config
+    from visionattn.train import load_config
 
     missing = []
     for name in visionattn.list_models():
@@ -207,7 +184,7 @@ def test_configs_cover_every_zoo_model():
 
 
 def test_distillation_loss():
-    from visionattn.train_utils import DistillationLoss
+    from visionattn.train import DistillationLoss
 
     torch.manual_seed(0)
     teacher = torch.nn.Linear(4, 3)
@@ -233,3 +210,27 @@ def test_demo_reaches_95(tmp_path):
     assert last.startswith("demo: model=")
     fields = dict(kv.split("=", 1) for kv in last.split()[1:])
     assert float(fields["top1"]) >= 95.0 and float(fields["onnx_max_abs_diff"]) < 1e-3
+
+
+def test_tools_are_thin_and_edit_no_sys_path():
+    """The trainer lives in the package; the tools parse arguments and make one call."""
+    for name in ("train", "validate", "demo", "make_configs"):
+        text = (ROOT / "tools" / f"{name}.py").read_text()
+        assert "sys.path" not in text, name
+    for name in ("train", "validate"):
+        code = [line for line in (ROOT / "tools" / f"{name}.py").read_text().split('"""')[-1].splitlines()
+                if line.strip()]
+        assert len(code) <= 6, (name, code)
+    import visionattn
+
+    assert not (Path(visionattn.__file__).parent / "train_utils.py").exists()
+
+
+def test_python_m_visionattn_train_reports_errors_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "visionattn.train", "lrr=0.1", f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and "unknown config key 'lrr' (did you mean 'lr'?)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "visionattn.train", "--bogus-flag"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,7 +1,6 @@
 """Shared pieces of the trainer tests: the tiny config, the entry points, and run-directory readers."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -17,19 +16,16 @@ TINY = [
 ]
 
 
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_test_tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def train_main():
-    return tool("train").main
+    from visionattn.train import train_main
+
+    return train_main
 
 
 def validate_main():
-    return tool("validate").main
+    from visionattn.train import validate_main
+
+    return validate_main
 
 
 def make_digits(root: Path) -> Path:

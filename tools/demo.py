@@ -1,8 +1,8 @@
 """`make demo`: train a reduced zoo model on sklearn's digits, validate it, export it to ONNX — CPU only, offline.
 
 1. sklearn.datasets.load_digits -> an ImageNet-layout folder of PNGs (cached under .cache/digits);
-2. tools/train.py with configs/demo/<config>.yaml (the same folder pipeline as ImageNet);
-3. tools/validate.py on the best checkpoint;
+2. training with configs/demo/<config>.yaml (visionattn.train, as tools/train.py: the ImageNet folder pipeline);
+3. validation of the best checkpoint (as tools/validate.py);
 4. visionattn.export.export_onnx: onnxruntime parity and latency.
 
 The last line is `demo: model=<name> top1=<xx.x> onnx_max_abs_diff=<e> ort_ms=<t> torch_ms=<t>`.
@@ -12,22 +12,13 @@ non-empty folder is refused by the trainer, as always.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 _MARKER = "demo.json"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_visionattn_tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv=None) -> int:
@@ -43,7 +34,7 @@ def main(argv=None) -> int:
     import torch
 
     from visionattn.data import digits_to_folder
-    from visionattn.train_utils import build_model, load_config, load_weights, resolve_data
+    from visionattn.train import build_model, load_config, load_weights, resolve_data, train_main, validate_main
 
     try:
         data = digits_to_folder(args.data_dir, size=32)
@@ -55,7 +46,7 @@ def main(argv=None) -> int:
     overrides = [f"data_dir={data}", f"output_dir={out}", *args.overrides]
     # our own earlier demo run is replaced; anything else in the folder makes the trainer refuse
     own = (out / _MARKER).is_file()
-    rc = _tool("train").main(["--config", args.config, *overrides, *(["overwrite=true"] if own else [])])
+    rc = train_main(["--config", args.config, *overrides, *(["overwrite=true"] if own else [])])
     if rc != 0:
         print(f"demo: training failed (exit {rc})", file=sys.stderr)
         return rc
@@ -63,7 +54,7 @@ def main(argv=None) -> int:
     print(f"[demo] trained ({time.time() - t0:.1f}s)", flush=True)
 
     res_file = out / "validate.json"
-    rc = _tool("validate").main(["--config", args.config, "--checkpoint", str(out / "best.safetensors"),
+    rc = validate_main(["--config", args.config, "--checkpoint", str(out / "best.safetensors"),
                                  "--results-file", str(res_file), *overrides])
     if rc != 0:
         print(f"demo: validation failed (exit {rc})", file=sys.stderr)

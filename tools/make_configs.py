@@ -14,9 +14,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import visionattn  # noqa: E402
+import visionattn
 
 # Shared DeiT-style augmentation (RandAugment m9, mixup 0.8 / cutmix 1.0, smoothing 0.1, erasing 0.25).
 _DEIT_AUG = dict(aa="rand-m9-mstd0.5-inc1", color_jitter=0.4, interpolation="bicubic", reprob=0.25, remode="pixel",
