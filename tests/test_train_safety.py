@@ -95,6 +95,18 @@ def test_demo_data_dir_of_the_user_is_kept(tmp_path):
     assert "not made by digits_to_folder" in one_line_error(r.stderr)
 
 
+def test_demo_output_dir_of_the_user_is_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--data-dir", str(tmp_path / "digits"),
+                        "--output-dir", str(out), "epochs=1", "max_steps=1"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "config.yaml" in r.stderr and "Traceback" not in r.stderr
+    assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == "mine"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # item 2: one class mapping per run, checked before the first step
 

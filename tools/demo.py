@@ -19,6 +19,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _MARKER = "demo.json"
+# what the demo of earlier versions left in its folder (no marker then)
+_LEGACY = {"best.safetensors", "last.safetensors", "last_state.pt", "config.yaml", "log.jsonl", "summary.json",
+           "validate.json", "nat_mini_digits.onnx", "nat_mini_digits.onnx.data"}
+
+
+def _claim_output_dir(out: Path) -> bool:
+    """True when `out` is the demo's to replace: marked, or new / empty (marked now), or exactly the output of
+    an earlier demo (cleared now). Any other folder is left alone (False)."""
+    if (out / _MARKER).is_file():
+        return True
+    if out.exists() and not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if names and not ({"validate.json", "last_state.pt"} <= names <= _LEGACY):
+        return False
+    for name in names:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text(json.dumps({"made_by": "tools/demo.py"}) + "\n")
+    return True
 
 
 def main(argv=None) -> int:
@@ -44,20 +64,18 @@ def main(argv=None) -> int:
     print(f"[demo] digits folder: {data} ({time.time() - t0:.1f}s)", flush=True)
     out = Path(args.output_dir)
     overrides = [f"data_dir={data}", f"output_dir={out}", *args.overrides]
-    # our own earlier demo run is replaced; anything else in the folder makes the trainer refuse
-    own = (out / _MARKER).is_file()
+    # the folder is the demo's when it is new or empty (marked first), marked, or an earlier demo's output:
+    # its run is replaced; anything else makes the trainer refuse the folder
+    own = _claim_output_dir(out)
     rc = train_main(["--config", args.config, *overrides, *(["overwrite=true"] if own else [])])
-    if rc != 0:
-        print(f"demo: training failed (exit {rc})", file=sys.stderr)
+    if rc != 0:  # the one-line reason is on stderr already
         return rc
-    (out / _MARKER).write_text(json.dumps({"config": args.config}) + "\n")
     print(f"[demo] trained ({time.time() - t0:.1f}s)", flush=True)
 
     res_file = out / "validate.json"
     rc = validate_main(["--config", args.config, "--checkpoint", str(out / "best.safetensors"),
-                                 "--results-file", str(res_file), *overrides])
-    if rc != 0:
-        print(f"demo: validation failed (exit {rc})", file=sys.stderr)
+                        "--results-file", str(res_file), *overrides])
+    if rc != 0:  # the one-line reason is on stderr already
         return rc
     val = json.loads(res_file.read_text())
     print(f"[demo] validated ({time.time() - t0:.1f}s)", flush=True)

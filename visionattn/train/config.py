@@ -22,7 +22,8 @@ __all__ = ["ConfigError", "DEFAULTS", "load_config", "apply_overrides", "validat
 
 
 class ConfigError(ValueError):
-    """A bad configuration, data folder or model name: the tools print it as one line and exit non-zero."""
+    """A user error (config, data folder, model, checkpoint file, output_dir): the tools print it as one line on
+    stderr and exit 2."""
 
 
 # Every key a config may set, with its default. Nested dicts (distill, model_kwargs) are merged key by key.
@@ -120,6 +121,7 @@ DEFAULTS: dict[str, Any] = {
     "device": None,  # None: cuda if available else cpu
     "threads": None,  # torch.set_num_threads (None: torch's default); 1 is fastest for tiny models on busy CPUs
 }
+
 
 def _yaml_loader():
     """SafeLoader that also reads `1e-3` / `5e4` as floats (YAML 1.1 needs a dot: `1.0e-3`)."""
