@@ -1,0 +1,163 @@
+"""The compiled CPU kernel of neighborhood attention (``csrc/na_cpu.cpp``): build, load, autograd, dispatch check.
+
+The C++ source is built with ``torch.utils.cpp_extension`` on first use (or ahead of time with
+``python -m visionattn.kernels._na_cpu``) into a cache folder, ``$VISIONATTN_CACHE`` or
+``~/.cache/visionattn``, one build per torch version, CPU (it is compiled for the host's instruction set)
+and source. It is optional: without a C++ compiler, ninja or OpenMP, NA runs on the ``torch`` backend and one
+warning says why. ``VISIONATTN_NA_CPU=0`` turns it off.
+
+The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY) with fake
+implementations and autograd here, so ``torch.compile`` and ``torch.export`` see one opaque op per call.
+float16 / bfloat16 inputs run in float32.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ._common import exporting
+
+__all__ = ["available", "build", "load_error", "na_cpu", "unsupported"]
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "na_cpu.cpp"
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-psabi"]
+_LDFLAGS = ["-fopenmp"]
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_lock = threading.Lock()
+_state: dict = {}  # "ok": bool once load() ran, "error": why it is unavailable
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the instruction-set flags of this CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _build_dir() -> Path:
+    root = Path(os.environ.get("VISIONATTN_CACHE") or Path.home() / ".cache" / "visionattn")
+    key = hashlib.sha256()
+    for part in (torch.__version__, _cpu_id(), " ".join(_CFLAGS), _SOURCE.read_bytes()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return root / "na_cpu" / key.hexdigest()[:16]
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile (or find the cached build of) the kernel and load it into torch; returns the build folder.
+
+    Raises whatever the compiler toolchain raises; ``available()`` is the non-raising form.
+    """
+    from torch.utils import cpp_extension
+
+    folder = _build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name="visionattn_na_cpu", sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
+                       extra_ldflags=_LDFLAGS, build_directory=str(folder), is_python_module=False,
+                       verbose=verbose)
+    _register()
+    return folder
+
+
+def available() -> bool:
+    """True when the kernel is built and loaded (building it on first call); warns once when it cannot be."""
+    if "ok" in _state:
+        return _state["ok"]
+    with _lock:
+        if "ok" in _state:
+            return _state["ok"]
+        if os.environ.get("VISIONATTN_NA_CPU", "1") == "0":
+            _state.update(ok=False, error="disabled by VISIONATTN_NA_CPU=0")
+            return False
+        try:
+            build()
+            _state.update(ok=True, error=None)
+        except Exception as e:  # no compiler, no ninja, no OpenMP, read-only cache: the torch path still works
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            _state.update(ok=False, error=reason)
+            warnings.warn(f"visionattn: the compiled NA CPU kernel is unavailable ({reason}); neighborhood "
+                          "attention on CPU uses the slower torch path", RuntimeWarning, stacklevel=2)
+    return _state["ok"]
+
+
+def load_error() -> str | None:
+    """Why the kernel is unavailable (None when it is loaded or not tried yet)."""
+    return _state.get("error")
+
+
+def _register() -> None:
+    if _state.get("registered"):
+        return
+    ns = "visionattn_cpu"
+
+    @torch.library.register_fake(f"{ns}::na_forward")
+    def _forward_fake(query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale):
+        return query.new_empty((*query.shape[:-1], value.shape[-1])), query.new_empty(query.shape[:-1])
+
+    @torch.library.register_fake(f"{ns}::na_backward")
+    def _backward_fake(grad_out, query, key, value, rpb, out, lse, kernel_size, stride, dilation, is_causal, scale):
+        return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
+                None if rpb is None else torch.empty_like(rpb))
+
+    def setup_context(ctx, inputs, output):
+        query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(query, key, value, rpb, out, lse)
+        ctx.args = (kernel_size, stride, dilation, is_causal, scale)
+
+    def backward(ctx, grad_out, grad_lse):
+        query, key, value, rpb, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(grad_out, query, key, value, rpb, out, lse,
+                                                                *ctx.args)
+        return dq, dk, dv, drpb, None, None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::na_forward", backward, setup_context=setup_context)
+    _state["registered"] = True
+
+
+def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str | None:
+    """None when the compiled kernel runs these arguments, else why not (the dispatch's ``check``)."""
+    if q.device.type != "cpu":
+        return f"runs on CPU tensors only, got {q.device}"
+    if q.dtype not in _DTYPES:
+        return f"dtype must be one of {_DTYPES}, got {q.dtype}"
+    if exporting():
+        return "not while exporting (the exported graph holds the torch path)"
+    if not available():
+        return f"the compiled NA CPU kernel is unavailable ({load_error()})"
+    return None
+
+
+def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> Tensor:
+    """NA through the compiled kernel (differentiable in q, k, v, rpb); ``cfg`` is ``na.NAConfig``."""
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+        rpb = None if rpb is None else rpb.float()
+    out, _ = torch.ops.visionattn_cpu.na_forward(q, k, v, rpb, list(cfg.kernel_size), list(cfg.stride),
+                                                 list(cfg.dilation), list(cfg.is_causal), float(cfg.scale))
+    return out.to(dtype)
+
+
+if __name__ == "__main__":  # `python -m visionattn.kernels._na_cpu`: build ahead of time (make)
+    import sys
+
+    try:
+        where = build(verbose="-v" in sys.argv[1:])
+    except Exception as e:
+        print(f"NA CPU kernel build failed: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"NA CPU kernel built: {where}")
