@@ -106,7 +106,8 @@ def _register() -> None:
         return query.new_empty((*query.shape[:-1], value.shape[-1])), query.new_empty(query.shape[:-1])
 
     @torch.library.register_fake(f"{ns}::na_backward")
-    def _backward_fake(grad_out, query, key, value, rpb, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    def _backward_fake(grad_out, query, key, value, rpb, lse, delta, kernel_size, stride, dilation, is_causal,
+                       scale):
         return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
                 None if rpb is None else torch.empty_like(rpb))
 
@@ -120,7 +121,10 @@ def _register() -> None:
         query, key, value, rpb, out, lse = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(grad_out, query, key, value, rpb, out, lse,
+        delta = (grad_out * out).sum(-1)
+        if grad_lse is not None:
+            delta = delta - grad_lse
+        dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(grad_out, query, key, value, rpb, lse, delta,
                                                                 *ctx.args)
         return dq, dk, dv, drpb, None, None, None, None, None
 
@@ -141,15 +145,17 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str
     return None
 
 
-def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> Tensor:
-    """NA through the compiled kernel (differentiable in q, k, v, rpb); ``cfg`` is ``na.NAConfig``."""
+def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, need_lse: bool = False):
+    """NA through the compiled kernel, differentiable in q, k, v, rpb (``cfg`` is ``na.NAConfig``): the output,
+    and with ``need_lse`` also the natural logsumexp ``[B, *spatial, heads]`` (float32; float64 for float64)."""
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
         rpb = None if rpb is None else rpb.float()
-    out, _ = torch.ops.visionattn_cpu.na_forward(q, k, v, rpb, list(cfg.kernel_size), list(cfg.stride),
-                                                 list(cfg.dilation), list(cfg.is_causal), float(cfg.scale))
-    return out.to(dtype)
+    out, lse = torch.ops.visionattn_cpu.na_forward(q, k, v, rpb, list(cfg.kernel_size), list(cfg.stride),
+                                                   list(cfg.dilation), list(cfg.is_causal), float(cfg.scale))
+    out = out.to(dtype)
+    return (out, lse) if need_lse else out
 
 
 if __name__ == "__main__":  # `python -m visionattn.kernels._na_cpu`: build ahead of time (make)

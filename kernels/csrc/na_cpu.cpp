@@ -114,7 +114,7 @@ View view_of(const at::Tensor& t) {
 }
 
 struct Geometry {
-  int64_t B = 0, heads = 0, D = 0, Dv = 0, K = 1, R = 1;
+  int64_t B = 0, heads = 0, kv_heads = 0, group = 1, D = 0, Dv = 0, K = 1, R = 1;
   int64_t S[kAxes] = {1, 1, 1};
   int64_t rpb_stride[kAxes] = {0, 0, 0};  // flat RPB-table strides of the padded [2k-1]^3 table
   Axis ax[kAxes];
@@ -143,6 +143,8 @@ Geometry make_geometry(const at::Tensor& q, const at::Tensor& v, c10::IntArrayRe
   Geometry g;
   g.B = q.size(0);
   g.heads = q.size(-2);
+  g.kv_heads = v.size(-2);
+  g.group = g.heads / g.kv_heads;
   g.D = q.size(-1);
   g.Dv = v.size(-1);
   const auto ks = padded(kernel_size, n, 1), ss = padded(stride, n, 1), ds = padded(dilation, n, 1);
@@ -170,9 +172,10 @@ void check_tensors(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "na_cpu: query, key, value dtypes must match");
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "na_cpu: float32 or float64 only");
-  TORCH_CHECK(q.sizes() == k.sizes() && v.dim() == q.dim() &&
-                  v.sizes().slice(0, v.dim() - 1) == q.sizes().slice(0, q.dim() - 1),
-              "na_cpu: query and key shapes must match, value may differ in head_dim only");
+  TORCH_CHECK(k.dim() == q.dim() && v.dim() == q.dim() && k.sizes().slice(0, k.dim() - 2) == q.sizes().slice(0, q.dim() - 2) &&
+                  k.size(-1) == q.size(-1) && v.sizes().slice(0, v.dim() - 1) == k.sizes().slice(0, k.dim() - 1) &&
+                  k.size(-2) >= 1 && q.size(-2) % k.size(-2) == 0,
+              "na_cpu: key must be shaped as query up to heads (kv_heads dividing heads), value as key up to head_dim");
   if (rpb.has_value()) {
     TORCH_CHECK(rpb->scalar_type() == q.scalar_type() && rpb->device().is_cpu(), "na_cpu: rpb dtype/device");
     TORCH_CHECK(rpb->dim() == q.dim() - 2 && rpb->size(0) == q.size(-2), "na_cpu: rpb must be [heads, 2k-1, ...]");
@@ -289,13 +292,14 @@ void generic_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k
       const T* qrow = qp + vq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) qs[i] = qrow[i] * scale;
       const T* bias = bp ? bp + hh * R : nullptr;
+      const int64_t hk = hh / g.group;
       int64_t n = 0;
       T mx = -std::numeric_limits<T>::infinity();
       for_window(g, y, [&](int64_t, const int64_t* x, int64_t r) {
-        T logit = dot(qs.data(), kp + vk.at(b, x, hh), D);
+        T logit = dot(qs.data(), kp + vk.at(b, x, hk), D);
         if (bias) logit += bias[r];
         s[n] = logit;
-        voff[n] = vv.at(b, x, hh);
+        voff[n] = vv.at(b, x, hk);
         mx = std::max(mx, logit);
         ++n;
       });
@@ -313,15 +317,15 @@ void generic_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k
 
 template <typename T>
 void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& out, const at::Tensor& lse,
-                     double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
-  const View vdo = view_of(dout), vq = view_of(q), vk = view_of(k), vv = view_of(v), vo = view_of(out);
+                      const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
+                      double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
+  const View vdo = view_of(dout), vq = view_of(q), vk = view_of(k), vv = view_of(v);
   const View vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T* gp = dout.data_ptr<T>();
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
-  const T* op = out.data_ptr<T>();
+  const T* dlp = delta.data_ptr<T>();
   const T* lp = lse.data_ptr<T>();
   const T* bp = rpb ? rpb->data_ptr<T>() : nullptr;
   T* dqp = dq.data_ptr<T>();
@@ -335,7 +339,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   const int64_t n_threads = at::get_num_threads();
   std::vector<T> drpb_part(drpb ? n_threads * H * R : 0, T(0));
 
-  // pass 1, per query: P, dP = dO . v, dS = P (dP - dO . O), dQ = scale * sum dS k, dRPB partials
+  // pass 1, per query: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
   at::parallel_for(0, items, grain(K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<T> qs(D), acc(D), s(K), p(K);
     std::vector<int64_t> koff(K), slot(K), ridx(K);
@@ -347,17 +351,18 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
       const T* qrow = qp + vq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) qs[i] = qrow[i] * scale;
       const T* grow = gp + vdo.at(b, y, hh);
-      const T delta = dot(grow, op + vo.at(b, y, hh), Dv);
+      const T dl = dlp[item];
       const T* bias = bp ? bp + hh * R : nullptr;
+      const int64_t hk = hh / g.group;
       const T m = lp[item];
       int64_t n = 0;
       for_window(g, y, [&](int64_t sl, const int64_t* x, int64_t r) {
-        T logit = dot(qs.data(), kp + vk.at(b, x, hh), D);
+        T logit = dot(qs.data(), kp + vk.at(b, x, hk), D);
         if (bias) logit += bias[r];
         s[n] = logit;
-        koff[n] = vk.at(b, x, hh);
+        koff[n] = vk.at(b, x, hk);
         // dP, kept in p[] until the probabilities are known
-        p[n] = dot(grow, vp + vv.at(b, x, hh), Dv);
+        p[n] = dot(grow, vp + vv.at(b, x, hk), Dv);
         slot[n] = sl;
         ridx[n] = r;
         ++n;
@@ -367,7 +372,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
       std::fill(acc.begin(), acc.end(), T(0));
       for (int64_t i = 0; i < n; ++i) {
         const T pr = exp_approx(s[i] - m);
-        const T ds = pr * (p[i] - delta);
+        const T ds = pr * (p[i] - dl);
         Prow[slot[i]] = pr;
         dSrow[slot[i]] = ds;
         axpy(ds, kp + koff[i], acc.data(), D);
@@ -378,16 +383,19 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
     }
   });
 
-  // pass 2, per key: dK = scale * sum dS q, dV = sum P dO over the queries whose window holds the key
+  // pass 2, per key (and kv head): dK = scale * sum dS q, dV = sum P dO over the queries (of the query heads
+  // sharing the kv head) whose window holds the key
   const Axis &a0 = g.ax[0], &a1 = g.ax[1], &a2 = g.ax[2];
-  at::parallel_for(0, items, grain(K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  const int64_t Hk = g.kv_heads;
+  at::parallel_for(0, g.B * N * Hk, grain(g.group * K * (D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<T> ak(D), av(Dv);
     int64_t x[kAxes], y[kAxes];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t hh = item % H, pos = (item / H) % N, b = item / (H * N);
+      const int64_t hk = item % Hk, pos = (item / Hk) % N, b = item / (Hk * N);
       g.unflat(pos, x);
       std::fill(ak.begin(), ak.end(), T(0));
       std::fill(av.begin(), av.end(), T(0));
+      for (int64_t hh = hk * g.group; hh < (hk + 1) * g.group; ++hh)
       for (int64_t i0 = a0.inv_off[x[0]]; i0 < a0.inv_off[x[0] + 1]; ++i0) {
         y[0] = a0.inv_q[i0];
         for (int64_t i1 = a1.inv_off[x[1]]; i1 < a1.inv_off[x[1] + 1]; ++i1) {
@@ -402,9 +410,9 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
           }
         }
       }
-      T* dkrow = dkp + vdk.at(b, x, hh);
+      T* dkrow = dkp + vdk.at(b, x, hk);
       for (int64_t i = 0; i < D; ++i) dkrow[i] = ak[i] * scale;
-      T* dvrow = dvp + vdv.at(b, x, hh);
+      T* dvrow = dvp + vdv.at(b, x, hk);
       for (int64_t i = 0; i < Dv; ++i) dvrow[i] = av[i];
     }
   });
@@ -676,7 +684,7 @@ inline void row_sums(const T* const* a, const T* const* b, int64_t ny, int64_t a
 
 // Geometry of the lane axis (the last one) and of the rows.
 struct LaneGeom {
-  int64_t k, d, off, PL, Lgp, Lext, rows, K01, R01, R2, bias_rows;
+  int64_t k, d, off, PL, Lgp, Lext, rows, kv_rows, K01, R01, R2, bias_rows;
   bool causal, has_rpb;
   std::vector<int64_t> Lg;  // per dilation group
 };
@@ -696,6 +704,7 @@ LaneGeom lane_geom(const Geometry& g, bool has_rpb) {
   lg.Lgp = (lg.Lg[0] + VL - 1) / VL * VL;
   lg.Lext = lg.PL + lg.Lgp + a.k;
   lg.rows = g.B * g.heads * g.S[0] * g.S[1] * a.d;
+  lg.kv_rows = g.B * g.kv_heads * g.S[0] * g.S[1] * a.d;
   lg.K01 = g.ax[0].k * g.ax[1].k;
   lg.R2 = 2 * a.k - 1;
   lg.R01 = g.R / lg.R2;
@@ -703,12 +712,13 @@ LaneGeom lane_geom(const Geometry& g, bool has_rpb) {
   return lg;
 }
 
-// row item (b, h, y0, y1, group), group fastest: neighbouring items share key rows
+// row item (b, h, y0, y1, group), group fastest: neighbouring items share key rows; h counts `heads` heads
+// (query heads for query rows, kv heads for key / value rows)
 struct RowItem {
   int64_t b, h, y[2], grp;
 };
 
-inline RowItem row_item(const Geometry& g, const LaneGeom& lg, int64_t item) {
+inline RowItem row_item(const Geometry& g, const LaneGeom& lg, int64_t item, int64_t heads) {
   RowItem r;
   r.grp = item % lg.d;
   item /= lg.d;
@@ -716,14 +726,14 @@ inline RowItem row_item(const Geometry& g, const LaneGeom& lg, int64_t item) {
   item /= g.S[1];
   r.y[0] = item % g.S[0];
   item /= g.S[0];
-  r.h = item % g.heads;
-  r.b = item / g.heads;
+  r.h = item % heads;
+  r.b = item / heads;
   return r;
 }
 
-inline int64_t row_index(const Geometry& g, const LaneGeom& lg, int64_t b, int64_t h, int64_t y0, int64_t y1,
-                         int64_t grp) {
-  return (((b * g.heads + h) * g.S[0] + y0) * g.S[1] + y1) * lg.d + grp;
+inline int64_t row_index(const Geometry& g, const LaneGeom& lg, int64_t heads, int64_t b, int64_t h, int64_t y0,
+                         int64_t y1, int64_t grp) {
+  return (((b * heads + h) * g.S[0] + y0) * g.S[1] + y1) * lg.d + grp;
 }
 
 // key of lane-axis slot u for the query at group coordinate j (the ghost wrap), -1 when causal-invalid
@@ -741,9 +751,9 @@ void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, 
   const View vx = view_of(x);
   const T* xp = x.data_ptr<T>();
   const int64_t D = x.size(-1), Lext = lg.Lext, PL = lg.PL, k = lg.k;
-  at::parallel_for(0, lg.rows, grain(D * Lext), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, lg.kv_rows, grain(D * Lext), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item);
+      const RowItem r = row_item(g, lg, item, g.kv_heads);
       const int64_t Lg = lg.Lg[r.grp];
       const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
       const T* src = xp + vx.at(r.b, y, r.h);
@@ -819,8 +829,8 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k;
-  at::Tensor KT = at::empty({lg.rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({lg.rows * Dv * Lext}, q.options());
+  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
+  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
   transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
   transpose_rows<T>(g, lg, v, VT.data_ptr<T>());
   std::vector<T> bias, valid;
@@ -839,10 +849,11 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
     std::vector<vec<T>> S(g.K), acc(Dv);
     std::vector<const T*> kt(lg.K01), vt(lg.K01);
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item);
+      const RowItem r = row_item(g, lg, item, g.heads);
       const int64_t Lg = lg.Lg[r.grp];
       const int64_t n_slots = row_slots(g, lg, r.y, slots.data());
-      for (int64_t n = 0; n < n_slots; ++n) krow[n] = row_index(g, lg, r.b, r.h, slots[n].x0, slots[n].x1, r.grp);
+      for (int64_t n = 0; n < n_slots; ++n)
+        krow[n] = row_index(g, lg, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1, r.grp);
       const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
       const T* qsrc = qp + vq.at(r.b, y, r.h);
       T* odst = op + vo.at(r.b, y, r.h);
@@ -880,14 +891,14 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
 
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                   const at::Tensor& v, const T* rpb, const at::Tensor& out, const at::Tensor& lse, double scale_d,
+                   const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lgp = lg.Lgp, kk = lg.k;
   const int64_t rows = lg.rows, K01 = lg.K01;
-  at::Tensor KT = at::empty({rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({rows * Dv * Lext}, q.options());
+  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
+  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
   transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
   transpose_rows<T>(g, lg, v, VT.data_ptr<T>());
   // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
@@ -900,28 +911,27 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t n_threads = at::get_num_threads();
   const int64_t bias_size = H * lg.d * lg.R01 * kk * Lgp;
   std::vector<T> dbias(drpb ? n_threads * bias_size : 0, T(0));
-  const View vq = view_of(q), vo = view_of(out), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk),
-             vdv = view_of(dv);
-  const T *qp = q.data_ptr<T>(), *op = out.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
+  const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
   const T *ktp = KT.data_ptr<T>(), *vtp = VT.data_ptr<T>();
   T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
 
-  // pass 1, per query row: P, dP = dO . v, dS = P (dP - dO . O), dQ = scale * sum dS k, dRPB partials
+  // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
   at::parallel_for(0, rows, grain(Lgp * g.K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<RowSlot> slots(K01);
     std::vector<int64_t> krow(K01);
-    std::vector<T> oT(Dv * VL);
     std::vector<vec<T>> S(g.K), dP(g.K), acc(D);
     std::vector<const T*> kt(K01), vt(K01);
     T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item);
+      const RowItem r = row_item(g, lg, item, g.heads);
       const int64_t Lg = lg.Lg[r.grp];
       const int64_t n_slots = row_slots(g, lg, r.y, slots.data());
-      for (int64_t n = 0; n < n_slots; ++n) krow[n] = row_index(g, lg, r.b, r.h, slots[n].x0, slots[n].x1, r.grp);
+      for (int64_t n = 0; n < n_slots; ++n)
+        krow[n] = row_index(g, lg, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1, r.grp);
       const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
-      const int64_t qcs = vq.x[2] * lg.d, ocs = vo.x[2] * lg.d, gcs = vg.x[2] * lg.d, dqcs = vdq.x[2] * lg.d;
+      const int64_t qcs = vq.x[2] * lg.d, gcs = vg.x[2] * lg.d, dqcs = vdq.x[2] * lg.d;
       const T* bias_hg = lg.bias_rows ? bias.data() + (r.h * lg.d + r.grp) * lg.bias_rows * kk * Lgp : nullptr;
       const T* valid_g = valid.data() + r.grp * kk * Lgp;
       T* QT = QTp + item * D * Lgp;
@@ -933,13 +943,11 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
         to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, qblk, Lgp);
         T* gblk = GT + j0;
         to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), gblk, Lgp);
-        to_lanes(op + vo.at(r.b, y, r.h) + j0 * ocs, ocs, nl, Dv, T(1), oT.data(), VL);
-        vec<T> delta{};
-        for (int64_t i = 0; i < Dv; ++i) delta += load(gblk + i * Lgp) * load(oT.data() + i * VL);
-        vec<T> m = splat(std::numeric_limits<T>::infinity());
+        vec<T> m = splat(std::numeric_limits<T>::infinity()), dl{};
         for (int64_t t = 0; t < nl; ++t) {
           const int64_t pos = (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + r.grp + (j0 + t) * lg.d;
           m[t] = lp[(r.b * N + pos) * H + r.h];
+          dl[t] = dlp[(r.b * N + pos) * H + r.h];
         }
         const int64_t base = lg.PL + j0 - lg.off;
         for (int64_t n = 0; n < n_slots; ++n) {
@@ -955,7 +963,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           for (int64_t u = 0; u < kk; ++u) {
             const vec<T> ok = load(valid_g + u * Lgp + j0);
             const vec<T> p = ok != T(0) ? vexp(S[n * kk + u] - m) : vec<T>{};
-            const vec<T> ds = ok != T(0) ? p * (dP[n * kk + u] - delta) : vec<T>{};
+            const vec<T> ds = ok != T(0) ? p * (dP[n * kk + u] - dl) : vec<T>{};
             store(Pd + u * Lgp, p);
             store(dSd + u * Lgp, ds);
             S[n * kk + u] = ds;
@@ -972,25 +980,27 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   // pass 2, per key row: dK = sum dS (scale q), dV = sum P dO over the query rows whose windows hold it,
   // accumulated along the diagonals into [dim][column] with ghosts, then the ghosts folded onto their keys
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
-  at::parallel_for(0, rows, grain(Lgp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, lg.kv_rows, grain(g.group * Lgp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<T> dKT(D * Lext), dVT(Dv * Lext);
     std::vector<vec<T>> part(std::max(D, Dv) * kk);
-    std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
+    std::vector<const T*> qt, gt, dsr, pr;  // per query row (and query head) holding this key row
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item);  // here r.y is the key row x
+      const RowItem r = row_item(g, lg, item, g.kv_heads);  // here r.y is the key row x, r.h the kv head
       const int64_t Lg = lg.Lg[r.grp];
       qt.clear();
       gt.clear();
       dsr.clear();
       pr.clear();
-      for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0) {
-        for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
-          const int64_t qitem = row_index(g, lg, r.b, r.h, a0.inv_q[i0], a1.inv_q[i1], r.grp);
-          const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-          pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lgp);
-          dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lgp);
-          qt.push_back(QTp + qitem * D * Lgp);
-          gt.push_back(GTp + qitem * Dv * Lgp);
+      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h) {
+        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0) {
+          for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
+            const int64_t qitem = row_index(g, lg, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1], r.grp);
+            const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
+            pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lgp);
+            dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lgp);
+            qt.push_back(QTp + qitem * D * Lgp);
+            gt.push_back(GTp + qitem * Dv * Lgp);
+          }
         }
       }
       const int64_t nq = static_cast<int64_t>(qt.size());
@@ -1067,13 +1077,13 @@ void run_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, co
 
 template <typename T>
 void run_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& out, const at::Tensor& lse,
+                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
                   double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
   if (lane_path(g))
-    lane_backward<T>(g, dout, q, k, v, rpb ? rpb->data_ptr<T>() : nullptr, out, lse, scale, dq, dk, dv,
+    lane_backward<T>(g, dout, q, k, v, rpb ? rpb->data_ptr<T>() : nullptr, lse, delta, scale, dq, dk, dv,
                      drpb ? drpb->data_ptr<T>() : nullptr);
   else
-    generic_backward<T>(g, dout, q, k, v, rpb, out, lse, scale, dq, dk, dv, drpb);
+    generic_backward<T>(g, dout, q, k, v, rpb, lse, delta, scale, dq, dk, dv, drpb);
 }
 
 // ------------------------------------------------------------------------------------------------ ops
@@ -1099,14 +1109,17 @@ std::tuple<at::Tensor, at::Tensor> na_forward(const at::Tensor& query, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_backward(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const c10::optional<at::Tensor>& rpb, const at::Tensor& out, const at::Tensor& lse, at::IntArrayRef kernel_size,
+    const c10::optional<at::Tensor>& rpb, const at::Tensor& lse, const at::Tensor& delta, at::IntArrayRef kernel_size,
     at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& is_causal, double scale) {
   check_tensors(query, key, value, rpb);
   const at::Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
-  const at::Tensor go = unit_last(grad_out).to(q.scalar_type()), o = unit_last(out);
-  const at::Tensor l = lse.contiguous();
-  TORCH_CHECK(go.sizes() == v.sizes() && o.sizes() == v.sizes(), "na_cpu: grad_out and out must be shaped as value");
-  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1), "na_cpu: lse must be [B, *spatial, heads]");
+  const at::Tensor go = unit_last(grad_out.to(q.scalar_type()));
+  const at::Tensor l = lse.to(q.scalar_type()).contiguous(), dl = delta.to(q.scalar_type()).contiguous();
+  std::vector<int64_t> oshape(q.sizes().begin(), q.sizes().end());
+  oshape.back() = v.size(-1);
+  TORCH_CHECK(go.sizes() == at::IntArrayRef(oshape), "na_cpu: grad_out must be [B, *spatial, heads, value head_dim]");
+  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1) && dl.sizes() == l.sizes(),
+              "na_cpu: lse and delta must be [B, *spatial, heads]");
   const Geometry g = make_geometry(q, v, kernel_size, stride, dilation, is_causal);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
@@ -1118,8 +1131,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
     drpb = at::empty(rpb->sizes(), rpb->options());
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na_cpu_backward", [&] {
-    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, o, l, scale, dq, dk, dv,
-                              drpb.has_value() ? &*drpb : nullptr);
+    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, l, dl, scale, dq, dk, dv,
+                           drpb.has_value() ? &*drpb : nullptr);
   });
   return {dq, dk, dv, drpb};
 }
@@ -1131,7 +1144,7 @@ TORCH_LIBRARY(visionattn_cpu, m) {
       "na_forward(Tensor query, Tensor key, Tensor value, Tensor? rpb, int[] kernel_size, int[] stride, "
       "int[] dilation, bool[] is_causal, float scale) -> (Tensor, Tensor)");
   m.def(
-      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor out, Tensor lse, "
+      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor delta, "
       "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale) "
       "-> (Tensor, Tensor, Tensor, Tensor?)");
 }
