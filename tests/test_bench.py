@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from parity_utils import parity_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,3 +195,83 @@ def test_gpu_check_sections_survive_each_other(tmp_path):
                        env={"GPU_CHECK_FAULT": "bra:fatal"})
     md = (tmp_path / "fatal" / "summary.md").read_text()
     assert fatal.returncode == 0 and "bra: exit 0" in md and "1 restart(s)" in md and "## Bi-level routing" in md
+
+
+# ------------------------------------------------------------------------------------------------ official code
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _fake_official(tmp_path):
+    """A local 'official' repository with two commits and a fixtures folder pinning the first."""
+    src = tmp_path / "mirror"
+    src.mkdir()
+    _git("init", "-q", cwd=src)
+    (src / "model.py").write_text("VERSION = 1\n")
+    _git("add", "model.py", cwd=src)
+    _git("commit", "-q", "-m", "one", cwd=src)
+    pinned = _git("rev-parse", "HEAD", cwd=src)
+    (src / "model.py").write_text("VERSION = 2\n")
+    _git("commit", "-q", "-am", "two", cwd=src)
+    fixtures = tmp_path / "parity" / "biformer"
+    fixtures.mkdir(parents=True)
+    (fixtures / "case.json").write_text(json.dumps({"official_repo": "https://github.com/someone/Official",
+                                                    "official_commit": pinned}))
+    return src, pinned, {**os.environ, "VISIONATTN_PARITY_DIR": str(tmp_path / "parity")}
+
+
+def test_fetch_official_pins_the_commit_and_touches_nothing_else(tmp_path):
+    src, pinned, env = _fake_official(tmp_path)
+    cache = tmp_path / "cache"
+    args = ["--family", "biformer", "--cache", cache, "--mirror", f"someone/Official={src}"]
+    out = _tool("fetch_official.py", *args, env=env)
+    assert out.returncode == 0, out.stderr
+    assert _git("rev-parse", "HEAD", cwd=cache / "Official") == pinned
+    assert (cache / "Official" / "model.py").read_text() == "VERSION = 1\n"
+    again = _tool("fetch_official.py", *args, env=env)
+    assert again.returncode == 0 and "already at the pinned commit" in again.stdout
+    assert sorted(p.name for p in cache.iterdir()) == ["Official"]  # no temporary folder left
+    # a folder the tool did not make is left alone
+    (cache / "Official").rename(cache / "mine")
+    (cache / "Official").mkdir()
+    (cache / "Official" / "notes.txt").write_text("keep me")
+    _assert_user_error(_tool("fetch_official.py", *args, env=env), "Official", "neither a git checkout")
+    assert (cache / "Official" / "notes.txt").read_text() == "keep me"
+    # an export whose COMMIT file names the pinned commit is reused as it is
+    (cache / "Official" / "COMMIT").write_text(pinned + "\n")
+    assert _tool("fetch_official.py", *args, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--mirror", "no-slash=/tmp"], ["--mirror"]),
+    (["--mirror-root", "/nonexistent/mirrors"], ["--mirror-root"]),
+    (["--family", "nope"], ["--family"]),
+])
+def test_fetch_official_user_errors(args, words):
+    _assert_user_error(_tool("fetch_official.py", *args), *words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--reps", "5"], ["--reps", "7"]),
+    (["--models", "resnet50"], ["--models"]),
+    (["--batches", "0"], ["--batches"]),
+])
+def test_bench_official_user_errors(args, words):
+    _assert_user_error(_tool("bench_official.py", *args), *words)
+
+
+def test_bench_official_without_checkouts_says_so(tmp_path):
+    """No official code fetched: every model is reported as skipped with the command that fetches it."""
+    root = parity_dir()  # the manifests name the official constructors (skip / error as every parity test does)
+    if root is None:
+        pytest.skip("parity fixtures not found (set VISIONATTN_PARITY_DIR)")
+    out = _tool("bench_official.py", "--models", "biformer_t", "slab_deit_t", "--cache", tmp_path / "empty",
+                "--out-dir", tmp_path / "out", env={**os.environ, "VISIONATTN_PARITY_DIR": str(root)})
+    assert out.returncode == 0, out.stderr
+    rows = _rows(tmp_path / "out" / "official.jsonl")
+    assert [r["model"] for r in rows] == ["biformer_t", "slab_deit_t"]
+    assert all("fetch_official.py" in r["note"] for r in rows)
+    assert "rayleizhu/BiFormer @" in out.stdout and "skipped" in out.stdout
