@@ -38,7 +38,7 @@ from pathlib import Path
 
 SECTIONS = ("tests", "na", "bra", "models")
 # seconds per section out of the default total; time a section leaves unused passes to the next ones
-SHARES = {"tests": 100, "na": 95, "bra": 70, "models": 135}
+SHARES = {"tests": 90, "na": 120, "bra": 65, "models": 105}
 GRACE_S = 20  # after the soft deadline, before the hard kill
 FATAL_EXIT = 3  # a section's exit code after a fatal CUDA error: restart it without the rows it has
 MODELS = ("nat_tiny", "dinat_tiny", "biformer_s", "agent_swin_t", "slab_swin_t", "swin_tiny_patch4_window7_224",
@@ -112,13 +112,18 @@ def _exit_if_cuda_broken(msg: str) -> None:
 
 
 def _passes(impls, dtypes):
-    """(impls, dtype) passes in order of value: the first dtype without compiled flex, then its flex rows, then
-    the next dtype likewise (each flex row costs a compile of several seconds)."""
-    slow = [i for i in impls if i.startswith("flex")]
-    fast = [i for i in impls if i not in slow]
-    out = []
-    for dtype in dtypes:
-        out += [(fast, dtype)] + ([(slow, dtype)] if slow else [])
+    """(impls, dtype, modes) passes, most informative first, each compiled-flex row costing a compile of several
+    seconds: the first dtype without flex, its flex without RPB (the targets' baseline), the other dtypes without
+    flex, then flex with RPB, then the other dtypes' flex rows; flex rows time fwd+bwd first."""
+    fast = [i for i in impls if not i.startswith("flex")]
+    flex = [i for i in ("flex", "flex_rpb") if i in impls]
+    both, bwd_first = ("fwd", "fwdbwd"), ("fwdbwd", "fwd")
+    first, rest = dtypes[0], list(dtypes[1:])
+    out = [(fast, first, both)]
+    out += [([f], first, bwd_first) for f in flex[:1]]
+    out += [(fast, d, both) for d in rest]
+    out += [([f], first, bwd_first) for f in flex[1:]]
+    out += [([f], d, bwd_first) for d in rest for f in flex]
     return out
 
 
@@ -144,8 +149,8 @@ def section_na(args, out: Path, deadline) -> None:
             for row in na.verify(checked, na.VERIFY_CASES[1:2], device, dtype):
                 row["mode"] = "verify"
                 emit(row)
-    for impls_, dtype in _passes(impls, dtypes):
-        na.rows(cases, impls_, device=device, dtype=dtype, warmup=1 if args.quick else 3,
+    for impls_, dtype, modes in _passes(impls, list(dtypes)):
+        na.rows(cases, impls_, device=device, dtype=dtype, modes=modes, warmup=1 if args.quick else 3,
                 iters=1 if args.quick else 10, max_s=2.0, deadline=deadline, emit=emit, done=done)
 
 
@@ -167,9 +172,9 @@ def section_bra(args, out: Path, deadline) -> None:
     kw = dict(device=device, dtype=dtype, batch=batch, stages=(0, 1) if args.quick else (0, 1, 2),
               warmup=1 if args.quick else 3, iters=1 if args.quick else 10, max_s=2.0, deadline=deadline,
               emit=emit, done=done)
-    for impls_, _ in _passes(impls, [dtype]):
+    for impls_, _, modes in _passes(impls, [dtype]):
         for size in sizes:
-            bra.rows((size,), impls_, **kw)
+            bra.rows((size,), impls_, modes=modes, **kw)
 
 
 KERNEL_FAMILIES = ("nat", "dinat", "biformer")  # models whose attention runs on our NA / BRA kernels
