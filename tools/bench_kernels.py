@@ -26,6 +26,7 @@ import dataclasses
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 from bench import bra as bra_bench
@@ -81,7 +82,12 @@ def parse_args(argv=None):
                    help="on CPU, run natten and compiled flex on every case (default: 56x56 k7 only; slow)")
     p.add_argument("--verify", action="store_true", help="check every implementation against the reference first")
     p.add_argument("--verify-only", action="store_true", help="only the check (tiny shapes, seconds on CPU)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for opt in ("csv", "jsonl"):
+        path = getattr(args, opt)
+        if path and Path(path).is_dir():
+            p.error(f"argument --{opt}: {path} is a directory; give a file path")
+    return args
 
 
 def _cpu_skip(args):
