@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["LOG2E", "Backend", "choose_backend", "interpreting", "exporting", "capturing", "to_tuple",
-           "check_int", "check_scale", "check_choice"]
+           "check_int", "check_scale", "check_choice", "register_autocast"]
 
 LOG2E = math.log2(math.e)  # kernels work in the log2 domain (exp2 is the fast instruction)
 
@@ -27,13 +27,16 @@ def interpreting() -> bool:
 
 
 def exporting() -> bool:
-    """True while a graph is exported (``torch.export``, ONNX, ``torch.jit.trace``): plain torch ops only."""
-    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+    """True while exporting to ONNX or tracing with ``torch.jit.trace``: the kernels run as plain torch ops
+    (their index tensors become graph constants) instead of the visionattn custom ops. ``torch.export`` and
+    ``torch.compile`` keep the custom ops."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
 
 
 def capturing() -> bool:
-    """``exporting()`` or compiling with dynamo (no data-dependent checks, no Python-side caches)."""
-    return exporting() or torch.compiler.is_compiling()
+    """Any graph capture (dynamo, ``torch.export``, ONNX, ``torch.jit.trace``): no data-dependent checks, no
+    Python-side caches."""
+    return exporting() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _is_int(x) -> bool:
@@ -97,3 +100,21 @@ def choose_backend(requested: str, backends: dict[str, Backend], auto_order: Seq
     if reason is not None:
         raise ValueError(f"backend={requested!r}: {reason}")
     return requested
+
+
+_LIB = torch.library.Library("visionattn", "FRAGMENT")  # noqa: TOR901  (autocast kernels of the custom ops)
+
+
+def register_autocast(op, name: str) -> None:
+    """Autocast for the visionattn op ``name``: floating tensor arguments (not float64) are cast to the autocast
+    dtype (attention runs in low precision, like ``scaled_dot_product_attention``), then ``op`` runs with
+    autocast off."""
+    for device_type, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+        def kernel(keyset, *args, _device_type=device_type):
+            dtype = torch.get_autocast_dtype(_device_type)
+            args = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+                    else a for a in args]
+            with torch.autocast(_device_type, enabled=False):
+                return op(*args)
+
+        _LIB.impl(name, kernel, key, with_keyset=True)

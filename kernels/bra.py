@@ -11,10 +11,14 @@ Backends:
     expanded copy) one small chunk of query regions at a time, attention runs through 4-D flash kernels (CPU:
     PyTorch's flash forward/backward with log-sum-exp; elsewhere SDPA forward and a recomputing backward), and
     only q, k, v, the output (and log-sum-exp) are kept for backward: nothing of size ``topk * K`` and no
-    ``[R, R, ...]`` scatter buffer. While exporting / tracing / compiling it is one plain differentiable graph
-    of 4-D ops (the ONNX exporter rejects 5-D SDPA).
+    ``[R, R, ...]`` scatter buffer. While exporting to ONNX (or ``torch.jit.trace``) it is one plain
+    differentiable graph of 4-D ops (the ONNX exporter rejects 5-D SDPA).
   - ``"triton"``: the fused kernel in ``kernels/bra_triton.py`` (CUDA, or the interpreter on CPU).
-  - ``"auto"``: triton on CUDA, torch otherwise and whenever a graph is being captured.
+  - ``"auto"``: triton on CUDA where the kernel runs the arguments (also under ``torch.compile`` /
+    ``torch.export``), torch otherwise and while exporting to ONNX.
+
+``torch`` and ``triton`` run as the custom ops ``visionattn::routed_attention_forward`` / ``_backward`` (fake
+implementations, autograd, autocast), one opaque op per call for ``torch.compile`` and ``torch.export``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import Backend, capturing, check_int, check_scale, choose_backend, to_tuple
+from ._common import Backend, capturing, check_int, check_scale, choose_backend, exporting, register_autocast, to_tuple
 
 __all__ = [
     "region_topk",
@@ -198,7 +202,6 @@ def _use_cpu_flash(qr: Tensor, vr: Tensor) -> bool:
         qr.device.type == "cpu"
         and qr.shape[-1] == vr.shape[-1]
         and qr.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
     )
 
 
@@ -207,7 +210,7 @@ def _forward_regions_flash(qr, kr, vr, fidx, topk, scale):
     N, hw, nh, dq = qr.shape
     L = topk * hw
     out = torch.empty_like(qr)
-    lse = None
+    lse = qr.new_empty(N, nh, hw, dtype=_acc(qr.dtype))
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     step = _chunk_len(N, nh, hw, L, dq, qr.device)
     for s in range(0, N, step):
@@ -217,88 +220,69 @@ def _forward_regions_flash(qr, kr, vr, fidx, topk, scale):
         kg = kr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)
         vg = vr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)
         o, lse_c = flash(qr[s:e].transpose(1, 2), kg, vg, 0.0, False, scale=scale)
-        if lse is None:
-            lse = lse_c.new_empty((N, *lse_c.shape[1:]))
         out[s:e] = o.transpose(1, 2)
         lse[s:e] = lse_c
     return out, lse
 
 
-class _RoutedAttentionFn(torch.autograd.Function):
-    """Region-chunked routed attention; the backward regathers K/V and recomputes the probabilities."""
-
-    @staticmethod
-    def forward(ctx, qr, kr, vr, fidx, topk, scale):
-        lse = None
-        if _use_cpu_flash(qr, vr):
-            out, lse = _forward_regions_flash(qr, kr, vr, fidx, topk, scale)
-        else:
-            out = _forward_regions(qr, kr, vr, fidx, topk, scale)
-        ctx.save_for_backward(qr, kr, vr, fidx, out, lse)
-        ctx.topk, ctx.scale = topk, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gout):
-        qr, kr, vr, fidx, out, lse = ctx.saved_tensors
-        topk, scale = ctx.topk, ctx.scale
-        N, hw, nh, dq = qr.shape
-        dv = vr.shape[-1]
-        L = topk * hw
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        gq = torch.empty_like(qr) if need_q else None
-        gk = torch.zeros_like(kr) if need_k else None
-        gv = torch.zeros_like(vr) if need_v else None
-        gout = gout.contiguous()
-        step = _chunk_len(N, nh, hw, L, max(dq, dv), qr.device)
-        if lse is not None:
-            flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-            for s in range(0, N, step):
-                e = min(N, s + step)
-                n = e - s
-                ids = fidx[s * topk:e * topk]
-                kg = kr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)
-                vg = vr.index_select(0, ids).view(n, L, nh, dv).transpose(1, 2)
-                dqc, dkg, dvg = flash_bwd(
-                    gout[s:e].transpose(1, 2), qr[s:e].transpose(1, 2), kg, vg, out[s:e].transpose(1, 2),
-                    lse[s:e], 0.0, False, scale=scale,
-                )
-                if need_q:
-                    gq[s:e] = dqc.transpose(1, 2)
-                if need_k:
-                    gk.index_add_(0, ids, dkg.transpose(1, 2).reshape(n * topk, hw, nh, dq))
-                if need_v:
-                    gv.index_add_(0, ids, dvg.transpose(1, 2).reshape(n * topk, hw, nh, dv))
-            return gq, gk, gv, None, None, None
+def _backward_regions(gout, qr, kr, vr, fidx, out, lse, topk, scale, need_q, need_k, need_v):
+    """Gradients on region tensors: regathers K/V per chunk; CPU flash backward when the forward saved its
+    log-sum-exp, else recomputed probabilities."""
+    N, hw, nh, dq = qr.shape
+    dv = vr.shape[-1]
+    L = topk * hw
+    gq = torch.empty_like(qr) if need_q else None
+    gk = torch.zeros_like(kr) if need_k else None
+    gv = torch.zeros_like(vr) if need_v else None
+    gout = gout.contiguous()
+    step = _chunk_len(N, nh, hw, L, max(dq, dv), qr.device)
+    if lse is not None:
+        flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
         for s in range(0, N, step):
             e = min(N, s + step)
             n = e - s
             ids = fidx[s * topk:e * topk]
-            kg = kr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)  # [n, nh, L, dq]
+            kg = kr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)
             vg = vr.index_select(0, ids).view(n, L, nh, dv).transpose(1, 2)
-            qc = qr[s:e].transpose(1, 2)  # [n, nh, hw, dq]
-            go = gout[s:e].transpose(1, 2)  # [n, nh, hw, dv]
-            p = torch.softmax((qc @ kg.transpose(-2, -1)).mul_(scale), dim=-1)  # [n, nh, hw, L]
-            if need_v:
-                gvg = p.transpose(-2, -1) @ go  # [n, nh, L, dv]
-                gv.index_add_(0, ids, gvg.transpose(1, 2).reshape(n * topk, hw, nh, dv))
-                del gvg
-            if not (need_q or need_k):
-                continue
-            delta = (go * out[s:e].transpose(1, 2)).sum(-1, keepdim=True)
-            ds = (go @ vg.transpose(-2, -1)).sub_(delta).mul_(p).mul_(scale)  # dlogits * scale
-            del p
+            dqc, dkg, dvg = flash_bwd(
+                gout[s:e].transpose(1, 2), qr[s:e].transpose(1, 2), kg, vg, out[s:e].transpose(1, 2),
+                lse[s:e], 0.0, False, scale=scale,
+            )
             if need_q:
-                gq[s:e] = (ds @ kg).transpose(1, 2)
+                gq[s:e] = dqc.transpose(1, 2)
             if need_k:
-                gkg = ds.transpose(-2, -1) @ qc  # [n, nh, L, dq]
-                gk.index_add_(0, ids, gkg.transpose(1, 2).reshape(n * topk, hw, nh, dq))
-        return gq, gk, gv, None, None, None
+                gk.index_add_(0, ids, dkg.transpose(1, 2).reshape(n * topk, hw, nh, dq))
+            if need_v:
+                gv.index_add_(0, ids, dvg.transpose(1, 2).reshape(n * topk, hw, nh, dv))
+        return gq, gk, gv
+    for s in range(0, N, step):
+        e = min(N, s + step)
+        n = e - s
+        ids = fidx[s * topk:e * topk]
+        kg = kr.index_select(0, ids).view(n, L, nh, dq).transpose(1, 2)  # [n, nh, L, dq]
+        vg = vr.index_select(0, ids).view(n, L, nh, dv).transpose(1, 2)
+        qc = qr[s:e].transpose(1, 2)  # [n, nh, hw, dq]
+        go = gout[s:e].transpose(1, 2)  # [n, nh, hw, dv]
+        p = torch.softmax((qc @ kg.transpose(-2, -1)).mul_(scale), dim=-1)  # [n, nh, hw, L]
+        if need_v:
+            gvg = p.transpose(-2, -1) @ go  # [n, nh, L, dv]
+            gv.index_add_(0, ids, gvg.transpose(1, 2).reshape(n * topk, hw, nh, dv))
+            del gvg
+        if not (need_q or need_k):
+            continue
+        delta = (go * out[s:e].transpose(1, 2)).sum(-1, keepdim=True)
+        ds = (go @ vg.transpose(-2, -1)).sub_(delta).mul_(p).mul_(scale)  # dlogits * scale
+        del p
+        if need_q:
+            gq[s:e] = (ds @ kg).transpose(1, 2)
+        if need_k:
+            gkg = ds.transpose(-2, -1) @ qc  # [n, nh, L, dq]
+            gk.index_add_(0, ids, gkg.transpose(1, 2).reshape(n * topk, hw, nh, dq))
+    return gq, gk, gv
 
 
 def _plain_regions(qr: Tensor, kr: Tensor, vr: Tensor, fidx: Tensor, topk: int, scale: float) -> Tensor:
-    """Single-graph version (export / compile): one gather of every routed region, 4-D attention."""
+    """Single-graph version (ONNX export): one gather of every routed region, 4-D attention."""
     N, hw, nh, dq = qr.shape
     dv = vr.shape[-1]
     L = topk * hw
@@ -307,23 +291,151 @@ def _plain_regions(qr: Tensor, kr: Tensor, vr: Tensor, fidx: Tensor, topk: int, 
     return _attend(qr.transpose(1, 2), kg, vg, scale).transpose(1, 2)
 
 
-def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
-    """Torch backend (inputs assumed validated; see `routed_attention`)."""
+def _nan_rows(q: Tensor) -> Tensor:
+    # PyTorch's CPU attention kernels turn a NaN query row into 0 (the softmax max skips NaN); a non-finite
+    # query gives a NaN row in exact arithmetic. `q.sum() * 0` is 0 for finite rows and NaN otherwise.
+    return q.sum(-1, keepdim=True) * 0
+
+
+def _torch_forward(q, k, v, index, region_size, scale, need_aux):
+    """Torch path without a graph: (out ``[B, H, W, heads, dv]``, aux): aux is the CPU flash kernel's
+    log-sum-exp ``[B * R, heads, hw]`` when the backward can use it (need_aux), else empty."""
     B, H, W, nh, dq = q.shape
     rh, rw = region_size
     R = (H // rh) * (W // rw)
     topk = index.shape[-1]
     qr, kr, vr = (_to_regions(t, rh, rw) for t in (q, k, v))
     fidx = _flat_index(index, R)
-    if capturing():
-        out = _plain_regions(qr, kr, vr, fidx, topk, scale)
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        out = _RoutedAttentionFn.apply(qr, kr, vr, fidx, topk, float(scale))
+    if need_aux and _use_cpu_flash(qr, vr):
+        out, aux = _forward_regions_flash(qr, kr, vr, fidx, topk, scale)
     else:
         out = _forward_regions(qr, kr, vr, fidx, topk, scale)
-    # PyTorch's CPU attention kernels turn a NaN query row into 0 (the softmax max skips NaN); a non-finite
-    # query gives a NaN row in exact arithmetic. `q.sum() * 0` is 0 for finite rows and NaN otherwise.
-    return _from_regions(out, B, H, W, rh, rw) + q.sum(-1, keepdim=True) * 0
+        aux = q.new_empty(0)
+    return _from_regions(out, B, H, W, rh, rw) + _nan_rows(q), aux
+
+
+def _torch_backward(gout, q, k, v, index, out, aux, region_size, scale, need_q, need_kv):
+    B, H, W, nh, dq = q.shape
+    rh, rw = region_size
+    R = (H // rh) * (W // rw)
+    qr, kr, vr, outr, goutr = (_to_regions(t, rh, rw) for t in (q, k, v, out, gout))
+    grads = _backward_regions(goutr, qr, kr, vr, _flat_index(index, R), outr, aux if aux.numel() else None,
+                              index.shape[-1], scale, need_q, need_kv, need_kv)
+    return tuple(None if g is None else _from_regions(g, B, H, W, rh, rw) for g in grads)
+
+
+def routed_attention_torch(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
+    """Torch backend (inputs assumed validated; see `routed_attention`)."""
+    if exporting():  # ONNX / jit.trace: one plain graph of 4-D ops (the exporter rejects 5-D SDPA)
+        B, H, W = q.shape[:3]
+        rh, rw = region_size
+        qr, kr, vr = (_to_regions(t, rh, rw) for t in (q, k, v))
+        out = _plain_regions(qr, kr, vr, _flat_index(index, (H // rh) * (W // rw)), index.shape[-1], scale)
+        return _from_regions(out, B, H, W, rh, rw) + _nan_rows(q)
+    return _run_op("torch", q, k, v, index, region_size, scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Custom ops: visionattn::routed_attention_forward / visionattn::routed_attention_backward
+#
+# backend "torch", "triton" or "auto" (triton on CUDA where the kernel runs the arguments, else torch). `aux`
+# is what the backward needs: the torch path's CPU flash log-sum-exp ([B * R, heads, hw], only when need_aux
+# and the flash kernel applies) or the fused kernel's base-2 log-sum-exp ([B, H, W, heads]).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _op_impl(backend: str, q: Tensor, k: Tensor, v: Tensor) -> str:
+    if backend == "auto":
+        return "triton" if q.is_cuda and _triton_check(q, k, v) is None else "torch"
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton') for "
+                         f"visionattn::routed_attention_forward, got {backend!r}")
+    return backend
+
+
+@torch.library.custom_op("visionattn::routed_attention_forward", mutates_args=())
+def routed_attention_forward(query: Tensor, key: Tensor, value: Tensor, index: Tensor, region_size: list[int],
+                             scale: float, backend: str, need_aux: bool) -> tuple[Tensor, Tensor]:
+    """Routed attention (arguments validated as by ``routed_attention``): ``(out, aux)``, aux saved for the
+    backward."""
+    rs = (int(region_size[0]), int(region_size[1]))
+    if _op_impl(backend, query, key, value) == "triton":
+        from . import bra_triton
+
+        out, lse = bra_triton.forward(query, key, value, index, rs, float(scale))
+        return out, lse
+    out, aux = _torch_forward(query, key, value, index, rs, float(scale), need_aux)
+    return out.contiguous(), aux.contiguous()
+
+
+@routed_attention_forward.register_fake
+def _routed_attention_forward_fake(query, key, value, index, region_size, scale, backend, need_aux):
+    B, H, W, nh, dq = query.shape
+    out = query.new_empty(B, H, W, nh, value.shape[-1])
+    acc = _acc(query.dtype)
+    if _op_impl(backend, query, key, value) == "triton":
+        return out, query.new_empty(B, H, W, nh, dtype=acc)
+    rh, rw = int(region_size[0]), int(region_size[1])
+    if need_aux and _use_cpu_flash(query, value):
+        return out, query.new_empty(B * (H // rh) * (W // rw), nh, rh * rw, dtype=acc)
+    return out, query.new_empty(0)
+
+
+@torch.library.custom_op("visionattn::routed_attention_backward", mutates_args=())
+def routed_attention_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
+                              out: Tensor, aux: Tensor, region_size: list[int], scale: float, backend: str,
+                              need_query_grad: bool, need_kv_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``routed_attention_forward`` w.r.t. query, key, value (empty where not needed)."""
+    rs = (int(region_size[0]), int(region_size[1]))
+    if _op_impl(backend, query, key, value) == "triton":
+        from . import bra_triton
+
+        grads = bra_triton.backward(query, key, value, out, aux, index, grad_out, rs, float(scale),
+                                    need_query_grad, need_kv_grad)
+    else:
+        grads = _torch_backward(grad_out, query, key, value, index, out, aux, rs, float(scale), need_query_grad,
+                                need_kv_grad)
+    return tuple(query.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@routed_attention_backward.register_fake
+def _routed_attention_backward_fake(grad_out, query, key, value, index, out, aux, region_size, scale, backend,
+                                    need_query_grad, need_kv_grad):
+    return (torch.empty_like(query) if need_query_grad else query.new_empty(0),
+            torch.empty_like(key) if need_kv_grad else query.new_empty(0),
+            torch.empty_like(value) if need_kv_grad else query.new_empty(0))
+
+
+def _ra_setup_context(ctx, inputs, output):
+    q, k, v, index, region_size, scale, backend, need_aux = inputs
+    ctx.save_for_backward(q, k, v, index, output[0], output[1])
+    ctx.meta = (list(region_size), float(scale), _op_impl(backend, q, k, v))
+
+
+def _ra_backward_rule(ctx, grad_out, grad_aux):
+    q, k, v, index, out, aux = ctx.saved_tensors
+    region_size, scale, impl = ctx.meta
+    need_q, need_k, need_v = ctx.needs_input_grad[:3]
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.visionattn.routed_attention_backward(grad_out, q, k, v, index, out, aux, region_size,
+                                                               scale, impl, need_q, need_k or need_v)
+    return (dq if need_q else None, dk if need_k else None, dv if need_v else None, None, None, None, None, None)
+
+
+routed_attention_forward.register_autograd(_ra_backward_rule, setup_context=_ra_setup_context)
+register_autocast(routed_attention_forward, "routed_attention_forward")
+
+
+def _run_op(impl: str, q, k, v, index, region_size, scale) -> Tensor:
+    need_aux = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    out, _ = torch.ops.visionattn.routed_attention_forward(q, k, v, index, list(region_size), float(scale), impl,
+                                                           need_aux)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -382,12 +494,12 @@ def _torch(q, k, v, index, region_size, scale):
 
 
 def _triton(q, k, v, index, region_size, scale):
-    from .bra_triton import routed_attention_triton
-
-    return routed_attention_triton(q, k, v, index, region_size, scale=scale)
+    return _run_op("triton", q, k, v, index, region_size, scale)
 
 
-def _triton_check(q, k, v, index, region_size, scale) -> str | None:
+def _triton_check(q, k, v, *args) -> str | None:
+    if exporting():
+        return "the fused kernel cannot be exported to ONNX or traced by torch.jit; use backend='torch'"
     try:
         from .bra_triton import unsupported
     except ImportError as e:
@@ -408,7 +520,7 @@ BRA_BACKENDS = ("auto", *_BACKENDS)
 
 
 def _auto_order(q: Tensor) -> tuple:
-    return ("triton", "torch") if q.is_cuda and not capturing() else ("torch",)
+    return ("triton", "torch") if q.is_cuda and not exporting() else ("torch",)
 
 
 def routed_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, region_size, *,

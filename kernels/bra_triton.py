@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._common import LOG2E, interpreting
 
-__all__ = ["routed_attention_triton", "unsupported"]
+__all__ = ["routed_attention_triton", "forward", "backward", "unsupported"]
 
 _MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -360,23 +360,30 @@ def _backward(q, k, v, out, lse, index, gout, rh, rw, scale, need_q, need_kv):
     return gq, gk, gv
 
 
-class _RoutedAttentionTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, index, rh, rw, scale):
-        out, lse = _forward(q, k, v, index, rh, rw, scale)
-        ctx.save_for_backward(q, k, v, out, lse, index)
-        ctx.rh, ctx.rw, ctx.scale = rh, rw, scale
-        return out
+def forward(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> tuple[Tensor, Tensor]:
+    """(out ``[B, H, W, heads, dv]``, base-2 logsumexp ``[B, H, W, heads]``) of validated arguments."""
+    rh, rw = region_size
+    if q.numel() == 0:  # batch 0: nothing to launch
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=acc)
+    with _on_device(q):
+        return _forward(q, k, v, index.contiguous(), rh, rw, scale)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gout):
-        q, k, v, out, lse, index = ctx.saved_tensors
-        need_q = ctx.needs_input_grad[0]
-        need_kv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        gq, gk, gv = _backward(q, k, v, out, lse, index, gout, ctx.rh, ctx.rw, ctx.scale, need_q, need_kv)
-        return gq, gk if ctx.needs_input_grad[1] else None, gv if ctx.needs_input_grad[2] else None, \
-            None, None, None, None
+
+def backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, index: Tensor, gout: Tensor, region_size,
+             scale: float, need_q: bool, need_kv: bool):
+    """(dq, dk, dv), None where not needed."""
+    rh, rw = region_size
+    if q.numel() == 0:
+        return (torch.zeros_like(q) if need_q else None, torch.zeros_like(k) if need_kv else None,
+                torch.zeros_like(v) if need_kv else None)
+    with _on_device(q):
+        return _backward(q, k, v, out, lse, index.contiguous(), gout, rh, rw, scale, need_q, need_kv)
+
+
+def _on_device(q: Tensor):
+    # Triton launches on the current CUDA device: make it the inputs' one.
+    return torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
 
 
 def unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
@@ -396,22 +403,14 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
 
 
 def routed_attention_triton(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
-    """Fused routed attention (inputs validated by `routed_attention`); differentiable w.r.t. q, k, v.
-
-    Raises NotImplementedError for what the kernels do not cover (see ``unsupported``).
-    """
-    rh, rw = (int(s) for s in region_size)
+    """Fused routed attention (inputs validated by `routed_attention`) through the custom op; differentiable
+    w.r.t. q, k, v. Raises NotImplementedError for what the kernels do not cover (see ``unsupported``)."""
     reason = unsupported(q, k, v)
     if reason is not None:
         raise NotImplementedError(reason)
     scale = float(scale)
     if not math.isfinite(scale):
         raise NotImplementedError(f"scale must be finite, got {scale}")
-    if q.numel() == 0:  # batch 0 (heads / head_dim 0 are rejected by the caller): nothing to launch
-        return torch.zeros_like(v) + (q.sum() + k.sum() + v.sum()) * 0
-    index = index.contiguous()
-    # Triton launches on the current CUDA device: make it the inputs' one.
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return _RoutedAttentionTriton.apply(q, k, v, index, rh, rw, scale)
-        return _forward(q, k, v, index, rh, rw, scale)[0]
+    from .bra import _run_op
+
+    return _run_op("triton", q, k, v, index, tuple(int(x) for x in region_size), scale)

@@ -20,6 +20,7 @@ reads it (0 * inf in the P @ V product, as in flash-attention kernels); the torc
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -27,12 +28,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._common import LOG2E, interpreting
 from ._na_index import axis_windows
 
-__all__ = ["na_triton", "unsupported"]
+__all__ = ["forward", "backward", "unsupported"]
 
 _LOG2E = tl.constexpr(LOG2E)
 _MAX_HEAD_DIM = 256
@@ -103,7 +103,7 @@ def _pair_mask(qx, qy, qz, qok, lox, hix, loy, hiy, loz, hiz, kx, ky, kz, kok):
 @triton.jit
 def _na_fwd_dq_kernel(
     Q, K, V, OUT, LSE, DO, DELTA, DQ, DS, RPB,
-    X, Y, Z, DX, DY, DZ, NTX, NTY, NTZ, NH, D, DV, qk_scale, scale,
+    X, Y, Z, DX, DY, DZ, NTX, NTY, NTZ, NH, NHK, D, DV, qk_scale, scale,
     KX: tl.constexpr, KY: tl.constexpr, KZ: tl.constexpr,
     SX: tl.constexpr, SY: tl.constexpr, SZ: tl.constexpr,
     CX: tl.constexpr, CY: tl.constexpr, CZ: tl.constexpr,
@@ -113,13 +113,16 @@ def _na_fwd_dq_kernel(
     HAS_RPB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
     BACKWARD: tl.constexpr, STORE_DS: tl.constexpr,
 ):
-    """Forward (O, LSE) or, with BACKWARD, dQ (and dLogits in window order when STORE_DS)."""
+    """Forward (O, LSE) or, with BACKWARD, dQ (and dLogits in window order when STORE_DS).
+
+    Query head h reads key/value head h // (NH // NHK) (GQA / MQA when NHK < NH)."""
     BLOCK_M: tl.constexpr = TAX * TAY * TAZ
     BLOCK_N: tl.constexpr = TBX * TBY * TBZ
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // NH
     h = bh % NH
+    hk = h // (NH // NHK)
     px, py, pz, jx, jy, jz, lgx, lgy, lgz = _tile_coords(pid, NTX, NTY, NTZ, DX, DY, DZ, X, Y, Z)
     gx0, gy0, gz0 = jx * TAX, jy * TAY, jz * TAZ
     if (gx0 >= lgx) | (gy0 >= lgy) | (gz0 >= lgz):
@@ -167,7 +170,7 @@ def _na_fwd_dq_kernel(
             for bz in range(rlz, rhz + 1, TBZ):
                 kx, ky, kz = bx + nx, by + ny, bz + nz
                 kok = (kx <= rhx) & (ky <= rhy) & (kz <= rhz)
-                krow = ((((b * X).to(tl.int64) + px + kx * DX) * Y + py + ky * DY) * Z + pz + kz * DZ) * NH + h
+                krow = ((((b * X).to(tl.int64) + px + kx * DX) * Y + py + ky * DY) * Z + pz + kz * DZ) * NHK + hk
                 k = tl.load(K + krow[:, None] * D + offs_d[None, :], mask=kok[:, None] & dmask[None, :], other=0.0)
                 v = tl.load(V + krow[:, None] * DV + offs_dv[None, :], mask=kok[:, None] & dvmask[None, :],
                             other=0.0)
@@ -217,7 +220,7 @@ def _query_range(k0, k1, lg, K: tl.constexpr, S: tl.constexpr, CAUSAL: tl.conste
 @triton.jit
 def _na_dkdv_kernel(
     Q, K, V, LSE, DO, DELTA, DK, DV_, RPB,
-    X, Y, Z, DX, DY, DZ, NTX, NTY, NTZ, NH, D, DV, qk_scale, scale,
+    X, Y, Z, DX, DY, DZ, NTX, NTY, NTZ, NH, NHK, D, DV, qk_scale, scale,
     KX: tl.constexpr, KY: tl.constexpr, KZ: tl.constexpr,
     SX: tl.constexpr, SY: tl.constexpr, SZ: tl.constexpr,
     CX: tl.constexpr, CY: tl.constexpr, CZ: tl.constexpr,
@@ -227,13 +230,14 @@ def _na_dkdv_kernel(
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_RPB: tl.constexpr, PREC: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """dK, dV: a program owns a key tile and visits every query block whose windows reach it."""
+    """dK, dV: a program owns a key tile of one key/value head and visits every query block whose windows reach
+    it, for each query head that reads this key/value head."""
     BLOCK_N: tl.constexpr = TAX * TAY * TAZ
     BLOCK_M: tl.constexpr = TBX * TBY * TBZ
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // NH
-    h = bh % NH
+    b = bh // NHK
+    hk = bh % NHK
     px, py, pz, jx, jy, jz, lgx, lgy, lgz = _tile_coords(pid, NTX, NTY, NTZ, DX, DY, DZ, X, Y, Z)
     gx0, gy0, gz0 = jx * TAX, jy * TAY, jz * TAZ
     if (gx0 >= lgx) | (gy0 >= lgy) | (gz0 >= lgz):
@@ -243,7 +247,7 @@ def _na_dkdv_kernel(
     nx, ny, nz = _split(offs_n, TAY, TAZ)
     kx, ky, kz = gx0 + nx, gy0 + ny, gz0 + nz
     kok = (kx < lgx) & (ky < lgy) & (kz < lgz)
-    krow = ((((b * X).to(tl.int64) + px + kx * DX) * Y + py + ky * DY) * Z + pz + kz * DZ) * NH + h
+    krow = ((((b * X).to(tl.int64) + px + kx * DX) * Y + py + ky * DY) * Z + pz + kz * DZ) * NHK + hk
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     dmask = offs_d < D
@@ -255,33 +259,38 @@ def _na_dkdv_kernel(
     qly, qhy = _query_range(gy0, tl.minimum(gy0 + TAY - 1, lgy - 1), lgy, KY, SY, CY, TAY, CANDY)
     qlz, qhz = _query_range(gz0, tl.minimum(gz0 + TAZ - 1, lgz - 1), lgz, KZ, SZ, CZ, TAZ, CANDZ)
 
-    rpb_base = RPB + h * ((2 * KX - 1) * (2 * KY - 1) * (2 * KZ - 1))
     offs_m = tl.arange(0, BLOCK_M)
     mx, my, mz = _split(offs_m, TBY, TBZ)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=ACC)
 
-    for bx in range(qlx, qhx + 1, TBX):
-        for by in range(qly, qhy + 1, TBY):
-            for bz in range(qlz, qhz + 1, TBZ):
-                qx, qy, qz = bx + mx, by + my, bz + mz
-                qok = (qx <= qhx) & (qy <= qhy) & (qz <= qhz)
-                _s, lox, hix = _window(qx, lgx, KX, SX, CX)
-                _s, loy, hiy = _window(qy, lgy, KY, SY, CY)
-                _s, loz, hiz = _window(qz, lgz, KZ, SZ, CZ)
-                qrow = ((((b * X).to(tl.int64) + px + qx * DX) * Y + py + qy * DY) * Z + pz + qz * DZ) * NH + h
-                q = tl.load(Q + qrow[:, None] * D + offs_d[None, :], mask=qok[:, None] & dmask[None, :], other=0.0)
-                do = tl.load(DO + qrow[:, None] * DV + offs_dv[None, :], mask=qok[:, None] & dvmask[None, :],
-                             other=0.0)
-                lse = tl.load(LSE + qrow, mask=qok, other=0.0)
-                delta = tl.load(DELTA + qrow, mask=qok, other=0.0)
-                valid = _pair_mask(qx, qy, qz, qok, lox, hix, loy, hiy, loz, hiz, kx, ky, kz, kok)
-                s = _logits(q, k, qx, qy, qz, kx, ky, kz, valid, rpb_base, qk_scale, KX, KY, KZ, HAS_RPB, PREC, ACC)
-                p = tl.math.exp2(s - lse[:, None])  # [M, N]
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC, out_dtype=ACC)
-                dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC, out_dtype=ACC)
+    G = NH // NHK
+    for gi in range(0, G):
+        h = hk * G + gi
+        rpb_base = RPB + h * ((2 * KX - 1) * (2 * KY - 1) * (2 * KZ - 1))
+        for bx in range(qlx, qhx + 1, TBX):
+            for by in range(qly, qhy + 1, TBY):
+                for bz in range(qlz, qhz + 1, TBZ):
+                    qx, qy, qz = bx + mx, by + my, bz + mz
+                    qok = (qx <= qhx) & (qy <= qhy) & (qz <= qhz)
+                    _s, lox, hix = _window(qx, lgx, KX, SX, CX)
+                    _s, loy, hiy = _window(qy, lgy, KY, SY, CY)
+                    _s, loz, hiz = _window(qz, lgz, KZ, SZ, CZ)
+                    qrow = ((((b * X).to(tl.int64) + px + qx * DX) * Y + py + qy * DY) * Z + pz + qz * DZ) * NH + h
+                    q = tl.load(Q + qrow[:, None] * D + offs_d[None, :], mask=qok[:, None] & dmask[None, :],
+                                other=0.0)
+                    do = tl.load(DO + qrow[:, None] * DV + offs_dv[None, :], mask=qok[:, None] & dvmask[None, :],
+                                 other=0.0)
+                    lse = tl.load(LSE + qrow, mask=qok, other=0.0)
+                    delta = tl.load(DELTA + qrow, mask=qok, other=0.0)
+                    valid = _pair_mask(qx, qy, qz, qok, lox, hix, loy, hiy, loz, hiz, kx, ky, kz, kok)
+                    s = _logits(q, k, qx, qy, qz, kx, ky, kz, valid, rpb_base, qk_scale, KX, KY, KZ, HAS_RPB, PREC,
+                                ACC)
+                    p = tl.math.exp2(s - lse[:, None])  # [M, N]
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC, out_dtype=ACC)
+                    dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
+                    ds = p * (dp - delta[:, None])
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC, out_dtype=ACC)
 
     tl.store(DK + krow[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=kok[:, None] & dmask[None, :])
@@ -332,14 +341,15 @@ def _to3(t, n: int, fill):
     return (fill,) * (3 - n) + tuple(t)
 
 
-def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
+def _meta(q: Tensor, k: Tensor, v: Tensor, cfg, rpb):
     n = q.dim() - 3
     B, *spatial, h, D = q.shape
+    ks, ss, ds, cs = (tuple(x) for x in cfg[:4])
     spatial3 = _to3(spatial, n, 1)
     ks3, ds3, ss3, cs3 = _to3(ks, n, 1), _to3(ds, n, 1), _to3(ss, n, 1), _to3(cs, n, False)
     ta, tb = _tiles(n, spatial3, ds3, interpreting())
     nt = [_cdiv(_cdiv(L, d), t) for L, d, t in zip(spatial3, ds3, ta)]
-    grid = (math.prod(nt[a] * ds3[a] for a in range(3)), B * h)
+    tiles = math.prod(nt[a] * ds3[a] for a in range(3))
     common = dict(
         KX=ks3[0], KY=ks3[1], KZ=ks3[2], SX=ss3[0], SY=ss3[1], SZ=ss3[2], CX=cs3[0], CY=cs3[1], CZ=cs3[2],
         TAX=ta[0], TAY=ta[1], TAZ=ta[2], TBX=tb[0], TBY=tb[1], TBZ=tb[2],
@@ -349,17 +359,24 @@ def _meta(q: Tensor, v: Tensor, ks, ds, ss, cs, scale, rpb):
               else "tf32" if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"),
         ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,  # fp64 only for gradcheck
     )
-    args = (*spatial3, *ds3, *nt, h, D, v.shape[-1], scale * LOG2E, scale)
-    return grid, args, common, ta, ks3, ss3
+    hk = k.shape[-2]
+    args = (*spatial3, *ds3, *nt, h, hk, D, v.shape[-1], cfg.scale * LOG2E, cfg.scale)
+    return (tiles, B * h), (tiles, B * hk), args, common, ta, ks3, ss3
 
 
-def _forward(q, k, v, rpb, ks, ds, ss, cs, scale):
-    grid, args, common, _, _, _ = _meta(q, v, ks, ds, ss, cs, scale, rpb)
+def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> tuple[Tensor, Tensor]:
+    """Output ``[B, *S, heads, Dv]`` and the base-2 logsumexp ``[B, *S, heads]`` (fp32; fp64 for fp64)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rpb = None if rpb is None else rpb.contiguous()
     o = torch.empty(*q.shape[:-1], v.shape[-1], device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:-1], device=q.device, dtype=_acc(q))
+    if q.numel() == 0:
+        return o, lse
+    grid, _, args, common, _, _, _ = _meta(q, k, v, cfg, rpb)
     dummy = q if rpb is None else rpb
-    _na_fwd_dq_kernel[grid](q, k, v, o, lse, q, lse, q, lse, dummy, *args, **common,
-                            BACKWARD=False, STORE_DS=False, num_warps=4)
+    with _on_device(q):
+        _na_fwd_dq_kernel[grid](q, k, v, o, lse, q, lse, q, lse, dummy, *args, **common,
+                                BACKWARD=False, STORE_DS=False, num_warps=4)
     return o, lse
 
 
@@ -377,22 +394,31 @@ def _rpb_index(spatial, ks, ds, ss, cs, device) -> Tensor:
     return idx.reshape(math.prod(spatial), math.prod(ks)).to(device)
 
 
-def _backward(do, q, k, v, o, lse, rpb, ks, ds, ss, cs, scale, need_drpb):
-    grid, args, common, ta, ks3, ss3 = _meta(q, v, ks, ds, ss, cs, scale, rpb)
+def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, lse: Tensor, delta: Tensor, cfg,
+             need_drpb: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """dq, dk, dv (and drpb) from the base-2 logsumexp of the forward and ``delta = rowsum(dO * O) - dLSE``
+    (natural-log units, ``[B, *S, heads]``)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rpb = None if rpb is None else rpb.contiguous()
     do = do.contiguous()
-    delta = (do.to(_acc(q)) * o.to(_acc(q))).sum(-1)
+    lse, delta = lse.contiguous(), delta.to(_acc(q)).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     B, *spatial, h, _ = q.shape
-    KK = math.prod(ks)
+    KK = math.prod(cfg.kernel_size)
+    if q.numel() == 0:
+        return dq, dk, dv, (torch.zeros_like(rpb) if need_drpb else None)
+    grid, grid_kv, args, common, ta, ks3, ss3 = _meta(q, k, v, cfg, rpb)
     dsw = torch.zeros(*q.shape[:-1], KK, device=q.device, dtype=_acc(q)) if need_drpb else lse
     dummy = q if rpb is None else rpb
-    _na_fwd_dq_kernel[grid](q, k, v, q, lse, do, delta, dq, dsw, dummy, *args, **common,
-                            BACKWARD=True, STORE_DS=need_drpb, num_warps=4)
     cand = [_pow2(t + 2 * (kk + s)) for t, kk, s in zip(ta, ks3, ss3)]
-    _na_dkdv_kernel[grid](q, k, v, lse, do, delta, dk, dv, dummy, *args, **common,
-                          CANDX=cand[0], CANDY=cand[1], CANDZ=cand[2], num_warps=4)
+    with _on_device(q):
+        _na_fwd_dq_kernel[grid](q, k, v, q, lse, do, delta, dq, dsw, dummy, *args, **common,
+                                BACKWARD=True, STORE_DS=need_drpb, num_warps=4)
+        _na_dkdv_kernel[grid_kv](q, k, v, lse, do, delta, dk, dv, dummy, *args, **common,
+                                 CANDX=cand[0], CANDY=cand[1], CANDZ=cand[2], num_warps=4)
     drpb = None
     if need_drpb:
+        ks, ss, ds, cs = (tuple(x) for x in cfg[:4])
         idx = _rpb_index(tuple(spatial), ks, ds, ss, cs, q.device)
         dsum = dsw.sum(0).reshape(-1, h, KK).permute(1, 0, 2).reshape(h, -1)
         drpb = torch.zeros(h, rpb[0].numel(), device=q.device, dtype=_acc(q))
@@ -401,24 +427,9 @@ def _backward(do, q, k, v, o, lse, rpb, ks, ds, ss, cs, scale, need_drpb):
     return dq, dk, dv, drpb
 
 
-class _NATriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, rpb, ks, ds, ss, cs, scale):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        rpb_c = None if rpb is None else rpb.contiguous()
-        o, lse = _forward(q, k, v, rpb_c, ks, ds, ss, cs, scale)
-        ctx.save_for_backward(q, k, v, o, lse, rpb_c)
-        ctx.cfg = (ks, ds, ss, cs, scale)
-        return o
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, rpb = ctx.saved_tensors
-        ks, ds, ss, cs, scale = ctx.cfg
-        need_drpb = rpb is not None and ctx.needs_input_grad[3]
-        dq, dk, dv, drpb = _backward(do, q, k, v, o, lse, rpb, ks, ds, ss, cs, scale, need_drpb)
-        return dq, dk, dv, drpb, None, None, None, None, None
+def _on_device(q: Tensor):
+    # Triton launches on the current CUDA device: make it the inputs' one.
+    return torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
 
 
 def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str | None:
@@ -435,15 +446,3 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str
         if q.dtype == torch.float64:
             return "dtype float64 is supported by triton only in the interpreter (TRITON_INTERPRET=1)"
     return None
-
-
-def na_triton(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> Tensor:
-    """Fused neighborhood attention; arguments as validated by ``na.py``, output shaped like q (v's head_dim)."""
-    reason = unsupported(q, k, v, rpb, cfg)
-    if reason is not None:
-        raise NotImplementedError(reason)
-    if q.shape[0] == 0:  # batch 0: nothing to launch; keep the result attached to the inputs for autograd
-        zero = (q.sum() + k.sum() + v.sum()) * 0 + (0 if rpb is None else rpb.sum() * 0)
-        return torch.zeros_like(v) + zero
-    return _NATriton.apply(q, k, v, rpb, tuple(cfg.kernel_size), tuple(cfg.dilation), tuple(cfg.stride),
-                           tuple(bool(c) for c in cfg.is_causal), float(cfg.scale))

@@ -211,6 +211,8 @@ def test_triton_backend_errors(monkeypatch):
 
 
 def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
+    import visionattn.kernels.na_triton  # noqa: F401  (decorated while the interpreter is on: triton.jit decides then)
+
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="device cpu"):

@@ -131,7 +131,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from visionattn.kernels import na_triton as m
 
-ints = {"X", "Y", "Z", "DX", "DY", "DZ", "NTX", "NTY", "NTZ", "NH", "D", "DV"}
+ints = {"X", "Y", "Z", "DX", "DY", "DZ", "NTX", "NTY", "NTZ", "NH", "NHK", "D", "DV"}
 # ints equal to 1 are specialised at launch, as for every 2-D call
 base = dict(KX=1, KY=7, KZ=7, SX=1, SY=1, SZ=1, CX=False, CY=True, CZ=False, TAX=1, TAY=8, TAZ=8, TBX=1,
             TBY=4, TBZ=16, BLOCK_D=32, BLOCK_DV=32, HAS_RPB=True, PREC=None, ACC=tl.float32, X=1, DX=1, NTX=1)
