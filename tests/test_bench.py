@@ -275,3 +275,40 @@ def test_bench_official_without_checkouts_says_so(tmp_path):
     assert [r["model"] for r in rows] == ["biformer_t", "slab_deit_t"]
     assert all("fetch_official.py" in r["note"] for r in rows)
     assert "rayleizhu/BiFormer @" in out.stdout and "skipped" in out.stdout
+
+
+def test_official_import_shims(tmp_path):
+    """A file written for timm 0.4 / torch 1.x imports unchanged in a worker with the shims, and registering an
+    official function never replaces a zoo model of the same name in timm's registry."""
+    pkg = tmp_path / "models"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "legacy.py").write_text(
+        "import torch\n"
+        "from torch._six import inf\n"
+        "from fairscale.nn.checkpoint import checkpoint_wrapper\n"
+        "from timm.models.layers import DropPath, trunc_normal_\n"
+        "from timm.models.registry import register_model\n"
+        "default_cfgs = {'legacy_tiny_xyz': dict(url='', hf_hub='someone/legacy', num_classes=10)}\n"
+        "@register_model\n"
+        "def legacy_tiny_xyz(**kw):\n"
+        "    return torch.nn.Linear(2, 2)\n"
+        "@register_model\n"
+        "def nat_mini(**kw):\n"
+        "    return torch.nn.Identity()\n")
+    code = (
+        "import timm, visionattn\n"
+        "from bench.official import install_shims, load_official\n"
+        "install_shims()\n"
+        "fn = load_official(dict(builder='models/legacy.py:legacy_tiny_xyz', import_root='.'))\n"
+        "assert type(fn()).__name__ == 'Linear'\n"
+        "assert timm.models.get_pretrained_cfg('legacy_tiny_xyz').hf_hub_id == 'someone/legacy'\n"
+        "assert type(timm.create_model('nat_mini')).__module__.startswith('visionattn')\n"
+        "import fairscale.nn.checkpoint as c\n"
+        "try:\n"
+        "    c.checkpoint_wrapper(None)\n"
+        "except NotImplementedError:\n"
+        "    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tools", capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

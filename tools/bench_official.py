@@ -2,17 +2,18 @@
 
     python tools/fetch_official.py --mirror-root /path/to/mirrors     # once: the official code, pinned commits
     python tools/bench_official.py                                    # every default model, bs1 / bs8 at 224 px
-    python tools/bench_official.py --models biformer_s agent_swin_t --threads 2 --reps 9
+    python tools/bench_official.py --models biformer_s agent_swin_t --threads 1 --timer cpu --reps 9
 
 Per model, a worker process imports the official file unmodified from .cache/official/<repo> (missing legacy
 modules shimmed in that process only, see tools/bench/official.py), builds the official model from the
 constructor arguments in the parity fixtures' manifest (random init, seed 0), builds ours with
 visionattn.from_official from the same arguments and the official state dict, checks the logits agree
-(`max_abs_diff`), then times both at batch 1 and 8 (224 px; BiFormer also batch 1 at 512 px): `--warmup`
-pairs, then `--reps` pairs (>= 7) alternating and flipping the order every pair. `ours/official` is the ratio of
-the median times (lower: ours faster), with the inter-quartile range of the per-pair ratios. NAT/DiNAT run the
-official model code on visionattn.compat.natten_legacy (their NATTEN 0.14-0.17 is not installable), so they
-compare model code on the same kernels; skipped with a message when that emulation is absent.
+(`max_abs_diff`), then times both at batch 1 and 8 (224 px; BiFormer also batch 1 at 512 px, where both are
+built with auto_pad=True: 512 px maps are no multiple of n_win=7). `--warmup` pairs, then `--reps` pairs
+(>= 7) alternating, the order flipped every pair. `ours/official` is the ratio of the median times (lower: ours
+faster), with the inter-quartile range of the per-pair ratios. NAT/DiNAT run the official model code on
+visionattn.compat.natten_legacy (their NATTEN 0.14-0.17 is not installable), so they compare model code on the
+same kernels; skipped with a message when that emulation is absent.
 Writes official.jsonl and official.md to --out-dir; the Markdown table is printed last.
 """
 from __future__ import annotations
@@ -56,10 +57,13 @@ def parse_args(argv=None):
     return args
 
 
-def configs(args, family: str) -> list[tuple[int, int]]:
-    out = [(b, args.img_size) for b in args.batches]
+def configs(args, family: str) -> list[tuple[int, int, dict]]:
+    """(batch, size, extra constructor kwargs) to time."""
+    out = [(b, args.img_size, {}) for b in args.batches]
     if family == "biformer" and args.biformer_512:
-        out.append((1, 512))
+        # 512 px maps (128, 64, 32, 16) are no multiple of n_win=7: the official BRA pads with auto_pad=True
+        # (a constructor argument of BiFormer that changes no parameter), so both models are built with it
+        out.append((1, 512, {"auto_pad": True}))
     return out
 
 
@@ -93,13 +97,21 @@ def table(rows) -> str:
             line[f"bs{b} {s}px ours/official"] = _cell_ratio(r)
             if "ours_ms" in r:
                 line[f"bs{b} {s}px ms (ours / official)"] = f"{r['ours_ms']:.1f} / {r['official_ms']:.1f}"
-        if "note" in first and "batch" not in first:
+        if first.get("official_runs_on"):
+            line["note"] = f"official model code on {first['official_runs_on']}"
+        elif "note" in first and "batch" not in first:
             line["note"] = first["note"]
         out.append(line)
     cols = []
     for line in out:
         cols += [c for c in line if c not in cols]
-    return markdown_table(out, cols)
+    timed = next((r for r in rows if "timer" in r and "ratio" in r), None)
+    head = ""
+    if timed:
+        head = (f"fp32, CPU, eval, no_grad; torch {timed['torch']}, timm {timed.get('timm', '?')}, "
+                f"{timed['threads']} thread(s), {timed['timer']} time, median of {timed['reps']} alternating pairs; "
+                "ours/official < 1: ours faster (inter-quartile range of the per-pair ratios in brackets).\n\n")
+    return head + markdown_table(out, cols)
 
 
 def main(argv=None) -> int:

@@ -195,7 +195,7 @@ def compare_timing(ours, official, x, warmup: int, reps: int, timer: str = "wall
 
 def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | None, emit, timer: str = "wall",
                check_only: bool = False) -> None:
-    """Build both models, check they agree, time every (batch, size) config; `emit(row)` per row."""
+    """Build both models, check they agree, time every (batch, size, extra kwargs) config; `emit(row)` per row."""
     import torch
 
     if threads:
@@ -217,9 +217,21 @@ def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | No
     import visionattn
 
     base["timm"] = timm.__version__
-    torch.manual_seed(0)
-    official = load_official(spec)(**spec["kwargs"]).eval()
-    ours = visionattn.from_official(spec["family"], spec["builder"], spec["kwargs"], official.state_dict()).eval()
+    builder = load_official(spec)
+    pairs = {}
+
+    def pair(extra: dict):
+        """(ours, official) built with the manifest's kwargs plus `extra`, the same weights in both."""
+        key = json.dumps(extra, sort_keys=True)
+        if key not in pairs:
+            kwargs = {**spec["kwargs"], **extra}
+            torch.manual_seed(0)
+            official = builder(**kwargs).eval()
+            ours = visionattn.from_official(spec["family"], spec["builder"], kwargs, official.state_dict()).eval()
+            pairs[key] = ours, official
+        return pairs[key]
+
+    ours, official = pair({})
     with torch.no_grad():
         x = torch.randn(2, 3, 224, 224)
         want, got = official(x), ours(x)
@@ -227,11 +239,11 @@ def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | No
     if check_only:
         emit(base)
         return
-    for batch, size in configs:
-        x = torch.randn(batch, 3, size, size)
-        row = dict(base, batch=batch, img_size=size)
+    for batch, size, extra in configs:
+        row = dict(base, batch=batch, img_size=size, **({"extra_kwargs": extra} if extra else {}))
         try:
-            row.update(compare_timing(ours, official, x, warmup, reps, timer))
+            ours, official = pair(extra)
+            row.update(compare_timing(ours, official, torch.randn(batch, 3, size, size), warmup, reps, timer))
         except Exception as err:  # noqa: BLE001 - report, go on with the next config
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         emit(row)
