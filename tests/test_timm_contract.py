@@ -31,7 +31,6 @@ CI_MODELS: dict[str, dict] = {
     "nat_mini": dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
     "nat_isotropic_small": dict(embed_dim=32, depth=12, num_heads=2),
     "dinat_mini": dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8)),
-    "dinat_s_tiny": dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8)),
     "vitrpb_small": dict(embed_dim=32, depth=12, num_heads=2),
     "agent_pvt_t": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
     "agent_deit_t": dict(depth=4),
