@@ -573,10 +573,10 @@ inline void from_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale,
 // Up to 8 independent accumulators per call: one chain per FMA latency would leave the FMA units idle.
 constexpr int64_t kChunk = 8;
 
-// out[c] = init[c * init_stride] + sum_i a[i * as] * b[i * bs + c] for c < C (vectors of VL lanes): the
-// diagonal dot products of a block (scores q.k, or dO.v)
+// out[c] = init[c * init_stride] + sum_i a[i * as] * b[i * bs + c * du] for c < C (vectors of VL lanes): the
+// diagonal dot products of a block (scores q.k, or dO.v; slots du columns apart)
 template <typename T, int C>
-inline void diag_dots_n(const T* a, int64_t as, const T* b, int64_t bs, int64_t D, const T* init,
+inline void diag_dots_n(const T* a, int64_t as, const T* b, int64_t bs, int64_t du, int64_t D, const T* init,
                         int64_t init_stride, vec<T>* out) {
   vec<T> acc[C];
 #pragma GCC unroll 8
@@ -585,35 +585,35 @@ inline void diag_dots_n(const T* a, int64_t as, const T* b, int64_t bs, int64_t 
     const vec<T> av = load(a + i * as);
     const T* bi = b + i * bs;
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[c] += av * load(bi + c);
+    for (int c = 0; c < C; ++c) acc[c] += av * load(bi + c * du);
   }
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
 template <typename T>
-inline void diag_dots(const T* a, int64_t as, const T* b, int64_t bs, int64_t D, const T* init, int64_t init_stride,
-                      int64_t n, vec<T>* out) {
+inline void diag_dots(const T* a, int64_t as, const T* b, int64_t bs, int64_t du, int64_t D, const T* init,
+                      int64_t init_stride, int64_t n, vec<T>* out) {
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const T* in = init ? init + c0 * init_stride : nullptr;
     switch (std::min(kChunk, n - c0)) {
-      case 8: diag_dots_n<T, 8>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 7: diag_dots_n<T, 7>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 6: diag_dots_n<T, 6>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 5: diag_dots_n<T, 5>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 4: diag_dots_n<T, 4>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 3: diag_dots_n<T, 3>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      case 2: diag_dots_n<T, 2>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
-      default: diag_dots_n<T, 1>(a, as, b + c0, bs, D, in, init_stride, out + c0); break;
+      case 8: diag_dots_n<T, 8>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 7: diag_dots_n<T, 7>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 6: diag_dots_n<T, 6>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 5: diag_dots_n<T, 5>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 4: diag_dots_n<T, 4>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 3: diag_dots_n<T, 3>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      case 2: diag_dots_n<T, 2>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
+      default: diag_dots_n<T, 1>(a, as, b + c0 * du, bs, du, D, in, init_stride, out + c0); break;
     }
   }
 }
 
-// out[c] = sum_{n, u} w[n * kk + u] * rows[n][(i0 + c) * ld + u] for c < C: weights (P or dS) times the
+// out[c] = sum_{n, u} w[n * kk + u] * rows[n][(i0 + c) * ld + u * du] for c < C: weights (P or dS) times the
 // diagonals of value or key rows, for dims i0 .. i0 + C
 template <typename T, int C>
-inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t i0,
-                       vec<T>* out) {
+inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
+                       int64_t i0, vec<T>* out) {
   vec<T> acc[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
@@ -621,8 +621,9 @@ inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, in
     const T* row = rows[n] + i0 * ld;
     for (int64_t u = 0; u < kk; ++u) {
       const vec<T> wv = w[n * kk + u];
+      const T* ru = row + u * du;
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[c] += wv * load(row + c * ld + u);
+      for (int c = 0; c < C; ++c) acc[c] += wv * load(ru + c * ld);
     }
   }
 #pragma GCC unroll 8
@@ -630,18 +631,18 @@ inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, in
 }
 
 template <typename T>
-inline void diag_mix(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t D,
-                     vec<T>* out) {
+inline void diag_mix(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
+                     int64_t D, vec<T>* out) {
   for (int64_t i0 = 0; i0 < D; i0 += kChunk) {
     switch (std::min(kChunk, D - i0)) {
-      case 8: diag_mix_n<T, 8>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 7: diag_mix_n<T, 7>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 6: diag_mix_n<T, 6>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 5: diag_mix_n<T, 5>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 4: diag_mix_n<T, 4>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 3: diag_mix_n<T, 3>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      case 2: diag_mix_n<T, 2>(w, rows, n_rows, kk, ld, i0, out + i0); break;
-      default: diag_mix_n<T, 1>(w, rows, n_rows, kk, ld, i0, out + i0); break;
+      case 8: diag_mix_n<T, 8>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 7: diag_mix_n<T, 7>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 6: diag_mix_n<T, 6>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 5: diag_mix_n<T, 5>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 4: diag_mix_n<T, 4>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 3: diag_mix_n<T, 3>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      case 2: diag_mix_n<T, 2>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
+      default: diag_mix_n<T, 1>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
     }
   }
 }
@@ -682,29 +683,30 @@ inline void row_sums(const T* const* a, const T* const* b, int64_t ny, int64_t a
   }
 }
 
-// Geometry of the lane axis (the last one) and of the rows.
+// Geometry of the lane axis (the last one) and of the rows. Lanes are consecutive columns of one row in their
+// natural order, dilation groups interleaved: query column j reads slot u of its window at j + d * (u - off)
+// (ghosts past the borders), so a block of VL queries reads slot u with one contiguous load at any dilation.
 struct LaneGeom {
-  int64_t k, d, off, PL, Lgp, Lext, rows, kv_rows, K01, R01, R2, bias_rows;
+  int64_t L, k, d, off, PL, Lp, Lext, rows, kv_rows, K01, R01, R2, bias_rows;
   bool causal, has_rpb;
-  std::vector<int64_t> Lg;  // per dilation group
 };
 
 template <typename T>
 LaneGeom lane_geom(const Geometry& g, bool has_rpb) {
+  constexpr int64_t VL = lanes<T>();
   const Axis& a = g.ax[2];
   LaneGeom lg;
+  lg.L = a.L;
   lg.k = a.k;
   lg.d = a.d;
   lg.causal = a.causal;
   lg.has_rpb = has_rpb;
   lg.off = a.causal ? a.k - 1 : a.k / 2;
-  lg.PL = a.k;
-  for (int64_t grp = 0; grp < a.d; ++grp) lg.Lg.push_back((a.L - grp + a.d - 1) / a.d);
-  const int64_t VL = lanes<T>();
-  lg.Lgp = (lg.Lg[0] + VL - 1) / VL * VL;
-  lg.Lext = lg.PL + lg.Lgp + a.k;
-  lg.rows = g.B * g.heads * g.S[0] * g.S[1] * a.d;
-  lg.kv_rows = g.B * g.kv_heads * g.S[0] * g.S[1] * a.d;
+  lg.PL = (lg.off * a.d + VL - 1) / VL * VL;  // slot 0 of the first block starts on a vector boundary
+  lg.Lp = (a.L + VL - 1) / VL * VL;
+  lg.Lext = (lg.PL + lg.Lp + (a.k - 1 - lg.off) * a.d + VL - 1) / VL * VL;
+  lg.rows = g.B * g.heads * g.S[0] * g.S[1];
+  lg.kv_rows = g.B * g.kv_heads * g.S[0] * g.S[1];
   lg.K01 = g.ax[0].k * g.ax[1].k;
   lg.R2 = 2 * a.k - 1;
   lg.R01 = g.R / lg.R2;
@@ -712,16 +714,13 @@ LaneGeom lane_geom(const Geometry& g, bool has_rpb) {
   return lg;
 }
 
-// row item (b, h, y0, y1, group), group fastest: neighbouring items share key rows; h counts `heads` heads
-// (query heads for query rows, kv heads for key / value rows)
+// row item (b, h, y0, y1); h counts `heads` heads (query heads for query rows, kv heads for key / value rows)
 struct RowItem {
-  int64_t b, h, y[2], grp;
+  int64_t b, h, y[2];
 };
 
-inline RowItem row_item(const Geometry& g, const LaneGeom& lg, int64_t item, int64_t heads) {
+inline RowItem row_item(const Geometry& g, int64_t item, int64_t heads) {
   RowItem r;
-  r.grp = item % lg.d;
-  item /= lg.d;
   r.y[1] = item % g.S[1];
   item /= g.S[1];
   r.y[0] = item % g.S[0];
@@ -731,69 +730,78 @@ inline RowItem row_item(const Geometry& g, const LaneGeom& lg, int64_t item, int
   return r;
 }
 
-inline int64_t row_index(const Geometry& g, const LaneGeom& lg, int64_t heads, int64_t b, int64_t h, int64_t y0,
-                         int64_t y1, int64_t grp) {
-  return (((b * heads + h) * g.S[0] + y0) * g.S[1] + y1) * lg.d + grp;
+inline int64_t row_index(const Geometry& g, int64_t heads, int64_t b, int64_t h, int64_t y0, int64_t y1) {
+  return ((b * heads + h) * g.S[0] + y0) * g.S[1] + y1;
 }
 
-// key of lane-axis slot u for the query at group coordinate j (the ghost wrap), -1 when causal-invalid
-inline int64_t lane_key(const LaneGeom& lg, int64_t Lg, int64_t j, int64_t u) {
-  int64_t key = j - lg.off + u;
-  if (lg.causal) return key >= 0 ? key : -1;
-  if (key < 0) key += lg.k;
-  if (key >= Lg) key -= lg.k;
-  return key;
+// key column of lane-axis slot u for the query at column j (wrapped into the window at the borders), -1 when
+// causal-invalid; *rel gets its RPB index
+inline int64_t lane_key(const LaneGeom& lg, int64_t j, int64_t u, int64_t* rel = nullptr) {
+  const int64_t grp = j % lg.d, jg = j / lg.d, Lg = (lg.L - grp + lg.d - 1) / lg.d;
+  int64_t key = jg - lg.off + u;
+  if (lg.causal) {
+    if (key < 0) return -1;
+  } else if (key < 0) {
+    key += lg.k;
+  } else if (key >= Lg) {
+    key -= lg.k;
+  }
+  if (rel) *rel = key - jg + lg.k - 1;
+  return grp + key * lg.d;
 }
 
-// x[b, row, group column j, h, :] transposed into dst[dim][PL + j] (+ ghosts) for every row item
+// the column a ghost column c (outside [0, L)) stands for, -1 for none (causal ghosts are zeros)
+inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
+  if (lg.causal) return -1;
+  const int64_t from = c < 0 ? c + lg.k * lg.d : c - lg.k * lg.d;
+  return from >= 0 && from < lg.L ? from : -1;
+}
+
+// x[b, x0, x1, column, h, :] transposed into dst[dim][PL + column] (+ ghosts) per key / value row
 template <typename T>
 void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, T* dst) {
+  constexpr int64_t VL = lanes<T>();
   const View vx = view_of(x);
   const T* xp = x.data_ptr<T>();
-  const int64_t D = x.size(-1), Lext = lg.Lext, PL = lg.PL, k = lg.k;
+  const int64_t D = x.size(-1), Lext = lg.Lext, PL = lg.PL, L = lg.L;
   at::parallel_for(0, lg.kv_rows, grain(D * Lext), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item, g.kv_heads);
-      const int64_t Lg = lg.Lg[r.grp];
-      const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
+      const RowItem r = row_item(g, item, g.kv_heads);
+      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
       const T* src = xp + vx.at(r.b, y, r.h);
-      const int64_t cs = vx.x[2] * lg.d;
+      const int64_t cs = vx.x[2];
       T* out = dst + item * D * Lext;
-      constexpr int64_t VL = lanes<T>();
-      for (int64_t j0 = 0; j0 < Lg; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, Lg - j0), D, T(1), out + PL + j0, Lext);
+      for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
       for (int64_t e = 0; e < Lext; ++e) {
-        const int64_t j = e - PL;
-        if (j >= 0 && j < Lg) continue;
-        int64_t from = -1;
-        if (!lg.causal) from = j < 0 ? j + k : j - k;
-        const bool ok = from >= 0 && from < Lg;
-        for (int64_t i = 0; i < D; ++i) out[i * Lext + e] = ok ? out[i * Lext + PL + from] : T(0);
+        const int64_t c = e - PL;
+        if (c >= 0 && c < L) continue;
+        const int64_t from = ghost_source(lg, c);
+        for (int64_t i = 0; i < D; ++i) out[i * Lext + e] = from >= 0 ? out[i * Lext + PL + from] : T(0);
       }
     }
   });
 }
 
-// bias[(h * d + grp) * bias_rows + rel01][u][j]: RPB of (row offset rel01, lane slot u, query j), -inf where
-// causal-invalid; valid[grp][u][j]: 1 for a real (in-window, j < Lg) slot, else 0
+// bias[(h * bias_rows + rel01) * k + u][j]: RPB of (row offset rel01, lane slot u, query column j), -inf where
+// causal-invalid; valid[u][j]: 1 for a real slot of a real query (j < L), else 0
 template <typename T>
 void lane_tables(const Geometry& g, const LaneGeom& lg, const T* rpb, std::vector<T>& bias, std::vector<T>& valid) {
-  const int64_t k = lg.k, Lgp = lg.Lgp;
-  valid.assign(lg.d * k * Lgp, T(0));
-  for (int64_t grp = 0; grp < lg.d; ++grp)
-    for (int64_t u = 0; u < k; ++u)
-      for (int64_t j = 0; j < lg.Lg[grp]; ++j) valid[(grp * k + u) * Lgp + j] = lane_key(lg, lg.Lg[grp], j, u) >= 0;
+  const int64_t k = lg.k, Lp = lg.Lp;
+  valid.assign(k * Lp, T(0));
+  for (int64_t u = 0; u < k; ++u)
+    for (int64_t j = 0; j < lg.L; ++j) valid[u * Lp + j] = lane_key(lg, j, u) >= 0;
   if (lg.bias_rows == 0) return;
-  bias.assign(g.heads * lg.d * lg.bias_rows * k * Lgp, T(0));
+  bias.assign(g.heads * lg.bias_rows * k * Lp, T(0));
   for (int64_t h = 0; h < g.heads; ++h)
-    for (int64_t grp = 0; grp < lg.d; ++grp)
-      for (int64_t r = 0; r < lg.bias_rows; ++r)
-        for (int64_t u = 0; u < k; ++u)
-          for (int64_t j = 0; j < lg.Lg[grp]; ++j) {
-            const int64_t key = lane_key(lg, lg.Lg[grp], j, u);
-            T val = -std::numeric_limits<T>::infinity();
-            if (key >= 0) val = rpb ? rpb[h * g.R + r * lg.R2 + key - j + k - 1] : T(0);
-            bias[(((h * lg.d + grp) * lg.bias_rows + r) * k + u) * Lgp + j] = val;
-          }
+    for (int64_t r = 0; r < lg.bias_rows; ++r)
+      for (int64_t u = 0; u < k; ++u)
+        for (int64_t j = 0; j < lg.L; ++j) {
+          int64_t rel = 0;
+          const bool ok = lane_key(lg, j, u, &rel) >= 0;
+          T val = -std::numeric_limits<T>::infinity();
+          if (ok) val = rpb ? rpb[h * g.R + r * lg.R2 + rel] : T(0);
+          bias[((h * lg.bias_rows + r) * k + u) * Lp + j] = val;
+        }
 }
 
 // the valid row offsets (all axes but the last) of a query row: key row, RPB row index, slot index
@@ -801,7 +809,7 @@ struct RowSlot {
   int64_t x0, x1, rel01, slot01;
 };
 
-inline int64_t row_slots(const Geometry& g, const LaneGeom& lg, const int64_t* y, RowSlot* out) {
+inline int64_t row_slots(const Geometry& g, const int64_t* y, RowSlot* out) {
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
   int64_t n = 0;
   for (int64_t c0 = a0.lo[y[0]]; c0 < a0.hi[y[0]]; ++c0)
@@ -812,14 +820,14 @@ inline int64_t row_slots(const Geometry& g, const LaneGeom& lg, const int64_t* y
   return n;
 }
 
-// logits S[n][u] (VL lanes each) of the block's queries (qT: [dim][qs]) against the key rows `kt`
+// logits S[n][u] (VL lanes each) of a block's queries (qT: [dim][qs]) against the key rows `kt`
 template <typename T>
 inline void block_scores(const LaneGeom& lg, const T* qT, int64_t qs, const T* const* kt, const RowSlot* slots,
-                         int64_t n_slots, const T* bias_hg, int64_t j0, int64_t D, vec<T>* S) {
+                         int64_t n_slots, const T* bias_h, int64_t j0, int64_t D, vec<T>* S) {
   const int64_t k = lg.k;
   for (int64_t n = 0; n < n_slots; ++n) {
-    const T* bt = bias_hg ? bias_hg + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lgp + j0 : nullptr;
-    diag_dots(qT, qs, kt[n], lg.Lext, D, bt, lg.Lgp, k, S + n * k);
+    const T* bt = bias_h ? bias_h + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lp + j0 : nullptr;
+    diag_dots(qT, qs, kt[n], lg.Lext, lg.d, D, bt, lg.Lp, k, S + n * k);
   }
 }
 
@@ -828,7 +836,7 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
                   double scale_d, at::Tensor& out, at::Tensor& lse) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
-  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k;
+  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k, L = lg.L;
   at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
   at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
   transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
@@ -842,33 +850,30 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
-  at::parallel_for(0, lg.rows, grain(lg.Lgp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, lg.rows, grain(lg.Lp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<RowSlot> slots(lg.K01);
-    std::vector<int64_t> krow(lg.K01);
     std::vector<T> qT(D * VL);
     std::vector<vec<T>> S(g.K), acc(Dv);
     std::vector<const T*> kt(lg.K01), vt(lg.K01);
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item, g.heads);
-      const int64_t Lg = lg.Lg[r.grp];
-      const int64_t n_slots = row_slots(g, lg, r.y, slots.data());
-      for (int64_t n = 0; n < n_slots; ++n)
-        krow[n] = row_index(g, lg, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1, r.grp);
-      const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
+      const RowItem r = row_item(g, item, H);
+      const int64_t n_slots = row_slots(g, r.y, slots.data());
+      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
       const T* qsrc = qp + vq.at(r.b, y, r.h);
       T* odst = op + vo.at(r.b, y, r.h);
-      const int64_t qcs = vq.x[2] * lg.d, ocs = vo.x[2] * lg.d;
-      const T* bias_hg = lg.bias_rows ? bias.data() + (r.h * lg.d + r.grp) * lg.bias_rows * kk * lg.Lgp : nullptr;
+      const int64_t qcs = vq.x[2], ocs = vo.x[2];
+      const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * lg.Lp : nullptr;
       const int64_t nS = n_slots * kk;
-      for (int64_t j0 = 0; j0 < Lg; j0 += VL) {
-        const int64_t nl = std::min(VL, Lg - j0);
+      for (int64_t j0 = 0; j0 < L; j0 += VL) {
+        const int64_t nl = std::min(VL, L - j0);
         to_lanes(qsrc + j0 * qcs, qcs, nl, D, scale, qT.data(), VL);
-        const int64_t base = lg.PL + j0 - lg.off;
+        const int64_t base = lg.PL + j0 - lg.off * lg.d;
         for (int64_t n = 0; n < n_slots; ++n) {
-          kt[n] = ktp + krow[n] * D * Lext + base;
-          vt[n] = vtp + krow[n] * Dv * Lext + base;
+          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+          kt[n] = ktp + kr * D * Lext + base;
+          vt[n] = vtp + kr * Dv * Lext + base;
         }
-        block_scores(lg, qT.data(), VL, kt.data(), slots.data(), n_slots, bias_hg, j0, D, S.data());
+        block_scores(lg, qT.data(), VL, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
         vec<T> mx = splat(-std::numeric_limits<T>::infinity());
         for (int64_t n = 0; n < nS; ++n) mx = vmax<T>(S[n], mx);
         vec<T> sum{};
@@ -877,13 +882,11 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
           sum += S[n];
         }
         const vec<T> inv = T(1) / sum;
-        diag_mix(S.data(), vt.data(), n_slots, kk, Lext, Dv, acc.data());
+        diag_mix(S.data(), vt.data(), n_slots, kk, Lext, lg.d, Dv, acc.data());
         for (int64_t i = 0; i < Dv; ++i) acc[i] *= inv;
         from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, Dv, T(1), odst + j0 * ocs, ocs);
-        for (int64_t t = 0; t < nl; ++t) {
-          const int64_t pos = (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + r.grp + (j0 + t) * lg.d;
-          lp[(r.b * N + pos) * H + r.h] = mx[t] + std::log(sum[t]);
-        }
+        T* lrow = lp + (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
+        for (int64_t t = 0; t < nl; ++t) lrow[t * H] = mx[t] + std::log(sum[t]);
       }
     }
   });
@@ -895,21 +898,21 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
-  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lgp = lg.Lgp, kk = lg.k;
-  const int64_t rows = lg.rows, K01 = lg.K01;
+  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lp = lg.Lp, kk = lg.k;
+  const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d;
   at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
   at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
   transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
   transpose_rows<T>(g, lg, v, VT.data_ptr<T>());
   // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
-  at::Tensor Pb = at::empty({rows * K01 * kk * Lgp}, q.options());
-  at::Tensor dSb = at::empty({rows * K01 * kk * Lgp}, q.options());
-  at::Tensor QTb = at::empty({rows * D * Lgp}, q.options());
-  at::Tensor GTb = at::empty({rows * Dv * Lgp}, q.options());
+  at::Tensor Pb = at::empty({rows * K01 * kk * Lp}, q.options());
+  at::Tensor dSb = at::empty({rows * K01 * kk * Lp}, q.options());
+  at::Tensor QTb = at::empty({rows * D * Lp}, q.options());
+  at::Tensor GTb = at::empty({rows * Dv * Lp}, q.options());
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
   const int64_t n_threads = at::get_num_threads();
-  const int64_t bias_size = H * lg.d * lg.R01 * kk * Lgp;
+  const int64_t bias_size = H * lg.R01 * kk * Lp;
   std::vector<T> dbias(drpb ? n_threads * bias_size : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
@@ -918,127 +921,119 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const T scale = static_cast<T>(scale_d);
 
   // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  at::parallel_for(0, rows, grain(Lgp * g.K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain(Lp * g.K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<RowSlot> slots(K01);
-    std::vector<int64_t> krow(K01);
     std::vector<vec<T>> S(g.K), dP(g.K), acc(D);
     std::vector<const T*> kt(K01), vt(K01);
     T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item, g.heads);
-      const int64_t Lg = lg.Lg[r.grp];
-      const int64_t n_slots = row_slots(g, lg, r.y, slots.data());
-      for (int64_t n = 0; n < n_slots; ++n)
-        krow[n] = row_index(g, lg, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1, r.grp);
-      const int64_t y[kAxes] = {r.y[0], r.y[1], r.grp};
-      const int64_t qcs = vq.x[2] * lg.d, gcs = vg.x[2] * lg.d, dqcs = vdq.x[2] * lg.d;
-      const T* bias_hg = lg.bias_rows ? bias.data() + (r.h * lg.d + r.grp) * lg.bias_rows * kk * Lgp : nullptr;
-      const T* valid_g = valid.data() + r.grp * kk * Lgp;
-      T* QT = QTp + item * D * Lgp;
-      T* GT = GTp + item * Dv * Lgp;
-      for (int64_t j0 = 0; j0 < Lg; j0 += VL) {
-        const int64_t nl = std::min(VL, Lg - j0);
-        // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lgp] per row)
+      const RowItem r = row_item(g, item, H);
+      const int64_t n_slots = row_slots(g, r.y, slots.data());
+      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
+      const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
+      const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
+      T* QT = QTp + item * D * Lp;
+      T* GT = GTp + item * Dv * Lp;
+      for (int64_t j0 = 0; j0 < L; j0 += VL) {
+        const int64_t nl = std::min(VL, L - j0);
+        // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
         T* qblk = QT + j0;
-        to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, qblk, Lgp);
+        to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, qblk, Lp);
         T* gblk = GT + j0;
-        to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), gblk, Lgp);
+        to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), gblk, Lp);
         vec<T> m = splat(std::numeric_limits<T>::infinity()), dl{};
+        const int64_t at0 = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
         for (int64_t t = 0; t < nl; ++t) {
-          const int64_t pos = (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + r.grp + (j0 + t) * lg.d;
-          m[t] = lp[(r.b * N + pos) * H + r.h];
-          dl[t] = dlp[(r.b * N + pos) * H + r.h];
+          m[t] = lp[at0 + t * H];
+          dl[t] = dlp[at0 + t * H];
         }
-        const int64_t base = lg.PL + j0 - lg.off;
+        const int64_t base = lg.PL + j0 - lg.off * lg.d;
         for (int64_t n = 0; n < n_slots; ++n) {
-          kt[n] = ktp + krow[n] * D * Lext + base;
-          vt[n] = vtp + krow[n] * Dv * Lext + base;
+          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+          kt[n] = ktp + kr * D * Lext + base;
+          vt[n] = vtp + kr * Dv * Lext + base;
         }
-        block_scores(lg, qblk, Lgp, kt.data(), slots.data(), n_slots, bias_hg, j0, D, S.data());
-        for (int64_t n = 0; n < n_slots; ++n) diag_dots<T>(gblk, Lgp, vt[n], Lext, Dv, nullptr, 0, kk, dP.data() + n * kk);
+        block_scores(lg, qblk, Lp, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
+        for (int64_t n = 0; n < n_slots; ++n) diag_dots<T>(gblk, Lp, vt[n], Lext, du, Dv, nullptr, 0, kk, dP.data() + n * kk);
         for (int64_t n = 0; n < n_slots; ++n) {
-          T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lgp + j0;
-          T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lgp + j0;
-          T* db = dbias_t ? dbias_t + ((r.h * lg.d + r.grp) * lg.R01 + slots[n].rel01) * kk * Lgp + j0 : nullptr;
+          T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
+          T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
+          T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
           for (int64_t u = 0; u < kk; ++u) {
-            const vec<T> ok = load(valid_g + u * Lgp + j0);
+            const vec<T> ok = load(valid.data() + u * Lp + j0);
             const vec<T> p = ok != T(0) ? vexp(S[n * kk + u] - m) : vec<T>{};
             const vec<T> ds = ok != T(0) ? p * (dP[n * kk + u] - dl) : vec<T>{};
-            store(Pd + u * Lgp, p);
-            store(dSd + u * Lgp, ds);
+            store(Pd + u * Lp, p);
+            store(dSd + u * Lp, ds);
             S[n * kk + u] = ds;
-            if (db) store(db + u * Lgp, load(db + u * Lgp) + ds);
+            if (db) store(db + u * Lp, load(db + u * Lp) + ds);
           }
         }
-        diag_mix(S.data(), kt.data(), n_slots, kk, Lext, D, acc.data());
+        diag_mix(S.data(), kt.data(), n_slots, kk, Lext, du, D, acc.data());
         from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, D, scale,
                    dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
       }
     }
   });
 
-  // pass 2, per key row: dK = sum dS (scale q), dV = sum P dO over the query rows whose windows hold it,
-  // accumulated along the diagonals into [dim][column] with ghosts, then the ghosts folded onto their keys
+  // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
+  // heads sharing the kv head) whose windows hold it, accumulated along the diagonals into [dim][column] with
+  // ghosts, then the ghosts folded onto the keys they stand for
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
-  at::parallel_for(0, lg.kv_rows, grain(g.group * Lgp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, lg.kv_rows, grain(g.group * Lp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
     std::vector<T> dKT(D * Lext), dVT(Dv * Lext);
     std::vector<vec<T>> part(std::max(D, Dv) * kk);
-    std::vector<const T*> qt, gt, dsr, pr;  // per query row (and query head) holding this key row
+    std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
     for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, lg, item, g.kv_heads);  // here r.y is the key row x, r.h the kv head
-      const int64_t Lg = lg.Lg[r.grp];
+      const RowItem r = row_item(g, item, g.kv_heads);  // r.y is the key row, r.h the kv head
       qt.clear();
       gt.clear();
       dsr.clear();
       pr.clear();
-      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h) {
-        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0) {
+      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
+        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
           for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
-            const int64_t qitem = row_index(g, lg, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1], r.grp);
+            const int64_t qitem = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]);
             const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-            pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lgp);
-            dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lgp);
-            qt.push_back(QTp + qitem * D * Lgp);
-            gt.push_back(GTp + qitem * Dv * Lgp);
+            pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lp);
+            dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lp);
+            qt.push_back(QTp + qitem * D * Lp);
+            gt.push_back(GTp + qitem * Dv * Lp);
           }
-        }
-      }
       const int64_t nq = static_cast<int64_t>(qt.size());
       std::fill(dKT.begin(), dKT.end(), T(0));
       std::fill(dVT.begin(), dVT.end(), T(0));
-      for (int64_t j0 = 0; j0 < Lg; j0 += VL) {
-        const int64_t base = lg.PL + j0 - lg.off;
+      for (int64_t j0 = 0; j0 < L; j0 += VL) {
+        const int64_t base = lg.PL + j0 - lg.off * lg.d;
         // sums over the query rows stay in registers; the overlapping diagonal updates of the [dim][column]
         // buffers then go dim-major, so no store is read back by the next update
-        for (int64_t i = 0; i < D; ++i) row_sums(qt.data(), dsr.data(), nq, i * Lgp + j0, Lgp, j0, kk, part.data() + i * kk);
+        for (int64_t i = 0; i < D; ++i) row_sums(qt.data(), dsr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
         for (int64_t u = 0; u < kk; ++u)
           for (int64_t i = 0; i < D; ++i) {
-            T* dst = dKT.data() + i * Lext + base + u;
+            T* dst = dKT.data() + i * Lext + base + u * du;
             store(dst, load(dst) + part[i * kk + u]);
           }
-        for (int64_t i = 0; i < Dv; ++i) row_sums(gt.data(), pr.data(), nq, i * Lgp + j0, Lgp, j0, kk, part.data() + i * kk);
+        for (int64_t i = 0; i < Dv; ++i) row_sums(gt.data(), pr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
         for (int64_t u = 0; u < kk; ++u)
           for (int64_t i = 0; i < Dv; ++i) {
-            T* dst = dVT.data() + i * Lext + base + u;
+            T* dst = dVT.data() + i * Lext + base + u * du;
             store(dst, load(dst) + part[i * kk + u]);
           }
       }
-      if (!lg.causal) {  // ghosts back onto the keys they stand for (causal ghosts only ever got zeros)
-        for (int64_t e = 0; e < Lext; ++e) {
-          const int64_t j = e - lg.PL;
-          if (j >= 0 && j < Lg) continue;
-          const int64_t from = j < 0 ? j + kk : j - kk;
-          if (from < 0 || from >= Lg) continue;
-          for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
-          for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
-        }
+      for (int64_t e = 0; e < Lext; ++e) {  // ghosts back onto their keys (causal ghosts only ever got zeros)
+        const int64_t c = e - lg.PL;
+        if (c >= 0 && c < L) continue;
+        const int64_t from = ghost_source(lg, c);
+        if (from < 0) continue;
+        for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
+        for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
       }
-      const int64_t x[kAxes] = {r.y[0], r.y[1], r.grp};
+      const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
       T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
       T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
-      const int64_t kcs = vdk.x[2] * lg.d, vcs = vdv.x[2] * lg.d;
-      for (int64_t j0 = 0; j0 < Lg; j0 += VL) {
-        const int64_t nl = std::min(VL, Lg - j0);
+      const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
+      for (int64_t j0 = 0; j0 < L; j0 += VL) {
+        const int64_t nl = std::min(VL, L - j0);
         from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
         from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
       }
@@ -1048,17 +1043,16 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   if (drpb) {  // fold the per-lane tables onto the RPB table
     std::fill(drpb, drpb + H * g.R, T(0));
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t grp = 0; grp < lg.d; ++grp)
-        for (int64_t r01 = 0; r01 < lg.R01; ++r01)
-          for (int64_t u = 0; u < kk; ++u)
-            for (int64_t j = 0; j < lg.Lg[grp]; ++j) {
-              const int64_t key = lane_key(lg, lg.Lg[grp], j, u);
-              if (key < 0) continue;
-              const int64_t at = (((h * lg.d + grp) * lg.R01 + r01) * kk + u) * Lgp + j;
-              T total = 0;
-              for (int64_t t = 0; t < n_threads; ++t) total += dbias[t * bias_size + at];
-              drpb[h * g.R + r01 * lg.R2 + key - j + kk - 1] += total;
-            }
+      for (int64_t r01 = 0; r01 < lg.R01; ++r01)
+        for (int64_t u = 0; u < kk; ++u)
+          for (int64_t j = 0; j < L; ++j) {
+            int64_t rel = 0;
+            if (lane_key(lg, j, u, &rel) < 0) continue;
+            const int64_t at = ((h * lg.R01 + r01) * kk + u) * Lp + j;
+            T total = 0;
+            for (int64_t t = 0; t < n_threads; ++t) total += dbias[t * bias_size + at];
+            drpb[h * g.R + r01 * lg.R2 + rel] += total;
+          }
   }
 }
 
