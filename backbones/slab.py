@@ -3,7 +3,8 @@
 Paper: https://arxiv.org/abs/2405.11582 -- official code: https://github.com/xinghaochen/SLAB (no LICENSE file;
 this is a re-implementation from the paper and a written spec, no code copied).
 
-Two drop-in changes to existing backbones, built here on timm's DeiT/ViT, Swin and on PVT v1 / CSwin blocks:
+Two drop-in changes to existing backbones, built here on the shared host skeletons (`backbones/_deit.py` on
+timm's ViT, `_pvt.py`, `_swin.py` on timm's Swin pieces, `_cswin.py`):
 
 * SLA (`SimplifiedLinearAttention`): ReLU kernel on q and k + a learnable per-token `positional_encoding`,
   `out_i = sum_j (q_i.k_j) v_j / (q_i . sum_j k_j + 1e-6)` in fp32 (autocast off), plus a 5x5 depthwise conv of v
@@ -12,10 +13,15 @@ Two drop-in changes to existing backbones, built here on timm's DeiT/ViT, Swin a
 * PRepBN (`visionattn.layers.prepbn.LinearNorm`): LayerNorm -> RepBN blend during training (per-module counter
   buffers `warm/iter/total_step`, in the state dict), RepBN only at inference. Drive it per optimizer step with
   `PRepBNScheduler` / `set_prepbn_step` (see visionattn.layers.prepbn) or keep the official per-forward decrement.
+  Every model takes the norm as `norm_layer` (default: the released model's; `visionattn.layers.prepbn.linear_norm`
+  builds other blends).
 
 Variants (manifest names; official file names in the default cfgs):
 `slab_deit_t/s`, `deit_t_prepbn` (plain RepBN norms), `deit_s_prepbn`, `slab_pvt_t/s/m`, `pvt_t/s/m_prepbn`,
 `slab_swin_t/s/b`, `swin_t_prepbn` (plain RepBN norms), `slab_cswin_t/s`.
+
+Official tensors the official forward never uses (SLAB-DeiT's `cls_token`, CSwin-SLA's `scale`) are dropped by
+`checkpoint_filter_fn`: every parameter of these models receives a gradient.
 
 Inference re-parameterisation: `model.fuse()` (or `timm.utils.model.reparameterize_model(model)`) folds every
 RepBN into the following linear/conv layer (block norm1 -> qkv / q+kv(or sr conv), norm2 -> fc1, patch-merging
@@ -27,24 +33,15 @@ remaining final norm becomes a per-channel affine. Call it in eval mode after tr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    DropPath,
-    Mlp,
-    PatchEmbed,
-    resize_rel_pos_bias_table,
-    to_2tuple,
-    trunc_normal_,
-)
-from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
-from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resize_rel_pos_bias_table, to_2tuple
+from timm.models import generate_default_cfgs
+from timm.models.swin_transformer import PatchMerging, window_partition, window_reverse
 from timm.utils.model import reparameterize_model
 from torch import nn
 
@@ -54,19 +51,9 @@ from visionattn.checkpoint import (
     load_pretrained_file,
     load_state_dict_file,
     resample_square_pos_embed,
-    shift_swin_downsample_keys,
     unwrap_state_dict,
 )
-from visionattn.layers.cswin import (
-    CSWinBlock,
-    CSWinStem,
-    CSWinTransformer,
-    LePEAttention,
-    MergeBlock,
-    img_to_windows,
-    stripe_window_size,
-    windows_to_img,
-)
+from visionattn.layers.cswin import LePEAttention, img_to_windows, stripe_window_size, windows_to_img
 from visionattn.layers.prepbn import (
     ChannelAffine,
     LinearNorm,
@@ -80,8 +67,15 @@ from visionattn.layers.prepbn import (
     repbn_affine,
 )
 from visionattn.layers.pvt import PvtAttention
-from visionattn.official import register_official
-from visionattn.utils import LinearHeadMixin
+
+from ._common import rename_keys
+from ._cswin import OFFICIAL_RENAMES as CSWIN_RENAMES
+from ._cswin import CSWinBlock, CSWinMerge, CSWinStem, CSWinTransformer
+from ._deit import GridAttention, GridBlock, GridVisionTransformer
+from ._pvt import OFFICIAL_RENAMES as PVT_RENAMES
+from ._pvt import ConvPatchEmbed, PvtBlock, PvtStage, PyramidVisionTransformerV1
+from ._swin import SwinTransformerHost, WindowBlock
+from ._swin import official_to_timm as swin_official_to_timm
 
 __all__ = [
     "SimplifiedLinearAttention",
@@ -92,7 +86,6 @@ __all__ = [
     "CSwinSLA",
     "checkpoint_filter_fn",
     "load_official_checkpoint",
-    "make_norm_layer",
     "bn_recalibration_mode",
     "recalibrate_bn",
     "sla_core",
@@ -100,19 +93,15 @@ __all__ = [
 
 _SLA_EPS = 1e-6
 
+# the released models' norms (official module-level `linearnorm` partials)
+LN_EPS6 = partial(nn.LayerNorm, eps=1e-6)
 
-# ------------------------------------------------------------------------------------------------- norms
+
+def _linear_norm(step: int, ln=LN_EPS6):
+    return partial(LinearNorm, norm1=ln, norm2=RepBN, step=step)
 
 
-def make_norm_layer(kind: str = "linearnorm", step: int = 60000, ln_eps: float = 1e-6):
-    """Norm factory: 'repbn' (plain RepBN), 'linearnorm' (PRepBN LN -> RepBN over `step`) or 'layernorm'."""
-    if kind == "repbn":
-        return RepBN
-    if kind == "linearnorm":
-        return partial(LinearNorm, norm1=partial(nn.LayerNorm, eps=ln_eps), norm2=RepBN, step=step)
-    if kind == "layernorm":
-        return partial(nn.LayerNorm, eps=ln_eps)
-    raise ValueError(f"norm must be 'repbn', 'linearnorm' or 'layernorm', got {kind!r}")
+# ------------------------------------------------------------------------------------------------- fold helpers
 
 
 def _fold_norm_into(norm: nn.Module, *targets: tuple[nn.Module, str]) -> nn.Module:
@@ -139,9 +128,32 @@ def _as_affine(norm: nn.Module) -> nn.Module:
     return norm
 
 
+def _fold_norm_after_conv(owner: nn.Module, conv: str, norm: str) -> None:
+    """Fold the RepBN norm `owner.<norm>` into the output side of the conv `owner.<conv>` before it."""
+    n = getattr(owner, norm)
+    if is_repbn_norm(n):
+        a, b = repbn_affine(n)
+        setattr(owner, conv, fold_affine_after_conv(getattr(owner, conv), a, b))
+        setattr(owner, norm, nn.Identity())
+
+
+class _FuseMixin:
+    """`fuse()`: fold every RepBN for inference (in place, eval mode); `load_pretrained(path)`: an official
+    trainer file through checkpoint_filter_fn, strict except a classifier whose size differs."""
+
+    def fuse(self):
+        self.eval()
+        return reparameterize_model(self, inplace=True)
+
+    def load_pretrained(self, checkpoint_path, prefix: str = ""):
+        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn, strict=True)
+
+
 # ------------------------------------------------------------------------------------------------- SLA
 
 
+@register_notrace_function
+@torch.fx.wrap
 def sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Normalised ReLU-kernel linear attention, (BH, N, c) x3 -> (BH, N, d), computed in fp32 with autocast off.
 
@@ -166,18 +178,20 @@ class SimplifiedLinearAttention(nn.Module):
         grid: (H, W) token grid the `positional_encoding` is built for.
         qkv_layout: 'qkv' (one `qkv` Linear: DeiT/Swin) or 'q_kv' (`q` + `kv` Linears: PVT).
         kernel_size: DWC kernel (odd).
+
+    forward(x, hw=None): x (B, H*W, C) on the grid hw (default: `grid`).
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        grid: tuple[int, int] = (14, 14),
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        kernel_size: int = 5,
-        qkv_layout: str = "qkv",
+            self,
+            dim: int,
+            num_heads: int = 8,
+            grid: tuple[int, int] = (14, 14),
+            qkv_bias: bool = True,
+            attn_drop: float = 0.0,
+            proj_drop: float = 0.0,
+            kernel_size: int = 5,
+            qkv_layout: str = "qkv",
     ):
         super().__init__()
         if dim % num_heads != 0:
@@ -201,21 +215,11 @@ class SimplifiedLinearAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim)
         self.positional_encoding = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], dim))
-        for lin in (self.qkv,) if qkv_layout == "qkv" else (self.q, self.kv):
-            trunc_normal_(lin.weight, std=0.02)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-        trunc_normal_(self.proj.weight, std=0.02)
-        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         B, N, C = x.shape
         H, W = hw if hw is not None else self.grid
-        if H * W != N or N != self.positional_encoding.shape[1]:
-            raise ValueError(
-                f"SLA built for a {self.grid[0]}x{self.grid[1]} token grid got {N} tokens ({H}x{W}); build the model "
-                "with the matching img_size (checkpoint_filter_fn resizes positional_encoding)"
-            )
+        _check_sla_tokens(x, self.positional_encoding, self.grid)
         if self.qkv_layout == "qkv":
             q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
         else:
@@ -232,6 +236,16 @@ class SimplifiedLinearAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+@register_notrace_function
+@torch.fx.wrap
+def _check_sla_tokens(x: torch.Tensor, pos: torch.Tensor, grid) -> None:
+    if x.shape[1] != pos.shape[1]:
+        raise ValueError(
+            f"SLA built for a {grid[0]}x{grid[1]} token grid got {x.shape[1]} tokens; build the model with the "
+            "matching img_size (checkpoint_filter_fn resizes positional_encoding)"
+        )
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 
@@ -241,81 +255,51 @@ def load_official_checkpoint(path, use_ema: bool = False, map_location="cpu") ->
     return unwrap_state_dict(load_state_dict_file(path, map_location=map_location), use_ema=use_ema)
 
 
-class _OfficialPretrainedMixin:
-    """`model.load_pretrained(path)`: an official trainer file through checkpoint_filter_fn, strict except a
-    classifier whose size differs (kept freshly initialised)."""
-
-    def load_pretrained(self, checkpoint_path, prefix: str = ""):
-        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn, strict=True)
-
-
 # ------------------------------------------------------------------------------------------------- DeiT
 
 
-class _SlabVitBlock(Block):
-    """timm ViT block; `reparameterize()` folds RepBN norms into attn.qkv / mlp.fc1."""
+class _SlabVitBlock(GridBlock):
+    """Grid-aware ViT block; `reparameterize()` folds RepBN norms into attn.qkv / mlp.fc1."""
 
     def reparameterize(self):
         self.norm1 = _fold_norm_into(self.norm1, (self.attn, "qkv"))
         self.norm2 = _fold_norm_into(self.norm2, (self.mlp, "fc1"))
 
 
-class _SlaVitAttention(SimplifiedLinearAttention):
-    def forward(self, x, attn_mask=None, is_causal=False):  # timm Block passes these; SLA has no mask
-        return super().forward(x, self.grid)
+def _deit_attn(dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid_size=(14, 14), linear=True,
+               kernel_size=5, **_):
+    if linear:
+        return SimplifiedLinearAttention(dim, num_heads, grid_size, qkv_bias, attn_drop, proj_drop, kernel_size)
+    return GridAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
 
 
-class SlabVisionTransformer(_OfficialPretrainedMixin, VisionTransformer):
+class SlabVisionTransformer(_FuseMixin, GridVisionTransformer):
     """DeiT with PRepBN norms; `linear_attn=True` gives SLAB-DeiT (SLA in every block, no class token in the
-    forward, mean-pooled head; the official unused class token is kept as `cls_token_unused`)."""
+    forward, final norm then mean-pooled head); False the DeiT-PRepBN baselines (softmax, class token)."""
 
     def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        linear_attn: bool = True,
-        norm: str = "linearnorm",
-        prepbn_step: int = 60000,
-        ln_eps: float = 1e-6,
-        kernel_size: int = 5,
-        **kwargs,
+            self,
+            img_size: int | tuple[int, int] = 224,
+            patch_size: int = 16,
+            embed_dim: int = 192,
+            depth: int = 12,
+            num_heads: int = 3,
+            mlp_ratio: float = 4.0,
+            linear_attn: bool = True,
+            norm_layer: Callable[[int], nn.Module] | None = None,
+            kernel_size: int = 5,
+            **kwargs,
     ):
         self.linear_attn = linear_attn
-        norm_layer = make_norm_layer(norm, prepbn_step, ln_eps)
         if linear_attn:
             kwargs.update(class_token=False, global_pool=kwargs.get("global_pool", "avg") or "avg", fc_norm=False)
         else:
             kwargs.setdefault("global_pool", "token")
         super().__init__(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, norm_layer=norm_layer, block_fn=_SlabVitBlock, **kwargs,
+            mlp_ratio=mlp_ratio, norm_layer=norm_layer or _linear_norm(60000), block_fn=_SlabVitBlock,
+            attn_layer=partial(_deit_attn, linear=linear_attn, kernel_size=kernel_size), **kwargs,
         )
-        if linear_attn:
-            grid = self.patch_embed.grid_size
-            attn_drop = kwargs.get("attn_drop_rate", 0.0)
-            proj_drop = kwargs.get("proj_drop_rate", 0.0)
-            for blk in self.blocks:
-                blk.attn = _SlaVitAttention(
-                    embed_dim, num_heads, grid, qkv_bias=kwargs.get("qkv_bias", True), attn_drop=attn_drop,
-                    proj_drop=proj_drop, kernel_size=kernel_size,
-                )
-            # The official model owns an unused class token (it counts in the parameter total); frozen so DDP
-            # and optimizers skip it.
-            self.cls_token_unused = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
-            trunc_normal_(self.cls_token_unused, std=0.02)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"pos_embed", "cls_token", "cls_token_unused", "dist_token"}
-
-    def fuse(self):
-        """Fold every RepBN for inference (in place, eval mode); returns self."""
-        self.eval()
-        return reparameterize_model(self, inplace=True)
 
 
 # ------------------------------------------------------------------------------------------------- PVT v1
@@ -329,27 +313,7 @@ class _PvtAttentionRep(PvtAttention):
             self.norm = _fold_norm_into(self.norm, (self, "kv"))
 
 
-class PvtBlock(nn.Module):
-    def __init__(self, dim, num_heads, grid, mlp_ratio=4.0, qkv_bias=True, proj_drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, norm_layer=None, sr_ratio=1, kernel_size=5, attn_type="L"):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        if attn_type == "L":
-            self.attn = SimplifiedLinearAttention(dim, num_heads, grid, qkv_bias, attn_drop, proj_drop, kernel_size,
-                                                  qkv_layout="q_kv")
-        elif attn_type == "S":
-            self.attn = _PvtAttentionRep(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                                         sr_ratio=sr_ratio, norm_layer=norm_layer)
-        else:
-            raise ValueError(f"attn_type letters must be 'L' or 'S', got {attn_type!r}")
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
-
-    def forward(self, x, hw):
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
+class _SlabPvtBlock(PvtBlock):
     def reparameterize(self):
         if isinstance(self.attn, PvtAttention) and self.attn.sr_ratio > 1:
             self.attn.reparameterize()
@@ -359,181 +323,62 @@ class PvtBlock(nn.Module):
         self.norm2 = _fold_norm_into(self.norm2, (self.mlp, "fc1"))
 
 
-class _ConvNormEmbed(nn.Module):
-    """Conv patch embedding + token norm (`proj`, `norm`); reparameterize folds the norm into the conv."""
-
-    def __init__(self, in_chans, embed_dim, patch_size, norm_layer, grid):
-        super().__init__()
-        self.grid = grid
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = norm_layer(embed_dim)
-
-    def forward(self, x):
-        x = self.proj(x)
-        hw = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), (hw[0], hw[1])
-
+class _SlabPvtEmbed(ConvPatchEmbed):
     def reparameterize(self):
-        if is_repbn_norm(self.norm):
-            a, b = repbn_affine(self.norm)
-            self.proj = fold_affine_after_conv(self.proj, a, b)
-            self.norm = nn.Identity()
+        _fold_norm_after_conv(self, "proj", "norm")
 
 
-class PvtStage(nn.Module):
-    def __init__(self, in_chans, dim, depth, num_heads, grid, patch_size, mlp_ratio, sr_ratio, attn_type, dpr,
-                 norm_layer, qkv_bias=True, drop_rate=0.0, attn_drop=0.0, kernel_size=5):
-        super().__init__()
-        self.grid = grid
-        self.attn_type = attn_type
-        self.patch_embed = _ConvNormEmbed(in_chans, dim, patch_size, norm_layer, grid)
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.blocks = nn.ModuleList([
-            PvtBlock(dim, num_heads, grid, mlp_ratio, qkv_bias, drop_rate, attn_drop, dpr[j], norm_layer, sr_ratio,
-                     kernel_size, attn_type)
-            for j in range(depth)
-        ])
-        self.grad_checkpointing = False
-        trunc_normal_(self.pos_embed, std=0.02)
-
-    def forward(self, x):
-        B = x.shape[0]
-        x, (H, W) = self.patch_embed(x)
-        pos = self.pos_embed
-        if (H, W) != self.grid:
-            # as the official PVT: bilinear pos-embed resize (the SLA positional_encoding cannot follow)
-            pos = F.interpolate(pos.reshape(1, *self.grid, -1).permute(0, 3, 1, 2), size=(H, W), mode="bilinear")
-            pos = pos.flatten(2).transpose(1, 2)
-        x = self.pos_drop(x + pos)
-        for blk in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, (H, W), use_reentrant=False)
-            else:
-                x = blk(x, (H, W))
-        return x.transpose(1, 2).reshape(B, -1, H, W)
+def _pvt_attn(dim, num_heads, grid_size, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, *, linear: bool,
+              sr_ratio: int, kernel_size: int, norm_layer):
+    if linear:
+        return SimplifiedLinearAttention(dim, num_heads, grid_size, qkv_bias, attn_drop, proj_drop, kernel_size,
+                                         qkv_layout="q_kv")
+    return _PvtAttentionRep(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, sr_ratio=sr_ratio,
+                            norm_layer=norm_layer)
 
 
-class SlabPvt(_OfficialPretrainedMixin, LinearHeadMixin, nn.Module):
+class SlabPvt(_FuseMixin, PyramidVisionTransformerV1):
     """PVT v1 with PRepBN norms and SLA ('L') or spatial-reduction softmax ('S') stages; no final norm, the
     head reads the mean token of the last stage (as the official SLAB PVT)."""
 
     def __init__(
-        self,
-        img_size=224,
-        patch_size=4,
-        in_chans=3,
-        num_classes=1000,
-        global_pool="avg",
-        embed_dims=(64, 128, 320, 512),
-        num_heads=(1, 2, 5, 8),
-        mlp_ratios=(8, 8, 4, 4),
-        depths=(2, 2, 2, 2),
-        sr_ratios=(8, 4, 2, 1),
-        attn_type="LLLL",
-        qkv_bias=True,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.0,
-        norm="linearnorm",
-        prepbn_step=300000,
-        ln_eps=1e-6,
-        kernel_size=5,
+            self,
+            img_size=224,
+            patch_size=4,
+            in_chans=3,
+            num_classes=1000,
+            global_pool="avg",
+            embed_dims=(64, 128, 320, 512),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratios=(8, 8, 4, 4),
+            depths=(2, 2, 2, 2),
+            sr_ratios=(8, 4, 2, 1),
+            attn_type="LLLL",
+            qkv_bias=True,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.0,
+            norm_layer: Callable[[int], nn.Module] | None = None,
+            kernel_size=5,
     ):
-        super().__init__()
         if len(attn_type) != 4 or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be 4 letters from 'L'/'S', got {attn_type!r}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        img_size = to_2tuple(img_size)
-        norm_layer = make_norm_layer(norm, prepbn_step, ln_eps)
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.drop_rate = drop_rate
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        stages, cur, prev = [], 0, in_chans
-        self.feature_info = []
-        for i in range(4):
-            stride = patch_size * 2 ** i
-            grid = (img_size[0] // stride, img_size[1] // stride)
-            stages.append(PvtStage(
-                prev, embed_dims[i], depths[i], num_heads[i], grid, patch_size if i == 0 else 2, mlp_ratios[i],
-                sr_ratios[i], attn_type[i], dpr[cur:cur + depths[i]], norm_layer, qkv_bias, drop_rate,
-                attn_drop_rate, kernel_size,
-            ))
-            cur += depths[i]
-            prev = embed_dims[i]
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_linear)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {f"stages.{i}.pos_embed" for i in range(4)}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(stem=r"^stages\.0\.(?:patch_embed|pos_embed)",
-                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                                                             (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable=True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
-                              intermediates_only=False):
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if not stop_early else self.stages[:max_index + 1]
-        inter = []
-        for i, st in enumerate(stages):
-            x = st(x)
-            if i in take:
-                inter.append(x)
-        return inter if intermediates_only else (x, inter)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x):
-        return self.stages(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def fuse(self):
-        self.eval()
-        return reparameterize_model(self, inplace=True)
-
-
-def _init_linear(m):
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        norm_layer = norm_layer or _linear_norm(300000)
+        attn = [partial(_pvt_attn, linear=attn_type[i] == "L", sr_ratio=sr_ratios[i], kernel_size=kernel_size,
+                        norm_layer=norm_layer) for i in range(4)]
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            global_pool=global_pool, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths,
+            qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            attn_layer=attn, norm_layer=norm_layer, block_layer=_SlabPvtBlock, embed_layer=_SlabPvtEmbed,
+        )
 
 
 # ------------------------------------------------------------------------------------------------- Swin
 
 
-class _SwinBlock(SwinTransformerBlock):
-    """timm Swin block (NHWC) whose norms are PRepBN; `reparameterize()` folds them."""
+class _SlabWindowBlock(WindowBlock):
+    """Shifted-window softmax block whose norms are PRepBN; `reparameterize()` folds them."""
 
     def reparameterize(self):
         H, W = self.input_resolution
@@ -571,14 +416,15 @@ class SlaSwinBlock(nn.Module):
 
     def _attn(self, x):
         B, H, W, C = x.shape
-        if (H, W) != self.input_resolution:
-            raise ValueError(f"SLA block built for {self.input_resolution}, got a {H}x{W} map")
         ws, s = self.window_size, self.shift_size
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        win = window_partition(x, (ws, ws)).reshape(-1, ws * ws, C)
-        win = self.attn(win, (ws, ws)).reshape(-1, ws, ws, C)
-        x = window_reverse(win, (ws, ws), H, W)
+        if ws == self.input_resolution[0] == self.input_resolution[1]:  # one window: no partition
+            x = self.attn(x.reshape(B, H * W, C), (ws, ws)).reshape(B, H, W, C)
+        else:
+            win = window_partition(x, (ws, ws)).reshape(-1, ws * ws, C)
+            win = self.attn(win, (ws, ws)).reshape(-1, ws, ws, C)
+            x = window_reverse(win, (ws, ws), H, W)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
         return x
@@ -586,7 +432,7 @@ class SlaSwinBlock(nn.Module):
     def forward(self, x):
         B, H, W, C = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
-        x = x.reshape(B, -1, C)
+        x = x.reshape(B, H * W, C)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(B, H, W, C)
 
@@ -602,168 +448,72 @@ class _PatchMerging(PatchMerging):
 
 class _PatchEmbed(PatchEmbed):
     def reparameterize(self):
-        if is_repbn_norm(self.norm):
-            a, b = repbn_affine(self.norm)
-            self.proj = fold_affine_after_conv(self.proj, a, b)
-            self.norm = nn.Identity()
+        _fold_norm_after_conv(self, "proj", "norm")
 
 
-class SlabSwinStage(nn.Module):
-    def __init__(self, dim, out_dim, input_resolution, depth, num_heads, window_size, attn_type, downsample,
-                 mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path, norm_layer, kernel_size):
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.downsample = _PatchMerging(dim, out_dim, norm_layer=norm_layer) if downsample else nn.Identity()
-        res = (input_resolution[0] // 2, input_resolution[1] // 2) if downsample else input_resolution
-        self.output_resolution = res
-        self.grad_checkpointing = False
-        blocks = []
-        for i in range(depth):
-            if attn_type == "L":
-                blocks.append(SlaSwinBlock(out_dim, res, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                                           mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path[i], norm_layer,
-                                           kernel_size))
-            else:
-                blocks.append(_SwinBlock(out_dim, res, num_heads, window_size=window_size,
-                                         shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio,
-                                         qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop,
-                                         drop_path=drop_path[i], norm_layer=norm_layer))
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x):
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+def _swin_block(dim, input_resolution, num_heads, *, stage_idx, block_idx, drop_path, norm_layer, attn_type,
+                window_size, mlp_ratio, qkv_bias, proj_drop, attn_drop, kernel_size):
+    shift = 0 if block_idx % 2 == 0 else window_size[stage_idx] // 2
+    if attn_type[stage_idx] == "L":
+        return SlaSwinBlock(dim, input_resolution, num_heads, window_size[stage_idx], shift, mlp_ratio, qkv_bias,
+                            proj_drop, attn_drop, drop_path, norm_layer, kernel_size)
+    return _SlabWindowBlock(dim, input_resolution, num_heads, window_size=window_size[stage_idx], shift_size=shift,
+                            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop,
+                            drop_path=drop_path, norm_layer=norm_layer)
 
 
-class SlabSwinTransformer(_OfficialPretrainedMixin, LinearHeadMixin, nn.Module):
+class SlabSwinTransformer(_FuseMixin, SwinTransformerHost):
     """Swin with PRepBN norms; 'L' stages use SLA (window `window_size`, clipped to the stage map), 'S' stages
-    timm's shifted-window softmax attention (window 7, or 12 when window_size > 56, as the official code)."""
+    shifted-window softmax attention with window `softmax_window_size` (default: 7, or 12 when window_size > 56,
+    as the official SLAB-Swin).
+
+    The input must have the construction size (SLA encodings and window masks are tied to it)."""
 
     def __init__(
-        self,
-        img_size=224,
-        patch_size=4,
-        in_chans=3,
-        num_classes=1000,
-        global_pool="avg",
-        embed_dim=96,
-        depths=(2, 2, 6, 2),
-        num_heads=(3, 6, 12, 24),
-        window_size=56,
-        attn_type="LLSS",
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        drop_rate=0.0,
-        proj_drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.0,
-        norm="linearnorm",
-        prepbn_step=60000,
-        ln_eps=1e-5,
-        kernel_size=5,
+            self,
+            img_size=224,
+            patch_size=4,
+            in_chans=3,
+            num_classes=1000,
+            global_pool="avg",
+            embed_dim=96,
+            depths=(2, 2, 6, 2),
+            num_heads=(3, 6, 12, 24),
+            window_size=56,
+            attn_type="LLSS",
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            drop_rate=0.0,
+            proj_drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.0,
+            norm_layer: Callable[[int], nn.Module] | None = None,
+            kernel_size=5,
+            softmax_window_size: int | None = None,
     ):
-        super().__init__()
         n = len(depths)
         if len(attn_type) != n or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be {n} letters from 'L'/'S', got {attn_type!r}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        img_size = to_2tuple(img_size)
-        norm_layer = make_norm_layer(norm, prepbn_step, ln_eps)
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.output_fmt = "NHWC"
-        self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (n - 1))
-        self.patch_embed = _PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=norm_layer,
-                                       output_fmt="NHWC")
-        grid = self.patch_embed.grid_size
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        stages, cur, dim, res = [], 0, embed_dim, tuple(grid)
-        self.feature_info = []
-        for i in range(n):
-            out_dim = int(embed_dim * 2 ** i)
-            ws = window_size if attn_type[i] == "L" else (7 if window_size <= 56 else 12)
-            st = SlabSwinStage(dim, out_dim, res, depths[i], num_heads[i], ws, attn_type[i], i > 0, mlp_ratio,
-                               qkv_bias, proj_drop_rate, attn_drop_rate, dpr[cur:cur + depths[i]], norm_layer,
-                               kernel_size)
-            stages.append(st)
-            res, dim, cur = st.output_resolution, out_dim, cur + depths[i]
-            self.feature_info.append(dict(num_chs=out_dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
-        self.layers = nn.Sequential(*stages)
-        self.norm = norm_layer(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_linear)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # as the official recipe: relative position tables not decayed; SLA positional_encoding IS decayed
-        return {k for k, _ in self.named_parameters() if "relative_position_bias_table" in k}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(stem=r"^patch_embed",
-                    blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+).downsample", (0,)),
-                                                             (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                                                             (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable=True):
-        for s in self.layers:
-            s.grad_checkpointing = enable
-
-    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
-                              intermediates_only=False):
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        x = self.patch_embed(x)
-        stages = self.layers if not stop_early else self.layers[:max_index + 1]
-        inter = []
-        last = len(self.layers) - 1
-        for i, st in enumerate(stages):
-            x = st(x)
-            if i in take:
-                y = self.norm(x) if (norm and i == last) else x
-                inter.append(y.permute(0, 3, 1, 2).contiguous())
-        if intermediates_only:
-            return inter
-        return self.norm(x), inter
-
-    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x):
-        return self.norm(self.layers(self.patch_embed(x)))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean((1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def fuse(self):
-        self.eval()
-        return reparameterize_model(self, inplace=True)
+        softmax_window_size = softmax_window_size or (7 if window_size <= 56 else 12)
+        windows = [window_size if attn_type[i] == "L" else softmax_window_size for i in range(n)]
+        block = partial(_swin_block, attn_type=attn_type, window_size=windows, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                        proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, kernel_size=kernel_size)
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads, block_fn=block,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer or _linear_norm(60000, nn.LayerNorm), embed_layer=_PatchEmbed,
+            merge_layer=_PatchMerging, strict_img_size=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------------- CSwin
 
 
 class CSwinSLA(nn.Module):
-    """SLA branch for CSwin blocks (factory API of visionattn.layers.cswin): SLA over the branch window + DWC of
-    v (head-dim channels) + the CSwin LePE term `get_v(v)`; `scale` is the official unused parameter."""
+    """SLA branch for CSwin blocks (their attention-factory API): SLA over the branch window + DWC of v
+    (head-dim channels) + the CSwin LePE term `get_v(v)`. (The official module's `scale` parameter is never
+    used; the checkpoint filter drops it.)"""
 
     def __init__(self, dim, num_heads, branch_idx=-1, split_size=7, qk_scale=None, attn_drop=0.0, stage_idx=0,
                  window=(56, 56), kernel_size=5):
@@ -777,7 +527,6 @@ class CSwinSLA(nn.Module):
         self.window = tuple(window)
         self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim)
-        self.scale = nn.Parameter(torch.zeros(1, 1, dim), requires_grad=False)  # official, unused: frozen
         self.positional_encoding = nn.Parameter(torch.zeros(1, self.window[0] * self.window[1], dim))
 
     @property
@@ -787,13 +536,11 @@ class CSwinSLA(nn.Module):
     def forward(self, q, k, v, hw):
         win = stripe_window_size(hw, self.branch_idx, self.split_size)
         n = win[0] * win[1]
-        if n != self.positional_encoding.shape[1]:
-            raise ValueError(f"CSwin SLA built for {self.window[0]}x{self.window[1]} windows got {win[0]}x{win[1]}; "
-                             "build the model with the matching img_size")
         c = q.shape[-1]
         h, d = self.num_heads, self.head_dim
         qw = img_to_windows(q, hw, win).flatten(2).transpose(1, 2)
         kw = img_to_windows(k, hw, win).flatten(2).transpose(1, 2)
+        _check_sla_tokens(kw, self.positional_encoding, self.window)
         vmap = img_to_windows(v, hw, win)
         lepe = self.get_v(vmap).flatten(2).transpose(1, 2)
         vw = vmap.flatten(2).transpose(1, 2)
@@ -802,46 +549,40 @@ class CSwinSLA(nn.Module):
         kw = F.relu(kw + self.positional_encoding)
         qh, kh, vh = (t.reshape(bw, n, h, d).transpose(1, 2).reshape(bw * h, n, d) for t in (qw, kw, vw))
         out = sla_core(qh, kh, vh)
-        out = out + self.dwc(vh.transpose(1, 2).reshape(bw * h, d, *win)).flatten(2).transpose(1, 2)
+        out = out + self.dwc(vh.transpose(1, 2).reshape(bw * h, d, win[0], win[1])).flatten(2).transpose(1, 2)
         out = out.reshape(bw, h, n, d).transpose(1, 2).reshape(bw, n, c) + lepe
         return windows_to_img(out, hw, win)
 
 
-class _CSWinBlockRep(CSWinBlock):
+class _SlabCSWinBlock(CSWinBlock):
     def reparameterize(self):
         self.norm1 = _fold_norm_into(self.norm1, (self, "qkv"))
         self.norm2 = _fold_norm_into(self.norm2, (self.mlp, "fc1"))
 
 
-class _CSWinStemRep(CSWinStem):
+class _SlabCSWinStem(CSWinStem):
     def reparameterize(self):
-        if is_repbn_norm(self[2]):
-            a, b = repbn_affine(self[2])
-            self[0] = fold_affine_after_conv(self[0], a, b)
-            self[2] = nn.Identity()
+        _fold_norm_after_conv(self, "conv", "norm")
 
 
-class _MergeRep(MergeBlock):
+class _SlabCSWinMerge(CSWinMerge):
     def reparameterize(self):
-        if is_repbn_norm(self.norm):
-            a, b = repbn_affine(self.norm)
-            self.conv = fold_affine_after_conv(self.conv, a, b)
-            self.norm = nn.Identity()
+        _fold_norm_after_conv(self, "conv", "norm")
 
 
-class SlabCSWin(_OfficialPretrainedMixin, CSWinTransformer):
-    """SLAB-CSwin: CSwin (visionattn.layers.cswin) whose 'L' stages use `CSwinSLA` with the window given by
-    `la_split_size` (a split that reaches the stage resolution gives one global window) and whose norms are
-    PRepBN; 'S' stages keep LePE stripe attention with `split_size`."""
+class SlabCSWin(_FuseMixin, CSWinTransformer):
+    """SLAB-CSwin: CSwin whose 'L' stages use `CSwinSLA` with the window given by `la_split_size` (a split that
+    reaches the stage resolution gives one global window) and whose norms are PRepBN; 'S' stages keep LePE
+    stripe attention with `split_size`."""
 
     def __init__(self, img_size=224, in_chans=3, num_classes=1000, embed_dim=64, depth=(2, 4, 18, 1),
                  split_size=(1, 2, 7, 7), la_split_size="56-28-14-7", num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                 attn_type="LLSS", norm="linearnorm", prepbn_step=120000, ln_eps=1e-5, kernel_size=5,
+                 attn_type="LLSS", norm_layer: Callable[[int], nn.Module] | None = None, kernel_size=5,
                  global_pool="avg"):
         if len(attn_type) != 4 or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be 4 letters from 'L'/'S', got {attn_type!r}")
-        la = [int(v) for v in str(la_split_size).split("-")]
+        la = [int(v) for v in str(la_split_size).split("-")] if isinstance(la_split_size, str) else list(la_split_size)
         if len(la) != 4:
             raise ValueError(f"la_split_size must be 4 sizes joined by '-', got {la_split_size!r}")
         img = img_size if isinstance(img_size, int) else img_size[0]
@@ -851,42 +592,26 @@ class SlabCSWin(_OfficialPretrainedMixin, CSWinTransformer):
         layers = []
         for i in range(4):
             if attn_type[i] == "L":
-                win = (res[i], res[i]) if single[i] else None
-                if win is None:
+                if not single[i]:
                     raise ValueError("SLA stripe branches (la_split_size smaller than the stage grid) are not "
                                      "supported: no official config uses them")
-                layers.append(partial(CSwinSLA, window=win, kernel_size=kernel_size))
+                layers.append(partial(CSwinSLA, window=(res[i], res[i]), kernel_size=kernel_size))
             else:
                 layers.append(LePEAttention)
         super().__init__(
             img_size=img, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=tuple(depth),
             split_size=tuple(splits), num_heads=tuple(num_heads), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            attn_layer=layers, single_branch=single, norm_layer=make_norm_layer(norm, prepbn_step, ln_eps),
-            global_pool=global_pool, block_layer=_CSWinBlockRep, stem_layer=_CSWinStemRep, merge_layer=_MergeRep,
+            attn_layer=layers, single_branch=single, norm_layer=norm_layer or _linear_norm(120000, nn.LayerNorm),
+            global_pool=global_pool, block_layer=_SlabCSWinBlock, stem_layer=_SlabCSWinStem,
+            merge_layer=_SlabCSWinMerge,
         )
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"pos_embed", "cls_token"}
-
-    def fuse(self):
-        self.eval()
-        return reparameterize_model(self, inplace=True)
-
-
-def _create_cswin(variant, pretrained=False, **kwargs):
-    return build_model_with_pretrained_file(SlabCSWin, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                            feature_cfg=_feature_cfg(), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
 
-_PVT_RENAMES = (
-    (re.compile(r"^patch_embed(\d)\."), lambda m: f"stages.{int(m.group(1)) - 1}.patch_embed."),
-    (re.compile(r"^pos_embed(\d)$"), lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
-    (re.compile(r"^block(\d)\."), lambda m: f"stages.{int(m.group(1)) - 1}.blocks."),
-)
+# official tensors the official forward never reads (kept there as parameters; dropped here)
+_UNUSED_OFFICIAL = re.compile(r"(^cls_token$)|(\.attns\.\d+\.scale$)")
 
 
 def _token_grid(model: nn.Module, key: str) -> tuple[tuple[int, int], int]:
@@ -895,35 +620,37 @@ def _token_grid(model: nn.Module, key: str) -> tuple[tuple[int, int], int]:
     if key.endswith("positional_encoding"):
         return tuple(owner.grid), 0
     if isinstance(owner, PvtStage):
-        return tuple(owner.grid), 0
+        return tuple(owner.grid_size), 0
     if isinstance(model, SlabVisionTransformer):
-        return tuple(model.patch_embed.grid_size), 0 if model.no_embed_class else model.num_prefix_tokens
+        return tuple(model.grid_size), 0 if model.no_embed_class else model.num_prefix_tokens
     raise ValueError(f"do not know the token grid of {key}")
 
 
 def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official SLAB checkpoint (trainer envelope or bare state dict) onto `model`.
 
-    Renames: SLAB-DeiT `cls_token` -> `cls_token_unused`; PVT `patch_embed{i}/pos_embed{i}/block{i}` ->
-    `stages.{i-1}.*`; Swin `layers.{i}.downsample` -> `layers.{i+1}.downsample`; CSwin see `_cswin_rename`.
-    Drops buffers rebuilt at construction (`relative_position_index`, `attn_mask`). Resizes `pos_embed*` and
-    SLA `positional_encoding` (bicubic, square source grids) to the model's token grids, else ValueError, and
-    Swin `relative_position_bias_table`s to the model's windows.
+    Renames the official layouts to the timm-style ones: PVT `patch_embed{i}/pos_embed{i}/block{i}` ->
+    `stages.{i-1}.*`; Swin `layers.{i}.downsample` -> `layers.{i+1}.downsample`, `head` -> `head.fc`; CSwin
+    `stage1_conv_embed` -> `stem`, `stage{i}.{j}` -> `stages.{i-1}.blocks.{j}`, `merge{i}` ->
+    `stages.{i}.downsample`. Drops what the official forward never uses (SLAB-DeiT `cls_token`, CSwin-SLA
+    `scale`) and buffers rebuilt at construction (`relative_position_index`, `attn_mask`). Resizes `pos_embed*`
+    and SLA `positional_encoding` (bicubic, square source grids) to the model's token grids, else ValueError,
+    and Swin `relative_position_bias_table`s to the model's windows.
     """
     sd = unwrap_state_dict(state_dict)
     if isinstance(model, SlabSwinTransformer):
-        sd = shift_swin_downsample_keys(sd)
+        sd = swin_official_to_timm(sd)
+    elif isinstance(model, SlabPvt):
+        sd = rename_keys(sd, PVT_RENAMES)
+    elif isinstance(model, SlabCSWin):
+        sd = rename_keys(sd, CSWIN_RENAMES)
     target = model.state_dict()
     out = {}
     for k, v in sd.items():
-        if k.endswith(("relative_position_index", "attn_mask")) or k.endswith("relative_coords_table"):
+        if k.endswith(("relative_position_index", "attn_mask", "relative_coords_table")):
             continue
-        if isinstance(model, SlabVisionTransformer):
-            if k == "cls_token" and model.linear_attn:
-                k = "cls_token_unused"
-        elif isinstance(model, SlabPvt):
-            for pat, rep in _PVT_RENAMES:
-                k = pat.sub(rep, k)
+        if k not in target and _UNUSED_OFFICIAL.search(k):
+            continue
         if k.endswith("relative_position_bias_table") and k in target and target[k].shape != v.shape:
             win = model.get_submodule(k.rsplit(".", 1)[0]).window_size
             v = resize_rel_pos_bias_table(v, new_window_size=tuple(win), new_bias_shape=target[k].shape)
@@ -942,24 +669,27 @@ def _feature_cfg(n=4):
     return dict(out_indices=tuple(range(n)), feature_cls="getter")
 
 
+def _create(cls, variant, pretrained=False, feature_cfg=None, **kwargs):
+    return build_model_with_pretrained_file(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                            feature_cfg=feature_cfg or _feature_cfg(), **kwargs)
+
+
 def _create_deit(variant, pretrained=False, **kwargs):
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_pretrained_file(
-        SlabVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
-    )
+    return _create(SlabVisionTransformer, variant, pretrained, dict(out_indices=out_indices, feature_cls="getter"),
+                   **kwargs)
 
 
 def _create_pvt(variant, pretrained=False, **kwargs):
-    return build_model_with_pretrained_file(SlabPvt, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                            feature_cfg=_feature_cfg(), **kwargs)
+    return _create(SlabPvt, variant, pretrained, **kwargs)
 
 
 def _create_swin(variant, pretrained=False, **kwargs):
-    return build_model_with_pretrained_file(
-        SlabSwinTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=_feature_cfg(), **kwargs,
-    )
+    return _create(SlabSwinTransformer, variant, pretrained, **kwargs)
+
+
+def _create_cswin(variant, pretrained=False, **kwargs):
+    return _create(SlabCSWin, variant, pretrained, **kwargs)
 
 
 _URL = "https://github.com/xinghaochen/SLAB/releases/download/ckpts/"
@@ -979,97 +709,111 @@ def _cfg(file: str | None = None, **kwargs):
     }
 
 
+_DEIT = dict(pool_size=(14, 14))  # the patch grid of the NLC tokens
+_PVT = dict(first_conv="stages.0.patch_embed.proj")
+_SWIN = dict(classifier="head.fc")
+_CSWIN = dict(first_conv="stem.conv", crop_pct=0.9)
+
 default_cfgs = generate_default_cfgs({
-    "slab_deit_t.in1k": _cfg("slab_deit_tiny.pth"),
-    "slab_deit_s.in1k": _cfg("slab_deit_small.pth"),
-    "deit_t_prepbn.in1k": _cfg("deit_tiny_prepbn.pth"),
-    "deit_s_prepbn.in1k": _cfg("deit_small_prepbn.pth"),
-    "slab_pvt_t.in1k": _cfg("slab_pvt_tiny.pth", first_conv="stages.0.patch_embed.proj"),
-    "slab_pvt_s": _cfg(None, first_conv="stages.0.patch_embed.proj"),
-    "slab_pvt_m": _cfg(None, first_conv="stages.0.patch_embed.proj"),
-    "pvt_t_prepbn.in1k": _cfg("pvt_tiny_prepbn.pth", first_conv="stages.0.patch_embed.proj", fixed_input_size=False),
-    "pvt_s_prepbn.in1k": _cfg("pvt_small_prepbn.pth", first_conv="stages.0.patch_embed.proj", fixed_input_size=False),
-    "pvt_m_prepbn.in1k": _cfg("pvt_medium_prepbn.pth", first_conv="stages.0.patch_embed.proj",
-                              fixed_input_size=False),
-    "slab_swin_t.in1k": _cfg("slab_swin_tiny.pth"),
-    "slab_swin_s.in1k": _cfg("slab_swin_small.pth"),
-    "slab_swin_b": _cfg(None),
-    "swin_t_prepbn.in1k": _cfg("swin_tiny_prepbn.pth"),
-    "slab_cswin_t.in1k": _cfg("slab_cswin_tiny.pth", first_conv="stage1_conv_embed.0", crop_pct=0.9),
-    "slab_cswin_s": _cfg(None, first_conv="stage1_conv_embed.0", crop_pct=0.9),
+    "slab_deit_t.in1k": _cfg("slab_deit_tiny.pth", **_DEIT),
+    "slab_deit_s.in1k": _cfg("slab_deit_small.pth", **_DEIT),
+    "deit_t_prepbn.in1k": _cfg("deit_tiny_prepbn.pth", **_DEIT),
+    "deit_s_prepbn.in1k": _cfg("deit_small_prepbn.pth", **_DEIT),
+    "slab_pvt_t.in1k": _cfg("slab_pvt_tiny.pth", **_PVT),
+    "slab_pvt_s": _cfg(None, **_PVT),
+    "slab_pvt_m": _cfg(None, **_PVT),
+    "pvt_t_prepbn.in1k": _cfg("pvt_tiny_prepbn.pth", **_PVT, fixed_input_size=False),
+    "pvt_s_prepbn.in1k": _cfg("pvt_small_prepbn.pth", **_PVT, fixed_input_size=False),
+    "pvt_m_prepbn.in1k": _cfg("pvt_medium_prepbn.pth", **_PVT, fixed_input_size=False),
+    "slab_swin_t.in1k": _cfg("slab_swin_tiny.pth", **_SWIN),
+    "slab_swin_s.in1k": _cfg("slab_swin_small.pth", **_SWIN),
+    "slab_swin_b": _cfg(None, **_SWIN),
+    "swin_t_prepbn.in1k": _cfg("swin_tiny_prepbn.pth", **_SWIN),
+    "slab_cswin_t.in1k": _cfg("slab_cswin_tiny.pth", **_CSWIN),
+    "slab_cswin_s": _cfg(None, **_CSWIN),
 })
+
+# the released models' fixed arguments (visionattn.official.slab builds on these too)
+DEIT_T = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+DEIT_S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+
+
+def _pvt_args(depths, attn_type):
+    return dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+                depths=depths, sr_ratios=(8, 4, 2, 1), attn_type=attn_type)
 
 
 @register_zoo_model("slab")
 def slab_deit_t(pretrained=False, **kwargs) -> SlabVisionTransformer:
-    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, linear_attn=True, norm="linearnorm",
-                prepbn_step=60000, ln_eps=1e-6)
+    """SLAB-DeiT-T (6.2M params, 74.3% IN-1k top-1)."""
+    args = dict(DEIT_T, linear_attn=True, norm_layer=_linear_norm(60000))
     return _create_deit("slab_deit_t", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_deit_s(pretrained=False, **kwargs) -> SlabVisionTransformer:
-    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, linear_attn=True, norm="linearnorm",
-                prepbn_step=60000, ln_eps=1e-6)
+    """SLAB-DeiT-S (23.0M params, 80.0%)."""
+    args = dict(DEIT_S, linear_attn=True, norm_layer=_linear_norm(60000))
     return _create_deit("slab_deit_s", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def deit_t_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
-    """DeiT-T-PRepBN: the released model uses plain RepBN norms (no LN blend, no counters)."""
-    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, linear_attn=False, norm="repbn")
+    """DeiT-T-PRepBN (5.7M params, 73.6%): the released model uses plain RepBN norms (no LN blend)."""
+    args = dict(DEIT_T, linear_attn=False, norm_layer=RepBN)
     return _create_deit("deit_t_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def deit_s_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
-    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, linear_attn=False, norm="linearnorm",
-                prepbn_step=300000, ln_eps=1e-6)
+    """DeiT-S-PRepBN (22.1M params, 80.2%)."""
+    args = dict(DEIT_S, linear_attn=False, norm_layer=_linear_norm(300000))
     return _create_deit("deit_s_prepbn", pretrained, **dict(args, **kwargs))
-
-
-def _pvt_args(depths, attn_type):
-    return dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
-                depths=depths, sr_ratios=(8, 4, 2, 1), attn_type=attn_type, norm="linearnorm", prepbn_step=300000,
-                ln_eps=1e-6)
 
 
 @register_zoo_model("slab")
 def slab_pvt_t(pretrained=False, **kwargs) -> SlabPvt:
+    """SLAB-PVT-T (12.2M params, 76.5%)."""
     return _create_pvt("slab_pvt_t", pretrained, **dict(_pvt_args((2, 2, 2, 2), "LLLL"), **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_pvt_s(pretrained=False, **kwargs) -> SlabPvt:
+    """SLAB-PVT-S (21.7M params; configuration only, no released checkpoint)."""
     args = dict(_pvt_args((3, 4, 6, 3), "LLLL"), drop_path_rate=0.1)
     return _create_pvt("slab_pvt_s", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_pvt_m(pretrained=False, **kwargs) -> SlabPvt:
+    """SLAB-PVT-M (37.3M params; configuration only, no released checkpoint)."""
     args = dict(_pvt_args((3, 4, 18, 3), "LLLL"), drop_path_rate=0.3)
     return _create_pvt("slab_pvt_m", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def pvt_t_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+    """PVT-T-PRepBN (13.2M params, 76.0%)."""
     return _create_pvt("pvt_t_prepbn", pretrained, **dict(_pvt_args((2, 2, 2, 2), "SSSS"), **kwargs))
 
 
 @register_zoo_model("slab")
 def pvt_s_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+    """PVT-S-PRepBN (24.5M params, 80.1%)."""
     args = dict(_pvt_args((3, 4, 6, 3), "SSSS"), drop_path_rate=0.1)
     return _create_pvt("pvt_s_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def pvt_m_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+    """PVT-M-PRepBN (44.3M params, 81.7%)."""
     args = dict(_pvt_args((3, 4, 18, 3), "SSSS"), drop_path_rate=0.3)
     return _create_pvt("pvt_m_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_swin_t(pretrained=False, **kwargs) -> SlabSwinTransformer:
+    """SLAB-Swin-T (29.2M params, 81.8%)."""
     args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type="LLSS",
                 drop_path_rate=0.2)
     return _create_swin("slab_swin_t", pretrained, **dict(args, **kwargs))
@@ -1077,6 +821,7 @@ def slab_swin_t(pretrained=False, **kwargs) -> SlabSwinTransformer:
 
 @register_zoo_model("slab")
 def slab_swin_s(pretrained=False, **kwargs) -> SlabSwinTransformer:
+    """SLAB-Swin-S (50.6M params, 83.6%)."""
     args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type="LLSS",
                 drop_path_rate=0.3)
     return _create_swin("slab_swin_s", pretrained, **dict(args, **kwargs))
@@ -1084,6 +829,7 @@ def slab_swin_s(pretrained=False, **kwargs) -> SlabSwinTransformer:
 
 @register_zoo_model("slab")
 def slab_swin_b(pretrained=False, **kwargs) -> SlabSwinTransformer:
+    """SLAB-Swin-B (configuration only, no released checkpoint)."""
     args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56, attn_type="LLSS",
                 drop_path_rate=0.5)
     return _create_swin("slab_swin_b", pretrained, **dict(args, **kwargs))
@@ -1091,154 +837,15 @@ def slab_swin_b(pretrained=False, **kwargs) -> SlabSwinTransformer:
 
 @register_zoo_model("slab")
 def swin_t_prepbn(pretrained=False, **kwargs) -> SlabSwinTransformer:
-    """Swin-T-PRepBN: the released classification model uses plain RepBN norms."""
+    """Swin-T-PRepBN (28.3M params, 81.4%): the released classification model uses plain RepBN norms."""
     args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, attn_type="SSSS",
-                norm="repbn", drop_path_rate=0.1)
+                norm_layer=RepBN, drop_path_rate=0.1)
     return _create_swin("swin_t_prepbn", pretrained, **dict(args, **kwargs))
-
-
-# ------------------------------------------------------------------------------------------------- official
-
-
-def _parse_norm(desc, default: tuple[str, int, float]) -> tuple[str, int, float]:
-    """(kind, step, ln_eps) from the fixtures' descriptive `norm_layer` strings; `default` when not passed."""
-    if desc is None or not isinstance(desc, str):
-        return default
-    if desc.startswith("default"):
-        kind, step, eps = default
-    else:
-        kind, step, eps = "layernorm", default[1], default[2]
-    if "LinearNorm" in desc:
-        kind = "linearnorm"
-    elif "RepBN" in desc:
-        kind = "repbn"
-    m = re.search(r"step=(\d+)", desc)
-    if m:
-        step = int(m.group(1))
-    m = re.search(r"eps[= ]([0-9.]+e-?\d+)", desc)
-    if m:
-        eps = float(m.group(1))
-    return kind, step, eps
-
-
-def _check_official(kwargs, **allowed):
-    for k, v in allowed.items():
-        if k in kwargs and kwargs[k] not in v:
-            raise ValueError(f"official argument {k}={kwargs[k]!r} is not supported (allowed: {v})")
-
-
-def _official_vit(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12, num_heads=12,
-                  mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                  norm_layer=None, _linear=None, **kw):
-    _check_official(kw, representation_size=(None,), distilled=(False,))
-    linear = bool(_linear)
-    kind, step, eps = _parse_norm(norm_layer, ("layernorm", 300000, 1e-6))
-    return SlabVisionTransformer(
-        img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
-        depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, linear_attn=linear, norm=kind,
-        prepbn_step=step, ln_eps=eps, drop_rate=drop_rate, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate,
-        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-    )
-
-
-register_official("slab", "classification/models/deit.py:VisionTransformer", checkpoint_filter_fn)(
-    partial(_official_vit, _linear=False))
-register_official("slab", "classification/models/slab_deit.py:VisionTransformer", checkpoint_filter_fn)(
-    partial(_official_vit, _linear=True))
-
-
-def _official_entry(name):
-    def fn(pretrained=False, **kw):
-        kw.pop("focusing_factor", None)
-        la = kw.pop("la_sr_ratios", "1111")
-        if str(la) != "1111":
-            raise ValueError(f"la_sr_ratios must be '1111' (no SLA spatial reduction), got {la!r}")
-        for k, default in (("img_size", 224), ("in_chans", 3), ("drop_rate", 0.0)):
-            if kw.get(k, default) == default:
-                kw.pop(k, None)
-        if callable(name):
-            model_name = name(kw.pop("attn_type", None))
-        else:
-            model_name = name
-        return _ENTRYPOINTS[model_name](pretrained=False, **kw)
-    return fn
-
-
-for _b, _n in {
-    "classification/models/deit.py:deit_tiny_patch16_224_repbn": "deit_t_prepbn",
-    "classification/models/deit.py:deit_small_patch16_224_repbn": "deit_s_prepbn",
-    "classification/models/slab_deit.py:deit_tiny_patch16_224_linear_repbn": "slab_deit_t",
-    "classification/models/slab_deit.py:deit_small_patch16_224_linear_repbn": "slab_deit_s",
-    "classification/models/slab_pvt.py:slab_pvt_tiny": lambda a: "slab_pvt_t" if (a or "LLLL") == "LLLL" else
-    "pvt_t_prepbn",
-    "classification/models/slab_pvt.py:slab_pvt_small": lambda a: "slab_pvt_s" if (a or "LLLL") == "LLLL" else
-    "pvt_s_prepbn",
-    "classification/models/slab_pvt.py:slab_pvt_medium": lambda a: "slab_pvt_m" if (a or "LLLL") == "LLLL" else
-    "pvt_m_prepbn",
-}.items():
-    register_official("slab", _b, checkpoint_filter_fn)(_official_entry(_n))
-
-
-@register_official("slab", "classification/models/slab_pvt.py:PyramidVisionTransformer", checkpoint_filter_fn)
-def _official_pvt(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dims=(64, 128, 256, 512),
-                  num_heads=(1, 2, 4, 8), mlp_ratios=(4, 4, 4, 4), qkv_bias=False, qk_scale=None, drop_rate=0.0,
-                  attn_drop_rate=0.0, drop_path_rate=0.0, norm_layer=None, depths=(3, 4, 6, 3),
-                  sr_ratios=(8, 4, 2, 1), la_sr_ratios="8421", num_stages=4, focusing_factor=3, kernel_size=5,
-                  attn_type="LLLL"):
-    attn_type = attn_type or "LLLL"
-    if qk_scale is not None:
-        raise ValueError("qk_scale must be None (the default head_dim**-0.5)")
-    if num_stages != 4:
-        raise ValueError(f"num_stages must be 4, got {num_stages}")
-    for i, c in enumerate(attn_type):
-        if c == "L" and int(str(la_sr_ratios)[i]) != 1:
-            raise ValueError(f"la_sr_ratios must be 1 on 'L' stages (SLA spatial reduction unsupported), "
-                             f"got {la_sr_ratios!r}")
-    kind, step, eps = _parse_norm(norm_layer, ("layernorm", 300000, 1e-5))
-    return SlabPvt(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                   embed_dims=tuple(embed_dims), num_heads=tuple(num_heads), mlp_ratios=tuple(mlp_ratios),
-                   depths=tuple(depths), sr_ratios=tuple(sr_ratios), attn_type=attn_type, qkv_bias=qkv_bias,
-                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm=kind,
-                   prepbn_step=step, ln_eps=eps, kernel_size=kernel_size)
-
-
-def _official_swin_common(default_norm, default_window, default_attn):
-    def fn(img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96, depths=(2, 2, 6, 2),
-           num_heads=(3, 6, 12, 24), window_size=default_window, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
-           drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, ape=False, patch_norm=True, use_checkpoint=False,
-           focusing_factor=3, kernel_size=5, attn_type=default_attn, norm_layer=None, fused_window_process=False,
-           **kw):
-        if qk_scale is not None or ape or not patch_norm:
-            raise ValueError("qk_scale must be None, ape False and patch_norm True")
-        kind, step, eps = _parse_norm(norm_layer, default_norm)
-        model = SlabSwinTransformer(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads), window_size=window_size,
-            attn_type=attn_type, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm=kind, prepbn_step=step, ln_eps=eps,
-            kernel_size=kernel_size,
-        )
-        if use_checkpoint:
-            model.set_grad_checkpointing(True)
-        return model
-    return fn
-
-
-register_official("slab", "classification/models/slab_swin.py:SlabSwinTransformer", checkpoint_filter_fn)(
-    _official_swin_common(("linearnorm", 60000, 1e-5), 7, "LLLL"))
-
-
-def _official_plain_swin(**kw):
-    kw.pop("attn_type", None)
-    return _official_swin_common(("repbn", 60000, 1e-5), 7, "SSSS")(attn_type="SSSS", **kw)
-
-
-register_official("slab", "classification/models/swin_transformer.py:SwinTransformer", checkpoint_filter_fn)(
-    _official_plain_swin)
 
 
 @register_zoo_model("slab")
 def slab_cswin_t(pretrained=False, **kwargs) -> SlabCSWin:
+    """SLAB-CSwin-T (21.2M params, 82.8%)."""
     args = dict(embed_dim=64, depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16),
                 la_split_size="56-28-14-7", attn_type="LLSS", drop_path_rate=0.1)
     return _create_cswin("slab_cswin_t", pretrained, **dict(args, **kwargs))
@@ -1246,36 +853,7 @@ def slab_cswin_t(pretrained=False, **kwargs) -> SlabCSWin:
 
 @register_zoo_model("slab")
 def slab_cswin_s(pretrained=False, **kwargs) -> SlabCSWin:
+    """SLAB-CSwin-S (35.5M params; configuration only, no released checkpoint)."""
     args = dict(embed_dim=64, depth=(2, 4, 32, 2), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16),
                 la_split_size="56-28-14-7", attn_type="LLSS", drop_path_rate=0.3)
     return _create_cswin("slab_cswin_s", pretrained, **dict(args, **kwargs))
-
-
-@register_official("slab", "classification/models/slab_cswin.py:CSWinTransformer", checkpoint_filter_fn)
-def _official_cswin(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=96, depth=(2, 2, 6, 2),
-                    split_size=(1, 2, 7, 7), la_split_size="1-2-7-7", num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
-                    qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                    hybrid_backbone=None, norm_layer=None, use_chk=False, focusing_factor=3, kernel_size=5,
-                    attn_type="LLLL"):
-    kind, step, eps = _parse_norm(norm_layer, ("linearnorm", 120000, 1e-5))
-    model = SlabCSWin(img_size=img_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
-                      depth=tuple(depth), split_size=tuple(split_size), la_split_size=la_split_size,
-                      num_heads=tuple(num_heads), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                      drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                      attn_type=attn_type, norm=kind, prepbn_step=step, ln_eps=eps, kernel_size=kernel_size)
-    if use_chk:
-        model.set_grad_checkpointing(True)
-    return model
-
-
-for _b, _n in {
-    "classification/models/slab_cswin.py:SLAB_CSWin_64_24181_tiny_224": "slab_cswin_t",
-    "classification/models/slab_cswin.py:SLAB_CSWin_64_24322_small_224": "slab_cswin_s",
-}.items():
-    register_official("slab", _b, checkpoint_filter_fn)(_official_entry(_n))
-
-
-_ENTRYPOINTS = {f.__name__: f for f in (
-    slab_deit_t, slab_deit_s, deit_t_prepbn, deit_s_prepbn, slab_pvt_t, slab_pvt_s, slab_pvt_m, pvt_t_prepbn,
-    pvt_s_prepbn, pvt_m_prepbn, slab_swin_t, slab_swin_s, slab_swin_b, swin_t_prepbn, slab_cswin_t, slab_cswin_s,
-)}

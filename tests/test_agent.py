@@ -14,7 +14,7 @@ from model_checks import (
     check_manifest,
     check_timm_api,
 )
-from parity_utils import case_names, load_case, manifest_names, max_abs_diff
+from parity_utils import case_names, load_case, manifest_names, max_abs_diff, official_kwargs
 
 import visionattn
 from visionattn.backbones import agent as A
@@ -33,7 +33,7 @@ TINY = {
 @pytest.mark.parametrize("case", case_names(FAMILY) or ["<no fixtures>"])
 def test_parity(case):
     meta, tensors, sd = load_case(FAMILY, case)
-    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd).eval()
+    model = visionattn.from_official(FAMILY, meta["official_builder"], official_kwargs(meta), sd).eval()
     x = tensors["input"]
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -213,7 +213,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("case", case_names(FAMILY) or ["<no fixtures>"])
 def test_parity_cuda(case):
     meta, tensors, sd = load_case(FAMILY, case)
-    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd).eval().cuda()
+    model = visionattn.from_official(FAMILY, meta["official_builder"], official_kwargs(meta), sd).eval().cuda()
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -253,7 +253,7 @@ def test_official_builder_manifest_params(name):
 
     man = load_manifest(FAMILY, name)
     with torch.device("meta"):
-        model = visionattn.from_official(FAMILY, man["official_builder"], man["official_kwargs"])
+        model = visionattn.from_official(FAMILY, man["official_builder"], official_kwargs(man))
     assert sum(p.numel() for p in model.parameters()) == man["num_params"]
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
+import re
 
 import pytest
 import timm
@@ -14,7 +16,7 @@ from model_checks import (
     check_manifest,
     check_timm_api,
 )
-from parity_utils import case_names, load_case, manifest_names, max_abs_diff
+from parity_utils import case_names, load_case, manifest_names, max_abs_diff, official_kwargs
 from timm.utils.model import reparameterize_model
 
 import visionattn
@@ -38,7 +40,7 @@ SKIP_OUTPUTS = {"logits_merged_official"}  # the official (buggy) fold: checked 
 
 def _build(name):
     meta, t, sd = load_case(FAMILY, name)
-    model = visionattn.from_official(FAMILY, meta["official_builder"], meta["official_kwargs"], sd)
+    model = visionattn.from_official(FAMILY, meta["official_builder"], official_kwargs(meta), sd)
     return meta, t, sd, model
 
 
@@ -121,7 +123,35 @@ def test_parity_train_step_and_bn_recalibration(name):
 
 @pytest.mark.parametrize("name", manifest_names(FAMILY))
 def test_manifest(name):
-    check_manifest(FAMILY, name)
+    from parity_utils import load_manifest
+
+    check_manifest(FAMILY, name, unused_official=_unused_official(name, load_manifest(FAMILY, name)))
+
+
+def _unused_official(name: str, man: dict) -> list[str]:
+    """Official parameters the official forward never reads: SLAB-DeiT's class token, CSwin-SLA's `scale`."""
+    keys = [k for k, _, _ in man["state_dict"]]
+    if name.startswith("slab_deit"):
+        return ["cls_token"]
+    return [k for k in keys if re.search(r"\.attns\.\d+\.scale$", k)]
+
+
+@pytest.mark.parametrize("name", ["slab_deit_t", "slab_cswin_t"])
+def test_unused_official_parameters_dropped(name):
+    """The official tensors nobody reads are not parameters here (every parameter gets a gradient), the filter
+    drops them, and the zoo model still equals the official one on everything else (see test_manifest)."""
+    from parity_utils import load_manifest, manifest_state_dict
+
+    man = load_manifest(FAMILY, name)
+    unused = _unused_official(name, man)
+    assert unused
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    own = model.state_dict()
+    assert not any(k in own for k in unused)
+    model = model.to_empty(device="cpu")
+    sd = slab.checkpoint_filter_fn(manifest_state_dict(man), model)
+    assert not set(unused) & set(sd) and set(sd) == set(own)
 
 
 def test_every_manifest_builder_is_registered():
@@ -138,11 +168,12 @@ def test_manifest_builder_kwargs_build_the_variant():
     """from_official with a manifest's kwargs builds the registered variant (meta device, param count)."""
     from parity_utils import load_manifest
 
-    for name in ("pvt_t_prepbn", "slab_deit_t"):
+    for name in ("pvt_t_prepbn", "slab_deit_t", "slab_cswin_t", "swin_t_prepbn"):
         man = load_manifest(FAMILY, name)
         with torch.device("meta"):
-            m = visionattn.from_official(FAMILY, man["official_builder"], man["official_kwargs"])
-        assert sum(p.numel() for p in m.parameters()) == man["num_params"], name
+            m = visionattn.from_official(FAMILY, man["official_builder"], official_kwargs(man))
+        dropped = sum(math.prod(shape) for k, shape, _ in man["state_dict"] if k in _unused_official(name, man))
+        assert sum(p.numel() for p in m.parameters()) + dropped == man["num_params"], name
 
 
 # ------------------------------------------------------------------------------------------------- timm API
@@ -213,8 +244,9 @@ def test_pvt_prepbn_runs_at_other_sizes_sla_raises():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="attn_type"):
         timm.create_model("slab_swin_t", attn_type="LLXS")
-    with pytest.raises(ValueError, match="norm"):
-        timm.create_model("slab_deit_t", norm="groupnorm", depth=1)
+    with pytest.raises(ValueError, match="norm_layer"):
+        visionattn.from_official(FAMILY, "classification/models/slab_deit.py:VisionTransformer",
+                                 {"norm_layer": torch.nn.GroupNorm, "depth": 1})
     with pytest.raises(ValueError, match="kernel_size"):
         slab.SimplifiedLinearAttention(32, 2, (4, 4), kernel_size=4)
     with pytest.raises(ValueError, match="step"):
@@ -227,8 +259,8 @@ def test_bad_arguments():
 
 
 def _official_deit_sd(model):
-    sd = {("cls_token" if k == "cls_token_unused" else k): v for k, v in model.state_dict().items()}
-    return sd
+    """The official SLAB-DeiT layout: our keys plus the class token the official model keeps unused."""
+    return {"cls_token": torch.zeros(1, 1, model.embed_dim), **model.state_dict()}
 
 
 def _save_trainer_checkpoint(path, model_sd):
