@@ -764,6 +764,15 @@ void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, 
   const View vx = view_of(x);
   const T* xp = x.data_ptr<T>();
   const int64_t D = x.size(-1), Lext = lg.Lext, PL = lg.PL, L = lg.L;
+  // ghosts: only the columns real queries read need their keys, (index, source index or -1 for zero); the rest
+  // (read by padding lanes only, whose results are dropped or masked) get zeros so no lane reads stale memory
+  const int64_t lo = PL - lg.off * lg.d, hi = PL + L + (lg.k - 1 - lg.off) * lg.d;
+  std::vector<std::pair<int64_t, int64_t>> ghosts;
+  for (int64_t e = lo; e < hi; ++e) {
+    if (e >= PL && e < PL + L) continue;
+    const int64_t from = ghost_source(lg, e - PL);
+    ghosts.emplace_back(e, from >= 0 ? PL + from : -1);
+  }
   at::parallel_for(0, lg.kv_rows, grain(D * Lext), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const RowItem r = row_item(g, item, g.kv_heads);
@@ -772,11 +781,11 @@ void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, 
       const int64_t cs = vx.x[2];
       T* out = dst + item * D * Lext;
       for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
-      for (int64_t e = 0; e < Lext; ++e) {
-        const int64_t c = e - PL;
-        if (c >= 0 && c < L) continue;
-        const int64_t from = ghost_source(lg, c);
-        for (int64_t i = 0; i < D; ++i) out[i * Lext + e] = from >= 0 ? out[i * Lext + PL + from] : T(0);
+      for (int64_t i = 0; i < D; ++i) {
+        T* row = out + i * Lext;
+        std::fill(row, row + lo, T(0));
+        std::fill(row + hi, row + Lext, T(0));
+        for (const auto& gs : ghosts) row[gs.first] = gs.second >= 0 ? row[gs.second] : T(0);
       }
     }
   });
