@@ -243,7 +243,10 @@ def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | No
         row = dict(base, batch=batch, img_size=size, **({"extra_kwargs": extra} if extra else {}))
         try:
             ours, official = pair(extra)
-            row.update(compare_timing(ours, official, torch.randn(batch, 3, size, size), warmup, reps, timer))
+            x = torch.randn(batch, 3, size, size)
+            with torch.no_grad():  # the same function at this size too
+                row["max_abs_diff"] = (ours(x).double() - official(x).double()).abs().max().item()
+            row.update(compare_timing(ours, official, x, warmup, reps, timer))
         except Exception as err:  # noqa: BLE001 - report, go on with the next config
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         emit(row)
