@@ -311,7 +311,10 @@ def _torch_forward(q, k, v, index, region_size, scale, need_aux):
     else:
         out = _forward_regions(qr, kr, vr, fidx, topk, scale)
         aux = q.new_empty(0)
-    return _from_regions(out, B, H, W, rh, rw) + _nan_rows(q), aux
+    out = _from_regions(out, B, H, W, rh, rw)
+    if not bool(torch.isfinite(q.sum(dtype=_acc(q.dtype)))):  # (one cheap reduction; the fix only when needed)
+        out = out + _nan_rows(q)
+    return out, aux
 
 
 def _torch_backward(gout, q, k, v, index, out, aux, region_size, scale, need_q, need_kv):

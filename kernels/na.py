@@ -21,11 +21,14 @@ Backends:
         cached mask/RPB index (memory O(N * region); plain gather/matmul/softmax).
     ``gather``: every query's k^d keys gathered explicitly (unfold-style, memory O(N k^d D)).
     ``triton``: the fused kernel of ``na_triton`` (CUDA, or the Triton interpreter).
+    ``cpu``: the compiled C++ CPU kernel of ``_na_cpu`` (built on first use with the host's C++ compiler; float16 /
+        bfloat16 run in float32); unavailable without a compiler (one warning), and never while exporting.
     ``natten``: NATTEN's own ops when installed (no RPB).
-    ``auto``: torch, except on CUDA with ``VISIONATTN_NA_AUTO_TRITON=1`` (triton, where it runs the arguments):
-        the fused kernel is interpreter-tested and compiles for sm_90 but has not run on a GPU yet.
+    ``auto``: cpu on CPU tensors when the compiled kernel is available (not while exporting), else torch; on CUDA
+        triton with ``VISIONATTN_NA_AUTO_TRITON=1`` (where it runs the arguments), else torch: the fused kernel is
+        interpreter-tested and compiles for sm_90 but has not run on a GPU yet.
 
-``torch`` and ``triton`` run as the custom ops ``visionattn::na_forward`` / ``visionattn::na_backward`` (fake
+``torch``, ``triton`` and ``cpu`` run as the custom ops ``visionattn::na_forward`` / ``visionattn::na_backward`` (fake
 implementations, autograd, autocast), so ``torch.compile`` (fullgraph) and ``torch.export`` keep them as one op
 per call. While exporting to ONNX (or ``torch.jit.trace``) the torch path runs as plain torch ops instead, its
 index tensors becoming graph constants.
@@ -276,6 +279,7 @@ class TileIndex(NamedTuple):
     inv: Tensor | None  # [N] tile slot holding each query's result (None: the identity)
     outside: Tensor  # [NT, T, R] key outside the query's window
     rpb_idx: Tensor  # [NT, T, R] flat RPB-table index
+    mask_bias: Tensor  # [NT, T, R] 0 inside, -inf outside (float32)
     n_tiles: int
     tile: int  # queries per tile
     region: int  # keys per tile region
@@ -298,9 +302,11 @@ def _tile_index(spatial, ks, ss, ds, cs, tile, device: str) -> TileIndex:
         mask = _combine([x.mask for x in tl], n, 3, np.logical_and).reshape(NT, T, R)
         st = _rpb_strides(ks)
         idx = _combine([x.rel * st[a] for a, x in enumerate(tl)], n, 3, np.add).reshape(NT, T, R)
+        bias = np.where(mask, 0.0, -np.inf).astype(np.float32)
         ident_q = qflat.size == inv.size and bool(np.array_equal(qflat, np.arange(qflat.size)))
         return TileIndex(None if ident_q else _t(qflat, device), _t(kflat, device),
-                         None if ident_q else _t(inv, device), _t(~mask, device), _t(idx, device), NT, T, R)
+                         None if ident_q else _t(inv, device), _t(~mask, device), _t(idx, device),
+                         _t(bias, device), NT, T, R)
 
     return _cached(("tile", spatial, ks, ss, ds, cs, tile, device), build)
 
@@ -503,12 +509,18 @@ def _untile(x: Tensor, ix: TileIndex, spatial, h: int) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], *spatial, h, x.shape[-1])
 
 
-def _outside(ix: TileIndex, h: int, hk: int) -> Tensor:
-    """[NT, g*T, R]: the window mask repeated for the g query heads on the rows."""
+def _rows(x: Tensor, h: int, hk: int) -> Tensor:
+    """A per-tile table [NT, T, R] repeated for the g query heads on the rows: [NT, g*T, R]."""
     if h == hk:
-        return ix.outside
-    NT, T, R = ix.outside.shape
-    return ix.outside.unsqueeze(1).expand(NT, h // hk, T, R).reshape(NT, h // hk * T, R)
+        return x
+    NT, T, R = x.shape
+    return x.unsqueeze(1).expand(NT, h // hk, T, R).reshape(NT, h // hk * T, R)
+
+
+def _finite(*ts) -> bool:
+    """All of ``ts`` finite (one cheap reduction each; an overflowing sum only costs the exact path)."""
+    return bool(torch.isfinite(sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+                                   for t in ts if t is not None)))
 
 
 def _na_torch_forward(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=False, need_p=False, tile=None):
@@ -527,10 +539,18 @@ def _na_torch_forward(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=Fa
     kt = _heads_first(k, ix.kflat).view(B, hk, NT, R, D)
     vt = _heads_first(v, ix.kflat).view(B, hk, NT, R, Dv)
     logits = qt @ kt.transpose(-1, -2)  # [B, hk, NT, gT, R]
-    if rpb is not None:
-        logits = logits.add_(_group_rows(rpb.reshape(h, -1)[:, ix.rpb_idx], h, hk))
-    # masked_fill, not an additive mask: a non-finite key stays out of the windows that do not contain it
-    logits = logits.masked_fill_(_outside(ix, h, hk), float("-inf"))
+    # Finite key / value / RPB (checked eagerly): one additive bias with -inf outside the windows. Otherwise (and
+    # while exporting) masked_fill, so that a non-finite key stays out of the windows that do not contain it.
+    exact = capturing() or not _finite(k, v, rpb)
+    bias = None if rpb is None else _group_rows(rpb.reshape(h, -1)[:, ix.rpb_idx], h, hk)
+    if exact:
+        if bias is not None:
+            logits = logits.add_(bias)
+        logits = logits.masked_fill_(_rows(ix.outside, h, hk), float("-inf"))
+    elif bias is not None:
+        logits = logits.add_(bias.masked_fill(_rows(ix.outside, h, hk), float("-inf")))
+    else:
+        logits = logits.add_(_rows(ix.mask_bias, h, hk).to(q.dtype))
     if ak is not None:
         logits = torch.cat([logits, qt @ ak.permute(0, 2, 3, 1).unsqueeze(2)], -1)  # + [B, hk, NT, gT, Na]
     p = logits.softmax(-1)
@@ -539,7 +559,7 @@ def _na_torch_forward(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=Fa
     else:
         out = p[..., :R] @ vt + p[..., R:] @ av.transpose(1, 2).unsqueeze(2)
     out = _untile(out, ix, spatial, h)
-    if not capturing() and not bool(torch.isfinite(v).all()):
+    if exact and not capturing() and not _finite(v):
         # a key region is shared by a tile of queries: 0 * inf would reach queries whose window misses the value
         out = _na_gather(q, k, v, rpb, cfg, ak, av)[0]
     lse = _untile(_lse(logits).unsqueeze(-1), ix, spatial, h).squeeze(-1) if need_lse else None
@@ -564,10 +584,10 @@ def _na_torch_backward(dout, dlse, q, k, v, rpb, ak, av, out, p, cfg: NAConfig, 
     if ak is not None:
         akt, avt = ak.transpose(1, 2).unsqueeze(2), av.transpose(1, 2).unsqueeze(2)  # [B, hk, 1, Na, .]
         dp = torch.cat([dp, dot @ avt.transpose(-1, -2)], -1)
-    delta = (dp * p).sum(-1, keepdim=True)
+    delta = (dp.unsqueeze(-2) @ p.unsqueeze(-1)).squeeze(-1)  # rowsum(dp * p) without a [.., R] temporary
     if dlse is not None:
         delta = delta - _tile_grad(dlse.unsqueeze(-1).to(q.dtype), ix, hk)
-    ds = p * (dp - delta)  # d logits (q already scaled)
+    ds = dp.sub_(delta).mul_(p)  # d logits (q already scaled), in place of dp
     dsw, pw = (ds, p) if ak is None else (ds[..., :R], p[..., :R])
     dq = dsw @ kt
     if ak is not None:
@@ -658,6 +678,38 @@ def _triton_check(q, k, v, rpb, cfg: NAConfig, ak=None, av=None) -> str | None:
     return unsupported(q, k, v, rpb, cfg)
 
 
+def _cpu_forward(q, k, v, rpb, cfg: NAConfig, ak=None, av=None):
+    """(out, natural logsumexp of the whole softmax)."""
+    from . import _na_cpu
+
+    out, lse = _na_cpu.forward(q, k, v, rpb, cfg)
+    if ak is None:
+        return out, lse
+    ox, lsex = _extra_attention(q, ak, av, cfg.scale)
+    return merge_attentions([out, ox], [lse, lsex])
+
+
+def _cpu_backward(dout, dlse, q, k, v, rpb, ak, av, out, lse, cfg: NAConfig, need_drpb: bool):
+    from . import _na_cpu
+
+    acc = _acc(q.dtype)
+    delta = (dout.to(acc) * out.to(acc)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(acc)
+    dq, dk, dv, drpb = _na_cpu.backward(dout, q, k, v, rpb, lse, delta, cfg, need_drpb)
+    dak = dav = None
+    if ak is not None:
+        dqx, dak, dav = _extra_backward(dout, q, ak, av, lse, delta, cfg.scale)
+        dq = dq + dqx
+    return dq, dk, dv, drpb, dak, dav
+
+
+def _cpu_check(q, k, v, rpb, cfg: NAConfig, ak=None, av=None) -> str | None:
+    from ._na_cpu import unsupported
+
+    return unsupported(q, k, v, rpb, cfg)
+
+
 def _auto_triton() -> bool:
     # The fused kernel passes the interpreter tests and compiles for sm_90, but has not yet been executed on
     # a GPU; until it has, `auto` keeps CUDA tensors on the torch path unless the user opts in.
@@ -667,19 +719,21 @@ def _auto_triton() -> bool:
 # ---------------------------------------------------------------------------------------------------
 # custom ops: visionattn::na_forward / visionattn::na_backward
 #
-# backend "torch" (any device), "triton" (CUDA / interpreter) or "auto" (triton on CUDA when opted in and the
-# kernel runs the arguments, else torch). `aux` is what the backward needs: the softmax probabilities of the
-# torch path ([B, kv_heads, tiles, g * T, R + N_extra], only when need_aux) or the base-2 logsumexp of the fused
-# kernel ([B, *S, heads]).
+# backend "torch" (any device), "triton" (CUDA / interpreter), "cpu" (the compiled CPU kernel) or "auto" (triton
+# on CUDA when opted in and the kernel runs the arguments, cpu on CPU when built, else torch). `aux` is what the
+# backward needs: the softmax probabilities of the torch path ([B, kv_heads, tiles, g * T, R + N_extra], only
+# when need_aux), the base-2 logsumexp of the fused kernel or the natural one of the CPU kernel ([B, *S, heads]).
 
 
 def _op_impl(backend: str, q, k, v, rpb, cfg: NAConfig, ak, av) -> str:
     if backend == "auto":
-        ok = q.is_cuda and _auto_triton() and _triton_check(q, k, v, rpb, cfg, ak, av) is None
-        return "triton" if ok else "torch"
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton') for visionattn::na_forward, got "
-                         f"{backend!r}")
+        if q.is_cuda:
+            ok = _auto_triton() and _triton_check(q, k, v, rpb, cfg, ak, av) is None
+            return "triton" if ok else "torch"
+        return "cpu" if _cpu_check(q, k, v, rpb, cfg, ak, av) is None else "torch"
+    if backend not in ("torch", "triton", "cpu"):
+        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton', 'cpu') for visionattn::na_forward, "
+                         f"got {backend!r}")
     return backend
 
 
@@ -702,6 +756,9 @@ def na_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, ad
     if impl == "triton":
         out, lse2 = _triton_forward(query, key, value, rpb, cfg, ak, av)
         return out.contiguous(), (lse2 * _LN2 if need_lse else empty), lse2.contiguous()
+    if impl == "cpu":
+        out, lse = _cpu_forward(query, key, value, rpb, cfg, ak, av)
+        return out.contiguous(), (lse.contiguous() if need_lse else empty), lse.contiguous()
     out, lse, p = _na_torch_forward(query, key, value, rpb, cfg, ak, av, need_lse, need_aux)
     # fresh contiguous outputs, as the fake implementation promises
     return out.contiguous(), (lse.contiguous() if need_lse else empty), (p if need_aux else query.new_empty(0))
@@ -715,7 +772,7 @@ def _na_forward_fake(query, key, value, rpb, additional_keys, additional_values,
     acc = _acc(query.dtype)
     out = query.new_empty(*query.shape[:-1], value.shape[-1])
     lse = query.new_empty(query.shape[:-1] if need_lse else (0,), dtype=acc)
-    if impl == "triton":
+    if impl in ("triton", "cpu"):
         aux = query.new_empty(query.shape[:-1], dtype=acc)
     elif need_aux:
         n = query.dim() - 3
@@ -740,8 +797,11 @@ def na_backward(grad_out: Tensor, grad_lse: Tensor | None, query: Tensor, key: T
     cfg = _op_cfg(kernel_size, stride, dilation, is_causal, scale)
     ak, av = additional_keys, additional_values
     args = (grad_out, grad_lse, query, key, value, rpb, ak, av, out, aux, cfg, need_rpb_grad and rpb is not None)
-    if _op_impl(backend, query, key, value, rpb, cfg, ak, av) == "triton":
+    impl = _op_impl(backend, query, key, value, rpb, cfg, ak, av)
+    if impl == "triton":
         grads = _triton_backward(*args)
+    elif impl == "cpu":
+        grads = _cpu_backward(*args)
     else:
         grads = _na_torch_backward(*args)
     return tuple(query.new_empty(0) if g is None else g.contiguous() for g in grads)
@@ -804,6 +864,10 @@ def _run_triton(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=False):
     return _run_op("triton", q, k, v, rpb, cfg, ak, av, need_lse)
 
 
+def _run_cpu(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=False):
+    return _run_op("cpu", q, k, v, rpb, cfg, ak, av, need_lse)
+
+
 def _na_natten(q, k, v, rpb, cfg: NAConfig, ak=None, av=None, need_lse=False):
     import natten
 
@@ -835,6 +899,7 @@ _BACKENDS = {
     "torch": Backend(_run_torch, _always),
     "gather": Backend(_na_gather, _always),
     "triton": Backend(_run_triton, _triton_check),
+    "cpu": Backend(_run_cpu, _cpu_check),
     "natten": Backend(_na_natten, _natten_check),
 }
 BACKENDS = ("auto", *_BACKENDS)
@@ -843,6 +908,8 @@ BACKENDS = ("auto", *_BACKENDS)
 def _auto_order(q: Tensor) -> tuple:
     if q.is_cuda and _auto_triton() and not exporting():
         return ("triton", "torch")
+    if q.device.type == "cpu":
+        return ("cpu", "torch")  # the compiled kernel where it is built (its check says why not otherwise)
     return ("torch",)
 
 
