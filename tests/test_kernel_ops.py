@@ -213,3 +213,12 @@ def test_public_wrappers_are_fx_leaves_through_call_site_wrap():
     x = torch.randn(1, 6, 7, 16)
     torch.testing.assert_close(gm(x), m(x))
     assert na_mod.na2d is not None
+
+
+def test_timm_fx_feature_extraction_keeps_kernel_calls_as_leaves():
+    """A module calling the kernels directly (no torch.fx.wrap) traces with timm's FX feature extractor."""
+    from timm.models import create_feature_extractor
+
+    m, x = _module_and_input()
+    fx = create_feature_extractor(m, return_nodes=["proj"])
+    torch.testing.assert_close(fx(x)["proj"], m(x))
