@@ -240,13 +240,14 @@ class _GuardedTorch:
         return all(torch.isnan(b[:n]).all() and torch.isnan(b[2 * n:]).all() for b, n in self.buffers)
 
 
-@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
-    ((1, 13, 19, 1, 16), 5, 1, 1, False),
-    ((1, 20, 17, 1, 16), 3, (2, 1), (1, 2), (False, True)),
-    ((1, 150, 1, 16), 13, 3, 1, False),
-    ((1, 5, 6, 7, 1, 16), (3, 3, 5), (1, 2, 1), 1, (False, False, True)),
+@pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal,kv_heads", [
+    ((1, 13, 19, 1, 16), 5, 1, 1, False, 1),
+    ((1, 20, 17, 1, 16), 3, (2, 1), (1, 2), (False, True), 1),
+    ((1, 150, 1, 16), 13, 3, 1, False, 1),
+    ((1, 5, 6, 7, 1, 16), (3, 3, 5), (1, 2, 1), 1, (False, False, True), 1),
+    ((1, 11, 13, 3, 16), 3, (1, 2), 1, False, 1),  # MQA: the dK/dV programs loop over the query heads
 ])
-def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stride, is_causal):
+def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stride, is_causal, kv_heads):
     """The GPU's tile shapes, every input, output and scratch buffer fenced by NaN guards: forward and backward
     read and write inside their tensors only, and cover every output element."""
     from visionattn.kernels import na_triton
@@ -257,7 +258,9 @@ def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stri
     rank = len(shape) - 3
     ks = (kernel_size,) * rank if isinstance(kernel_size, int) else kernel_size
     gen = torch.Generator().manual_seed(0)
-    q, k, v, g = (guard.guarded(shape, torch.float32).copy_(torch.randn(shape, generator=gen)) for _ in range(4))
+    kv_shape = (*shape[:-2], kv_heads, shape[-1])
+    q, k, v, g = (guard.guarded(s, torch.float32).copy_(torch.randn(s, generator=gen))
+                  for s in (shape, kv_shape, kv_shape, shape))
     rpb_shape = (shape[-2], *(2 * x - 1 for x in ks))
     rpb = guard.guarded(rpb_shape, torch.float32).copy_(0.5 * torch.randn(rpb_shape, generator=gen))
     leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
