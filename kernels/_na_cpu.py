@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._common import exporting
 
-__all__ = ["available", "build", "load_error", "na_cpu", "unsupported"]
+__all__ = ["available", "backward", "build", "forward", "load_error", "na_cpu", "unsupported"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "na_cpu.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-psabi"]
@@ -70,6 +70,7 @@ def build(verbose: bool = False) -> Path:
     return folder
 
 
+@torch.compiler.assume_constant_result  # dynamo runs it once at trace time (it may build), never traces it
 def available() -> bool:
     """True when the kernel is built and loaded (building it on first call); warns once when it cannot be."""
     if "ok" in _state:
@@ -145,16 +146,37 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str
     return None
 
 
+def _args(cfg) -> tuple:
+    return list(cfg.kernel_size), list(cfg.stride), list(cfg.dilation), list(cfg.is_causal), float(cfg.scale)
+
+
+def _compute(t: Tensor | None) -> Tensor | None:
+    """The kernel runs float32 / float64: float16 / bfloat16 inputs run in float32."""
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> tuple[Tensor, Tensor]:
+    """(out in q's dtype, natural logsumexp ``[B, *spatial, heads]`` in float32 / float64); no autograd (the
+    ``visionattn::na_forward`` op calls it). ``cfg`` is ``na.NAConfig``."""
+    out, lse = torch.ops.visionattn_cpu.na_forward(_compute(q), _compute(k), _compute(v), _compute(rpb), *_args(cfg))
+    return out.to(q.dtype), lse
+
+
+def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, lse: Tensor, delta: Tensor, cfg,
+             need_drpb: bool = True) -> tuple:
+    """(d q, d k, d v, d rpb or None) from the forward's natural logsumexp and ``delta`` = sum(dout * out, -1)
+    (minus the logsumexp's gradient, if any): the softmax may be a merged one (extra keys)."""
+    dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(_compute(dout), _compute(q), _compute(k), _compute(v),
+                                                            _compute(rpb), lse, delta, *_args(cfg))
+    drpb = drpb.to(rpb.dtype) if need_drpb and drpb is not None else None
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drpb
+
+
 def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, need_lse: bool = False):
-    """NA through the compiled kernel, differentiable in q, k, v, rpb (``cfg`` is ``na.NAConfig``): the output,
-    and with ``need_lse`` also the natural logsumexp ``[B, *spatial, heads]`` (float32; float64 for float64)."""
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
-        rpb = None if rpb is None else rpb.float()
-    out, lse = torch.ops.visionattn_cpu.na_forward(q, k, v, rpb, list(cfg.kernel_size), list(cfg.stride),
-                                                   list(cfg.dilation), list(cfg.is_causal), float(cfg.scale))
-    out = out.to(dtype)
+    """The compiled op on its own, differentiable in q, k, v, rpb through its registered autograd: the output, and
+    with ``need_lse`` also the natural logsumexp. (``na1d/2d/3d(..., backend="cpu")`` is the public way.)"""
+    out, lse = torch.ops.visionattn_cpu.na_forward(_compute(q), _compute(k), _compute(v), _compute(rpb), *_args(cfg))
+    out = out.to(q.dtype)
     return (out, lse) if need_lse else out
 
 

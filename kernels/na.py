@@ -758,7 +758,7 @@ def na_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, ad
         return out.contiguous(), (lse2 * _LN2 if need_lse else empty), lse2.contiguous()
     if impl == "cpu":
         out, lse = _cpu_forward(query, key, value, rpb, cfg, ak, av)
-        return out.contiguous(), (lse.contiguous() if need_lse else empty), lse.contiguous()
+        return out.contiguous(), (lse.clone() if need_lse else empty), lse.contiguous()
     out, lse, p = _na_torch_forward(query, key, value, rpb, cfg, ak, av, need_lse, need_aux)
     # fresh contiguous outputs, as the fake implementation promises
     return out.contiguous(), (lse.contiguous() if need_lse else empty), (p if need_aux else query.new_empty(0))

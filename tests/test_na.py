@@ -233,9 +233,11 @@ def test_auto_falls_back_to_torch(monkeypatch):
     assert seen == [1]
 
 
-def test_auto_is_torch_on_cpu(monkeypatch):
+def test_auto_is_torch_on_cpu_without_the_compiled_kernel(monkeypatch):
     import visionattn.kernels.na as na_mod
 
+    # auto prefers the compiled CPU kernel (tests/test_na_cpu.py); where it is unavailable, the torch path
+    monkeypatch.setitem(na_mod._BACKENDS, "cpu", na_mod._BACKENDS["cpu"]._replace(check=lambda *a: "unavailable"))
     seen = []
     be = na_mod._BACKENDS["torch"]
     monkeypatch.setitem(na_mod._BACKENDS, "torch", be._replace(run=lambda *a, **kw: seen.append(1) or (a[0], None)))

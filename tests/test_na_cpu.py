@@ -1,0 +1,274 @@
+"""The compiled NA CPU kernel (``backend="cpu"``, what ``auto`` picks on CPU): forward and backward against the
+dense reference (fp32, fp64, gradcheck), both of its paths (the lane path for stride 1 along the last axis, the
+generic path otherwise), every feature (1-D/2-D/3-D, dilation, stride, causal, RPB, GQA, extra keys, logsumexp,
+value head_dim, odd sizes, batch 0, non-contiguous inputs, low precision), non-finite values, thread counts,
+opcheck / torch.compile, and the fallback when it cannot be built.
+
+Where a C++ compiler exists (CI), a kernel that does not build fails these tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from na_cases import NA_CASES, assert_matches_reference, case_id, make_inputs, run_na
+
+import visionattn.kernels.na as na_mod
+from visionattn.kernels import _na_cpu, na1d, na2d, na3d
+
+FNS = {1: na1d, 2: na2d, 3: na3d}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    if os.environ.get("VISIONATTN_NA_CPU") == "0":
+        pytest.skip("the NA CPU kernel is disabled (VISIONATTN_NA_CPU=0)")
+    if not _na_cpu.available():
+        if shutil.which(os.environ.get("CXX", "c++")):
+            pytest.fail(f"a C++ compiler exists but the NA CPU kernel did not build: {_na_cpu.load_error()}")
+        pytest.skip(f"no C++ compiler: {_na_cpu.load_error()}")
+
+
+# the lane path's own corners: rows longer than one vector block (16 fp32 / 8 fp64 lanes) with a partial last
+# block, dilation groups of unequal length along the last axis, causal + dilation there, even kernels, a window
+# as long as the axis, kernel 1 on the last axis, wide head_dim
+LANE_CASES = [
+    dict(spatial=(70,), kernel_size=9, dilation=3, heads=2),
+    dict(spatial=(70,), kernel_size=9, dilation=3, is_causal=True, heads=2),
+    dict(spatial=(41,), kernel_size=4, heads=1),
+    dict(spatial=(33,), kernel_size=33, heads=2),
+    dict(spatial=(5, 40), kernel_size=(3, 1), heads=2),
+    dict(spatial=(9, 37), kernel_size=(3, 6), dilation=(2, 5), is_causal=(True, True), heads=2),
+    dict(spatial=(7, 7), kernel_size=7, heads=3, head_dim=32, batch=2),
+    dict(spatial=(4, 5, 19), kernel_size=(3, 3, 5), dilation=(1, 1, 3), is_causal=(False, True, True), heads=2,
+         batch=2),
+    dict(spatial=(30, 33), kernel_size=7, heads=2, head_dim=40),
+]
+# the generic path (stride > 1 on the last axis), with every other feature
+GENERIC_CASES = [
+    dict(spatial=(13, 17), kernel_size=5, stride=(1, 2), dilation=(2, 1), is_causal=(False, True), heads=2),
+    dict(spatial=(40,), kernel_size=7, dilation=3, stride=3, is_causal=True, heads=2),
+    dict(spatial=(5, 6, 7), kernel_size=3, dilation=(1, 2, 1), stride=(1, 1, 2), is_causal=(False, True, False),
+         heads=2),
+]
+
+
+@pytest.mark.parametrize("case", NA_CASES + LANE_CASES + GENERIC_CASES, ids=case_id)
+def test_matches_reference_fp32(case):
+    assert_matches_reference("cpu", **case)
+
+
+@pytest.mark.parametrize("case", NA_CASES[::2] + LANE_CASES + GENERIC_CASES, ids=case_id)
+def test_matches_reference_fp64(case):
+    assert_matches_reference("cpu", **case, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("case", [
+    dict(spatial=(6, 7), kernel_size=3, dilation=(1, 2), is_causal=(True, False)),  # lane path
+    dict(spatial=(6, 7), kernel_size=3, stride=(1, 2), is_causal=(False, True)),  # generic path
+    dict(spatial=(11,), kernel_size=4, dilation=2),
+    dict(spatial=(3, 4, 5), kernel_size=(3, 3, 3), is_causal=(False, False, True)),
+], ids=case_id)
+def test_gradcheck_fp64(case):
+    from torch.autograd import gradcheck
+
+    q, k, v, rpb = make_inputs(case["spatial"], case["kernel_size"], heads=2, head_dim=3, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (q, k, v, rpb)]
+    kw = {a: case[a] for a in ("stride", "dilation", "is_causal") if a in case}
+    fn = FNS[len(case["spatial"])]
+    assert gradcheck(lambda q, k, v, r: fn(q, k, v, case["kernel_size"], rpb=r, backend="cpu", **kw), leaves,
+                     fast_mode=len(case["spatial"]) == 3)
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["lane", "generic"])
+def test_gqa_extra_keys_lse_and_value_head_dim(stride):
+    """NATTEN >= 0.20 features through the op: GQA (kv heads dividing heads), extra keys / values merged into
+    one softmax, the logsumexp (and its gradient), value head_dim != head_dim."""
+    g = torch.Generator().manual_seed(0)
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    q, k, v = t(2, 11, 20, 6, 12), t(2, 11, 20, 2, 12), t(2, 11, 20, 2, 20)
+    rpb, ak, av = t(6, 9, 9), t(2, 3, 2, 12), t(2, 3, 2, 20)
+    leaves = (q, k, v, rpb, ak, av)
+    kw = dict(stride=(1, stride), dilation=(2, 1), rpb=rpb, additional_keys=ak, additional_values=av,
+              return_lse=True)
+    out_ref, lse_ref = na2d(q, k, v, 5, backend="reference", **kw)
+    out, lse = na2d(q, k, v, 5, backend="cpu", **kw)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(lse, lse_ref)
+    go, gl = torch.randn_like(out), torch.randn_like(lse)
+    want = torch.autograd.grad((out_ref * go).sum() + (lse_ref * gl).sum(), leaves)
+    got = torch.autograd.grad((out * go).sum() + (lse * gl).sum(), leaves)
+    for name, a, b in zip(("q", "k", "v", "rpb", "additional_keys", "additional_values"), got, want):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_batch_zero(n):
+    spatial = (5,) * n
+    q, k = (torch.randn(0, *spatial, 2, 16, requires_grad=True) for _ in range(2))
+    v = torch.randn(0, *spatial, 2, 8, requires_grad=True)
+    rpb = torch.randn(2, *([5] * n), requires_grad=True)
+    out = FNS[n](q, k, v, 3, is_causal=n == 1, rpb=rpb, backend="cpu")
+    assert out.shape == (0, *spatial, 2, 8)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and v.grad.shape == v.shape and torch.equal(rpb.grad, torch.zeros_like(rpb))
+
+
+def test_strided_inputs_and_gradients():
+    """q, k, v as views of one qkv projection (NAT's layout) and an expanded (stride 0) output gradient."""
+    qkv = torch.randn(2, 11, 23, 3, 2, 16, dtype=torch.float64, requires_grad=True)
+    rpb = torch.randn(2, 9, 9, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for be in ("reference", "cpu"):
+        q, k, v = qkv.unbind(-3)
+        out = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend=be)
+        grads.append((out, *torch.autograd.grad(out.sum(), (qkv, rpb))))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(dtype):
+    q, k, v, rpb = make_inputs((11, 19), 5, heads=2, head_dim=16)
+    ref = na2d(q, k, v, 5, dilation=2, rpb=rpb, backend="reference")
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v, rpb)]
+    out = na2d(*leaves[:3], 5, dilation=2, rpb=leaves[3], backend="cpu")
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    out.sum().backward()
+    assert all(t.grad.dtype == dtype and torch.isfinite(t.grad).all() for t in leaves)
+
+
+_NONFINITE = [
+    dict(spatial=(13, 40), kernel_size=5),
+    dict(spatial=(13, 40), kernel_size=5, dilation=2),
+    dict(spatial=(13, 40), kernel_size=5, is_causal=True),
+    dict(spatial=(13, 40), kernel_size=5, stride=(1, 3)),
+]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("which", ["query", "key", "value"])
+@pytest.mark.parametrize("cfg", _NONFINITE, ids=case_id)
+def test_nonfinite_stays_in_windows(cfg, which, value):
+    """Forward: the reference's NaN / inf pattern; backward: the exact window formulation's (``gather``): a
+    non-finite value reaches only the queries (and their keys) whose windows hold it."""
+    q, k, v, rpb = make_inputs(cfg["spatial"], cfg["kernel_size"], heads=2, dtype=torch.float64)
+    {"query": q, "key": k, "value": v}[which][0, 6, 20, 1, 3] = value
+    kw = {a: cfg[a] for a in ("stride", "dilation", "is_causal") if a in cfg}
+    res = {}
+    for be in ("reference", "gather", "cpu"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = run_na(be, *leaves, rpb, cfg["kernel_size"], **kw)
+        res[be] = (out, *torch.autograd.grad(out.sum(), leaves))
+    ref, cpu = res["reference"][0], res["cpu"][0]
+    assert torch.equal(ref.isnan(), cpu.isnan()) and torch.equal(ref.isinf(), cpu.isinf())
+    fin = torch.isfinite(ref)
+    assert (~fin).any() and fin.any()
+    torch.testing.assert_close(cpu[fin], ref[fin])
+    for a, b in zip(res["gather"][1:], res["cpu"][1:]):
+        assert torch.equal(a.isfinite(), b.isfinite())
+        torch.testing.assert_close(b[a.isfinite()], a[a.isfinite()])
+
+
+def test_results_do_not_depend_on_threads():
+    """Fixed summation order: outputs and q/k/v gradients are bitwise equal at 1 and 2 threads (the RPB gradient
+    sums per-thread partial tables)."""
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(3, 19, 37, 4, 16, generator=g).requires_grad_() for _ in range(3)]
+    rpb = torch.randn(4, 9, 9, generator=g).requires_grad_()
+    threads = torch.get_num_threads()
+    res = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for stride in (1, 2):
+                out = na2d(*leaves, 5, stride=(1, stride), dilation=(1, 2), rpb=rpb, backend="cpu")
+                res.append((n, out, *torch.autograd.grad(out.square().sum(), [*leaves, rpb])))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(res[:2], res[2:]):
+        assert all(torch.equal(x, y) for x, y in zip(a[1:5], b[1:5]))
+        torch.testing.assert_close(a[5], b[5], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_picks_the_kernel_on_cpu_but_not_while_exporting(monkeypatch):
+    seen = []
+    be = na_mod._BACKENDS["cpu"]
+    monkeypatch.setitem(na_mod._BACKENDS, "cpu", be._replace(run=lambda *a, **kw: seen.append(1) or be.run(*a, **kw)))
+    q, k, v, _ = make_inputs((9, 10), 3)
+    want = na2d(q, k, v, 3, backend="reference")
+    torch.testing.assert_close(na2d(q, k, v, 3), want)
+    assert seen == [1]
+    # while exporting (ONNX, torch.export) the graph holds the torch path
+    monkeypatch.setattr(na_mod, "exporting", lambda: True)
+    monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
+    torch.testing.assert_close(na2d(q, k, v, 3), want)
+    assert seen == [1]
+
+
+def test_opcheck():
+    ops = torch.ops.visionattn_cpu
+    q, k, v, rpb = make_inputs((6, 19), 3, heads=2, head_dim=4, dtype=torch.float64)
+    for stride in ([1, 1], [1, 2]):
+        args = (*(t.requires_grad_() for t in (q, k, v, rpb)), [3, 3], stride, [2, 1], [False, True], 0.5)
+        torch.library.opcheck(ops.na_forward.default, args)
+        with torch.no_grad():
+            out, lse = ops.na_forward(*args)
+        bargs = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), rpb.detach(), lse,
+                 torch.randn_like(lse), [3, 3], stride, [2, 1], [False, True], 0.5)
+        torch.library.opcheck(ops.na_backward.default, bargs)
+    # and the package's op running this kernel
+    cfg = [[3, 3], [1, 1], [2, 1], [False, True], 0.5]
+    torch.library.opcheck(torch.ops.visionattn.na_forward.default, (q, k, v, rpb, None, None, *cfg, "cpu", True, True))
+
+
+def test_compile_fullgraph_keeps_the_op():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    q, k, v, rpb = (t.requires_grad_() for t in make_inputs((9, 20), 5, heads=2, head_dim=8))
+
+    def f(q, k, v, rpb):
+        return na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend="cpu").square().sum()
+
+    counter = CompileCounterWithBackend("eager")
+    got = torch.compile(f, fullgraph=True, backend=counter)(q, k, v, rpb)
+    assert counter.frame_count == 1
+    ops = {str(n.target) for gm in counter.graphs for n in gm.graph.nodes if n.op == "call_function"}
+    assert any("visionattn.na_forward" in o for o in ops), ops
+    want = f(q, k, v, rpb)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, q)[0], torch.autograd.grad(want, q)[0])
+
+
+def test_unavailable_kernel_falls_back_with_one_warning(tmp_path):
+    """No compiler: one RuntimeWarning, `auto` runs the torch path, backend="cpu" is a ValueError naming why."""
+    script = textwrap.dedent("""
+        import warnings
+        import torch
+        from visionattn.kernels import na2d
+        q = torch.randn(1, 9, 10, 2, 8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = na2d(q, q, q, 3)
+            b = na2d(q, q, q, 3)
+        torch.testing.assert_close(a, na2d(q, q, q, 3, backend="torch"))
+        ours = [w for w in caught if "NA CPU kernel is unavailable" in str(w.message)]
+        assert len(ours) == 1, [str(w.message) for w in caught]
+        try:
+            na2d(q, q, q, 3, backend="cpu")
+        except ValueError as e:
+            assert "unavailable" in str(e), e
+        else:
+            raise AssertionError("backend='cpu' ran without its kernel")
+        print("ok")
+    """)
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), VISIONATTN_CACHE=str(tmp_path / "cache"))
+    env.pop("VISIONATTN_NA_CPU", None)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
