@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from timm.layers import DropPath, Mlp, calculate_drop_path_rates
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
 from visionattn.layers.cswin import LePEAttention

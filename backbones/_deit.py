@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from timm.layers import Attention, DropPath, Mlp
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # timm exports no public name for it
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, PatchEmbed, calculate_drop_path_rates, register_notrace_function, to_2tuple
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # timm exports no public name for it
 from timm.models.swin_transformer import (
     PatchMerging,
     SwinTransformerBlock,

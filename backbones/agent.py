@@ -42,7 +42,7 @@ from timm.layers import DropPath, Mlp, register_notrace_function, resize_rel_pos
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from visionattn._registry import register_zoo_model
+from visionattn import register_zoo_model
 from visionattn.checkpoint import (
     build_model_with_pretrained_file,
     download_cached,
@@ -259,9 +259,9 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
         if self.sr_ratio > 1:
             vmap = F.interpolate(vmap, size=hw, mode="bilinear", align_corners=False)
         local = self.dwc(vmap).permute(0, 2, 3, 1)  # channels-last conv output: NHWC is a view
-        if off:  # the class token gets no local term
+        if off:  # the class token gets no local term (out of place: FX graph pruning drops unused in-place ops)
             out = out.transpose(1, 2).reshape(b, n, c)
-            out[:, 1:].add_(local.reshape(b, n - 1, c))
+            out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
         else:
             out = _merge_heads_add(out, local)
         return self.proj_drop(self.proj(out))

@@ -23,7 +23,7 @@ Variants (manifest names; official file names in the default cfgs):
 Official tensors the official forward never uses (SLAB-DeiT's `cls_token`, CSwin-SLA's `scale`) are dropped by
 `checkpoint_filter_fn`: every parameter of these models receives a gradient.
 
-Inference re-parameterisation: `model.fuse()` (or `timm.utils.model.reparameterize_model(model)`) folds every
+Inference re-parameterisation: `model.fuse()` (or `timm.utils.reparameterize_model(model)`) folds every
 RepBN into the following linear/conv layer (block norm1 -> qkv / q+kv(or sr conv), norm2 -> fc1, patch-merging
 norm -> reduction, patch-embed norm -> its conv with the correct `a * bias + b` bias, PVT SRA norm -> kv); the
 remaining final norm becomes a per-channel affine. Call it in eval mode after training/BN recalibration.
@@ -42,10 +42,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resize_rel_pos_bias_table, to_2tuple
 from timm.models import generate_default_cfgs
 from timm.models.swin_transformer import PatchMerging, window_partition, window_reverse
-from timm.utils.model import reparameterize_model
+from timm.utils import reparameterize_model
 from torch import nn
 
-from visionattn._registry import register_zoo_model
+from visionattn import register_zoo_model
 from visionattn.checkpoint import (
     build_model_with_pretrained_file,
     load_pretrained_file,

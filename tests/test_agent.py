@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 from model_checks import (
+    check_empty_batch,
     check_features_only,
     check_forward_intermediates,
     check_grad_checkpointing,
@@ -190,6 +191,48 @@ def test_official_builders_registered():
     builders = {b for _, b in visionattn.official_builders(FAMILY)}
     for p in list((root / FAMILY).glob("*.json")) + list((root / FAMILY / "manifests").glob("*.json")):
         assert json.loads(p.read_text())["official_builder"] in builders, p.name
+
+
+@pytest.mark.parametrize("name", list(TINY) + ["agent_swin_t"])
+def test_empty_batch(name):
+    """Batch 0 (issue 15): empty logits and feature maps, as every torch op (failed with a reshape error before)."""
+    kw = TINY.get(name, TINY["agent_swin_b"])
+    check_empty_batch(name, 224, **kw)
+
+
+def test_every_parameter_gets_a_gradient_and_fx():
+    """All four hosts: a plain forward+backward reaches every parameter; torch.fx traces (shape checks and
+    grid-dependent resizes are FX leaves) and the traced model equals eager."""
+    for name, kw in TINY.items():
+        model = timm.create_model(name, num_classes=3, **kw)
+        x = torch.randn(2, 3, 128, 128)
+        model(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters()), name
+        model.eval()
+        traced = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), model(x))
+
+
+def test_bias_cache_follows_parameter_changes():
+    """Inference reuses the resized bias tables; a changed parameter (in place or replaced) is seen."""
+    model = timm.create_model("agent_pvt_t", num_classes=3, **TINY["agent_pvt_t"]).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a = model(x)
+        assert torch.equal(model(x), a)
+        attn = model.stages[0].blocks[0].attn
+        attn.an_bias.add_(1.0)  # in place (version counter)
+        b = model(x)
+        model.load_state_dict(model.state_dict())  # copy_ into the same storage
+        assert torch.equal(model(x), b)
+        attn.na_bias = torch.nn.Parameter(attn.na_bias + 0.5)  # replaced
+        c = model(x)
+    assert not torch.equal(a, b) and not torch.equal(b, c)
+    fresh = timm.create_model("agent_pvt_t", num_classes=3, **TINY["agent_pvt_t"]).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), c)
 
 
 def test_bad_arguments():

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from model_checks import (
+    check_empty_batch,
     check_features_only,
     check_forward_intermediates,
     check_grad_checkpointing,
@@ -239,6 +240,29 @@ def test_pvt_prepbn_runs_at_other_sizes_sla_raises():
     m = timm.create_model("slab_pvt_t", **SMALL["slab_pvt_t"], num_classes=3).eval()
     with pytest.raises(ValueError, match="img_size"):
         m(torch.randn(1, 3, 256, 256))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_empty_batch(name):
+    """Batch 0 (issue 15): empty logits and feature maps (failed with a reshape error before)."""
+    kw = dict(SMALL[name])
+    if name == "slab_cswin_t":
+        kw["embed_dim"] = 8
+    check_empty_batch(name, 224, **kw)
+
+
+def test_every_parameter_gets_a_gradient_and_fx():
+    """A plain forward+backward reaches every parameter (no frozen official leftovers); torch.fx traces."""
+    for name, kw in SMALL.items():
+        kw = dict(kw, embed_dim=8) if name == "slab_cswin_t" else kw
+        model = timm.create_model(name, num_classes=3, **kw)
+        x = torch.randn(2, 3, 224, 224)
+        model(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters()), name
+        model.eval()
+        traced = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), model(x))
 
 
 def test_bad_arguments():

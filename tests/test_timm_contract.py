@@ -36,6 +36,9 @@ CI_MODELS: dict[str, dict] = {
     "agent_deit_t": dict(depth=4),
     "slab_pvt_t": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
     "slab_deit_t": dict(depth=4),
+    # the Swin and CSwin hosts are shared by Agent and SLAB: one of each (shifted windows in agent_swin_s)
+    "agent_swin_s": dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+    "slab_cswin_t": dict(embed_dim=16, depth=(1, 1, 1, 1)),
 }
 ADOPTED = ("gcvit", "shvit", "efficientvim")  # timm's own models: timm's test-suite covers them
 ALL_OWN = [str(m) for m in visionattn.list_models() if m.family not in ADOPTED]
@@ -312,6 +315,8 @@ COMPILE_MODELS = {
     "biformer_t": CI_MODELS["biformer_t"],
     "nat_mini": CI_MODELS["nat_mini"],
     "dinat_mini": CI_MODELS["dinat_mini"],
+    "agent_deit_t": dict(depth=2),
+    "slab_swin_t": dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
 }
 
 
