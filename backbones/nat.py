@@ -90,14 +90,6 @@ __all__ = [
 ]
 
 
-def _norm_layer(norm_layer: Callable[[int], nn.Module] | None) -> Callable[[int], nn.Module]:
-    if norm_layer is None:
-        return nn.LayerNorm  # the official default (eps 1e-5)
-    if not callable(norm_layer):
-        raise ValueError(f"norm_layer must be a norm class (e.g. nn.LayerNorm) or None, got {norm_layer!r}")
-    return norm_layer
-
-
 # --------------------------------------------------------------------------------------------------------------
 # stems and downsamplers (NHWC out)
 
@@ -344,7 +336,7 @@ class NAT(nn.Module):
             raise ValueError(f"num_heads must have one entry per level ({len(depths)}), got {num_heads!r}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        norm_layer = _norm_layer(norm_layer)
+        norm_layer = norm_layer or nn.LayerNorm  # the official default (eps 1e-5)
         backend = check_backend(attn_backend, NA_BACKENDS)
         dilations = _per_level_dilations(dilations, depths)
         self.num_classes = num_classes
@@ -609,7 +601,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
             raise ValueError(f"block_type must be 'na' or 'mhsa_rpb', got {block_type!r}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        norm_layer = _norm_layer(norm_layer)
+        norm_layer = norm_layer or nn.LayerNorm  # the official default (eps 1e-5)
         backend = check_backend(attn_backend, NA_BACKENDS)
         img_size = to_2tuple(img_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
