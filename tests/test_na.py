@@ -493,3 +493,27 @@ def test_empty_heads_or_head_dim_is_value_error(shape):
     v = torch.randn(1, 6, 6, 2, 0)
     with pytest.raises(ValueError, match="heads and head_dim"):
         na2d(torch.randn(1, 6, 6, 2, 8), torch.randn(1, 6, 6, 2, 8), v, 3)
+
+
+def test_split_calls_compile_fullgraph():
+    """na2d_logits / na2d_av compile as one graph (a generator in the window gather broke dynamo)."""
+    from visionattn.kernels import na2d_av
+
+    q, k, v = (torch.randn(1, 9, 9, 2, 8) for _ in range(3))
+    logits = torch.compile(lambda q, k: na2d_logits(q, k, 3, dilation=2), fullgraph=True)(q, k)
+    torch.testing.assert_close(logits, na2d_logits(q, k, 3, dilation=2))
+    a = logits.softmax(-1)
+    out = torch.compile(lambda a, v: na2d_av(a, v, 3, dilation=2), fullgraph=True)(a, v)
+    torch.testing.assert_close(out, na2d_av(a, v, 3, dilation=2))
+
+
+def test_natten_backend_refuses_the_compat_emulation(monkeypatch):
+    import sys
+
+    from visionattn.compat import natten_legacy
+
+    # what install_natten_legacy() does, without refusing a real natten other tests in this process imported
+    monkeypatch.setitem(sys.modules, "natten", natten_legacy)
+    q = torch.randn(1, 9, 9, 2, 8)
+    with pytest.raises(ValueError, match="emulation"):
+        na2d(q, q, q, 3, backend="natten")
