@@ -263,7 +263,8 @@ def _gather_windows(x: Tensor, pos) -> Tensor:
     # x: [B, S1, k1, S2, k2, ..., h, D]
     perm = [0] + [1 + 2 * a for a in range(n)] + [2 * n + 1] + [2 + 2 * a for a in range(n)] + [2 * n + 2]
     x = x.permute(perm)
-    return x.reshape(B, *x.shape[1:n + 1], h, math.prod(p.shape[1] for p in pos), D)
+    # a list, not a generator: dynamo cannot trace math.prod over a generator (fullgraph compile)
+    return x.reshape(B, *x.shape[1:n + 1], h, math.prod([p.shape[1] for p in pos]), D)
 
 
 def _flat(parts: list[np.ndarray], spatial) -> np.ndarray:
@@ -884,9 +885,12 @@ def _natten_check(q, k, v, rpb, cfg: NAConfig, ak=None, av=None) -> str | None:
     if any(kk < 2 for kk in cfg.kernel_size):
         return f"kernel_size must be >= 2 for NATTEN, got {cfg.kernel_size}"
     try:
-        import natten  # noqa: F401
+        import natten
     except ImportError:
         return "needs natten installed"
+    if getattr(natten, "__visionattn_compat__", False):
+        # visionattn.compat's NATTEN 0.17 emulation sits in sys.modules: it is these kernels, not NATTEN >= 0.20
+        return "needs NATTEN >= 0.20, but 'natten' is visionattn.compat's 0.17 emulation"
     return None
 
 
