@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from ._common import (
     LOG2E,
@@ -841,6 +842,21 @@ def _na_backward_rule(ctx, grad_out, grad_lse, grad_aux):
 na_forward.register_autograd(_na_backward_rule, setup_context=_na_setup_context)
 
 register_autocast(na_forward, "na_forward")
+
+
+@register_flop_formula(torch.ops.visionattn.na_forward)
+def _na_forward_flops(q, k, v, rpb, ak, av, kernel_size, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs NA needs (torch.utils.flop_counter; the op is opaque to it): q.k and p.v multiply-adds over each
+    query's full window and the extra keys."""
+    keys = math.prod(kernel_size) + (0 if ak is None else ak[1])
+    return 2 * math.prod(q[:-1]) * keys * (q[-1] + v[-1])
+
+
+@register_flop_formula(torch.ops.visionattn.na_backward)
+def _na_backward_flops(dout, dlse, q, k, v, rpb, ak, av, out, aux, kernel_size, *args, out_shape=None,
+                       **kwargs) -> int:
+    """Twice the forward's (dP, dQ, dK, dV)."""
+    return 2 * _na_forward_flops(q, k, v, rpb, ak, av, kernel_size)
 
 
 # ---------------------------------------------------------------------------------------------------

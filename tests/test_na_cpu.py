@@ -272,3 +272,45 @@ def test_unavailable_kernel_falls_back_with_one_warning(tmp_path):
     env.pop("VISIONATTN_NA_CPU", None)
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_flop_counter_counts_the_op():
+    """torch.utils.flop_counter sees the custom op (a registered formula): the same count as the explicit window
+    matmuls of `gather`, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for be in ("gather", "cpu", "torch"):
+        q, k, v, rpb = (t.requires_grad_() for t in make_inputs((9, 20), 5, heads=2, head_dim=8))
+        with FlopCounterMode(display=False) as fc:
+            out = na2d(q, k, v, 5, rpb=rpb, backend=be)
+        fwd = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            out.sum().backward()
+        counts[be] = (fwd, fc.get_total_flops())
+    window = 2 * 2 * 9 * 20 * 2 * 25 * 8  # 2 (q.k, p.v) x 2 flops x queries x heads x window x head_dim
+    assert counts["gather"][0] == counts["cpu"][0] == counts["torch"][0] == window
+    assert counts["cpu"][1] == counts["torch"][1] == 2 * window
+
+
+def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
+    """tools/bench_kernels.py: `cpu` rows verified against the reference, timed beside `torch`, with the GEMM rate of
+    the same run (`--gemm-rate`: gflops / pct_gemm per NA row, speedup_vs_torch)."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    jsonl = tmp_path / "rows.jsonl"
+    out = subprocess.run([sys.executable, str(repo / "tools" / "bench_kernels.py"), "--op", "na", "--device", "cpu",
+                          "--verify", "--cases", "quick_12x14_k5", "--na-backends", "cpu", "cpu_norpb", "torch",
+                          "--gemm-rate", "--iters", "1", "--warmup", "0", "--jsonl", str(jsonl)],
+                         capture_output=True, text=True, cwd=repo, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    verified = [r for r in rows if r["mode"] == "verify"]
+    assert {r["backend"] for r in verified} == {"cpu", "cpu_norpb", "torch"}
+    assert all(r["max_abs_diff"] <= 1e-5 for r in verified), verified
+    gemm = [r for r in rows if r["op"] == "gemm"]
+    assert len(gemm) == 4 and all(r["gflops"] > 0 for r in gemm)
+    table = out.stdout
+    assert "pct_gemm" in table and "speedup_vs_torch" in table

@@ -3,10 +3,12 @@
     python tools/bench_kernels.py --op na --device cpu --threads 1 --csv out/bench_kernels.csv
     python tools/bench_kernels.py --op all --device cuda --dtype float16
     python tools/bench_kernels.py --op all --verify-only             # every implementation vs the reference
+    python tools/bench_kernels.py --op na --cases nat_56x56_k7 --gemm-rate --threads 1   # NA vs the GEMM rate
 
 NA (tools/bench/na.py): on CPU, NAT-like shapes at --batch (default 8): 56x56 k7, 28x28 k7 dilation 2, 14x14 k7,
 1-D 4096 k31; on CUDA, NAT-Tiny stage shapes at B=32 (56x56 k7, 28x28 k7 d2, 14x14 k7) and 128x128 k7 at B=4.
-Implementations: ours `torch` / `triton` with RPB and `*_norpb` without, `gather` (naive index gather),
+Implementations: ours `torch` / `triton` / `cpu` (the compiled CPU kernel) with RPB and `*_norpb` without,
+`gather` (naive index gather),
 `natten` (when installed; CPU: unfused FlexAttention, forward only), `flex` / `flex_rpb` (torch.compile'd
 FlexAttention with an NA block mask, RPB as score_mod; compile time in `compile_s`), `sdpa_dense` (full
 attention, the dense-cost yardstick). BRA (tools/bench/bra.py): BiFormer-S routed stages at --sizes (CPU:
@@ -18,7 +20,10 @@ Per row: median time of up to --iters calls after warm-up (`--timer cpu`: proces
 allocations). Ratios: `speedup_vs_X` = X's time / this row's time in the same run (ours without RPB against
 natten / flex / sdpa_dense, with RPB against gather / flex_rpb), `rpb_cost` = ours with RPB / without,
 `mem_ratio_vs_gather` (BRA). --verify checks every implementation's output against the reference backend
-first (exit 1 on a mismatch): the rows compare like with like.
+first (exit 1 on a mismatch): the rows compare like with like. --gemm-rate times a 2048^3 fp32 matmul (and Swin's
+7x7-window attention bmm) before and after the NA rows, in the same process (tools/bench/gemm.py), and gives each
+NA row `gflops` (the FLOPs NA needs: each query's window; backward counted twice the forward) and `pct_gemm`,
+percent of the mean matmul rate.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import torch
 from bench import bra as bra_bench
+from bench import gemm as gemm_bench
 from bench import na as na_bench
 from bench.cli import Parser, device_arg, nonneg_int, positive_int
 from bench.report import append_jsonl, columns, text_table, write_csv
@@ -38,7 +44,8 @@ from bench.timing import Deadline
 NA_QUICK = ("nat_56x56_k7",)
 CPU_COMPARE_CASES = ("nat_56x56_k7",)  # natten / compiled flex on CPU by default only here (minutes per case)
 TABLE_COLS = ["op", "case", "size", "stage", "shape", "region", "dim", "heads", "kernel", "dilation", "topk",
-              "batch", "dtype", "backend", "mode", "time_ms", "peak_mb", "compile_s", "speedup_vs_natten",
+              "batch", "dtype", "backend", "mode", "time_ms", "gflops", "pct_gemm", "peak_mb", "compile_s",
+              "speedup_vs_torch", "speedup_vs_natten",
               "speedup_vs_flex", "speedup_vs_flex_rpb", "speedup_vs_sdpa_dense", "speedup_vs_gather",
               "speedup_vs_flex_norpb", "rpb_cost", "mem_ratio_vs_gather", "max_abs_diff", "note", "error"]
 DTYPES = ("float32", "float16", "bfloat16")
@@ -81,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--compare-all", action="store_true",
                    help="on CPU, run natten and compiled flex on every case (default: 56x56 k7 only; slow)")
     p.add_argument("--verify", action="store_true", help="check every implementation against the reference first")
+    p.add_argument("--gemm-rate", action="store_true",
+                   help="time the machine's fp32 matmul rate around the NA rows; NA rows get gflops and pct_gemm")
     p.add_argument("--verify-only", action="store_true", help="only the check (tiny shapes, seconds on CPU)")
     args = p.parse_args(argv)
     for opt in ("csv", "jsonl"):
@@ -173,9 +182,18 @@ def main(argv=None) -> int:
     cuda = args.device.type == "cuda"
     if args.op in ("na", "all"):
         impls = args.na_backends or (na_bench.CUDA_IMPLS if cuda else na_bench.CPU_IMPLS)
-        rows += na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8,
-                              modes=args.modes, warmup=args.warmup, iters=args.iters, timer=args.timer,
-                              max_s=args.max_s, deadline=deadline, skip=_cpu_skip(args), emit=emit)
+        gemm = gemm_bench.rate_rows(args.device, when="before") if args.gemm_rate else []
+        na_rows = na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8,
+                                modes=args.modes, warmup=args.warmup, iters=args.iters, timer=args.timer,
+                                max_s=args.max_s, deadline=deadline, skip=_cpu_skip(args), emit=emit)
+        if args.gemm_rate:
+            gemm += gemm_bench.rate_rows(args.device, when="after")
+            square = [r["gflops"] for r in gemm if r["case"].startswith("matmul")]
+            gemm_bench.add_gemm_fraction(na_rows, sum(square) / len(square))
+            for r in gemm:
+                if emit is not None:
+                    emit(r)
+        rows += gemm + na_rows
     if args.op in ("bra", "all"):
         impls = list(args.bra_backends or (bra_bench.CUDA_IMPLS if cuda else bra_bench.CPU_IMPLS))
         if "reference" not in impls:

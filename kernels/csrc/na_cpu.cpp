@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -265,6 +266,23 @@ inline void for_window(const Geometry& g, const int64_t* y, F&& f) {
 
 int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
 
+// Work items in chunks handed out one at a time, f(begin, end) per chunk: on a shared (oversubscribed) CPU a
+// descheduled thread does not hold the others up at the end, as with a static split.
+template <typename F>
+void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
+  if (n <= 0) return;
+  const int64_t threads = at::get_num_threads(), min_chunk = grain(work_per_item);
+  if (threads == 1 || n <= min_chunk || at::in_parallel_region()) {
+    f(int64_t(0), n);
+    return;
+  }
+  const int64_t chunk = std::max(min_chunk, n / (8 * threads));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t b = next.fetch_add(chunk); b < n; b = next.fetch_add(chunk)) f(b, std::min(n, b + chunk));
+  });
+}
+
 // ------------------------------------------------------------------------------------------------ generic path
 //
 // One query at a time (head_dim vectorised): any geometry, used when the last axis has a stride > 1.
@@ -282,7 +300,7 @@ void generic_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k
   T* lp = lse.data_ptr<T>();
   const int64_t H = g.heads, D = g.D, Dv = g.Dv, N = g.n_queries(), K = g.K, R = g.R;
   const T scale = static_cast<T>(scale_d);
-  at::parallel_for(0, g.B * N * H, grain(K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(g.B * N * H, K * (D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> qs(D), acc(Dv), s(K), p(K);
     std::vector<int64_t> voff(K);
     int64_t y[kAxes];
@@ -340,7 +358,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   std::vector<T> drpb_part(drpb ? n_threads * H * R : 0, T(0));
 
   // pass 1, per query: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  at::parallel_for(0, items, grain(K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(items, K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> qs(D), acc(D), s(K), p(K);
     std::vector<int64_t> koff(K), slot(K), ridx(K);
     T* dr = drpb ? drpb_part.data() + at::get_thread_num() * H * R : nullptr;
@@ -387,7 +405,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   // sharing the kv head) whose window holds the key
   const Axis &a0 = g.ax[0], &a1 = g.ax[1], &a2 = g.ax[2];
   const int64_t Hk = g.kv_heads;
-  at::parallel_for(0, g.B * N * Hk, grain(g.group * K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(g.B * N * Hk, g.group * K * (D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> ak(D), av(Dv);
     int64_t x[kAxes], y[kAxes];
     for (int64_t item = begin; item < end; ++item) {
@@ -773,7 +791,7 @@ void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, 
     const int64_t from = ghost_source(lg, e - PL);
     ghosts.emplace_back(e, from >= 0 ? PL + from : -1);
   }
-  at::parallel_for(0, lg.kv_rows, grain(D * Lext), [&](int64_t begin, int64_t end) {
+  parallel_rows(lg.kv_rows, D * Lext, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const RowItem r = row_item(g, item, g.kv_heads);
       const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
@@ -859,7 +877,7 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
-  at::parallel_for(0, lg.rows, grain(lg.Lp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(lg.rows, lg.Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<RowSlot> slots(lg.K01);
     std::vector<T> qT(D * VL);
     std::vector<vec<T>> S(g.K), acc(Dv);
@@ -930,7 +948,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const T scale = static_cast<T>(scale_d);
 
   // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  at::parallel_for(0, rows, grain(Lp * g.K * (2 * D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(rows, Lp * g.K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<RowSlot> slots(K01);
     std::vector<vec<T>> S(g.K), dP(g.K), acc(D);
     std::vector<const T*> kt(K01), vt(K01);
@@ -989,7 +1007,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   // heads sharing the kv head) whose windows hold it, accumulated along the diagonals into [dim][column] with
   // ghosts, then the ghosts folded onto the keys they stand for
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
-  at::parallel_for(0, lg.kv_rows, grain(g.group * Lp * g.K * (D + Dv)), [&](int64_t begin, int64_t end) {
+  parallel_rows(lg.kv_rows, g.group * Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> dKT(D * Lext), dVT(Dv * Lext);
     std::vector<vec<T>> part(std::max(D, Dv) * kk);
     std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row

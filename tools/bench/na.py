@@ -1,10 +1,10 @@
 """Neighborhood attention (NA) benchmark: cases and the implementations compared, each registered by name.
 
-Ours: `triton` / `torch` (with RPB) and `triton_norpb` / `torch_norpb`, `gather` (the naive index-gather
-formulation). Baselines: `natten` (its na*d when installed; on CPU unfused FlexAttention, forward only),
-`flex` / `flex_rpb` (torch.compile'd FlexAttention with an NA block mask, RPB as a clamped score_mod; the
-builder is checked against the reference by `verify`), `sdpa_dense` (full attention: the dense-cost
-yardstick). Layout `[B, *spatial, heads, head_dim]`.
+Ours: `triton` / `torch` / `cpu` (the compiled CPU kernel) with RPB and `triton_norpb` / `torch_norpb` /
+`cpu_norpb`, `gather` (the naive index-gather formulation). Baselines: `natten` (its na*d when installed; on
+CPU unfused FlexAttention, forward only), `flex` / `flex_rpb` (torch.compile'd FlexAttention with an NA block
+mask, RPB as a clamped score_mod; the builder is checked against the reference by `verify`), `sdpa_dense`
+(full attention: the dense-cost yardstick). Layout `[B, *spatial, heads, head_dim]`.
 """
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ VERIFY_CASES = (
 )
 ALL_CASES = {c.name: c for c in CPU_CASES + NAT_TINY_CASES + QUICK_CASES + VERIFY_CASES}
 
-IMPLS = ("triton", "triton_norpb", "torch", "torch_norpb", "gather", "natten", "flex", "flex_rpb", "sdpa_dense")
-CPU_IMPLS = ("torch", "torch_norpb", "gather", "natten", "flex")
-CPU_VERIFY_IMPLS = ("torch", "torch_norpb", "gather", "natten", "flex", "flex_rpb")
+IMPLS = ("triton", "triton_norpb", "torch", "torch_norpb", "cpu", "cpu_norpb", "gather", "natten", "flex", "flex_rpb",
+         "sdpa_dense")
+OURS = ("triton", "torch", "cpu", "triton_norpb", "torch_norpb", "cpu_norpb")
+CPU_IMPLS = ("cpu", "cpu_norpb", "torch", "torch_norpb", "gather", "natten", "flex")
+CPU_VERIFY_IMPLS = ("cpu", "cpu_norpb", "torch", "torch_norpb", "gather", "natten", "flex", "flex_rpb")
 CUDA_IMPLS = ("triton", "triton_norpb", "torch", "torch_norpb", "flex", "flex_rpb", "sdpa_dense")
 # rows compared like with like (same RPB or none) for the speed-up columns
 _BASE_OF = {"natten": "norpb", "flex": "norpb", "sdpa_dense": "norpb", "gather": "rpb", "flex_rpb": "rpb"}
@@ -155,7 +157,7 @@ def build(impl: str, case: NACase, rpb: Tensor, scale: float, device, *, compile
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     n, ks, dil = len(case.spatial), case.kernel, case.dilation
-    if impl in ("triton", "torch", "gather", "triton_norpb", "torch_norpb"):
+    if impl in OURS or impl == "gather":
         backend = impl.replace("_norpb", "")
         bias = None if impl.endswith("_norpb") else rpb
         f = _na_fn(n)
@@ -206,7 +208,7 @@ def verify(impls, cases, device="cpu", dtype=torch.float32, *, compile_flex: boo
             try:
                 with torch.no_grad():
                     got = build(impl, case, rpb, scale, device, compile_flex=compile_flex)(q, k, v).float()
-                has_rpb = impl in ("triton", "torch", "gather", "flex_rpb")
+                has_rpb = impl in ("triton", "torch", "cpu", "gather", "flex_rpb")
                 row["max_abs_diff"] = (got - want["rpb" if has_rpb else "norpb"]).abs().max().item()
             except Exception as err:  # noqa: BLE001 - one implementation missing here must not hide the rest
                 row["error"] = error_text(err)
@@ -231,6 +233,7 @@ def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, mod
         for impl in impls:
             for mode in modes:
                 row = dict(op="na", case=case.name, shape="x".join(map(str, case.spatial)), heads=case.heads,
+                           head_dim=case.head_dim,
                            kernel=case.kernel, dilation=case.dilation, batch=q.shape[0], dtype=dt_name,
                            device=device.type, backend=impl, mode=mode)
                 if row_id(row) in done:
@@ -278,11 +281,12 @@ def add_speedups(rows) -> None:
     """`speedup_vs_<impl>` = that implementation's time / this row's time, same case, dtype and mode.
 
     Against natten / flex / sdpa_dense (no RPB) the like-for-like row of ours is the `_norpb` one; against
-    gather / flex_rpb it is the one with RPB. The `rpb_cost` column is ours with RPB / ours without.
+    gather / flex_rpb it is the one with RPB; `cpu` rows against `torch` (same RPB). The `rpb_cost` column is
+    ours with RPB / ours without.
     """
     by = {(r["case"], r["dtype"], r["mode"], r["backend"]): r for r in rows if "time_ms" in r}
     for r in rows:
-        if "time_ms" not in r or r["backend"] not in ("triton", "torch", "triton_norpb", "torch_norpb"):
+        if "time_ms" not in r or r["backend"] not in OURS:
             continue
         key = (r["case"], r["dtype"], r["mode"])
         ours_rpb = not r["backend"].endswith("_norpb")
@@ -290,6 +294,10 @@ def add_speedups(rows) -> None:
             o = by.get((*key, other))
             if o is not None and (kind == "rpb") == ours_rpb:
                 r[f"speedup_vs_{other}"] = o["time_ms"] / r["time_ms"]
+        if r["backend"].startswith("cpu"):
+            o = by.get((*key, r["backend"].replace("cpu", "torch")))
+            if o is not None:
+                r["speedup_vs_torch"] = o["time_ms"] / r["time_ms"]
         if ours_rpb:
             o = by.get((*key, r["backend"] + "_norpb"))
             if o is not None:
