@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # two workers: many tests are single-threaded Python (the Triton interpreter); see tests/conftest.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-full lint venv natten mm clean
+.PHONY: demo test test-full lint venv natten mm clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(STAMP) natten mm lint
 
 test-full: $(STAMP) natten mm lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The prepared GPU check (issue 20): run on a GPU machine as it is (no package registry there: no venv step).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
