@@ -775,13 +775,12 @@ inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
   return from >= 0 && from < lg.L ? from : -1;
 }
 
-// x[b, x0, x1, column, h, :] transposed into dst[dim][PL + column] (+ ghosts) per key / value row
+// k and v [b, x0, x1, column, h, :] transposed into kt / vt [row][dim][PL + column] (+ ghosts) per key / value
+// row, both in one parallel region
 template <typename T>
-void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, T* dst) {
+void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& k, const at::Tensor& v, T* kt, T* vt) {
   constexpr int64_t VL = lanes<T>();
-  const View vx = view_of(x);
-  const T* xp = x.data_ptr<T>();
-  const int64_t D = x.size(-1), Lext = lg.Lext, PL = lg.PL, L = lg.L;
+  const int64_t Lext = lg.Lext, PL = lg.PL, L = lg.L;
   // ghosts: only the columns real queries read need their keys, (index, source index or -1 for zero); the rest
   // (read by padding lanes only, whose results are dropped or masked) get zeros so no lane reads stale memory
   const int64_t lo = PL - lg.off * lg.d, hi = PL + L + (lg.k - 1 - lg.off) * lg.d;
@@ -791,13 +790,19 @@ void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& x, 
     const int64_t from = ghost_source(lg, e - PL);
     ghosts.emplace_back(e, from >= 0 ? PL + from : -1);
   }
-  parallel_rows(lg.kv_rows, D * Lext, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
+  const View vk = view_of(k), vv = view_of(v);
+  parallel_rows(2 * lg.kv_rows, k.size(-1) * Lext, [&](int64_t begin, int64_t end) {
+    for (int64_t it = begin; it < end; ++it) {
+      const bool is_v = it >= lg.kv_rows;
+      const int64_t item = is_v ? it - lg.kv_rows : it;
+      const at::Tensor& x = is_v ? v : k;
+      const View& vx = is_v ? vv : vk;
+      const int64_t D = x.size(-1);
       const RowItem r = row_item(g, item, g.kv_heads);
       const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-      const T* src = xp + vx.at(r.b, y, r.h);
+      const T* src = x.data_ptr<T>() + vx.at(r.b, y, r.h);
       const int64_t cs = vx.x[2];
-      T* out = dst + item * D * Lext;
+      T* out = (is_v ? vt : kt) + item * D * Lext;
       for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
       for (int64_t i = 0; i < D; ++i) {
         T* row = out + i * Lext;
@@ -866,8 +871,7 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k, L = lg.L;
   at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
   at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
-  transpose_rows<T>(g, lg, v, VT.data_ptr<T>());
+  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
   const View vq = view_of(q), vo = view_of(out);
@@ -929,8 +933,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d;
   at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
   at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, KT.data_ptr<T>());
-  transpose_rows<T>(g, lg, v, VT.data_ptr<T>());
+  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
   // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
   at::Tensor Pb = at::empty({rows * K01 * kk * Lp}, q.options());
   at::Tensor dSb = at::empty({rows * K01 * kk * Lp}, q.options());
