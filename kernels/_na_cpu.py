@@ -7,14 +7,17 @@ and source. It is optional: without a C++ compiler, ninja or OpenMP, NA runs on 
 warning says why. ``VISIONATTN_NA_CPU=0`` turns it off.
 
 The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY) with fake
-implementations and autograd here, so ``torch.compile`` and ``torch.export`` see one opaque op per call.
-float16 / bfloat16 inputs run in float32.
+implementations and autograd here; NA's ``cpu`` backend (``na.py``, what ``auto`` picks on CPU) runs it inside
+the ``visionattn::na_forward`` / ``na_backward`` ops through ``forward`` / ``backward``. float16 / bfloat16 inputs
+run in float32.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import platform
+import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -54,6 +57,20 @@ def _build_dir() -> Path:
     return root / "na_cpu" / key.hexdigest()[:16]
 
 
+def _find_ninja() -> None:
+    """torch.utils.cpp_extension runs `ninja` from PATH: where it is not there, the ninja of this environment
+    (the `ninja` package, or the interpreter's bin folder of a venv that was not activated) is appended."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        folder = os.path.dirname(sys.executable)
+    os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + folder
+
+
 def build(verbose: bool = False) -> Path:
     """Compile (or find the cached build of) the kernel and load it into torch; returns the build folder.
 
@@ -63,6 +80,7 @@ def build(verbose: bool = False) -> Path:
 
     folder = _build_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    _find_ninja()
     cpp_extension.load(name="visionattn_na_cpu", sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
                        extra_ldflags=_LDFLAGS, build_directory=str(folder), is_python_module=False,
                        verbose=verbose)
@@ -181,8 +199,6 @@ def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, need_lse: b
 
 
 if __name__ == "__main__":  # `python -m visionattn.kernels._na_cpu`: build ahead of time (make)
-    import sys
-
     try:
         where = build(verbose="-v" in sys.argv[1:])
     except Exception as e:
