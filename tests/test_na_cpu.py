@@ -314,3 +314,29 @@ def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
     assert len(gemm) == 4 and all(r["gflops"] > 0 for r in gemm)
     table = out.stdout
     assert "pct_gemm" in table and "speedup_vs_torch" in table
+
+
+def test_bench_na_cpu_tool(tmp_path):
+    """tools/bench_na_cpu.py: kernel rows with pct_gemm, model rows with GMAC/s beside the yardstick; user errors
+    are one line and exit 2."""
+    import csv
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_na_cpu.py"
+    run = lambda *a: subprocess.run([sys.executable, str(tool), *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=900)
+    out = run("--threads", "1", "--cases", "quick_12x14_k5", "--iters", "1", "--models", "nat_mini", "--batch", "1",
+              "--reps", "1", "--model-modes", "infer", "--csv", str(tmp_path / "rows.csv"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    na = [r for r in rows if r["op"] == "na"]
+    assert {r["backend"] for r in na} == {"cpu", "cpu_norpb", "torch", "torch_norpb"}
+    assert all(float(r["pct_gemm"]) > 0 for r in na)
+    models = {(r["model"], r["backend"]): r for r in rows if r.get("model")}
+    assert set(models) == {("swin_tiny_patch4_window7_224", "-"), ("nat_mini", "torch"), ("nat_mini", "cpu")}
+    assert float(models[("swin_tiny_patch4_window7_224", "-")]["vs_yardstick"]) == 1.0
+    assert abs(float(models[("nat_mini", "cpu")]["gmacs"]) - 2.695) < 0.01
+    for args in (["--threads", "0"], ["--models", "no_such_model"], ["--timer", "cpu", "--threads", "2"]):
+        bad = run(*args)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
