@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, resample_abs_pos_embed
 from torch import nn
 
+from visionattn.utils import is_graph_capture as _traced
+
 __all__ = ["check_divisible", "resize_token_grid", "inference_cached", "to_nchw", "to_nhwc", "rename_keys"]
 
 
@@ -61,8 +63,6 @@ def to_nhwc(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2])
 
 
-def _traced() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def inference_cached(

@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices  # timm exports no public
 from torch import nn
 
 from visionattn.layers.cswin import LePEAttention
-from visionattn.utils import init_weights_
+from visionattn.utils import inference_linear, inference_mlp, init_weights_
 
 __all__ = ["CSWinBlock", "CSWinStem", "CSWinMerge", "CSWinStage", "CSWinTransformer", "OFFICIAL_RENAMES"]
 
@@ -83,7 +83,7 @@ class CSWinBlock(nn.Module):
         self.norm2 = norm_layer(dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = inference_linear(self.qkv, self.norm1(x)).chunk(3, dim=-1)
         if self.single_branch:
             y = self.attns[0](q, k, v, hw)
         else:
@@ -92,8 +92,8 @@ class CSWinBlock(nn.Module):
                 self.attns[0](q[..., :h], k[..., :h], v[..., :h], hw),
                 self.attns[1](q[..., h:], k[..., h:], v[..., h:], hw),
             ], dim=-1)
-        x = x + self.drop_path(self.proj_drop(self.proj(y)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.proj_drop(inference_linear(self.proj, y)))
+        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
 
 
 class CSWinStem(nn.Module):

@@ -24,6 +24,8 @@ from timm.models._features import feature_take_indices  # timm exports no public
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from visionattn.utils import inference_linear, inference_mlp
+
 from ._common import check_divisible, resize_token_grid
 
 torch.fx.wrap("check_divisible")
@@ -42,9 +44,9 @@ class GridAttention(Attention):
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = inference_linear(self.qkv, x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         x = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+        return self.proj_drop(inference_linear(self.proj, x.transpose(1, 2).reshape(b, n, c)))
 
 
 class GridBlock(nn.Module):
@@ -78,7 +80,7 @@ class GridBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x), hw))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
 
 
 class GridVisionTransformer(VisionTransformer):

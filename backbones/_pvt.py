@@ -27,7 +27,7 @@ from timm.models import checkpoint
 from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn.utils import init_weights_, trunc_normal_unless_meta
+from visionattn.utils import inference_mlp, init_weights_, trunc_normal_unless_meta
 
 from ._common import check_divisible, resize_token_grid
 
@@ -73,7 +73,7 @@ class PvtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
 
 
 class PvtStage(nn.Module):

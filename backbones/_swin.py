@@ -28,13 +28,13 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from visionattn.checkpoint import shift_swin_downsample_keys
-from visionattn.utils import init_weights_
+from visionattn.utils import inference_linear, inference_mlp, init_weights_
 
 from ._common import check_divisible, inference_cached
 
 torch.fx.wrap("check_divisible")
 
-__all__ = ["SwinStage", "SwinTransformerHost", "WindowAttentionExplicit", "WindowBlock", "official_to_timm"]
+__all__ = ["Merging", "SwinStage", "SwinTransformerHost", "WindowAttentionExplicit", "WindowBlock", "official_to_timm"]
 
 
 def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,7 +61,7 @@ class WindowAttentionExplicit(WindowAttention):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        qkv = inference_linear(self.qkv, x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self._rel_bias()
         if mask is not None:
@@ -76,7 +76,7 @@ class WindowAttentionExplicit(WindowAttention):
                                  k.reshape(b * h, n, c // h).transpose(-2, -1)).reshape(b, h, n, n)
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(inference_linear(self.proj, x))
 
 
 @register_notrace_function
@@ -140,8 +140,19 @@ class WindowBlock(SwinTransformerBlock):
         b, h, w, c = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(b, h * w, c)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
         return x.reshape(b, h, w, c)
+
+
+class Merging(PatchMerging):
+    """timm's `PatchMerging` (2x2 concat -> norm -> Linear 4C -> out), its Linear through `inference_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        h, w = x.shape[1], x.shape[2]
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return inference_linear(self.reduction, self.norm(x))
 
 
 class SwinStage(nn.Module):
@@ -159,7 +170,7 @@ class SwinStage(nn.Module):
             downsample: bool = True,
             drop_path: Sequence[float] = (),
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-            merge_layer: type[nn.Module] = PatchMerging,
+            merge_layer: type[nn.Module] = Merging,
     ):
         super().__init__()
         self.grad_checkpointing = False
@@ -207,7 +218,7 @@ class SwinTransformerHost(nn.Module):
             drop_path_rate: float = 0.1,
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
             embed_layer: type[nn.Module] = PatchEmbed,
-            merge_layer: type[nn.Module] = PatchMerging,
+            merge_layer: type[nn.Module] = Merging,
             strict_img_size: bool = False,
     ):
         super().__init__()

@@ -52,7 +52,7 @@ from visionattn.checkpoint import (
 )
 from visionattn.layers.cswin import LePEAttention
 from visionattn.layers.pvt import PvtAttention
-from visionattn.utils import trunc_normal_unless_meta
+from visionattn.utils import inference_linear, inference_mlp, trunc_normal_unless_meta
 
 from ._common import inference_cached, rename_keys, to_nhwc
 from ._cswin import OFFICIAL_RENAMES as CSWIN_RENAMES
@@ -238,15 +238,15 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
         b, n, c = x.shape
         kv_hw = hw
         if self.separate_q:
-            q = self.q(x)
+            q = inference_linear(self.q, x)
             xs = x
             if self.sr_ratio > 1:
                 xs = self.sr(to_nhwc(x, hw).permute(0, 3, 1, 2))
                 kv_hw = (xs.shape[2], xs.shape[3])
                 xs = self.norm(xs.flatten(2).transpose(1, 2))
-            k, v = self.kv(xs).reshape(b, xs.shape[1], 2, c).unbind(2)
+            k, v = inference_linear(self.kv, xs).reshape(b, xs.shape[1], 2, c).unbind(2)
         else:
-            q, k, v = self.qkv(x).reshape(b, n, 3, c).unbind(2)
+            q, k, v = inference_linear(self.qkv, x).reshape(b, n, 3, c).unbind(2)
         off = 1 if self.cls_token else 0
         agents = self._pool_agents(q[:, off:], hw)
         b1, b2 = self._agent_biases(hw, kv_hw, self.cls_token)
@@ -264,7 +264,7 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
             out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
         else:
             out = _merge_heads_add(out, local)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(inference_linear(self.proj, out))
 
 
 class AgentCSWinAttention(_AgentBiasMixin, nn.Module):
@@ -466,7 +466,7 @@ class AgentSwinBlock(nn.Module):
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         x = x + self.drop_path1(self.attn(self.norm1(x), (h, w)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
         return x.reshape(b, h, w, c)
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resize_rel_pos_bias_table, to_2tuple
 from timm.models import generate_default_cfgs
-from timm.models.swin_transformer import PatchMerging, window_partition, window_reverse
+from timm.models.swin_transformer import window_partition, window_reverse
 from timm.utils import reparameterize_model
 from torch import nn
 
@@ -67,6 +67,7 @@ from visionattn.layers.prepbn import (
     repbn_affine,
 )
 from visionattn.layers.pvt import PvtAttention
+from visionattn.utils import inference_linear, inference_mlp
 
 from ._common import rename_keys
 from ._cswin import OFFICIAL_RENAMES as CSWIN_RENAMES
@@ -74,7 +75,7 @@ from ._cswin import CSWinBlock, CSWinMerge, CSWinStem, CSWinTransformer
 from ._deit import GridAttention, GridBlock, GridVisionTransformer
 from ._pvt import OFFICIAL_RENAMES as PVT_RENAMES
 from ._pvt import ConvPatchEmbed, PvtBlock, PvtStage, PyramidVisionTransformerV1
-from ._swin import SwinTransformerHost, WindowBlock
+from ._swin import Merging, SwinTransformerHost, WindowBlock
 from ._swin import official_to_timm as swin_official_to_timm
 
 __all__ = [
@@ -221,10 +222,10 @@ class SimplifiedLinearAttention(nn.Module):
         H, W = hw if hw is not None else self.grid
         _check_sla_tokens(x, self.positional_encoding, self.grid)
         if self.qkv_layout == "qkv":
-            q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
+            q, k, v = inference_linear(self.qkv, x).reshape(B, N, 3, C).unbind(2)
         else:
-            q = self.q(x)
-            k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
+            q = inference_linear(self.q, x)
+            k, v = inference_linear(self.kv, x).reshape(B, N, 2, C).unbind(2)
         q = F.relu(q)
         k = F.relu(k + self.positional_encoding)
         h, d = self.num_heads, self.head_dim
@@ -233,7 +234,7 @@ class SimplifiedLinearAttention(nn.Module):
         fmap = self.dwc(v.transpose(1, 2).reshape(B * h, d, H, W)).flatten(2).transpose(1, 2)
         out = out + fmap
         out = out.reshape(B, h, N, d).transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(inference_linear(self.proj, out))
 
 
 @register_notrace_function
@@ -433,7 +434,7 @@ class SlaSwinBlock(nn.Module):
         B, H, W, C = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(B, H * W, C)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
         return x.reshape(B, H, W, C)
 
     def reparameterize(self):
@@ -441,7 +442,7 @@ class SlaSwinBlock(nn.Module):
         self.norm2 = _fold_norm_into(self.norm2, (self.mlp, "fc1"))
 
 
-class _PatchMerging(PatchMerging):
+class _PatchMerging(Merging):
     def reparameterize(self):
         self.norm = _fold_norm_into(self.norm, (self, "reduction"))
 

@@ -235,6 +235,42 @@ def test_bias_cache_follows_parameter_changes():
         torch.testing.assert_close(fresh(x), c)
 
 
+def test_inference_linear_fast_path():
+    """fp32 CPU inference runs the Linear layers and the MLP (GELU fused) through oneDNN's matmul; the result
+    equals the plain path to fp32 rounding; training and autograd keep the plain modules."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from visionattn.utils import inference_linear, inference_mlp
+
+    torch.manual_seed(0)
+    model = timm.create_model("agent_swin_b", num_classes=5, **TINY["agent_swin_b"]).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fast = model(x)
+    names = {e.name for e in prof.events()}
+    if visionattn.utils._LINEAR_POINTWISE is not None:
+        assert "mkldnn::_linear_pointwise" in names
+    prev = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        with torch.no_grad():
+            plain = model(x)
+    finally:
+        torch.backends.mkldnn.enabled = prev
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    # autograd: the modules themselves run (their backward), same values
+    mlp = model.layers[0].blocks[0].mlp
+    t = torch.randn(3, 7, mlp.fc1.in_features, requires_grad=True)
+    out = inference_mlp(mlp, t)
+    out.sum().backward()
+    assert t.grad is not None and mlp.fc1.weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(inference_mlp(mlp, t), out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(inference_linear(mlp.fc1, t[:0]), mlp.fc1(t[:0]))  # batch 0
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the module (bf16) path
+        assert inference_linear(mlp.fc1, t).dtype == torch.bfloat16
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="agent_num"):
         A.AgentAttention(16, 2, (7, 7), agent_num=10)
