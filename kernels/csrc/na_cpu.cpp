@@ -1,5 +1,6 @@
 // Neighborhood attention on CPU: forward and backward (q, k, v, RPB), 1-D / 2-D / 3-D, dilation, stride (GNA),
-// causal, any head_dim (value's may differ), arbitrary strides with a unit head_dim stride.
+// causal, GQA (kv heads dividing heads), any head_dim (value's may differ), arbitrary strides with a unit
+// head_dim stride; float32 and float64.
 //
 // Semantics are those of visionattn.kernels.na (NATTEN's): per axis, dilation splits positions into groups,
 // a query's window is k consecutive group coordinates, shifted inward at the borders; stride makes tiles of s
@@ -7,12 +8,15 @@
 // per-axis windows. The RPB table is added unscaled at (key - query) / dilation + k - 1 per axis.
 //
 // Layout [B, *spatial, heads, head_dim]; 1-D and 2-D calls run as 3-D with leading size-1 axes (k = 1).
-// Forward: one work item per (batch, query, head): logits of its window (head_dim loops vectorised by the
-// compiler), softmax, weighted sum of values; the log-sum-exp is saved for the backward.
-// Backward: pass 1 per query recomputes the probabilities, gives dQ, dRPB (per-thread partial tables) and
-// stores P and dS per window slot; pass 2 per key walks the queries whose window holds it (per-axis inverse
+// Two paths (see their sections): the lane path (stride 1 along the last axis: every NAT / DiNAT layer) runs
+// VL queries of a row at once, one per vector lane; the generic path (any geometry) one query at a time.
+// Forward: logits of each query's window, softmax, weighted sum of values; the natural log-sum-exp is returned
+// for the backward. Backward (from lse and delta = sum(dO * O) - dlse, so a softmax merged with extra keys
+// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ, dRPB (per-thread partial tables)
+// and stores P and dS per window slot; pass 2 per key walks the queries whose window holds it (per-axis inverse
 // tables), giving dK and dV without atomics. Every sum runs in a fixed order: results do not depend on the
-// thread count, except dRPB's reduction over threads.
+// thread count, except dRPB's reduction over threads. Non-finite values reach exactly the queries (and, in the
+// backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
 //
 // Registered as visionattn_cpu::na_forward / na_backward (TORCH_LIBRARY): torch.compile and torch.export see
 // opaque ops; the Python side (visionattn.kernels._na_cpu) adds the fake implementations and autograd.
@@ -447,14 +451,14 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
 
 // ------------------------------------------------------------------------------------------------ lane path
 //
-// When the last axis has stride 1, the queries of one row (every axis but the last fixed, one dilation group
-// of the last axis) run VL at a time, one query per vector lane. Keys and values are first transposed per row
-// to [dim][column] with k ghost columns on each side; lane t of a block starting at column j0 then finds its
-// window slot u at column j0 + t - off + u: one contiguous vector load per (slot, dim) serves all VL queries,
-// and the head_dim loops become plain vector FMAs without horizontal sums. The ghost columns make this exact
-// at the borders: a border query's window is shifted inward by as many columns as its diagonal read runs past
-// the border, so the column k to the right (left) of a left (right) ghost is exactly the key its window holds
-// instead; causal windows read zeros there and mask them. The RPB (and the causal mask) per (row offset,
+// When the last axis has stride 1, the queries of one row (every axis but the last fixed) run VL at a time, one
+// query per vector lane, columns in their natural order. Keys and values are first transposed per row to
+// [dim][column] with ghost columns on each side; lane t of a block starting at column j0 then finds its window
+// slot u at column j0 + t + d * (u - off) (d: dilation of the last axis): one contiguous vector load per (slot,
+// dim) serves all VL queries, and the head_dim loops become plain vector FMAs without horizontal sums. The
+// ghost columns make this exact at the borders: a border query's window is shifted inward by as many group
+// columns as its diagonal read runs past the border, so the column k * d to the right (left) of a left (right)
+// ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB (and the causal mask) per (row offset,
 // slot, lane) comes from a table built per call. Scores, values and gradients use GCC/Clang vector types
 // (64 bytes: one AVX-512 register, two AVX2 ones): no intrinsics, any x86-64 or ARM target.
 
