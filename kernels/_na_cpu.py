@@ -34,7 +34,7 @@ _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-psabi"]
 _LDFLAGS = ["-fopenmp"]
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _lock = threading.Lock()
-_state: dict = {}  # "ok": bool once load() ran, "error": why it is unavailable
+_state: dict = {}  # "ok": bool once available() ran, "error": why the kernel is unavailable
 
 
 def _cpu_id() -> str:
