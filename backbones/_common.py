@@ -19,7 +19,7 @@ from torch import nn
 
 from visionattn.utils import is_graph_capture as _traced
 
-__all__ = ["check_divisible", "resize_token_grid", "inference_cached", "to_nchw", "to_nhwc", "rename_keys"]
+__all__ = ["check_divisible", "resize_token_grid", "inference_cached", "to_nhwc", "rename_keys"]
 
 
 @register_notrace_function
@@ -51,11 +51,6 @@ def resize_token_grid(
     pos = pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
     pos = F.interpolate(pos, size=hw, mode=mode, align_corners=False).flatten(2).transpose(1, 2)
     return torch.cat([prefix, pos], dim=1) if num_prefix_tokens else pos
-
-
-def to_nchw(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) tokens -> (B, C, H, W)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
 
 
 def to_nhwc(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

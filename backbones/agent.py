@@ -751,12 +751,12 @@ def _create_agent_cswin(variant: str, pretrained: bool = False, **kwargs) -> Age
     return _create(AgentCSWinTransformer, variant, pretrained, **kwargs)
 
 
-# the official builders' fixed arguments (visionattn.official.agent_attention builds on these too)
-DEIT_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True)
-PVT_ARGS = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+# the arguments every released variant of a host shares
+_DEIT_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True)
+_PVT_ARGS = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                 qkv_bias=True, sr_ratios=(8, 4, 2, 1), agent_num=(9, 16, 49, 49), attn_type="AAAA")
-SWIN_ARGS = dict(patch_size=4, window_size=7, agent_num=(9, 16, 49, 49))
-CSWIN_ARGS = dict(split_size=(1, 2, 7, 7), agent_num=(9, 16, 49, 49), attn_type="AABB")
+_SWIN_ARGS = dict(patch_size=4, window_size=7, agent_num=(9, 16, 49, 49))
+C_SWIN_ARGS = dict(split_size=(1, 2, 7, 7), agent_num=(9, 16, 49, 49), attn_type="AABB")
 
 
 def _args(defaults: dict, kwargs: dict) -> dict:
@@ -766,66 +766,66 @@ def _args(defaults: dict, kwargs: dict) -> dict:
 @register_zoo_model("agent_attention")
 def agent_deit_t(pretrained: bool = False, **kwargs) -> AgentDeiT:
     """Agent-DeiT-T (6.0M params, 1.2 GFLOPs, 74.9% IN-1k top-1)."""
-    args = _args(dict(DEIT_ARGS, embed_dim=192, num_heads=3, agent_num=(49, 49, 49, 49)), kwargs)
+    args = _args(dict(_DEIT_ARGS, embed_dim=192, num_heads=3, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_t", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_deit_s(pretrained: bool = False, **kwargs) -> AgentDeiT:
     """Agent-DeiT-S (22.7M params, 4.4 GFLOPs, 80.5%)."""
-    args = _args(dict(DEIT_ARGS, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
+    args = _args(dict(_DEIT_ARGS, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_s", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_deit_s_448(pretrained: bool = False, **kwargs) -> AgentDeiT:
     """Agent-DeiT-S at 448 (23.1M params, 17.7 GFLOPs, 83.1%)."""
-    args = _args(dict(DEIT_ARGS, img_size=448, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
+    args = _args(dict(_DEIT_ARGS, img_size=448, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_s_448", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_deit_b(pretrained: bool = False, **kwargs) -> AgentDeiT:
     """Agent-DeiT-B (87.2M params, 17.6 GFLOPs, 82.0%): agent attention in blocks 0-3, 81 agents."""
-    args = _args(dict(DEIT_ARGS, embed_dim=768, num_heads=12, agent_num=(81, 81, 81, 81), agent_layer=4), kwargs)
+    args = _args(dict(_DEIT_ARGS, embed_dim=768, num_heads=12, agent_num=(81, 81, 81, 81), agent_layer=4), kwargs)
     return _create_agent_deit("agent_deit_b", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_pvt_t(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-T (11.6M params, 2.0 GFLOPs, 78.4%)."""
-    return _create_agent_pvt("agent_pvt_t", pretrained, **_args(dict(PVT_ARGS, depths=(2, 2, 2, 2)), kwargs))
+    return _create_agent_pvt("agent_pvt_t", pretrained, **_args(dict(_PVT_ARGS, depths=(2, 2, 2, 2)), kwargs))
 
 
 @register_zoo_model("agent_attention")
 def agent_pvt_s(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-S (20.6M params, 4.0 GFLOPs, 82.2%)."""
-    return _create_agent_pvt("agent_pvt_s", pretrained, **_args(dict(PVT_ARGS, depths=(3, 4, 6, 3)), kwargs))
+    return _create_agent_pvt("agent_pvt_s", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 4, 6, 3)), kwargs))
 
 
 @register_zoo_model("agent_attention")
 def agent_pvt_m(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-M (35.9M params, 7.0 GFLOPs, 83.4%)."""
-    return _create_agent_pvt("agent_pvt_m", pretrained, **_args(dict(PVT_ARGS, depths=(3, 4, 18, 3)), kwargs))
+    return _create_agent_pvt("agent_pvt_m", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 4, 18, 3)), kwargs))
 
 
 @register_zoo_model("agent_attention")
 def agent_pvt_m_256(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-M at 256 (36.1M params, 9.2 GFLOPs, 83.8%)."""
-    args = _args(dict(PVT_ARGS, img_size=256, depths=(3, 4, 18, 3)), kwargs)
+    args = _args(dict(_PVT_ARGS, img_size=256, depths=(3, 4, 18, 3)), kwargs)
     return _create_agent_pvt("agent_pvt_m_256", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_pvt_l(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-L (48.7M params, 10.4 GFLOPs, 83.7%)."""
-    return _create_agent_pvt("agent_pvt_l", pretrained, **_args(dict(PVT_ARGS, depths=(3, 8, 27, 3)), kwargs))
+    return _create_agent_pvt("agent_pvt_l", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 8, 27, 3)), kwargs))
 
 
 @register_zoo_model("agent_attention")
 def agent_swin_t(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
     """Agent-Swin-T (29M params, 4.5 GFLOPs, 82.6%)."""
-    args = _args(dict(SWIN_ARGS, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), attn_type="AAAB"),
+    args = _args(dict(_SWIN_ARGS, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), attn_type="AAAB"),
                  kwargs)
     return _create_agent_swin("agent_swin_t", pretrained, **args)
 
@@ -833,7 +833,7 @@ def agent_swin_t(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
 @register_zoo_model("agent_attention")
 def agent_swin_s(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
     """Agent-Swin-S (50M params, 8.7 GFLOPs, 83.7%)."""
-    args = _args(dict(SWIN_ARGS, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), attn_type="AABB"),
+    args = _args(dict(_SWIN_ARGS, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), attn_type="AABB"),
                  kwargs)
     return _create_agent_swin("agent_swin_s", pretrained, **args)
 
@@ -841,7 +841,7 @@ def agent_swin_s(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
 @register_zoo_model("agent_attention")
 def agent_swin_s_288(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
     """Agent-Swin-S at 288 (50M params, 14.6 GFLOPs, 84.1%; window blocks 9x9)."""
-    args = _args(dict(SWIN_ARGS, img_size=288, window_size=9, embed_dim=96, depths=(2, 2, 18, 2),
+    args = _args(dict(_SWIN_ARGS, img_size=288, window_size=9, embed_dim=96, depths=(2, 2, 18, 2),
                       num_heads=(3, 6, 12, 24), attn_type="AABB"), kwargs)
     return _create_agent_swin("agent_swin_s_288", pretrained, **args)
 
@@ -849,7 +849,7 @@ def agent_swin_s_288(pretrained: bool = False, **kwargs) -> AgentSwinTransformer
 @register_zoo_model("agent_attention")
 def agent_swin_b(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
     """Agent-Swin-B (88M params, 15.4 GFLOPs, 84.0%)."""
-    args = _args(dict(SWIN_ARGS, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), attn_type="AAMB2"),
+    args = _args(dict(_SWIN_ARGS, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), attn_type="AAMB2"),
                  kwargs)
     return _create_agent_swin("agent_swin_b", pretrained, **args)
 
@@ -857,7 +857,7 @@ def agent_swin_b(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
 @register_zoo_model("agent_attention")
 def agent_swin_b_384(pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
     """Agent-Swin-B at 384 (88M params, 46.3 GFLOPs, 84.9%; window blocks 12x12)."""
-    args = _args(dict(SWIN_ARGS, img_size=384, window_size=12, embed_dim=128, depths=(2, 2, 18, 2),
+    args = _args(dict(_SWIN_ARGS, img_size=384, window_size=12, embed_dim=128, depths=(2, 2, 18, 2),
                       num_heads=(4, 8, 16, 32), attn_type="AAMB2"), kwargs)
     return _create_agent_swin("agent_swin_b_384", pretrained, **args)
 
@@ -865,27 +865,27 @@ def agent_swin_b_384(pretrained: bool = False, **kwargs) -> AgentSwinTransformer
 @register_zoo_model("agent_attention")
 def agent_cswin_t(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
     """Agent-CSwin-T (21M params, 4.3 GFLOPs, 83.1%)."""
-    args = _args(dict(CSWIN_ARGS, embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16)), kwargs)
+    args = _args(dict(C_SWIN_ARGS, embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16)), kwargs)
     return _create_agent_cswin("agent_cswin_t", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_s(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
     """Agent-CSwin-S (33M params, 6.8 GFLOPs, 83.9%)."""
-    args = _args(dict(CSWIN_ARGS, embed_dim=64, depth=(3, 6, 29, 2), num_heads=(2, 4, 8, 16)), kwargs)
+    args = _args(dict(C_SWIN_ARGS, embed_dim=64, depth=(3, 6, 29, 2), num_heads=(2, 4, 8, 16)), kwargs)
     return _create_agent_cswin("agent_cswin_s", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_b(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
     """Agent-CSwin-B (73M params, 14.9 GFLOPs, 84.7%)."""
-    args = _args(dict(CSWIN_ARGS, embed_dim=96, depth=(3, 6, 29, 2), num_heads=(4, 8, 16, 32)), kwargs)
+    args = _args(dict(C_SWIN_ARGS, embed_dim=96, depth=(3, 6, 29, 2), num_heads=(4, 8, 16, 32)), kwargs)
     return _create_agent_cswin("agent_cswin_b", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_b_384(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
     """Agent-CSwin-B at 384 (73M params, 46.3 GFLOPs, 85.8%; stripes of 12)."""
-    args = _args(dict(CSWIN_ARGS, img_size=384, split_size=(1, 2, 12, 12), embed_dim=96, depth=(3, 6, 29, 2),
+    args = _args(dict(C_SWIN_ARGS, img_size=384, split_size=(1, 2, 12, 12), embed_dim=96, depth=(3, 6, 29, 2),
                       num_heads=(4, 8, 16, 32)), kwargs)
     return _create_agent_cswin("agent_cswin_b_384", pretrained, **args)

@@ -56,13 +56,13 @@ from visionattn.checkpoint import (
 from visionattn.layers.cswin import LePEAttention, img_to_windows, stripe_window_size, windows_to_img
 from visionattn.layers.prepbn import (
     ChannelAffine,
-    LinearNorm,
     RepBN,
     bn_recalibration_mode,
     fold_affine_after_conv,
     fold_affine_into_conv_in,
     fold_affine_into_linear,
     is_repbn_norm,
+    linear_norm,
     recalibrate_bn,
     repbn_affine,
 )
@@ -94,12 +94,8 @@ __all__ = [
 
 _SLA_EPS = 1e-6
 
-# the released models' norms (official module-level `linearnorm` partials)
+# the LayerNorm of the DeiT / PVT variants (Swin / CSwin use nn.LayerNorm's default eps 1e-5)
 LN_EPS6 = partial(nn.LayerNorm, eps=1e-6)
-
-
-def _linear_norm(step: int, ln=LN_EPS6):
-    return partial(LinearNorm, norm1=ln, norm2=RepBN, step=step)
 
 
 # ------------------------------------------------------------------------------------------------- fold helpers
@@ -298,7 +294,7 @@ class SlabVisionTransformer(_FuseMixin, GridVisionTransformer):
             kwargs.setdefault("global_pool", "token")
         super().__init__(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, norm_layer=norm_layer or _linear_norm(60000), block_fn=_SlabVitBlock,
+            mlp_ratio=mlp_ratio, norm_layer=norm_layer or linear_norm(60000), block_fn=_SlabVitBlock,
             attn_layer=partial(_deit_attn, linear=linear_attn, kernel_size=kernel_size), **kwargs,
         )
 
@@ -364,7 +360,7 @@ class SlabPvt(_FuseMixin, PyramidVisionTransformerV1):
     ):
         if len(attn_type) != 4 or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be 4 letters from 'L'/'S', got {attn_type!r}")
-        norm_layer = norm_layer or _linear_norm(300000)
+        norm_layer = norm_layer or linear_norm(300000)
         attn = [partial(_pvt_attn, linear=attn_type[i] == "L", sr_ratio=sr_ratios[i], kernel_size=kernel_size,
                         norm_layer=norm_layer) for i in range(4)]
         super().__init__(
@@ -503,7 +499,7 @@ class SlabSwinTransformer(_FuseMixin, SwinTransformerHost):
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads, block_fn=block,
             drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-            norm_layer=norm_layer or _linear_norm(60000, nn.LayerNorm), embed_layer=_PatchEmbed,
+            norm_layer=norm_layer or linear_norm(60000, 1e-5), embed_layer=_PatchEmbed,
             merge_layer=_PatchMerging, strict_img_size=True,
         )
 
@@ -603,7 +599,7 @@ class SlabCSWin(_FuseMixin, CSWinTransformer):
             img_size=img, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=tuple(depth),
             split_size=tuple(splits), num_heads=tuple(num_heads), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            attn_layer=layers, single_branch=single, norm_layer=norm_layer or _linear_norm(120000, nn.LayerNorm),
+            attn_layer=layers, single_branch=single, norm_layer=norm_layer or linear_norm(120000, 1e-5),
             global_pool=global_pool, block_layer=_SlabCSWinBlock, stem_layer=_SlabCSWinStem,
             merge_layer=_SlabCSWinMerge,
         )
@@ -734,7 +730,6 @@ default_cfgs = generate_default_cfgs({
     "slab_cswin_s": _cfg(None, **_CSWIN),
 })
 
-# the released models' fixed arguments (visionattn.official.slab builds on these too)
 DEIT_T = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 DEIT_S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
 
@@ -747,14 +742,14 @@ def _pvt_args(depths, attn_type):
 @register_zoo_model("slab")
 def slab_deit_t(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """SLAB-DeiT-T (6.2M params, 74.3% IN-1k top-1)."""
-    args = dict(DEIT_T, linear_attn=True, norm_layer=_linear_norm(60000))
+    args = dict(DEIT_T, linear_attn=True, norm_layer=linear_norm(60000))
     return _create_deit("slab_deit_t", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_deit_s(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """SLAB-DeiT-S (23.0M params, 80.0%)."""
-    args = dict(DEIT_S, linear_attn=True, norm_layer=_linear_norm(60000))
+    args = dict(DEIT_S, linear_attn=True, norm_layer=linear_norm(60000))
     return _create_deit("slab_deit_s", pretrained, **dict(args, **kwargs))
 
 
@@ -768,7 +763,7 @@ def deit_t_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
 @register_zoo_model("slab")
 def deit_s_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """DeiT-S-PRepBN (22.1M params, 80.2%)."""
-    args = dict(DEIT_S, linear_attn=False, norm_layer=_linear_norm(300000))
+    args = dict(DEIT_S, linear_attn=False, norm_layer=linear_norm(300000))
     return _create_deit("deit_s_prepbn", pretrained, **dict(args, **kwargs))
 
 

@@ -16,7 +16,7 @@ import functools
 from torch import nn
 
 from visionattn.backbones import slab as S
-from visionattn.layers.prepbn import LinearNorm, RepBN
+from visionattn.layers.prepbn import LinearNorm, RepBN, linear_norm
 from visionattn.official import register_official
 
 _ROOT = "classification/models/"
@@ -54,13 +54,6 @@ def _check_norm(norm):
 
 def _register(builder: str):
     return register_official(_FAMILY, _ROOT + builder, S.checkpoint_filter_fn)
-
-
-def _linear_norm(step=None, ln=nn.LayerNorm):
-    kw = dict(norm1=ln, norm2=RepBN)
-    if step is not None:
-        kw["step"] = step
-    return functools.partial(LinearNorm, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- DeiT
@@ -152,7 +145,7 @@ def pyramid_vision_transformer(**kwargs) -> S.SlabPvt:
 
 def _pvt_entry(builder: str, slab_entry, prepbn_entry, depths):
     fixed = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
-                 qkv_bias=True, norm_layer=_linear_norm(ln=S.LN_EPS6), depths=depths, sr_ratios=(8, 4, 2, 1))
+                 qkv_bias=True, norm_layer=linear_norm(300000, 1e-6), depths=depths, sr_ratios=(8, 4, 2, 1))
 
     def build(pretrained: bool = False, **kwargs) -> S.SlabPvt:
         for k in fixed:
@@ -203,7 +196,7 @@ def slab_swin_transformer(**kwargs) -> S.SlabSwinTransformer:
     """`window_size` is the SLA window (clipped to the stage map); softmax stages use 7 (12 above 56)."""
     if "fused_window_process" in kwargs:
         raise ValueError("SlabSwinTransformer: unsupported argument(s) ['fused_window_process']")
-    return _swin("SlabSwinTransformer", _linear_norm(60000), "LLLL", **kwargs)
+    return _swin("SlabSwinTransformer", linear_norm(60000, 1e-5), "LLLL", **kwargs)
 
 
 @_register("swin_transformer.py:SwinTransformer")
@@ -220,7 +213,7 @@ def swin_transformer(**kwargs) -> S.SlabSwinTransformer:
 _CSWIN_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=96, depth=(2, 2, 6, 2),
                        split_size=(1, 2, 7, 7), la_split_size="1-2-7-7", num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
                        qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                       hybrid_backbone=None, norm_layer=_linear_norm(120000), use_chk=False, focusing_factor=3,
+                       hybrid_backbone=None, norm_layer=linear_norm(120000, 1e-5), use_chk=False, focusing_factor=3,
                        kernel_size=5, attn_type="LLLL")
 
 
