@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # two workers: many tests are single-threaded Python (the Triton interpreter); see tests/conftest.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-full lint venv natten mm clean gpu-check
+.PHONY: demo test test-full lint venv natten mm clean gpu-check na-cpu
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,16 +31,21 @@ natten: $(VENV)/.natten
 mm: $(STAMP)
 	PY=$(PY) bash tools/install_mm.sh
 
-demo: $(STAMP)
+# The compiled NA CPU kernel (visionattn.kernels._na_cpu): built once into ~/.cache/visionattn; optional, the
+# torch path runs where no compiler is.
+na-cpu: $(STAMP)
+	$(PY) -m visionattn.kernels._na_cpu || echo "NA CPU kernel not built: NA on CPU runs on the torch path"
+
+demo: $(STAMP) na-cpu
 	$(PY) tools/demo.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP) natten mm lint
+test: $(STAMP) natten mm lint na-cpu
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not full" $(PYTEST_ARGS)
 
-test-full: $(STAMP) natten mm lint
+test-full: $(STAMP) natten mm lint na-cpu
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The prepared GPU check (issue 20): run on a GPU machine as it is (no package registry there: no venv step).
