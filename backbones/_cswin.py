@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices  # timm exports no public
 from torch import nn
 
 from visionattn.layers.cswin import LePEAttention
-from visionattn.utils import inference_linear, inference_mlp, init_weights_
+from visionattn.utils import LinearHeadMixin, inference_linear, inference_mlp, init_weights_
 
 __all__ = ["CSWinBlock", "CSWinStem", "CSWinMerge", "CSWinStage", "CSWinTransformer", "OFFICIAL_RENAMES"]
 
@@ -142,7 +142,7 @@ class CSWinStage(nn.Module):
         return x.reshape(b, h, w, c)
 
 
-class CSWinTransformer(nn.Module):
+class CSWinTransformer(LinearHeadMixin, nn.Module):
     """The 4-stage CSWin classifier with the timm model API (`forward_features` is NHWC).
 
     Args:
@@ -232,18 +232,6 @@ class CSWinTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         for s in self.stages:
             s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):

@@ -27,7 +27,7 @@ from timm.models import checkpoint
 from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn.utils import inference_mlp, init_weights_, trunc_normal_unless_meta
+from visionattn.utils import LinearHeadMixin, inference_mlp, init_weights_, trunc_normal_unless_meta
 
 from ._common import check_divisible, resize_token_grid
 
@@ -127,7 +127,7 @@ class PvtStage(nn.Module):
         return x.reshape(b, h, w, c)
 
 
-class PyramidVisionTransformerV1(nn.Module):
+class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
     """The 4-stage PVT v1 classifier with the timm model API (`forward_features` is NHWC).
 
     Args:
@@ -209,18 +209,6 @@ class PyramidVisionTransformerV1(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         for s in self.stages:
             s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _stem_input(self, x: torch.Tensor) -> torch.Tensor:
         x = check_divisible(x, self.patch_size * 8, "patch_size * 8 (four unpadded patch embeddings)")

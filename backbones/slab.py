@@ -717,17 +717,17 @@ default_cfgs = generate_default_cfgs({
     "deit_t_prepbn.in1k": _cfg("deit_tiny_prepbn.pth", **_DEIT),
     "deit_s_prepbn.in1k": _cfg("deit_small_prepbn.pth", **_DEIT),
     "slab_pvt_t.in1k": _cfg("slab_pvt_tiny.pth", **_PVT),
-    "slab_pvt_s": _cfg(None, **_PVT),
-    "slab_pvt_m": _cfg(None, **_PVT),
+    "slab_pvt_s.untrained": _cfg(None, **_PVT),
+    "slab_pvt_m.untrained": _cfg(None, **_PVT),
     "pvt_t_prepbn.in1k": _cfg("pvt_tiny_prepbn.pth", **_PVT, fixed_input_size=False),
     "pvt_s_prepbn.in1k": _cfg("pvt_small_prepbn.pth", **_PVT, fixed_input_size=False),
     "pvt_m_prepbn.in1k": _cfg("pvt_medium_prepbn.pth", **_PVT, fixed_input_size=False),
     "slab_swin_t.in1k": _cfg("slab_swin_tiny.pth", **_SWIN),
     "slab_swin_s.in1k": _cfg("slab_swin_small.pth", **_SWIN),
-    "slab_swin_b": _cfg(None, **_SWIN),
+    "slab_swin_b.untrained": _cfg(None, **_SWIN),
     "swin_t_prepbn.in1k": _cfg("swin_tiny_prepbn.pth", **_SWIN),
     "slab_cswin_t.in1k": _cfg("slab_cswin_tiny.pth", **_CSWIN),
-    "slab_cswin_s": _cfg(None, **_CSWIN),
+    "slab_cswin_s.untrained": _cfg(None, **_CSWIN),
 })
 
 DEIT_T = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
