@@ -16,29 +16,10 @@ from torch import nn
 
 from visionattn.backbones import agent as A
 from visionattn.official import register_official
+from visionattn.official._common import expect, fixed_builder, layer_norm_eps, no_extra, pop_vit_defaults
 
 _ROOT = "agent_transformer/models/"
 _FAMILY = "agent_attention"
-
-
-def _expect(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported here; allowed: {allowed}")
-
-
-def _no_extra(builder: str, extra: dict) -> None:
-    if extra:
-        raise ValueError(f"{builder}: unsupported argument(s) {sorted(extra)}")
-
-
-def _layer_norm_eps(norm_layer, name: str = "norm_layer") -> float:
-    """eps of `nn.LayerNorm` or `partial(nn.LayerNorm, eps=...)`; ValueError for any other norm."""
-    if norm_layer is nn.LayerNorm:
-        return 1e-5
-    if (isinstance(norm_layer, functools.partial) and norm_layer.func is nn.LayerNorm and not norm_layer.args
-            and set(norm_layer.keywords) <= {"eps"}):
-        return float(norm_layer.keywords.get("eps", 1e-5))
-    raise ValueError(f"{name} must be nn.LayerNorm or partial(nn.LayerNorm, eps=...), got {norm_layer!r}")
 
 
 def _register(builder: str):
@@ -48,23 +29,19 @@ def _register(builder: str):
 # ---------------------------------------------------------------------------------------------- DeiT
 
 
+_DEIT_ARGS = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
+              "qkv_bias", "drop_rate", "attn_drop_rate", "drop_path_rate", "agent_num", "agent_layer", "norm_layer"}
+
+
 def _deit_kwargs(kw: dict, builder: str) -> dict:
     """Official VisionTransformer arguments -> AgentDeiT arguments (the official defaults are AgentDeiT's)."""
     kw = dict(kw)
-    _expect("representation_size", kw.pop("representation_size", None), (None,))
-    _expect("distilled", kw.pop("distilled", False), (False,))
-    _expect("weight_init", kw.pop("weight_init", ""), ("",))
-    _expect("act_layer", kw.pop("act_layer", None), (None, nn.GELU))
-    embed = kw.pop("embed_layer", None)
-    if embed is not None and getattr(embed, "__name__", "") != "PatchEmbed":
-        raise ValueError(f"embed_layer must be the default PatchEmbed, got {embed!r}")
+    pop_vit_defaults(kw)
     norm = kw.pop("norm_layer", None)
     if norm is not None:
-        _layer_norm_eps(norm)
+        layer_norm_eps(norm)
         kw["norm_layer"] = norm
-    allowed = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
-               "qkv_bias", "drop_rate", "attn_drop_rate", "drop_path_rate", "agent_num", "agent_layer"}
-    _no_extra(builder, {k: v for k, v in kw.items() if k not in allowed | {"norm_layer"}})
+    no_extra(builder, kw, _DEIT_ARGS)
     return kw
 
 
@@ -74,13 +51,9 @@ def vision_transformer(**kwargs) -> A.AgentDeiT:
 
 
 def _deit_builder(entry, builder: str, fixed: tuple = ("patch_size", "embed_dim", "depth", "num_heads")):
-    def build(pretrained: bool = False, **kwargs) -> A.AgentDeiT:
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to VisionTransformer instead")
+    def make(pretrained: bool, kwargs: dict) -> A.AgentDeiT:
         return entry(pretrained=pretrained, **_deit_kwargs(kwargs, builder))
-    build.__name__ = builder
-    return _register(f"agent_deit.py:{builder}")(build)
+    return _register(f"agent_deit.py:{builder}")(fixed_builder(builder, fixed, "VisionTransformer", make))
 
 
 agent_deit_tiny = _deit_builder(A.agent_deit_t, "agent_deit_tiny")
@@ -100,12 +73,12 @@ _PVT_CLASS_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=
 
 def _pvt_kwargs(kw: dict, defaults: dict, builder: str) -> dict:
     kw = {**defaults, **kw}
-    _expect("qk_scale", kw.pop("qk_scale", None), (None,))
-    _expect("num_stages", kw.pop("num_stages", 4), (4,))
+    expect("qk_scale", kw.pop("qk_scale", None), (None,))
+    expect("num_stages", kw.pop("num_stages", 4), (4,))
     if kw.get("attn_type") is None:
         kw["attn_type"] = "AAAA"  # the official class treats None as 'AAAA'
-    _layer_norm_eps(kw["norm_layer"])
-    _no_extra(builder, {k: v for k, v in kw.items() if k not in _PVT_CLASS_DEFAULTS})
+    layer_norm_eps(kw["norm_layer"])
+    no_extra(builder, kw, _PVT_CLASS_DEFAULTS)
     return kw
 
 
@@ -120,13 +93,9 @@ def _pvt_builder(entry, builder: str, depths: tuple):
                  qkv_bias=True, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), depths=depths,
                  sr_ratios=(8, 4, 2, 1))
 
-    def build(pretrained: bool = False, **kwargs) -> A.AgentPVT:
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to PyramidVisionTransformer instead")
+    def make(pretrained: bool, kwargs: dict) -> A.AgentPVT:
         return entry(pretrained=pretrained, **_pvt_kwargs({**fixed, **kwargs}, _PVT_CLASS_DEFAULTS, builder))
-    build.__name__ = builder
-    return _register(f"agent_pvt.py:{builder}")(build)
+    return _register(f"agent_pvt.py:{builder}")(fixed_builder(builder, fixed, "PyramidVisionTransformer", make))
 
 
 agent_pvt_tiny = _pvt_builder(A.agent_pvt_t, "agent_pvt_tiny", (2, 2, 2, 2))
@@ -146,11 +115,11 @@ def agent_swin_transformer(img_size=224, patch_size=4, in_chans=3, num_classes=1
                            agent_num=(9, 16, 49, 49), attn_type="BBBB", **kwargs) -> A.AgentSwinTransformer:
     """`window_size` is the official WINDOW_SIZE: agent blocks use it (clipped to the stage grid, so they are
     global in every released config) and the softmax window blocks max(7, window_size // 8)."""
-    _expect("ape", ape, (False,))
-    _expect("patch_norm", patch_norm, (True,))
-    _expect("qk_scale", qk_scale, (None,))
-    _no_extra("AgentSwinTransformer", kwargs)
-    _layer_norm_eps(norm_layer)
+    expect("ape", ape, (False,))
+    expect("patch_norm", patch_norm, (True,))
+    expect("qk_scale", qk_scale, (None,))
+    no_extra("AgentSwinTransformer", kwargs, ())
+    layer_norm_eps(norm_layer)
     grid = img_size // patch_size
     if window_size < grid and any(ch in "AM" for ch in str(attn_type)[:4]):
         raise ValueError(f"window_size={window_size} below the stage-1 grid {grid}: windowed agent attention is not "
@@ -177,9 +146,9 @@ _CSWIN_CLASS_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classe
 def _cswin_kwargs(kw: dict, builder: str) -> tuple[dict, bool]:
     """Official CSWinTransformer arguments -> (AgentCSWinTransformer arguments, use_chk)."""
     kw = {**_CSWIN_CLASS_DEFAULTS, **kw}
-    _no_extra(builder, {k: v for k, v in kw.items() if k not in _CSWIN_CLASS_DEFAULTS})
-    _expect("patch_size", kw.pop("patch_size"), (4,))  # the stem is a fixed stride-4 conv whatever it says
-    _expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
+    no_extra(builder, kw, _CSWIN_CLASS_DEFAULTS)
+    expect("patch_size", kw.pop("patch_size"), (4,))  # the stem is a fixed stride-4 conv whatever it says
+    expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
     if kw.pop("norm_layer") is not nn.LayerNorm:
         raise ValueError("norm_layer must be nn.LayerNorm (the official stem and merges ignore it)")
     return kw, bool(kw.pop("use_chk"))
@@ -194,16 +163,12 @@ def cswin_transformer(**kwargs) -> A.AgentCSWinTransformer:
 
 
 def _cswin_builder(entry, builder: str, fixed: dict):
-    def build(pretrained: bool = False, **kwargs) -> A.AgentCSWinTransformer:
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to CSWinTransformer instead")
+    def make(pretrained: bool, kwargs: dict) -> A.AgentCSWinTransformer:
         kw, use_chk = _cswin_kwargs({**fixed, **kwargs}, builder)
         model = entry(pretrained=pretrained, **kw)
         model.set_grad_checkpointing(use_chk)
         return model
-    build.__name__ = builder
-    return _register(f"agent_cswin.py:{builder}")(build)
+    return _register(f"agent_cswin.py:{builder}")(fixed_builder(builder, fixed, "CSWinTransformer", make))
 
 
 _CSWIN_T = dict(patch_size=4, embed_dim=64, depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16))

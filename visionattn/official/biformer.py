@@ -8,11 +8,11 @@ naming the argument.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from torch import nn
 
-from visionattn.backbones.biformer import BiFormer, BiFormerDense, checkpoint_filter_fn
+from visionattn.backbones.biformer import BiFormer, BiFormerDense, _per_stage, checkpoint_filter_fn
 from visionattn.checkpoint import load_pretrained_file
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
 
@@ -26,14 +26,6 @@ _FAMILY = "biformer"
 def _require(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"official argument {name}={value!r} is not supported (allowed: {allowed})")
-
-
-def _per_stage(value, name: str, n: int = 4) -> tuple:
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != n:
-            raise ValueError(f"{name} must be a single value or a sequence of {n}, got {value!r}")
-        return tuple(value)
-    return (value,) * n
 
 
 def _checkpoint_stages(model: BiFormer, use_checkpoint_stages) -> BiFormer:

@@ -18,34 +18,19 @@ from torch import nn
 from visionattn.backbones import slab as S
 from visionattn.layers.prepbn import LinearNorm, RepBN, linear_norm
 from visionattn.official import register_official
+from visionattn.official._common import expect, fixed_builder, is_layer_norm, no_extra, pop_vit_defaults
 
 _ROOT = "classification/models/"
 _FAMILY = "slab"
 
 
-def _expect(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported here; allowed: {allowed}")
-
-
-def _no_extra(builder: str, kw: dict, allowed) -> None:
-    extra = sorted(k for k in kw if k not in allowed)
-    if extra:
-        raise ValueError(f"{builder}: unsupported argument(s) {extra}")
-
-
-def _is_layer_norm(norm) -> bool:
-    return norm is nn.LayerNorm or (isinstance(norm, functools.partial) and norm.func is nn.LayerNorm
-                                    and not norm.args and set(norm.keywords) <= {"eps"})
-
-
 def _check_norm(norm):
     """The official norm objects: LayerNorm (partial), RepBN, or partial(LinearNorm, norm1=LN, norm2=RepBN, ...)."""
-    if _is_layer_norm(norm) or norm is RepBN:
+    if is_layer_norm(norm) or norm is RepBN:
         return norm
     if isinstance(norm, functools.partial) and norm.func is LinearNorm and not norm.args:
         kw = norm.keywords
-        if (set(kw) <= {"norm1", "norm2", "warm", "step", "r0"} and _is_layer_norm(kw.get("norm1", nn.LayerNorm))
+        if (set(kw) <= {"norm1", "norm2", "warm", "step", "r0"} and is_layer_norm(kw.get("norm1", nn.LayerNorm))
                 and kw.get("norm2", RepBN) is RepBN):
             return norm
     raise ValueError("norm_layer must be nn.LayerNorm / partial(nn.LayerNorm, eps=...), RepBN or "
@@ -64,15 +49,9 @@ _VIT_ARGS = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "
 
 
 def _vit(kw: dict, linear: bool, builder: str) -> S.SlabVisionTransformer:
-    _no_extra(builder, kw, _VIT_ARGS)
+    no_extra(builder, kw, _VIT_ARGS)
     kw = dict(kw)
-    _expect("representation_size", kw.pop("representation_size", None), (None,))
-    _expect("distilled", kw.pop("distilled", False), (False,))
-    _expect("weight_init", kw.pop("weight_init", ""), ("",))
-    _expect("act_layer", kw.pop("act_layer", None), (None, nn.GELU))
-    embed = kw.pop("embed_layer", None)
-    if embed is not None and getattr(embed, "__name__", "") != "PatchEmbed":
-        raise ValueError(f"embed_layer must be the default PatchEmbed, got {embed!r}")
+    pop_vit_defaults(kw)
     norm = kw.pop("norm_layer", None)
     norm = _check_norm(norm) if norm is not None else S.LN_EPS6  # the official `norm_layer or LayerNorm(1e-6)`
     drop = kw.pop("drop_rate", 0.0)  # official: dropout after the position embedding and in the blocks
@@ -94,17 +73,13 @@ def slab_vision_transformer(**kwargs) -> S.SlabVisionTransformer:
 
 def _entry(builder: str, entry, fixed: tuple = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
                                                  "qkv_bias", "norm_layer")):
-    def build(pretrained: bool = False, **kwargs):
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to the model class instead")
-        _no_extra(builder, kwargs, {"img_size", "in_chans", "num_classes", "drop_rate", "attn_drop_rate",
-                                    "drop_path_rate"})
+    def make(pretrained: bool, kwargs: dict) -> S.SlabVisionTransformer:
+        no_extra(builder, kwargs, {"img_size", "in_chans", "num_classes", "drop_rate", "attn_drop_rate",
+                                   "drop_path_rate"})
         kwargs = dict(kwargs)
         drop = kwargs.pop("drop_rate", 0.0)
         return entry(pretrained=pretrained, pos_drop_rate=drop, proj_drop_rate=drop, **kwargs)
-    build.__name__ = builder.split(":")[-1]
-    return _register(builder)(build)
+    return _register(builder)(fixed_builder(builder, fixed, "the model class", make))
 
 
 deit_tiny_patch16_224_repbn = _entry("deit.py:deit_tiny_patch16_224_repbn", S.deit_t_prepbn)
@@ -123,11 +98,11 @@ _PVT_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, 
 
 
 def _pvt_kwargs(kw: dict, builder: str) -> dict:
-    _no_extra(builder, kw, _PVT_DEFAULTS)
+    no_extra(builder, kw, _PVT_DEFAULTS)
     kw = {**_PVT_DEFAULTS, **kw}
     kw.pop("focusing_factor")
-    _expect("qk_scale", kw.pop("qk_scale"), (None,))
-    _expect("num_stages", kw.pop("num_stages"), (4,))
+    expect("qk_scale", kw.pop("qk_scale"), (None,))
+    expect("num_stages", kw.pop("num_stages"), (4,))
     attn_type = kw["attn_type"] = kw["attn_type"] or "LLLL"  # the official class treats None as 'LLLL'
     la = str(kw.pop("la_sr_ratios"))
     for i, c in enumerate(attn_type):
@@ -147,15 +122,11 @@ def _pvt_entry(builder: str, slab_entry, prepbn_entry, depths):
     fixed = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                  qkv_bias=True, norm_layer=linear_norm(300000, 1e-6), depths=depths, sr_ratios=(8, 4, 2, 1))
 
-    def build(pretrained: bool = False, **kwargs) -> S.SlabPvt:
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to PyramidVisionTransformer instead")
+    def make(pretrained: bool, kwargs: dict) -> S.SlabPvt:
         kw = _pvt_kwargs({**fixed, **kwargs}, builder)
         entry = {"LLLL": slab_entry, "SSSS": prepbn_entry}.get(kw["attn_type"], slab_entry)
         return entry(pretrained=pretrained, **kw)
-    build.__name__ = builder
-    return _register(f"slab_pvt.py:{builder}")(build)
+    return _register(f"slab_pvt.py:{builder}")(fixed_builder(builder, fixed, "PyramidVisionTransformer", make))
 
 
 slab_pvt_tiny = _pvt_entry("slab_pvt_tiny", S.slab_pvt_t, S.pvt_t_prepbn, (2, 2, 2, 2))
@@ -171,10 +142,10 @@ def _swin(builder: str, default_norm, default_attn: str | None, img_size=224, pa
           mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1,
           norm_layer=None, ape=False, patch_norm=True, use_checkpoint=False, focusing_factor=3, kernel_size=5,
           attn_type=None, fused_window_process=False, **kwargs) -> S.SlabSwinTransformer:
-    _no_extra(builder, kwargs, ())
-    _expect("qk_scale", qk_scale, (None,))
-    _expect("ape", ape, (False,))
-    _expect("patch_norm", patch_norm, (True,))
+    no_extra(builder, kwargs, ())
+    expect("qk_scale", qk_scale, (None,))
+    expect("ape", ape, (False,))
+    expect("patch_norm", patch_norm, (True,))
     softmax_window = None
     if default_attn is None:  # the plain Swin: softmax windows of window_size everywhere, no SLA arguments
         attn_type, softmax_window = "S" * len(depths), window_size
@@ -218,11 +189,11 @@ _CSWIN_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000
 
 
 def _cswin_kwargs(kw: dict, builder: str) -> tuple[dict, bool]:
-    _no_extra(builder, kw, _CSWIN_DEFAULTS)
+    no_extra(builder, kw, _CSWIN_DEFAULTS)
     kw = {**_CSWIN_DEFAULTS, **kw}
     kw.pop("focusing_factor")
     kw.pop("patch_size")  # the stem is a fixed stride-4 conv whatever it says
-    _expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
+    expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
     kw["norm_layer"] = _check_norm(kw["norm_layer"])
     return kw, bool(kw.pop("use_chk"))
 
@@ -236,16 +207,12 @@ def cswin_transformer(**kwargs) -> S.SlabCSWin:
 
 
 def _cswin_entry(builder: str, entry, fixed: dict):
-    def build(pretrained: bool = False, **kwargs) -> S.SlabCSWin:
-        for k in fixed:
-            if k in kwargs:
-                raise ValueError(f"{builder} fixes {k}; pass it to CSWinTransformer instead")
+    def make(pretrained: bool, kwargs: dict) -> S.SlabCSWin:
         kw, use_chk = _cswin_kwargs({**fixed, **kwargs}, builder)
         model = entry(pretrained=pretrained, **kw)
         model.set_grad_checkpointing(use_chk)
         return model
-    build.__name__ = builder
-    return _register(f"slab_cswin.py:{builder}")(build)
+    return _register(f"slab_cswin.py:{builder}")(fixed_builder(builder, fixed, "CSWinTransformer", make))
 
 
 SLAB_CSWin_64_24181_tiny_224 = _cswin_entry("SLAB_CSWin_64_24181_tiny_224", S.slab_cswin_t, dict(
