@@ -63,7 +63,7 @@ from visionattn import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, unwrap_state_dict
 from visionattn.kernels.bra import BRA_BACKENDS
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
-from visionattn.utils import check_backend, init_weights_, set_attn_backend
+from visionattn.utils import check_backend, inference_linear, inference_mlp, init_weights_, set_attn_backend
 
 __all__ = [
     "BiFormer",
@@ -113,11 +113,12 @@ class AttentionLePE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = inference_linear(self.qkv, x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
             out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out)
+        return inference_linear(self.proj, out)
 
 
 class NchwAttentionLePE(nn.Module):
@@ -195,7 +196,7 @@ class BiFormerBlock(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.ls2(inference_mlp(self.mlp, self.norm2(x))))
         return x
 
 

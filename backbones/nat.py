@@ -71,7 +71,15 @@ from visionattn import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
 from visionattn.kernels.na import BACKENDS as NA_BACKENDS
 from visionattn.layers.na import NeighborhoodAttention2D
-from visionattn.utils import LinearHeadMixin, check_backend, init_weights_, set_attn_backend, trunc_normal_unless_meta
+from visionattn.utils import (
+    LinearHeadMixin,
+    check_backend,
+    inference_linear,
+    inference_mlp,
+    init_weights_,
+    set_attn_backend,
+    trunc_normal_unless_meta,
+)
 
 __all__ = [
     "NAT",
@@ -179,7 +187,7 @@ class NATBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x + self.drop_path(self.ls2(inference_mlp(self.mlp, self.norm2(x))))
 
 
 def _rpb_index(grid: tuple[int, int], table: tuple[int, int], device=None) -> torch.Tensor:
@@ -238,12 +246,13 @@ class MHSARPB(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        qkv = inference_linear(self.qkv, x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         bias = _rpb_bias(self.rpb, self.relative_position_index, x).unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         out = out.transpose(1, 2).flatten(2).reshape_as(x)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(inference_linear(self.proj, out))
 
 
 class ViTRPBBlock(nn.Module):
@@ -262,7 +271,7 @@ class ViTRPBBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
 
 
 class NATStage(nn.Module):

@@ -102,7 +102,8 @@ def test_default_cfg(name, kw):
     model = _create(name, kw).eval()
     cfg = model.pretrained_cfg
     assert cfg.get("architecture") == name and cfg.get("tag"), "the cfg needs a weights tag (name.tag)"
-    assert cfg.get("url") or cfg.get("hf_hub_id") or cfg.get("file"), "no weights source in the cfg"
+    if cfg["tag"] != "untrained":  # timm's tag for an architecture without released weights
+        assert cfg.get("url") or cfg.get("hf_hub_id") or cfg.get("file"), "no weights source in the cfg"
     assert isinstance(cfg.get("license"), str) and cfg["license"]
     c, h, w = cfg["input_size"]
     assert c == 3 and h >= 32 and w >= 32
@@ -274,13 +275,14 @@ def _same_grads(a: nn.Module, b: nn.Module, atol=1e-5, rtol=1e-4):
 
 @pytest.mark.parametrize("name,kw", CASES)
 def test_fx_symbolic_trace(name, kw):
-    """Plain torch.fx.symbolic_trace: forward (eval) and forward+backward (train) equal eager."""
+    """Plain torch.fx.symbolic_trace: forward (eval) bit-equal to eager, as timm's FX test demands (the traced graph
+    picks the same kernels at run time), and forward+backward (train) equal eager."""
     torch.manual_seed(0)
     model = _create(name, kw, num_classes=7, drop_path_rate=0.0).eval()
     x = _input(model)
     traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        torch.testing.assert_close(traced(x), model(x))
+    with torch.inference_mode():
+        assert torch.equal(traced(x), model(x))
     eager, graph = copy.deepcopy(model).train(), torch.fx.symbolic_trace(copy.deepcopy(model).train())
     eager(x).square().mean().backward()
     graph(x).square().mean().backward()

@@ -27,7 +27,8 @@ import visionattn
 
 COLUMNS = ["model", "family", "img_size", "params_m", "gmacs", "device", "threads",
            "eager_ms", "compile_ms", "compile_s", "ort_ms", "amp_ms",
-           "eager_ips", "compile_ips", "ort_ips", "amp_ips", "ort_vs_eager", "reference_ips", "vs_reference"]
+           "eager_ips", "compile_ips", "ort_ips", "amp_ips", "compile_vs_eager", "ort_vs_eager", "reference_ips",
+           "vs_reference"]
 
 
 MODES = ("eager", "compile", "onnx", "amp")
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--compare-reference", action="store_true",
                    help="also time eager with the attention forced onto the 'reference' backend (the stand-in for "
                         "the official gather / unfused code) and report our speed-up over it")
+    p.add_argument("--fullgraph", action="store_true",
+                   help="compile mode with torch.compile(fullgraph=True): a graph break is an error (zoo models)")
     p.add_argument("--out-dir", default="out/bench")
     args = p.parse_args(argv)
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
@@ -103,7 +106,8 @@ def main(argv=None) -> int:
         try:
             rows.append(inference_row(name, device=device, modes=modes, img_size=args.img_size, batch=args.batch,
                                       warmup=args.warmup, reps=args.reps, fuse=not args.no_fuse,
-                                      threads=args.threads, compare_reference=args.compare_reference))
+                                      threads=args.threads, compare_reference=args.compare_reference,
+                                      fullgraph=args.fullgraph))
         except Exception as err:  # noqa: BLE001 - one failing model must not hide the others
             print(f"warning: {name}: {type(err).__name__}: {err}", file=sys.stderr)
             rows.append({"model": name, "family": visionattn.get_family(name), "device": device.type})

@@ -25,6 +25,8 @@ import copy
 from collections.abc import Iterable
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
@@ -145,11 +147,11 @@ _LINEAR_POINTWISE = (torch.ops.mkldnn._linear_pointwise
                      else None)
 
 
-def _onednn_ok(x, weight: torch.Tensor) -> bool:
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # graph capture first: dynamo refuses to trace torch.backends and leaves the fusion to inductor anyway
     return (
         not is_graph_capture() and _LINEAR_POINTWISE is not None and torch.backends.mkldnn.enabled
-        and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
+        and x.device.type == "cpu" and x.dtype == torch.float32
         and weight.dtype == torch.float32 and weight.device.type == "cpu"
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
@@ -161,19 +163,39 @@ def _no_hooks(*modules: nn.Module) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if _onednn_ok(x, weight):
+        return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def _linear_gelu_linear(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                        b2: torch.Tensor | None, approximate: str) -> torch.Tensor:
+    if _onednn_ok(x, w1):
+        h = _LINEAR_POINTWISE(x, w1, b1, "gelu", [], approximate)
+        return _LINEAR_POINTWISE(h, w2, b2, "none", [], "")
+    return F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
+
+
+# FX leaves: a traced graph calls the same function as eager, so it picks the same kernel at run time (timm's FX
+# tests demand bit-equal outputs; F.linear and oneDNN round differently)
+torch.fx.wrap("_linear")
+torch.fx.wrap("_linear_gelu_linear")
+
+
 def inference_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)`; oneDNN's matmul for fp32 CPU inference (see the module docstring)."""
-    if _onednn_ok(x, layer.weight) and _no_hooks(layer):
-        return _LINEAR_POINTWISE(x, layer.weight, layer.bias, "none", [], "")
+    if _no_hooks(layer):
+        return _linear(x, layer.weight, layer.bias)
     return layer(x)
 
 
 def inference_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`module(x)` for timm's `Mlp` (fc1 -> GELU -> fc2); GELU fused into fc1 for fp32 CPU inference."""
     act = module.act
-    if (isinstance(act, nn.GELU) and isinstance(module.norm, nn.Identity) and _onednn_ok(x, module.fc1.weight)
-            and not (module.training and (module.drop1.p or module.drop2.p))
+    # dropout with p > 0 keeps the module path whatever the mode: an FX graph traced in eval must still drop in train
+    if (isinstance(act, nn.GELU) and isinstance(module.norm, nn.Identity) and not (module.drop1.p or module.drop2.p)
             and _no_hooks(module, module.fc1, module.act, module.fc2)):
-        h = _LINEAR_POINTWISE(x, module.fc1.weight, module.fc1.bias, "gelu", [], act.approximate)
-        return _LINEAR_POINTWISE(h, module.fc2.weight, module.fc2.bias, "none", [], "")
+        return _linear_gelu_linear(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias,
+                                   act.approximate)
     return module(x)

@@ -54,10 +54,11 @@ def backends_of(model) -> tuple[str, ...]:
 
 @torch.no_grad()
 def inference_row(name: str, *, device, modes, img_size=None, batch: int = 8, warmup: int = 3, reps: int = 10,
-                  fuse: bool = True, threads=None, compare_reference: bool = False) -> dict:
+                  fuse: bool = True, threads=None, compare_reference: bool = False, fullgraph: bool = False) -> dict:
     """The zoo benchmark's row: params, GMACs at batch 1, latency (batch 1) and img/s (`batch`) per mode.
 
-    Modes: eager, compile (torch.compile, steady state; compile time in compile_s), onnx (onnxruntime CPU,
+    Modes: eager, compile (torch.compile, `fullgraph` as given, steady state; compile time in compile_s: the
+    first batch-1 and batch-`batch` calls), onnx (onnxruntime CPU,
     exported with a dynamic batch), amp (bf16 autocast, CUDA). `compare_reference` adds eager img/s with the
     attention on the `reference` backend and our speed-up over it.
     """
@@ -99,13 +100,15 @@ def inference_row(name: str, *, device, modes, img_size=None, batch: int = 8, wa
                 return model(x)
         measure(amp_fn, "amp")
     if "compile" in modes:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, fullgraph=fullgraph)
         t0 = time.perf_counter()
         compiled(x1)
         compiled(xb)
         sync(device)
         row["compile_s"] = round(time.perf_counter() - t0, 1)
         measure(compiled, "compile")
+        if row.get("eager_ms"):
+            row["compile_vs_eager"] = round(row["compile_ms"] / row["eager_ms"], 3)
     if "onnx" in modes and device.type == "cpu":
         if attn_modules(model):
             set_attn_backend(model, "torch")
