@@ -269,6 +269,14 @@ def test_inference_linear_fast_path():
         torch.testing.assert_close(inference_linear(mlp.fc1, t[:0]), mlp.fc1(t[:0]))  # batch 0
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the module (bf16) path
         assert inference_linear(mlp.fc1, t).dtype == torch.bfloat16
+    # torch.utils.flop_counter counts the oneDNN op as it counts F.linear (benchmarks' GMACs under no_grad)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fast_count:
+        model(x[:1])
+    with FlopCounterMode(display=False) as plain_count:
+        model(x[:1])
+    assert fast_count.get_total_flops() == plain_count.get_total_flops() > 0
 
 
 def test_bad_arguments():

@@ -22,6 +22,7 @@ works under ``torch.device("meta")``).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import torch
@@ -29,6 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 __all__ = [
     "check_backend",
@@ -145,6 +147,13 @@ def is_graph_capture() -> bool:
 _LINEAR_POINTWISE = (torch.ops.mkldnn._linear_pointwise
                      if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
                      else None)
+
+
+if _LINEAR_POINTWISE is not None:
+    @register_flop_formula(_LINEAR_POINTWISE)
+    def _linear_pointwise_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
+        # torch.utils.flop_counter knows F.linear but not its oneDNN twin: without this the fast path counts 0
+        return 2 * math.prod(x[:-1]) * weight[0] * weight[1]
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
