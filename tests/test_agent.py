@@ -269,6 +269,15 @@ def test_inference_linear_fast_path():
         torch.testing.assert_close(inference_linear(mlp.fc1, t[:0]), mlp.fc1(t[:0]))  # batch 0
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the module (bf16) path
         assert inference_linear(mlp.fc1, t).dtype == torch.bfloat16
+    # a Linear subclass with its own forward, and any other module, run as themselves
+    class Shifted(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    shifted = Shifted(mlp.fc1.in_features, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(inference_linear(shifted, t), shifted(t))
+        assert torch.equal(inference_linear(torch.nn.Identity(), t), t)
     # torch.utils.flop_counter counts the oneDNN op as it counts F.linear (benchmarks' GMACs under no_grad)
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -192,9 +192,10 @@ torch.fx.wrap("_linear")
 torch.fx.wrap("_linear_gelu_linear")
 
 
-def inference_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; oneDNN's matmul for fp32 CPU inference (see the module docstring)."""
-    if _no_hooks(layer):
+def inference_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`; for an `nn.Linear`, oneDNN's matmul in fp32 CPU inference (see the module docstring)."""
+    # a Linear subclass with its own forward (LoRA, quantized...) runs as itself
+    if isinstance(layer, nn.Linear) and type(layer).forward is nn.Linear.forward and _no_hooks(layer):
         return _linear(x, layer.weight, layer.bias)
     return layer(x)
 

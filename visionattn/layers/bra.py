@@ -181,7 +181,7 @@ class BiLevelRoutingAttention(nn.Module):
                                               self.backend)
         if self.lepe is not None:
             out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = _crop_hw(inference_linear(self.wo, out) if isinstance(self.wo, nn.Linear) else self.wo(out), x)
+        out = _crop_hw(inference_linear(self.wo, out), x)
         return (out, index) if return_index else out
 
     def extra_repr(self) -> str:
