@@ -1,6 +1,7 @@
 """Agent Attention backbones (Agent-DeiT / PVT / Swin / CSwin): parity with the official code, manifests, timm API."""
 from __future__ import annotations
 
+import copy
 import sys
 import types
 
@@ -278,6 +279,10 @@ def test_inference_linear_fast_path():
     with torch.no_grad():
         torch.testing.assert_close(inference_linear(shifted, t), shifted(t))
         assert torch.equal(inference_linear(torch.nn.Identity(), t), t)
+    shifted_mlp = copy.deepcopy(mlp)
+    shifted_mlp.fc2 = Shifted(mlp.fc2.in_features, mlp.fc2.out_features)
+    with torch.no_grad():
+        torch.testing.assert_close(inference_mlp(shifted_mlp, t), shifted_mlp(t))
     # torch.utils.flop_counter counts the oneDNN op as it counts F.linear (benchmarks' GMACs under no_grad)
     from torch.utils.flop_counter import FlopCounterMode
 

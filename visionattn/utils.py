@@ -12,8 +12,9 @@ Stable interface (the own families of both model helpers and the tools rely on i
   fp32 CPU inference outside autograd, autocast and graph capture, run oneDNN's matmul with the bias and GELU
   fused into it (``torch.ops.mkldnn._linear_pointwise``, the op inductor emits for the same pattern): about half
   the time of ``F.linear`` on CPU (which first copies the bias into the output), and no extra pass for GELU.
-  Equal to ``F.linear`` / ``F.gelu`` to fp32 rounding; everything else (training, other devices / dtypes, FX /
-  compile / export, ``torch.backends.mkldnn.enabled = False``) takes the plain module path.
+  Equal to ``F.linear`` / ``F.gelu`` to fp32 rounding; everything else (training, other devices / dtypes,
+  compile / export, ``torch.backends.mkldnn.enabled = False``) runs ``F.linear`` / ``F.gelu``. Under torch.fx the
+  two are leaf functions, so a traced graph picks the same kernel as eager at run time.
   ``is_graph_capture()`` -- True under torch.compile / torch.export / jit tracing.
 
 Drop-path schedules are timm's ``timm.layers.calculate_drop_path_rates`` (it computes on the CPU, so it also
@@ -172,6 +173,11 @@ def _no_hooks(*modules: nn.Module) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
+def _plain_linear(layer: nn.Module) -> bool:
+    # a Linear subclass with its own forward (LoRA, quantized...) runs as itself
+    return isinstance(layer, nn.Linear) and type(layer).forward is nn.Linear.forward and _no_hooks(layer)
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if _onednn_ok(x, weight):
         return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
@@ -194,8 +200,7 @@ torch.fx.wrap("_linear_gelu_linear")
 
 def inference_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)`; for an `nn.Linear`, oneDNN's matmul in fp32 CPU inference (see the module docstring)."""
-    # a Linear subclass with its own forward (LoRA, quantized...) runs as itself
-    if isinstance(layer, nn.Linear) and type(layer).forward is nn.Linear.forward and _no_hooks(layer):
+    if _plain_linear(layer):
         return _linear(x, layer.weight, layer.bias)
     return layer(x)
 
@@ -205,7 +210,7 @@ def inference_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     act = module.act
     # dropout with p > 0 keeps the module path whatever the mode: an FX graph traced in eval must still drop in train
     if (isinstance(act, nn.GELU) and isinstance(module.norm, nn.Identity) and not (module.drop1.p or module.drop2.p)
-            and _no_hooks(module, module.fc1, module.act, module.fc2)):
+            and _no_hooks(module, module.act) and _plain_linear(module.fc1) and _plain_linear(module.fc2)):
         return _linear_gelu_linear(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias,
                                    act.approximate)
     return module(x)
