@@ -33,6 +33,6 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0
     points = [row for row in rows if row.get("mode") == "point"]
     assert summary["killed"] >= 40 and summary["random_kills"] == 6, summary
-    assert {row["op"] for row in points if row["killed"]} >= {"save_file", "torch.save", "open", "os.rename",
+    assert {row["op"] for row in points if row["killed"]} >= {"write_safetensors", "torch.save", "open", "os.rename",
                                                               "os.unlink", "os.rmdir", "os.replace", "os.mkdir"}
     assert summary["max_diff"] <= 1e-6

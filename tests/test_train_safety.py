@@ -295,11 +295,44 @@ def test_stale_temporary_files_are_cleaned_on_resume(train, digits16, tmp_path):
     tmp_dir = out / "checkpoints" / ".tmp-step-00000006-4242"
     tmp_dir.mkdir(parents=True)
     (tmp_dir / "model.safetensors").write_bytes(b"half")
+    (tmp_dir / ".tmpAb3dE9").write_bytes(b"half")  # safetensors' own temporary file, left by earlier versions
     foreign = out / ".notes.txt.tmp1"  # not a name of ours: kept
     foreign.write_text("user")
     assert train([*base, "resume=auto"]) == 0
     assert not any(p.exists() for p in stale) and not tmp_dir.exists() and foreign.exists()
     assert json.loads((out / "run.json").read_text())["history"][-1]["cleaned"]
+
+
+_SAVE_BIG = """
+import sys, torch
+from visionattn.train.checkpoint import save_weights
+save_weights({"w": torch.ones(64 * 2**20)}, sys.argv[1] + "/best.safetensors")
+"""
+
+
+def test_weights_write_killed_midway_leaves_only_our_own_temporary_file(tmp_path):
+    """safetensors' save_file writes a randomly named .tmpXXXXXX beside its target; a kill during it left a file
+    in output_dir that no cleanup may remove (seen once in CI). The kill lands as soon as any file shows up."""
+    import signal
+    import time
+
+    from visionattn.train.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _SAVE_BIG, str(run)], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while not os.listdir(run) and child.poll() is None and time.time() < deadline:
+            time.sleep(0.0005)
+        seen = os.listdir(run)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert seen and not (run / "best.safetensors").exists(), f"the kill came too late: {seen}"
+    assert seen == [f".best.safetensors.tmp{child.pid}"]
+    RunDir(run).clean_stale()
+    assert os.listdir(run) == []
 
 
 def test_make_configs_does_not_overwrite_hand_written_files(tmp_path):

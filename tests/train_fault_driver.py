@@ -94,8 +94,6 @@ class Injector:
         return op
 
     def install(self):
-        import safetensors.torch
-
         def open_writes(file, mode="r", *a, **k):
             return isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+")
 
@@ -113,8 +111,10 @@ class Injector:
         for name in ("rmtree", "copyfile", "copy2", "move"):
             setattr(shutil, name, self.wrap(f"shutil.{name}", getattr(shutil, name),
                                             target=(lambda *a, **k: a[1] if len(a) > 1 else a[0])))
-        safetensors.torch.save_file = self.wrap("save_file", safetensors.torch.save_file,
-                                                target=lambda *a, **k: a[1] if len(a) > 1 else k["filename"])
+        import visionattn.train.checkpoint as ckpt
+
+        ckpt.write_safetensors = self.wrap("write_safetensors", ckpt.write_safetensors,
+                                           target=lambda *a, **k: a[1] if len(a) > 1 else k["path"])
         torch.save = self.wrap("torch.save", torch.save, target=lambda *a, **k: a[1] if len(a) > 1 else k["f"])
 
         def on_step(optimizer, args, kwargs):
@@ -221,7 +221,7 @@ def main() -> int:
     variants = [(k, False) for k in points]
     if args.torn:
         variants += [(i + 1, True) for i, (step, name, _) in enumerate(ops)
-                     if (steps is None or step in steps) and name in ("save_file", "torch.save")]
+                     if (steps is None or step in steps) and name in ("write_safetensors", "torch.save")]
 
     for k, torn in variants:
         run = work / f"k{k}{'t' if torn else ''}"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as _safetensors_bytes
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_state_dict_file, unwrap_state_dict
@@ -40,6 +40,7 @@ __all__ = [
     "weights_file",
     "load_weights",
     "save_weights",
+    "write_safetensors",
     "atomic_save",
     "write_text_atomic",
     "get_rng_state",
@@ -85,9 +86,18 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
     sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if atomic:
-        atomic_save(lambda p: save_file(sd, p, metadata=meta), path)
+        atomic_save(lambda p: write_safetensors(sd, p, meta), path)
     else:
-        save_file(sd, str(path), metadata=meta)
+        write_safetensors(sd, path, meta)
+
+
+def write_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> None:
+    """Write a safetensors file at exactly `path`. safetensors' own `save_file` (0.8 here) writes a randomly named
+    `.tmpXXXXXX` beside the target and renames it: a kill in between would leave a file no cleanup can tell
+    from a user's, so the bytes are made in memory and written here."""
+    data = _safetensors_bytes(dict(state_dict), metadata=metadata)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def weights_metadata(path: str | os.PathLike) -> dict:
@@ -100,6 +110,7 @@ CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{8,})(?:-(\d+))?$")
 _TMP_STEP_DIR = re.compile(r"^\.tmp-step-\d{8,}(?:-\d+)?-\d+$")
+_SAFETENSORS_TMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
 # what a checkpoint directory holds (manifest first: removal starts with it, so a half-removed directory is
 # never taken for a checkpoint)
 _CKPT_FILES = (MANIFEST, "model.safetensors", "model_ema.safetensors", "state.pt")
@@ -125,7 +136,10 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def _remove_checkpoint_dir(p: Path) -> None:
-    for name in _CKPT_FILES:
+    names = list(_CKPT_FILES)
+    if _TMP_STEP_DIR.match(p.name):  # earlier versions let safetensors write its own temporary file in there
+        names += [n for n in os.listdir(p) if _SAFETENSORS_TMP.match(n)]
+    for name in names:
         try:
             os.unlink(p / name)
         except FileNotFoundError:
