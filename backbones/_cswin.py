@@ -1,44 +1,40 @@
-"""CSWin host (Dong et al., CVPR 2022) shared by Agent-CSwin and SLAB-CSwin.
+"""CSWin host (Dong et al., CVPR 2022, https://arxiv.org/abs/2107.00652) of Agent-CSWin and SLAB-CSWin.
 
-Paper: https://arxiv.org/abs/2107.00652. Stem conv 7x7 / stride 4 + token norm, 4 stages (a 3x3 / stride 2
-conv + norm merge at the start of stages 1-3, then CSWin blocks), final norm, token-mean head. Stages pass
-channels-last (NHWC) maps: the tokens are a view of them and the merge convs read them without a layout copy
-(`forward_features` is NHWC).
-
-State-dict names (timm layout; the families' filters map the official `stage1_conv_embed.{0,2}`,
-`stage{i}.{j}`, `merge{i}` names onto them): `stem.{conv,norm}`, `stages.{i}.downsample.{conv,norm}`,
-`stages.{i}.blocks.{j}.{norm1, qkv, attns.{0,1}, proj, norm2, mlp}`, `norm`, `head`.
-
-A block is one window branch over all channels (`single_branch`: the last stage, and every stage whose split
-reaches its resolution) or two stripe branches on channel halves with half the heads each. The attention is a
-factory (`visionattn.layers.cswin` documents it; `LePEAttention` is the original):
-
-    attn_layer(dim, num_heads, branch_idx, split_size, qk_scale, attn_drop, stage_idx) -> module
-    module(q, k, v, hw) -> out    # (B, H*W, dim) tokens of the branch's channels
+Stem (7x7 / 4 conv + norm), four stages (3x3 / 2 conv + norm merge, then CSWin blocks), final norm, token-mean
+head; stages pass NHWC maps. A block is one window branch over all channels (`single_branch`) or two stripe
+branches on channel halves. The attention is a factory (`visionattn.layers.cswin`; `LePEAttention` is the
+original): `attn_layer(dim, num_heads, branch_idx, split_size, qk_scale, attn_drop, stage_idx)`, called as
+`attn(q, k, v, hw)` on the (B, H*W, dim) tokens of its branch.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from timm.layers import DropPath, Mlp, calculate_drop_path_rates
-from timm.models import checkpoint
-from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
+from visionattn.checkpoint import rename_keys
 from visionattn.layers.cswin import LePEAttention
-from visionattn.utils import LinearHeadMixin, inference_linear, inference_mlp, init_weights_
+from visionattn.utils import LinearHeadMixin, init_weights_
 
-__all__ = ["CSWinBlock", "CSWinStem", "CSWinMerge", "CSWinStage", "CSWinTransformer", "OFFICIAL_RENAMES"]
+from ._common import StagedModelMixin, run_blocks
 
-# the official CSWin names -> this host's (for `_common.rename_keys`)
-OFFICIAL_RENAMES = (
+__all__ = ["CSWinBlock", "CSWinStem", "CSWinMerge", "CSWinStage", "CSWinTransformer", "official_to_timm"]
+
+# the official CSWin names -> this host's
+_OFFICIAL_RENAMES = (
     (re.compile(r"^stage1_conv_embed\.0\."), lambda m: "stem.conv."),
     (re.compile(r"^stage1_conv_embed\.2\."), lambda m: "stem.norm."),
     (re.compile(r"^stage(\d)\.(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
     (re.compile(r"^merge(\d)\."), lambda m: f"stages.{m.group(1)}.downsample."),
 )
+
+
+def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official CSWin keys -> this host's."""
+    return rename_keys(state_dict, _OFFICIAL_RENAMES)
 
 
 class CSWinBlock(nn.Module):
@@ -83,7 +79,7 @@ class CSWinBlock(nn.Module):
         self.norm2 = norm_layer(dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        q, k, v = inference_linear(self.qkv, self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         if self.single_branch:
             y = self.attns[0](q, k, v, hw)
         else:
@@ -92,32 +88,31 @@ class CSWinBlock(nn.Module):
                 self.attns[0](q[..., :h], k[..., :h], v[..., :h], hw),
                 self.attns[1](q[..., h:], k[..., h:], v[..., h:], hw),
             ], dim=-1)
-        x = x + self.drop_path(self.proj_drop(inference_linear(self.proj, y)))
-        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
+        x = x + self.drop_path(self.proj_drop(self.proj(y)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class CSWinStem(nn.Module):
     """Conv 7x7 / stride 4 / padding 2, then a token norm: NCHW image in, NHWC map out."""
 
-    def __init__(self, in_chans: int, embed_dim: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+    def __init__(self, in_chans: int, embed_dim: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+                 kernel_size: int = 7, stride: int = 4, padding: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, embed_dim, 7, 4, 2)
+        self.conv = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding)
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
-class CSWinMerge(nn.Module):
+class CSWinMerge(CSWinStem):
     """Conv 3x3 / stride 2 / padding 1 then a token norm (the official `Merge_Block`): NHWC in, NHWC out."""
 
     def __init__(self, dim: int, dim_out: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
-        super().__init__()
-        self.conv = nn.Conv2d(dim, dim_out, 3, 2, 1)
-        self.norm = norm_layer(dim_out)
+        super().__init__(dim, dim_out, norm_layer, kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return super().forward(x.permute(0, 3, 1, 2))
 
 
 class CSWinStage(nn.Module):
@@ -134,15 +129,10 @@ class CSWinStage(nn.Module):
         b, h, w, c = x.shape
         hw = (h, w)
         x = x.reshape(b, h * w, c)
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, hw)
-            else:
-                x = blk(x, hw)
-        return x.reshape(b, h, w, c)
+        return run_blocks(self.blocks, x, hw, self.grad_checkpointing).reshape(b, h, w, c)
 
 
-class CSWinTransformer(LinearHeadMixin, nn.Module):
+class CSWinTransformer(StagedModelMixin, LinearHeadMixin, nn.Module):
     """The 4-stage CSWin classifier with the timm model API (`forward_features` is NHWC).
 
     Args:
@@ -152,6 +142,7 @@ class CSWinTransformer(LinearHeadMixin, nn.Module):
             reaches its resolution at `img_size` (the official rule).
         norm_layer: every token norm (stem, blocks, merges, final norm).
         block_layer, stem_layer, merge_layer: the block / stem / merge classes (subclasses may add fold hooks).
+        drop_rate: head dropout; proj_drop_rate: in the blocks (the official `drop_rate`).
     """
 
     output_fmt = "NHWC"
@@ -169,6 +160,7 @@ class CSWinTransformer(LinearHeadMixin, nn.Module):
             qkv_bias: bool = True,
             qk_scale: float | None = None,
             drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             attn_layer: Callable[..., nn.Module] | Sequence[Callable[..., nn.Module]] = LePEAttention,
@@ -200,7 +192,7 @@ class CSWinTransformer(LinearHeadMixin, nn.Module):
             blocks = [
                 block_layer(
                     dims[i], num_heads[i], split_size=split_size[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                    qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i][j],
+                    qk_scale=qk_scale, drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i][j],
                     single_branch=self.single_branch[i], attn_layer=attn_layers[i], norm_layer=norm_layer,
                     stage_idx=i,
                 )
@@ -218,64 +210,4 @@ class CSWinTransformer(LinearHeadMixin, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs as NCHW or NHWC maps (the last one through the final norm when `norm`)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        last = len(self.stages) - 1
-        x = self.stem(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 

@@ -1,30 +1,22 @@
-"""DeiT host (Touvron et al., ICML 2021) shared by Agent-DeiT, SLAB-DeiT and DeiT-PRepBN: timm's
-`VisionTransformer` whose blocks also receive the token grid.
+"""DeiT host (Touvron et al., ICML 2021, https://arxiv.org/abs/2012.12877) of Agent-DeiT, SLAB-DeiT, DeiT-PRepBN.
 
-Paper: https://arxiv.org/abs/2012.12877. Agent attention and SLA work on the 2-D patch grid (pooling,
-depthwise convs, grid-shaped biases), so the blocks here are called as `block(x, hw)`; everything else
-(patch embedding, class token, position embedding, norms, heads, weight init, group matcher, no-decay set,
-features) is timm's. The attention is a factory called once per block:
-
-    attn_layer(dim, num_heads=, qkv_bias=, attn_drop=, proj_drop=, grid_size=, block_idx=) -> module
-
-with `module(x, hw)` on (B, prefix + H*W, C) tokens; `GridAttention` adapts timm's softmax `Attention`.
-
-Position embeddings are resampled at run time (bicubic, no antialias, class slot kept: the official
-fine-tuning rule) when the input grid differs from the construction grid.
+timm's `VisionTransformer` whose blocks also receive the token grid (`block(x, hw)`), for attention that pools,
+convolves or biases on the 2-D patch grid; everything else is timm's. The attention is a per-block factory
+`attn_layer(dim, num_heads=, qkv_bias=, attn_drop=, proj_drop=, grid_size=, block_idx=)`, called as
+`attn(x, hw)` on (B, prefix + H*W, C) tokens. Position embeddings are resampled at run time (bicubic, class slot
+kept, the official fine-tuning rule) when the input grid differs from the construction grid.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
-from timm.layers import Attention, DropPath, Mlp
+from timm.layers import Attention, DropPath, Mlp, to_2tuple
 from timm.models import checkpoint
 from timm.models._features import feature_take_indices  # timm exports no public name for it
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-
-from visionattn.utils import inference_linear, inference_mlp
 
 from ._common import check_divisible, resize_token_grid
 
@@ -44,9 +36,9 @@ class GridAttention(Attention):
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        q, k, v = inference_linear(self.qkv, x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         x = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        return self.proj_drop(inference_linear(self.proj, x.transpose(1, 2).reshape(b, n, c)))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
 
 class GridBlock(nn.Module):
@@ -80,7 +72,7 @@ class GridBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x), hw))
-        return x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class GridVisionTransformer(VisionTransformer):
@@ -95,10 +87,6 @@ class GridVisionTransformer(VisionTransformer):
 
     def __init__(self, img_size=224, patch_size=16, attn_layer: Callable[..., nn.Module] = GridAttention,
                  block_fn: type[nn.Module] = GridBlock, **kwargs):
-        from functools import partial
-
-        from timm.layers import to_2tuple
-
         grid = tuple(s // p for s, p in zip(to_2tuple(img_size), to_2tuple(patch_size)))
         super().__init__(img_size=img_size, patch_size=patch_size, dynamic_img_size=True, attn_layer=attn_layer,
                          block_fn=partial(block_fn, grid_size=grid), **kwargs)

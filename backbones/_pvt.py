@@ -1,47 +1,40 @@
-"""PVT v1 host (Wang et al., ICCV 2021) shared by Agent-PVT and SLAB-PVT / PVT-PRepBN.
+"""PVT v1 host (Wang et al., ICCV 2021, https://arxiv.org/abs/2102.12122) of Agent-PVT and SLAB-PVT / PVT-PRepBN.
 
-Paper: https://arxiv.org/abs/2102.12122. Each of the 4 stages is a conv patch embedding (kernel = stride) with a
-token norm, an absolute position embedding (bilinearly resized at run time when the grid differs from the
-construction grid, as the official PVT forward does), and pre-norm blocks; no class token, no final norm; the
-head reads the mean token of the last stage. Stages pass channels-last (NHWC) maps: the tokens are a view of
-them and the next patch-embedding conv reads them without a layout copy (`forward_features` is NHWC).
-The attention is a per-stage factory, so the same host carries agent attention, simplified linear attention and
-PVT's spatial-reduction softmax attention:
-
-    attn_layer(dim, num_heads, grid_size, *, qkv_bias, attn_drop, proj_drop) -> module;  module(x, hw) -> x
-
-with x (B, H*W, C) on the (H, W) grid `hw`, and `grid_size` the stage grid at the construction size.
-
-State-dict names: `stages.{i}.patch_embed.{proj,norm}`, `stages.{i}.pos_embed`,
-`stages.{i}.blocks.{j}.{norm1,attn,norm2,mlp}`, `head` (the families' filters map the official
-`patch_embed{i}` / `pos_embed{i}` / `block{i}` names onto these).
+Four stages of conv patch embedding + position embedding (resized bilinearly at run time, as the official
+forward) + pre-norm blocks; no class token, no final norm, the head reads the mean token. Stages pass NHWC maps.
+The attention is a per-stage factory `attn_layer(dim, num_heads, grid_size, *, qkv_bias, attn_drop, proj_drop)`
+whose module is called as `attn(x, hw)` on (B, H*W, C) tokens, `grid_size` being the construction-size grid.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple
-from timm.models import checkpoint
-from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn.utils import LinearHeadMixin, inference_mlp, init_weights_, trunc_normal_unless_meta
+from visionattn.checkpoint import rename_keys
+from visionattn.utils import LinearHeadMixin, init_weights_, trunc_normal_unless_meta
 
-from ._common import check_divisible, resize_token_grid
+from ._common import StagedModelMixin, check_divisible, resize_token_grid, run_blocks
 
 torch.fx.wrap("check_divisible")
 torch.fx.wrap("resize_token_grid")
 
-__all__ = ["ConvPatchEmbed", "PvtBlock", "PvtStage", "PyramidVisionTransformerV1", "OFFICIAL_RENAMES"]
+__all__ = ["ConvPatchEmbed", "PvtBlock", "PvtStage", "PyramidVisionTransformerV1", "official_to_timm"]
 
-# the official PVT v1 names -> this host's (for `_common.rename_keys`)
-OFFICIAL_RENAMES = (
+# the official PVT v1 names -> this host's
+_OFFICIAL_RENAMES = (
     (re.compile(r"^patch_embed(\d)\."), lambda m: f"stages.{int(m.group(1)) - 1}.patch_embed."),
     (re.compile(r"^pos_embed(\d)$"), lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
     (re.compile(r"^block(\d)\."), lambda m: f"stages.{int(m.group(1)) - 1}.blocks."),
 )
+
+
+def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official PVT v1 keys -> this host's."""
+    return rename_keys(state_dict, _OFFICIAL_RENAMES)
 
 
 class ConvPatchEmbed(nn.Module):
@@ -73,7 +66,7 @@ class PvtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PvtStage(nn.Module):
@@ -90,7 +83,8 @@ class PvtStage(nn.Module):
             attn_layer: Callable[..., nn.Module],
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
             attn_drop: float = 0.0,
             drop_path: Sequence[float] = (),
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
@@ -103,12 +97,13 @@ class PvtStage(nn.Module):
         self.grad_checkpointing = False
         self.patch_embed = embed_layer(in_chans, dim, patch_size, embed_norm_layer)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], dim))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
         self.blocks = nn.ModuleList([
             block_layer(
                 dim,
-                attn_layer(dim, num_heads, self.grid_size, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop_rate),
-                mlp_ratio=mlp_ratio, proj_drop=drop_rate, drop_path=drop_path[j], norm_layer=norm_layer,
+                attn_layer(dim, num_heads, self.grid_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                           proj_drop=proj_drop_rate),
+                mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate, drop_path=drop_path[j], norm_layer=norm_layer,
             )
             for j in range(depth)
         ])
@@ -119,15 +114,10 @@ class PvtStage(nn.Module):
         b, h, w, c = x.shape
         hw = (h, w)
         x = self.pos_drop(x.reshape(b, h * w, c) + resize_token_grid(self.pos_embed, self.grid_size, hw))
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, hw)
-            else:
-                x = blk(x, hw)
-        return x.reshape(b, h, w, c)
+        return run_blocks(self.blocks, x, hw, self.grad_checkpointing).reshape(b, h, w, c)
 
 
-class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
+class PyramidVisionTransformerV1(StagedModelMixin, LinearHeadMixin, nn.Module):
     """The 4-stage PVT v1 classifier with the timm model API (`forward_features` is NHWC).
 
     Args:
@@ -135,6 +125,8 @@ class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
         norm_layer: block norms; embed_norm_layer: patch-embedding norms (default: norm_layer).
         block_layer, embed_layer: the block / patch-embedding classes (subclasses may add fold hooks).
         patch_size: stride of the first patch embedding (2 for the others).
+        drop_rate: head dropout; pos_drop_rate: after each position embedding; proj_drop_rate: in the blocks
+            (the official `drop_rate` is the last two, mapped in `visionattn.official`).
     """
 
     output_fmt = "NHWC"
@@ -152,6 +144,8 @@ class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
             depths: Sequence[int] = (2, 2, 2, 2),
             qkv_bias: bool = True,
             drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             attn_layer: Callable[..., nn.Module] | Sequence[Callable[..., nn.Module]] = None,
@@ -183,12 +177,14 @@ class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
             stages.append(PvtStage(
                 prev, embed_dims[i], depths[i], num_heads[i], (img[0] // stride, img[1] // stride),
                 patch_size if i == 0 else 2, attn_layers[i], mlp_ratio=mlp_ratios[i], qkv_bias=qkv_bias,
-                drop_rate=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer,
-                embed_norm_layer=embed_norm_layer or norm_layer, block_layer=block_layer, embed_layer=embed_layer,
+                pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
+                norm_layer=norm_layer, embed_norm_layer=embed_norm_layer or norm_layer, block_layer=block_layer,
+                embed_layer=embed_layer,
             ))
             prev = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.norm = nn.Identity()  # PVT v1 has no final norm
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights_)
@@ -205,49 +201,7 @@ class PyramidVisionTransformerV1(LinearHeadMixin, nn.Module):
                                                      (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    def _stem_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_divisible(x, self.patch_size * 8, "patch_size * 8 (four unpadded patch embeddings)")
         return x.permute(0, 2, 3, 1)  # the stages take NHWC views
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs as NCHW or NHWC maps (PVT has no final norm: `norm` changes nothing)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        x = self._stem_input(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self._stem_input(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 

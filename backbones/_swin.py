@@ -1,13 +1,9 @@
-"""Swin v1 host (Liu et al., ICCV 2021) shared by Agent-Swin and SLAB-Swin / Swin-PRepBN, on timm's pieces.
+"""Swin v1 host (Liu et al., ICCV 2021, https://arxiv.org/abs/2103.14030) of Agent-Swin and SLAB-Swin.
 
-Paper: https://arxiv.org/abs/2103.14030. timm's layout: a patch embedding with norm (NHWC out), 4 stages
-`layers.{i}` that start with timm's `PatchMerging` (`layers.{i}.downsample`, i > 0) followed by blocks, a final
-norm, timm's `ClassifierHead` (`head.fc`). The blocks are a factory, so each family places its own attention:
-
-    block_fn(dim, input_resolution, num_heads, *, stage_idx, block_idx, drop_path, norm_layer) -> module
-
-with the module mapping an NHWC map to an NHWC map. `WindowBlock` is timm's shifted-window block with the
-(relative-position) window attention as the official Swin computes it; families use it for their softmax stages.
+timm's layout and pieces: patch embedding (NHWC out), stages `layers.{i}` = timm's `PatchMerging` (i > 0) + blocks,
+final norm, `ClassifierHead` (`head.fc`). Blocks come from a factory, so each family places its own attention:
+`block_fn(dim, input_resolution, num_heads, *, stage_idx, block_idx, drop_path, norm_layer)`, NHWC in and out.
+`WindowBlock` is timm's shifted-window block for the softmax stages (any input size).
 """
 from __future__ import annotations
 
@@ -17,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, PatchEmbed, calculate_drop_path_rates, register_notrace_function, to_2tuple
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices  # timm exports no public name for it
 from timm.models.swin_transformer import (
     PatchMerging,
     SwinTransformerBlock,
@@ -28,13 +23,13 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from visionattn.checkpoint import shift_swin_downsample_keys
-from visionattn.utils import inference_linear, inference_mlp, init_weights_
+from visionattn.utils import ClassifierHeadMixin, init_weights_
 
-from ._common import check_divisible, inference_cached
+from ._common import StagedModelMixin, check_divisible, inference_cached
 
 torch.fx.wrap("check_divisible")
 
-__all__ = ["Merging", "SwinStage", "SwinTransformerHost", "WindowAttentionExplicit", "WindowBlock", "official_to_timm"]
+__all__ = ["SwinStage", "SwinTransformerHost", "WindowAttentionExplicit", "WindowBlock", "official_to_timm"]
 
 
 def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,7 +56,7 @@ class WindowAttentionExplicit(WindowAttention):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        qkv = inference_linear(self.qkv, x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self._rel_bias()
         if mask is not None:
@@ -76,7 +71,7 @@ class WindowAttentionExplicit(WindowAttention):
                                  k.reshape(b * h, n, c // h).transpose(-2, -1)).reshape(b, h, n, n)
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(inference_linear(self.proj, x))
+        return self.proj_drop(self.proj(x))
 
 
 @register_notrace_function
@@ -140,19 +135,8 @@ class WindowBlock(SwinTransformerBlock):
         b, h, w, c = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(b, h * w, c)
-        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(b, h, w, c)
-
-
-class Merging(PatchMerging):
-    """timm's `PatchMerging` (2x2 concat -> norm -> Linear 4C -> out), its Linear through `inference_linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        h, w = x.shape[1], x.shape[2]
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
-        return inference_linear(self.reduction, self.norm(x))
 
 
 class SwinStage(nn.Module):
@@ -170,7 +154,7 @@ class SwinStage(nn.Module):
             downsample: bool = True,
             drop_path: Sequence[float] = (),
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-            merge_layer: type[nn.Module] = Merging,
+            merge_layer: type[nn.Module] = PatchMerging,
     ):
         super().__init__()
         self.grad_checkpointing = False
@@ -190,18 +174,22 @@ class SwinStage(nn.Module):
         return self.blocks(x)
 
 
-class SwinTransformerHost(nn.Module):
+class SwinTransformerHost(StagedModelMixin, ClassifierHeadMixin, nn.Module):
     """Swin v1 classifier with the timm model API; `forward_features` is NHWC (`output_fmt`).
 
     Args:
         block_fn: the block factory (module docstring).
         norm_layer: every norm (patch embedding, merging, blocks, final).
         embed_layer, merge_layer: patch embedding / merging classes (timm's or subclasses with fold hooks).
+        drop_rate: head dropout; pos_drop_rate: dropout after the patch embedding (the official `drop_rate` is
+            pos_drop_rate plus the blocks' proj_drop_rate, mapped in `visionattn.official`).
         strict_img_size: inputs must have the construction size (when window / token tables are tied to it);
             otherwise any multiple of `patch_size`.
     """
 
     output_fmt = "NHWC"
+    stages_name = "layers"
+    stem_name = "patch_embed"
 
     def __init__(
             self,
@@ -215,10 +203,11 @@ class SwinTransformerHost(nn.Module):
             num_heads: Sequence[int] = (3, 6, 12, 24),
             block_fn: Callable[..., nn.Module] | None = None,
             drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
             drop_path_rate: float = 0.1,
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
             embed_layer: type[nn.Module] = PatchEmbed,
-            merge_layer: type[nn.Module] = Merging,
+            merge_layer: type[nn.Module] = PatchMerging,
             strict_img_size: bool = False,
     ):
         super().__init__()
@@ -236,6 +225,7 @@ class SwinTransformerHost(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.patch_embed = embed_layer(to_2tuple(img_size), patch_size, in_chans, embed_dim, norm_layer=norm_layer,
                                        output_fmt="NHWC", strict_img_size=strict_img_size)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
         res = tuple(self.patch_embed.grid_size)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
@@ -257,70 +247,8 @@ class SwinTransformerHost(nn.Module):
         # as the official recipes: relative position tables are not decayed
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+).downsample", (0,)), (r"^layers\.(\d+)\.\w+\.(\d+)", None), (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None and global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def _patch_embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         if not self.strict_img_size:
             x = check_divisible(x, self.patch_embed.patch_size[0], "patch_size")
-        return self.patch_embed(x)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs as NCHW (or NHWC) maps; `norm` passes the last one through the final norm."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        x = self._patch_embed(x)
-        stages = self.layers[: max_index + 1] if stop_early else self.layers
-        last = len(self.layers) - 1
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.layers(self._patch_embed(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.pos_drop(self.patch_embed(x))
 

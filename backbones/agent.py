@@ -1,33 +1,11 @@
-"""Agent Attention backbones: Agent-DeiT, Agent-PVT, Agent-Swin, Agent-CSwin (Han et al., ECCV 2024).
+"""Agent Attention backbones: Agent-DeiT, Agent-PVT, Agent-Swin, Agent-CSWin (Han et al., ECCV 2024).
 
-Paper: https://arxiv.org/abs/2312.08874 -- official code: https://github.com/LeapLabTHU/Agent-Attention
-(the repository has no licence file; this is a re-implementation from the paper and the project spec).
-
-Agent attention routes softmax attention through n agent tokens A = AdaptiveAvgPool(Q) (n << N):
-
-    V_A = softmax(s A K^T + B1) V,     O = softmax(s Q A^T + B2) V_A + DWC(V)
-
-with agent position biases B1/B2 made of a 7x7 table per agent (bilinearly resized to the grid every forward)
-plus per-row / per-column terms (`ah`/`aw`/`ha`/`wa`) whose length is the token-grid side.
-
-Variants, each on a shared host skeleton (`backbones/_deit.py`, `_pvt.py`, `_swin.py`, `_cswin.py`):
-
-* `agent_deit_{t,s,b}`, `agent_deit_s_448` -- DeiT with agent attention (DeiT-B: blocks 0-3 only, 81 agents).
-* `agent_pvt_{t,s,m,l}`, `agent_pvt_m_256` -- PVT v1 with agent attention in every block (no spatial reduction).
-* `agent_swin_{t,s,b}`, `agent_swin_s_288`, `agent_swin_b_384` -- Swin v1 with global agent attention in the
-  first stages (shifted-window softmax blocks elsewhere).
-* `agent_cswin_{t,s,b}`, `agent_cswin_b_384` -- CSWin with single-branch agent attention in stages 1-2.
-
-Input size: the official models are fixed to their construction size. Here any size works (sides multiple of
-the patch size; CSwin stripe stages zero-pad like the official CSWin dense backbone): the grid-length agent biases
-are linearly interpolated along their grid axis (as the official fine-tuning loader does), the 7x7 tables are
-resized as always, DeiT/PVT position embeddings are resampled (DeiT bicubic like the official fine-tuning loader,
-PVT bilinear like the official PVT forward). At the construction size nothing is resized, so outputs equal the
-official model's. `checkpoint_filter_fn` maps official checkpoints onto the timm-style names and resizes the same
-tables (and Swin relative-position tables) once when a checkpoint made at another size is loaded.
-
-Inference: the resized bias tables depend only on parameters and the grid, so outside autograd they are computed
-once and reused (`backbones._common.inference_cached`).
+Paper: https://arxiv.org/abs/2312.08874 -- official code: https://github.com/LeapLabTHU/Agent-Attention (no licence
+file; re-implemented from the paper and the spec). Softmax attention routed through n pooled agent tokens,
+`softmax(s Q A^T + B2) softmax(s A K^T + B1) V + DWC(V)`, on the shared hosts (`_deit`, `_pvt`, `_swin`, `_cswin`).
+Any input size whose sides are multiples of the patch size runs (bias tables and position embeddings are resized
+to the grid; at the construction size nothing is); `checkpoint_filter_fn` maps and resizes official checkpoints.
+Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -42,38 +20,30 @@ from timm.layers import DropPath, Mlp, register_notrace_function, resize_rel_pos
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from visionattn import register_zoo_model
-from visionattn.checkpoint import (
-    build_model_with_pretrained_file,
-    download_cached,
-    load_state_dict_file,
-    resample_square_pos_embed,
-    unwrap_state_dict,
-)
+from visionattn._registry import register_zoo_model
+from visionattn.checkpoint import build_model_with_pretrained_file, resample_square_pos_embed, unwrap_state_dict
 from visionattn.layers.cswin import LePEAttention
+from visionattn.layers.fused import set_fused_linear
 from visionattn.layers.pvt import PvtAttention
-from visionattn.utils import inference_linear, inference_mlp, trunc_normal_unless_meta
+from visionattn.utils import trunc_normal_unless_meta
 
-from ._common import inference_cached, rename_keys, to_nhwc
-from ._cswin import OFFICIAL_RENAMES as CSWIN_RENAMES
+from . import _cswin, _pvt, _swin
+from ._common import in1k_cfg, inference_cached, to_nhwc
 from ._cswin import CSWinTransformer
 from ._deit import GridAttention, GridVisionTransformer
-from ._pvt import OFFICIAL_RENAMES as PVT_RENAMES
 from ._pvt import PyramidVisionTransformerV1
 from ._swin import SwinTransformerHost, WindowBlock
-from ._swin import official_to_timm as swin_official_to_timm
 
 __all__ = [
     "AgentAttention",
     "AgentCSWinAttention",
-    "AgentDeiT",
-    "AgentPVT",
+    "AgentVisionTransformer",
+    "AgentPyramidVisionTransformer",
     "AgentSwinTransformer",
     "AgentCSWinTransformer",
     "agent_attention",
     "resize_agent_bias",
     "checkpoint_filter_fn",
-    "load_official_checkpoint",
 ]
 
 # grid axis of each grid-length bias (shapes [1,H,n,L,1], [1,H,n,1,L], [1,H,L,1,n], [1,H,1,L,n])
@@ -238,15 +208,15 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
         b, n, c = x.shape
         kv_hw = hw
         if self.separate_q:
-            q = inference_linear(self.q, x)
+            q = self.q(x)
             xs = x
             if self.sr_ratio > 1:
                 xs = self.sr(to_nhwc(x, hw).permute(0, 3, 1, 2))
                 kv_hw = (xs.shape[2], xs.shape[3])
                 xs = self.norm(xs.flatten(2).transpose(1, 2))
-            k, v = inference_linear(self.kv, xs).reshape(b, xs.shape[1], 2, c).unbind(2)
+            k, v = self.kv(xs).reshape(b, xs.shape[1], 2, c).unbind(2)
         else:
-            q, k, v = inference_linear(self.qkv, x).reshape(b, n, 3, c).unbind(2)
+            q, k, v = self.qkv(x).reshape(b, n, 3, c).unbind(2)
         off = 1 if self.cls_token else 0
         agents = self._pool_agents(q[:, off:], hw)
         b1, b2 = self._agent_biases(hw, kv_hw, self.cls_token)
@@ -264,7 +234,7 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
             out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
         else:
             out = _merge_heads_add(out, local)
-        return self.proj_drop(inference_linear(self.proj, out))
+        return self.proj_drop(self.proj(out))
 
 
 class AgentCSWinAttention(_AgentBiasMixin, nn.Module):
@@ -339,30 +309,19 @@ def _deit_attn(dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid
     return GridAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
 
 
-class AgentDeiT(GridVisionTransformer):
+class AgentVisionTransformer(GridVisionTransformer):
     """DeiT (timm ViT with class token) whose first `agent_layer` blocks use agent attention.
 
     Args:
         agent_num: 4 agent counts; block i uses agent_num[{0:0, 1:1, 2:2, 3:2, 4:2, 5:3}[i // 2]] (official rule).
         agent_layer: number of leading agent blocks (-1 = all); the rest are plain softmax ViT blocks.
-        drop_rate: dropout after the position embedding, in the blocks and before the head (the official use).
         norm_layer: default LayerNorm(eps=1e-6).
+        kwargs: timm's `VisionTransformer` (img_size, embed_dim, num_heads, drop_rate, pos_drop_rate, ...).
     """
 
     def __init__(
             self,
-            img_size: int | tuple[int, int] = 224,
-            patch_size: int = 16,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            embed_dim: int = 768,
             depth: int = 12,
-            num_heads: int = 12,
-            mlp_ratio: float = 4.0,
-            qkv_bias: bool = True,
-            drop_rate: float = 0.0,
-            attn_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
             agent_num: Sequence[int] = (49, 49, 49, 49),
             agent_layer: int = -1,
             global_pool: str = "token",
@@ -379,10 +338,7 @@ class AgentDeiT(GridVisionTransformer):
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
-            pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate, global_pool=global_pool, fc_norm=False,
+            depth=depth, global_pool=global_pool, fc_norm=False,
             norm_layer=norm_layer or partial(nn.LayerNorm, eps=1e-6),
             attn_layer=partial(_deit_attn, agent_num=agent_num, n_agent_blocks=n_agent_blocks), **kwargs,
         )
@@ -400,7 +356,7 @@ def _pvt_attn(dim, num_heads, grid_size, qkv_bias=True, attn_drop=0.0, proj_drop
     return PvtAttention(dim, num_heads, qkv_bias, None, attn_drop, proj_drop, sr_ratio)
 
 
-class AgentPVT(PyramidVisionTransformerV1):
+class AgentPyramidVisionTransformer(PyramidVisionTransformerV1):
     """PVT v1 (no class token, no final norm, head on the token mean) with agent attention.
 
     Args:
@@ -408,41 +364,25 @@ class AgentPVT(PyramidVisionTransformerV1):
         sr_ratios: spatial reduction of the 'B' stages; agent_sr_ratios: of the agent stages (1 = none, the
             released models).
         norm_layer: block norms (default LayerNorm(eps=1e-6)); the patch embeddings use LayerNorm(eps=1e-5).
+        kwargs: `PyramidVisionTransformerV1`'s (img_size, embed_dims, depths, drop_rate, pos_drop_rate, ...).
     """
 
     def __init__(
             self,
-            img_size: int | tuple[int, int] = 224,
-            patch_size: int = 4,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            embed_dims: Sequence[int] = (64, 128, 320, 512),
-            num_heads: Sequence[int] = (1, 2, 5, 8),
-            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
-            qkv_bias: bool = True,
-            drop_rate: float = 0.0,
-            attn_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
-            depths: Sequence[int] = (2, 2, 2, 2),
             sr_ratios: Sequence[int] = (8, 4, 2, 1),
             agent_sr_ratios: Sequence[int] | str = (1, 1, 1, 1),
             agent_num: Sequence[int] = (9, 16, 49, 49),
             attn_type: str = "AAAA",
-            global_pool: str = "avg",
             norm_layer=None,
+            **kwargs,
     ):
         attn_type = _parse_letters(attn_type, 4, "attn_type", "AB")
         agent_sr = tuple(int(a) for a in agent_sr_ratios)
         agent_num = _check_agent_nums(agent_num)
         attn = [partial(_pvt_attn, agent=attn_type[i] == "A", agent_num=agent_num[i], sr_ratio=sr_ratios[i],
                         agent_sr_ratio=agent_sr[i]) for i in range(4)]
-        super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            global_pool=global_pool, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
-            depths=depths, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate, attn_layer=attn, norm_layer=norm_layer or partial(nn.LayerNorm, eps=1e-6),
-            embed_norm_layer=nn.LayerNorm,
-        )
+        super().__init__(attn_layer=attn, norm_layer=norm_layer or partial(nn.LayerNorm, eps=1e-6),
+                         embed_norm_layer=nn.LayerNorm, **kwargs)
 
 
 # ==============================================================================================================
@@ -466,7 +406,7 @@ class AgentSwinBlock(nn.Module):
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         x = x + self.drop_path1(self.attn(self.norm1(x), (h, w)))
-        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(b, h, w, c)
 
 
@@ -503,42 +443,32 @@ class AgentSwinTransformer(SwinTransformerHost):
 
     Args:
         window_size: window of the softmax window-attention blocks (official: max(7, WINDOW_SIZE // 8)).
+        kwargs: `SwinTransformerHost`'s (img_size, embed_dim, num_heads, drop_rate, pos_drop_rate, ...).
     """
 
     def __init__(
             self,
-            img_size: int | tuple[int, int] = 224,
-            patch_size: int = 4,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            embed_dim: int = 96,
             depths: Sequence[int] = (2, 2, 6, 2),
-            num_heads: Sequence[int] = (3, 6, 12, 24),
             window_size: int = 7,
             mlp_ratio: float = 4.0,
             qkv_bias: bool = True,
-            drop_rate: float = 0.0,
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.1,
             agent_num: Sequence[int] = (9, 16, 49, 49),
             attn_type: str = "AAAB",
-            global_pool: str = "avg",
-            norm_layer=nn.LayerNorm,
+            **kwargs,
     ):
         if len(depths) != 4:
             raise ValueError(f"depths must have 4 entries, got {depths}")
         block = partial(_swin_block, num_agent=_parse_swin_attn_type(attn_type, depths),
                         agent_num=_check_agent_nums(agent_num), window_size=window_size, mlp_ratio=mlp_ratio,
                         qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                         global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
-                         block_fn=block, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm_layer=norm_layer)
+        super().__init__(depths=depths, block_fn=block, **kwargs)
         self.window_size = window_size
 
 
 # ==============================================================================================================
-# Agent-CSwin
+# Agent-CSWin
 
 
 class AgentCSWinTransformer(CSWinTransformer):
@@ -601,9 +531,9 @@ def _resize_like(key: str, v: torch.Tensor, target: torch.Tensor, model: nn.Modu
         grid[side] = target.shape[dim]
         return resize_agent_bias(v, name, tuple(grid))
     if name == "pos_embed":
-        if isinstance(model, AgentDeiT):
+        if isinstance(model, AgentVisionTransformer):
             return resample_square_pos_embed(v, tuple(model.grid_size), model.num_prefix_tokens, key)
-        if isinstance(model, AgentPVT):
+        if isinstance(model, AgentPyramidVisionTransformer):
             return resample_square_pos_embed(v, tuple(model.get_submodule(key.rsplit(".", 1)[0]).grid_size), 0, key)
     if name == "relative_position_bias_table":
         w = (math.isqrt(target.shape[0]) + 1) // 2
@@ -611,24 +541,25 @@ def _resize_like(key: str, v: torch.Tensor, target: torch.Tensor, model: nn.Modu
     return v
 
 
+_HOST_KEYS = ((SwinTransformerHost, _swin.official_to_timm), (PyramidVisionTransformerV1, _pvt.official_to_timm),
+              (CSWinTransformer, _cswin.official_to_timm))
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official Agent-Attention checkpoint onto this module.
 
     Opens trainer envelopes (`model`, `state_dict`, DDP `module.`, mmdet `backbone.`), renames the official
     layouts to the timm-style ones (PVT `patch_embed{i}/pos_embed{i}/block{i}` -> `stages.{i-1}.*`; Swin
-    `layers.i.downsample` -> `layers.{i+1}.downsample`, `head` -> `head.fc`; CSwin `stage1_conv_embed` -> `stem`,
+    `layers.i.downsample` -> `layers.{i+1}.downsample`, `head` -> `head.fc`; CSWin `stage1_conv_embed` -> `stem`,
     `stage{i}.{j}` -> `stages.{i-1}.blocks.{j}`, `merge{i}` -> `stages.{i}.downsample`), drops rebuilt buffers
     (`attn_mask`, `relative_position_index`), and resizes the tables tied to the input size when the checkpoint
     was made at another size than the model: agent `ah/aw/ha/wa` biases (linear, along the grid axis), position
     embeddings (bicubic, cls slot kept), Swin relative-position tables (bicubic).
     """
     sd = unwrap_state_dict(state_dict)
-    if isinstance(model, AgentSwinTransformer):
-        sd = swin_official_to_timm(sd)
-    elif isinstance(model, AgentPVT):
-        sd = rename_keys(sd, PVT_RENAMES)
-    elif isinstance(model, AgentCSWinTransformer):
-        sd = rename_keys(sd, CSWIN_RENAMES)
+    for host, official_to_timm in _HOST_KEYS:
+        if isinstance(model, host):
+            sd = official_to_timm(sd)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -638,14 +569,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
             v = _resize_like(k, v, own[k], model)
         out[k] = v
     return out
-
-
-def load_official_checkpoint(path_or_url: str, file_name: str | None = None) -> dict:
-    """An official Agent-Attention checkpoint (trainer dict with a yacs config, read safely), downloaded first
-    when a URL is given."""
-    if "://" in path_or_url:
-        path_or_url = download_cached(path_or_url, file_name)
-    return load_state_dict_file(path_or_url)
 
 
 # ==============================================================================================================
@@ -680,25 +603,16 @@ def _cfg(variant: str, size: int = 224, crop_pct: float = 0.875, **kwargs) -> di
     family = variant.split("_")[1]
     # the final feature grid at the default size (DeiT: its patch grid, NLC tokens after the class token)
     pool = (size // 16, size // 16) if family == "deit" else (size // 32, size // 32)
-    return {
-        "url": _TSINGHUA.format(_URLS[variant]),
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": pool,
-        "crop_pct": crop_pct,
-        "crop_mode": "squash",  # official eval: square resize to S/crop_pct, then center crop
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": _FIRST_CONV[family],
-        "classifier": "head.fc" if family == "swin" else "head",
-        "license": "unknown",  # the official repository has no licence file
-        "paper_name": "Agent Attention: On the Integration of Softmax and Linear Attention",
-        "paper_ids": "arXiv:2312.08874",
-        "origin_url": "https://github.com/LeapLabTHU/Agent-Attention",
-        "notes": (f"official TsinghuaCloud checkpoint (trainer dict, weights under 'model'), file name {variant}.pth",),
+    return in1k_cfg(
+        _TSINGHUA.format(_URLS[variant]), input_size=(3, size, size), pool_size=pool, crop_pct=crop_pct,
+        crop_mode="squash",  # official eval: square resize to S/crop_pct, then center crop
+        first_conv=_FIRST_CONV[family], classifier="head.fc" if family == "swin" else "head",
+        license="unknown",  # the official repository has no licence file
+        paper_name="Agent Attention: On the Integration of Softmax and Linear Attention", paper_ids="arXiv:2312.08874",
+        origin_url="https://github.com/LeapLabTHU/Agent-Attention",
+        notes=(f"official TsinghuaCloud checkpoint (trainer dict, weights under 'model'), file name {variant}.pth",),
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({
@@ -727,20 +641,20 @@ default_cfgs = generate_default_cfgs({
 _CACHE_NAMES = {_TSINGHUA.format(key): f"{variant}.pth" for variant, key in _URLS.items()}
 
 
-def _create(cls, variant: str, pretrained: bool = False, feature_cfg: dict | None = None, **kwargs):
-    return build_model_with_pretrained_file(
+def _create(cls, variant: str, pretrained: bool = False, out_indices=(0, 1, 2, 3), **kwargs):
+    model = build_model_with_pretrained_file(
         cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, cache_file_names=_CACHE_NAMES,
-        feature_cfg=feature_cfg or dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
     )
+    return set_fused_linear(model)
 
 
-def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> AgentDeiT:
-    out_indices = kwargs.pop("out_indices", 3)
-    return _create(AgentDeiT, variant, pretrained, dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
+    return _create(AgentVisionTransformer, variant, pretrained, out_indices=kwargs.pop("out_indices", 3), **kwargs)
 
 
-def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs) -> AgentPVT:
-    return _create(AgentPVT, variant, pretrained, **kwargs)
+def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
+    return _create(AgentPyramidVisionTransformer, variant, pretrained, **kwargs)
 
 
 def _create_agent_swin(variant: str, pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
@@ -756,7 +670,7 @@ _DEIT_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True)
 _PVT_ARGS = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                 qkv_bias=True, sr_ratios=(8, 4, 2, 1), agent_num=(9, 16, 49, 49), attn_type="AAAA")
 _SWIN_ARGS = dict(patch_size=4, window_size=7, agent_num=(9, 16, 49, 49))
-C_SWIN_ARGS = dict(split_size=(1, 2, 7, 7), agent_num=(9, 16, 49, 49), attn_type="AABB")
+_CSWIN_ARGS = dict(split_size=(1, 2, 7, 7), agent_num=(9, 16, 49, 49), attn_type="AABB")
 
 
 def _args(defaults: dict, kwargs: dict) -> dict:
@@ -764,60 +678,60 @@ def _args(defaults: dict, kwargs: dict) -> dict:
 
 
 @register_zoo_model("agent_attention")
-def agent_deit_t(pretrained: bool = False, **kwargs) -> AgentDeiT:
+def agent_deit_t(pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
     """Agent-DeiT-T (6.0M params, 1.2 GFLOPs, 74.9% IN-1k top-1)."""
     args = _args(dict(_DEIT_ARGS, embed_dim=192, num_heads=3, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_t", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
-def agent_deit_s(pretrained: bool = False, **kwargs) -> AgentDeiT:
+def agent_deit_s(pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
     """Agent-DeiT-S (22.7M params, 4.4 GFLOPs, 80.5%)."""
     args = _args(dict(_DEIT_ARGS, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_s", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
-def agent_deit_s_448(pretrained: bool = False, **kwargs) -> AgentDeiT:
+def agent_deit_s_448(pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
     """Agent-DeiT-S at 448 (23.1M params, 17.7 GFLOPs, 83.1%)."""
     args = _args(dict(_DEIT_ARGS, img_size=448, embed_dim=384, num_heads=6, agent_num=(49, 49, 49, 49)), kwargs)
     return _create_agent_deit("agent_deit_s_448", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
-def agent_deit_b(pretrained: bool = False, **kwargs) -> AgentDeiT:
+def agent_deit_b(pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
     """Agent-DeiT-B (87.2M params, 17.6 GFLOPs, 82.0%): agent attention in blocks 0-3, 81 agents."""
     args = _args(dict(_DEIT_ARGS, embed_dim=768, num_heads=12, agent_num=(81, 81, 81, 81), agent_layer=4), kwargs)
     return _create_agent_deit("agent_deit_b", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
-def agent_pvt_t(pretrained: bool = False, **kwargs) -> AgentPVT:
+def agent_pvt_t(pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
     """Agent-PVT-T (11.6M params, 2.0 GFLOPs, 78.4%)."""
     return _create_agent_pvt("agent_pvt_t", pretrained, **_args(dict(_PVT_ARGS, depths=(2, 2, 2, 2)), kwargs))
 
 
 @register_zoo_model("agent_attention")
-def agent_pvt_s(pretrained: bool = False, **kwargs) -> AgentPVT:
+def agent_pvt_s(pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
     """Agent-PVT-S (20.6M params, 4.0 GFLOPs, 82.2%)."""
     return _create_agent_pvt("agent_pvt_s", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 4, 6, 3)), kwargs))
 
 
 @register_zoo_model("agent_attention")
-def agent_pvt_m(pretrained: bool = False, **kwargs) -> AgentPVT:
+def agent_pvt_m(pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
     """Agent-PVT-M (35.9M params, 7.0 GFLOPs, 83.4%)."""
     return _create_agent_pvt("agent_pvt_m", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 4, 18, 3)), kwargs))
 
 
 @register_zoo_model("agent_attention")
-def agent_pvt_m_256(pretrained: bool = False, **kwargs) -> AgentPVT:
+def agent_pvt_m_256(pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
     """Agent-PVT-M at 256 (36.1M params, 9.2 GFLOPs, 83.8%)."""
     args = _args(dict(_PVT_ARGS, img_size=256, depths=(3, 4, 18, 3)), kwargs)
     return _create_agent_pvt("agent_pvt_m_256", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
-def agent_pvt_l(pretrained: bool = False, **kwargs) -> AgentPVT:
+def agent_pvt_l(pretrained: bool = False, **kwargs) -> AgentPyramidVisionTransformer:
     """Agent-PVT-L (48.7M params, 10.4 GFLOPs, 83.7%)."""
     return _create_agent_pvt("agent_pvt_l", pretrained, **_args(dict(_PVT_ARGS, depths=(3, 8, 27, 3)), kwargs))
 
@@ -864,28 +778,28 @@ def agent_swin_b_384(pretrained: bool = False, **kwargs) -> AgentSwinTransformer
 
 @register_zoo_model("agent_attention")
 def agent_cswin_t(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
-    """Agent-CSwin-T (21M params, 4.3 GFLOPs, 83.1%)."""
-    args = _args(dict(C_SWIN_ARGS, embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16)), kwargs)
+    """Agent-CSWin-T (21M params, 4.3 GFLOPs, 83.1%)."""
+    args = _args(dict(_CSWIN_ARGS, embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16)), kwargs)
     return _create_agent_cswin("agent_cswin_t", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_s(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
-    """Agent-CSwin-S (33M params, 6.8 GFLOPs, 83.9%)."""
-    args = _args(dict(C_SWIN_ARGS, embed_dim=64, depth=(3, 6, 29, 2), num_heads=(2, 4, 8, 16)), kwargs)
+    """Agent-CSWin-S (33M params, 6.8 GFLOPs, 83.9%)."""
+    args = _args(dict(_CSWIN_ARGS, embed_dim=64, depth=(3, 6, 29, 2), num_heads=(2, 4, 8, 16)), kwargs)
     return _create_agent_cswin("agent_cswin_s", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_b(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
-    """Agent-CSwin-B (73M params, 14.9 GFLOPs, 84.7%)."""
-    args = _args(dict(C_SWIN_ARGS, embed_dim=96, depth=(3, 6, 29, 2), num_heads=(4, 8, 16, 32)), kwargs)
+    """Agent-CSWin-B (73M params, 14.9 GFLOPs, 84.7%)."""
+    args = _args(dict(_CSWIN_ARGS, embed_dim=96, depth=(3, 6, 29, 2), num_heads=(4, 8, 16, 32)), kwargs)
     return _create_agent_cswin("agent_cswin_b", pretrained, **args)
 
 
 @register_zoo_model("agent_attention")
 def agent_cswin_b_384(pretrained: bool = False, **kwargs) -> AgentCSWinTransformer:
-    """Agent-CSwin-B at 384 (73M params, 46.3 GFLOPs, 85.8%; stripes of 12)."""
-    args = _args(dict(C_SWIN_ARGS, img_size=384, split_size=(1, 2, 12, 12), embed_dim=96, depth=(3, 6, 29, 2),
+    """Agent-CSWin-B at 384 (73M params, 46.3 GFLOPs, 85.8%; stripes of 12)."""
+    args = _args(dict(_CSWIN_ARGS, img_size=384, split_size=(1, 2, 12, 12), embed_dim=96, depth=(3, 6, 29, 2),
                       num_heads=(4, 8, 16, 32)), kwargs)
     return _create_agent_cswin("agent_cswin_b_384", pretrained, **args)

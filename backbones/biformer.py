@@ -1,42 +1,11 @@
 """BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023).
 
-Paper: https://arxiv.org/abs/2303.08810 -- official code (MIT): https://github.com/rayleizhu/BiFormer
-
-Variants (all load the official checkpoints through `checkpoint_filter_fn`):
-
-* `biformer_t` / `biformer_s` / `biformer_b` -- models/biformer.py: overlapping conv stem and downsampling,
-  a 3x3 depthwise conv before every block, legacy (NHWC) BRA in stages 1-3, full attention + LePE in stage 4.
-* `biformer_stl` -- models/biformer_stl.py: the Swin-T layout (patchify stem, norm + 2x2 conv merging).
-* `biformer_stl_nchw` -- models/biformer_stl_nchw.py: the same layout on the refactored NCHW BRA.
-
-The dense-prediction backbone of the official det/seg code (`BiFormer_mm`) is `BiFormerDense`; the same maps
-come from `timm.create_model(name, features_only=True, out_norms=True, n_win=16)`.
-
-Input size (documented choices, tested in tests/test_biformer.py):
-
-* Legacy BRA cuts each stage map into n_win x n_win regions. The released classification models assert that
-  every BRA stage side is divisible by n_win (input a multiple of 112 px at n_win 7). Here `auto_pad=True` is
-  the default: a map that does not divide is zero-padded right/bottom before the qkv projection and cropped
-  after, exactly as the official dense models do. At divisible sizes nothing is padded, so the logits are
-  identical to the official model's; any input size works (96 px, 256 px, 800x1333...). `auto_pad=False`
-  restores the official assertion (a ValueError).
-* The NCHW BRA (`biformer_stl_nchw`) needs no padding (its regions are H // n_win tokens tall, the last ones
-  partial) but cannot work when a BRA stage side is smaller than n_win (regions of 0 tokens): the model raises
-  a ValueError naming the stage and the smallest input side (112 px at n_win 7; e.g. pass `n_win=(7, 7, 6, 7)`
-  for 96 px inputs, or use `biformer_stl`).
-* The STL stems use unpadded stride-4 / stride-2 convs (as the official code), so sides that are not
-  multiples of 32 are floored; the T/S/B stems use padded convs (ceil).
-
-Pretrained weights: `timm.create_model(name, pretrained=True)` downloads the official file (cached under its
-official name); `pretrained_cfg_overlay=dict(file=PATH)` loads a local one. Official files are read with
-weights_only=True (their `args` Namespace allowed) and, like the official loader, the `model` entry is used
-even when `model_ema` is present.
-
-Checkpoints use timm-style module names (`stem`, `stages.i.downsample`, `stages.i.blocks.j`, `mlp.fc1`,
-`ls1.gamma`, `out_norms.i`, `head.fc`); `checkpoint_filter_fn` maps the official names (and mmdet/mmseg
-`backbone.` checkpoints) onto them.
-The attention modules keep the official parameter names (`qkv.qkv`, `wo`, `lepe`; `qkv_linear`,
-`output_linear`; `qkv`, `proj`).
+Paper: https://arxiv.org/abs/2303.08810 -- official code (MIT): https://github.com/rayleizhu/BiFormer.
+`biformer_t/s/b` (overlapping conv stem, legacy NHWC BRA in stages 1-3, full attention + LePE in stage 4),
+`biformer_stl` (the Swin-T layout) and `biformer_stl_nchw` (the same on the refactored NCHW BRA). Any input size:
+legacy BRA zero-pads maps that n_win does not divide (`auto_pad=True`, as the official dense models; at divisible
+sizes the logits equal the official model's); the NCHW BRA needs every BRA stage side >= n_win.
+`checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -56,14 +25,15 @@ from timm.layers import (
     get_norm_layer,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn import register_zoo_model
+from visionattn._registry import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, unwrap_state_dict
-from visionattn.kernels.bra import BRA_BACKENDS
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
-from visionattn.utils import check_backend, inference_linear, inference_mlp, init_weights_, set_attn_backend
+from visionattn.layers.fused import set_fused_linear
+from visionattn.utils import ClassifierHeadMixin, check_backend, init_weights_, set_attn_backend
+
+from ._common import StagedModelMixin, in1k_cfg
 
 __all__ = [
     "BiFormer",
@@ -113,12 +83,12 @@ class AttentionLePE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        qkv = inference_linear(self.qkv, x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
             out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return inference_linear(self.proj, out)
+        return self.proj(out)
 
 
 class NchwAttentionLePE(nn.Module):
@@ -196,7 +166,7 @@ class BiFormerBlock(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path(self.ls2(inference_mlp(self.mlp, self.norm2(x))))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
 
 
@@ -276,7 +246,7 @@ class BiFormerStage(nn.Module):
         return x
 
 
-class BiFormer(nn.Module):
+class BiFormer(StagedModelMixin, ClassifierHeadMixin, nn.Module):
     """BiFormer classification model (T/S/B, STL and STL-nchw layouts).
 
     Args:
@@ -298,6 +268,8 @@ class BiFormer(nn.Module):
         out_norms: True or stage indices: add a LayerNorm2d per stage output (`out_norms.i`, the dense-prediction
             backbone's `extra_norms`), applied to the maps `forward_intermediates` / `features_only` return.
     """
+
+    stage_fmt = "NCHW"
 
     def __init__(
             self,
@@ -337,7 +309,7 @@ class BiFormer(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        attn_backend = check_backend(attn_backend, BRA_BACKENDS)
+        attn_backend = check_backend(attn_backend, BiLevelRoutingAttention.backends)
         norm_layer = _norm2d(norm_layer)
         final_norm_layer = norm_layer if final_norm_layer is None else _norm2d(final_norm_layer, "final_norm_layer")
         qk_dims = tuple(qk_dims) if qk_dims is not None else tuple(embed_dims)
@@ -418,106 +390,29 @@ class BiFormer(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(init_weights_)  # the official init: Linear and LayerNorm only, convs keep PyTorch defaults
 
+    def _take(self, i: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
+        # the dense backbone's per-output norms replace the final one
+        return self.out_norms[i](x) if self.out_norms is not None else super()._take(i, x, norm)
+
+    def _reset_head(self) -> None:
+        self.head = ClassifierHead(self.num_features, 0, pool_type=self.head.global_pool.pool_type)
+        self.num_classes = 0
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         # no position tables or tokens; timm's optimizer factory already exempts 1-D params (norms, biases)
         return set()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^out_norms\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the BRA backend of every routed block (e.g. 'torch' before ONNX export)."""
         set_attn_backend(self, backend)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False):
         self.num_classes = num_classes
         if reset_other:
             self.norm = nn.Identity()
         self.head.reset(num_classes, global_pool)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4/8/16/32; after `out_norms` when the model has them).
-
-        norm: apply the final norm to the last stage's map when it is taken.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = x
-                if self.out_norms is not None:
-                    y = self.out_norms[i](y)
-                elif norm and i == last:
-                    y = self.norm(y)
-                intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if self.out_norms is not None:
-            self.out_norms = self.out_norms[: max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.head = ClassifierHead(self.num_features, 0, pool_type=self.head.global_pool.pool_type)
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class BiFormerDense(BiFormer):
@@ -617,24 +512,12 @@ _URLS = {
 
 def _cfg(name: str, **kwargs) -> dict:
     url, file_name = _URLS[name]
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
-        "paper_ids": "arXiv:2303.08810",
-        "origin_url": "https://github.com/rayleizhu/BiFormer",
-        "notes": (f"official OneDrive checkpoint, torch.hub file name {file_name}",),
-        **kwargs,
-    }
+    return in1k_cfg(
+        url, first_conv="stem.0", classifier="head.fc", license="mit",
+        paper_name="BiFormer: Vision Transformer with Bi-Level Routing Attention", paper_ids="arXiv:2303.08810",
+        origin_url="https://github.com/rayleizhu/BiFormer",
+        notes=(f"official OneDrive checkpoint, torch.hub file name {file_name}",), **kwargs,
+    )
 
 
 default_cfgs = generate_default_cfgs({
@@ -651,7 +534,7 @@ _CACHE_NAMES = dict(_URLS.values())
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    return build_model_with_pretrained_file(
+    model = build_model_with_pretrained_file(
         BiFormer,
         variant,
         pretrained,
@@ -660,6 +543,7 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **kwargs,
     )
+    return set_fused_linear(model)
 
 
 _TSB = dict(mlp_ratios=3, head_dim=32, n_win=7, topks=(1, 4, 16, -2), side_dwconv=5, before_attn_dwconv=3)

@@ -1,48 +1,11 @@
 """NAT and DiNAT: Neighborhood Attention Transformers (Hassani et al., CVPR 2023; Hassani & Shi, 2022).
 
-Papers: https://arxiv.org/abs/2204.07143 (NAT), https://arxiv.org/abs/2209.15001 (DiNAT) -- official code (MIT):
-https://github.com/SHI-Labs/Neighborhood-Attention-Transformer
-
-Variants (official names, official checkpoints load through `checkpoint_filter_fn`):
-
-* `nat_{mini,tiny,small,base}`, `dinat_{mini,tiny,small,base,large}`, `dinat_large_384`, `dinat_large_384_11x11`
-  -- classification/nat.py, dinat.py (`NAT`): overlapping conv tokenizer (two 3x3 s2 convs), 3x3 s2 conv
-  downsamplers, (dilated) neighborhood attention with relative positional bias in every block.
-* `dinat_s_{tiny,small,base,large}`, `dinat_s_large_384` -- classification/dinats.py (`DiNATs`): the Swin layout
-  (4x4 patch embedding, patch merging) with alternating NA / DiNA blocks.
-* `nat_isotropic_{small,base}` (family `nat`), `dinat_isotropic_{small,base}`, `vitrpb_{small,base}` --
-  classification/isotropic.py (`NATIsotropic`): 16x16 patches, 12 blocks of NA / DiNA or global self attention
-  with a relative positional bias table (ViT-RPB).
-
-The dense-prediction backbones of the official det/seg code (`detection/nat.py:NAT`, `detection/dinat.py:DiNAT`,
-`detection/dinats.py:DiNAT_s` and their segmentation twins) are `NATDense` / `DiNATsDense`: no head or final norm,
-one LayerNorm per output, forward returns the NCHW maps. The same maps come from
-`timm.create_model(name, features_only=True, out_norms=True)` (pass the det/seg config's `dilations=`: the dense
-configs use larger dilations than the classification ones, with the same weights).
-
-Module names follow timm (`patch_embed`, `stages.i.downsample` at the start of stage i > 0, `stages.i.blocks.j`,
-`ls1.gamma`, `out_norms.i`, `norm`, `head.fc`; isotropic: `blocks.j`, `head`); the attention modules keep
-NATTEN's names (`qkv`, `rpb`, `proj`). `checkpoint_filter_fn` maps official checkpoints (`levels.i.*`,
-`layers.i.*`, `gamma1`, `norm{i}`, mmdet/mmseg `backbone.*`) onto them.
-
-Input size (documented choices, tested in tests/test_nat.py):
-
-* Hierarchical models (NAT, DiNAT, DiNAT_s) take any input size. The stride-2 convs (and patch merging) map
-  a side L to ceil(L / 2). A stage map smaller than kernel_size * dilation is handled like NATTEN <= 0.15,
-  the version every checkpoint and every published det/seg number was made with: the block input is zero-padded
-  right/bottom before qkv and cropped after attention (`NeighborhoodAttention2D.pad_small_inputs`). So 96 px,
-  224 px, 800x1333 all work; at 224 (and any size whose maps are >= k*d) nothing is padded.
-* NAT/DiNAT isotropic models have no position table tied to the token grid: any input works (zero-padded to a
-  multiple of the patch size, like the official PatchEmbed; small grids use the NA padding above). The official
-  class only accepts `img_size` inputs; at that size the outputs are the same.
-* ViT-RPB is tied to its bias table ([heads, 2S-1, 2S-1], S = img_size // patch_size): any grid up to S x S works
-  (the offsets it needs are a sub-table, so no interpolation); a larger grid raises ValueError -- create the model
-  with `img_size=` (the checkpoint filter then bicubically resizes the table).
-
-`forward_features` returns NHWC maps (`model.output_fmt == 'NHWC'`). `attn_backend=` ('auto', 'torch',
-'reference', 'triton', ...; see `visionattn.kernels.na`) sets the NA backend of every block;
-`set_attn_backend()` switches it later (e.g. 'torch' before ONNX export). `drop_rate` keeps the official meaning
-(dropout after the stem and inside the blocks), not timm's head dropout.
+Papers: https://arxiv.org/abs/2204.07143, https://arxiv.org/abs/2209.15001 -- official code (MIT):
+https://github.com/SHI-Labs/Neighborhood-Attention-Transformer. `NAT` (NAT / DiNAT: conv tokenizer and
+downsamplers), `DiNATs` (the Swin layout), `NATIsotropic` (isotropic NAT / DiNAT and ViT-RPB); (dilated)
+neighborhood attention with relative positional bias in every block. Any input size (small maps are padded as
+NATTEN <= 0.15 did; ViT-RPB up to its table's grid). `forward_features` is NHWC; `attn_backend=` picks the NA
+kernel. `checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -52,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead,
     DropPath,
@@ -67,19 +29,20 @@ from timm.models._features import feature_take_indices  # timm exports no public
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from visionattn import register_zoo_model
+from visionattn._registry import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
-from visionattn.kernels.na import BACKENDS as NA_BACKENDS
+from visionattn.layers.fused import set_fused_linear
 from visionattn.layers.na import NeighborhoodAttention2D
 from visionattn.utils import (
+    ClassifierHeadMixin,
     LinearHeadMixin,
     check_backend,
-    inference_linear,
-    inference_mlp,
     init_weights_,
     set_attn_backend,
     trunc_normal_unless_meta,
 )
+
+from ._common import StagedModelMixin, in1k_cfg
 
 __all__ = [
     "NAT",
@@ -187,7 +150,7 @@ class NATBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(inference_mlp(self.mlp, self.norm2(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def _rpb_index(grid: tuple[int, int], table: tuple[int, int], device=None) -> torch.Tensor:
@@ -246,13 +209,13 @@ class MHSARPB(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = inference_linear(self.qkv, x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim))
+        qkv = self.qkv(x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         bias = _rpb_bias(self.rpb, self.relative_position_index, x).unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         out = out.transpose(1, 2).flatten(2).reshape_as(x)
-        return self.proj_drop(inference_linear(self.proj, out))
+        return self.proj_drop(self.proj(out))
 
 
 class ViTRPBBlock(nn.Module):
@@ -271,7 +234,7 @@ class ViTRPBBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(inference_mlp(self.mlp, self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class NATStage(nn.Module):
@@ -303,12 +266,14 @@ def _per_level_dilations(dilations, depths: Sequence[int]) -> list[list[int]]:
     return [[1 if v is None else int(v) for v in dl] for dl in dilations]
 
 
-class NAT(nn.Module):
+class NAT(StagedModelMixin, ClassifierHeadMixin, nn.Module):
     """NAT / DiNAT (official classification/nat.py:NAT, dinat.py:DiNAT): hierarchical (dilated) NA transformer.
 
     Args (official names): embed_dim, depths, num_heads, kernel_size, dilations (per level, per block; None = 1),
-        mlp_ratio, qkv_bias, qk_scale, drop_rate (dropout after the stem and in blocks, as official),
-        attn_drop_rate, drop_path_rate, layer_scale (number -> ls1/ls2), norm_layer (a class; nn.LayerNorm).
+        mlp_ratio, qkv_bias, qk_scale, attn_drop_rate, drop_path_rate, layer_scale (number -> ls1/ls2),
+        norm_layer (a class; nn.LayerNorm).
+        drop_rate, pos_drop_rate, proj_drop_rate: timm's (head, after the stem, in the blocks); the official
+            `drop_rate` is the last two (mapped in `visionattn.official.nat`).
         global_pool: 'avg' (mean over tokens) or '' (the head keeps the NHWC map).
         out_norms: True or stage indices: add the dense backbones' per-output LayerNorm (`out_norms.i`), applied to
             the maps `forward_intermediates` / `features_only` return.
@@ -316,6 +281,7 @@ class NAT(nn.Module):
     """
 
     output_fmt = "NHWC"
+    stem_name = "patch_embed"
 
     def __init__(
             self,
@@ -331,6 +297,8 @@ class NAT(nn.Module):
             qkv_bias: bool = True,
             qk_scale: float | None = None,
             drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.2,
             layer_scale: float | None = None,
@@ -346,7 +314,7 @@ class NAT(nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = norm_layer or nn.LayerNorm  # the official default (eps 1e-5)
-        backend = check_backend(attn_backend, NA_BACKENDS)
+        backend = check_backend(attn_backend, NeighborhoodAttention2D.backends)
         dilations = _per_level_dilations(dilations, depths)
         self.num_classes = num_classes
         self.num_levels = len(depths)
@@ -355,14 +323,14 @@ class NAT(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = self._make_stem(in_chans, embed_dim, patch_size, norm_layer if patch_norm else None)
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             blocks = [
                 NATBlock(
                     dims[i], num_heads[i], kernel_size=kernel_size, dilation=dilations[i][j], mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                    qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                     drop_path=dpr[sum(depths[:i]) + j], norm_layer=norm_layer, layer_scale=layer_scale,
                     attn_backend=backend,
                 )
@@ -383,7 +351,8 @@ class NAT(nn.Module):
             norm_layer(d) if i in self.out_norm_indices else nn.Identity() for i, d in enumerate(dims)
         ]) if self.out_norm_indices else None
         self.norm = norm_layer(self.num_features)
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, input_fmt="NHWC")
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   input_fmt="NHWC")
         self.apply(init_weights_)  # the official init: Linear and LayerNorm only, convs keep PyTorch defaults
 
     @staticmethod
@@ -393,6 +362,23 @@ class NAT(nn.Module):
     @staticmethod
     def _make_downsample(dim, norm_layer) -> nn.Module:
         return ConvDownsampler(dim, norm_layer)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(self.patch_embed(x))
+
+    def _take(self, i: int, x: torch.Tensor, norm: bool) -> torch.Tensor:
+        # the dense backbones' per-output norm replaces the final one
+        return self.out_norms[i](x) if i in self.out_norm_indices else super()._take(i, x, norm)
+
+    def _reset_head(self) -> None:
+        self.head.reset(0, in_features=self.num_features)
+        self.num_classes = 0
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        self.out_norm_indices = tuple(i for i in self.out_norm_indices if i < len(self.stages))
+        return take_indices
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -404,101 +390,9 @@ class NAT(nn.Module):
         return {"rpb"}
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^out_norms\.(\d+)", None),
-                (r"^norm\.", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def set_attn_backend(self, backend: str):
         """Switch the NA backend of every block (e.g. 'torch' before ONNX export, 'reference' to debug)."""
         set_attn_backend(self, backend)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None and global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4/8/16/32), through the per-output norm when the model has them.
-
-        norm: apply the final norm to the last stage's map when it is taken (stages without an out norm).
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        last = len(self.stages) - 1
-        intermediates = []
-        x = self.pos_drop(self.patch_embed(x))
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = x
-                if i in self.out_norm_indices:
-                    y = self.out_norms[i](y)
-                elif norm and i == last:
-                    y = self.norm(y)
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if self.out_norms is not None:
-            self.out_norms = self.out_norms[: max_index + 1]
-        self.out_norm_indices = tuple(i for i in self.out_norm_indices if i <= max_index)
-        prune_end = max_index < self.num_levels - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_head or prune_end:
-            self.head.reset(0, in_features=self.num_features)
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final-norm NHWC map [B, H/32, W/32, C]."""
-        x = self.pos_drop(self.patch_embed(x))
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class DiNATs(NAT):
@@ -599,6 +493,8 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
             dilation: int = 2,
             block_type: str = "na",
             drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.1,
             norm_layer: Callable[[int], nn.Module] | None = None,
@@ -611,7 +507,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = norm_layer or nn.LayerNorm  # the official default (eps 1e-5)
-        backend = check_backend(attn_backend, NA_BACKENDS)
+        backend = check_backend(attn_backend, NeighborhoodAttention2D.backends)
         img_size = to_2tuple(img_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_classes = num_classes
@@ -621,9 +517,9 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop_rate,
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop_rate,
                       attn_drop=attn_drop_rate, norm_layer=norm_layer)
         if block_type == "na":
             blocks = [NATBlock(embed_dim, num_heads, kernel_size=kernel_size,
@@ -635,6 +531,7 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights_)
 
@@ -702,14 +599,6 @@ class NATIsotropic(LinearHeadMixin, nn.Module):
         else:
             x = self.blocks(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -788,23 +677,9 @@ _PAPERS = {
 
 def _cfg(url: str, paper: str = "dinat", first_conv: str = "patch_embed.proj", **kwargs) -> dict:
     name, ids = _PAPERS[paper]
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": first_conv,
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": name,
-        "paper_ids": ids,
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        **kwargs,
-    }
+    return in1k_cfg(url, **{
+        "first_conv": first_conv, "classifier": "head.fc", "license": "mit", "paper_name": name, "paper_ids": ids,
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer", **kwargs})
 
 
 _TOK = "patch_embed.proj.0"
@@ -847,14 +722,11 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(cls, variant: str, pretrained: bool, out_indices=(0, 1, 2, 3), **kwargs):
-    return build_model_with_pretrained_file(
-        cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
+    model = build_model_with_pretrained_file(
+        cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
     )
+    return set_fused_linear(model)
 
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
@@ -866,7 +738,7 @@ def _create_dinats(variant: str, pretrained: bool = False, **kwargs) -> DiNATs:
 
 
 def _create_isotropic(variant: str, pretrained: bool = False, **kwargs) -> NATIsotropic:
-    return _create(NATIsotropic, variant, pretrained, out_indices=(2, 5, 8, 11), **kwargs)
+    return _create(NATIsotropic, variant, pretrained, out_indices=kwargs.pop("out_indices", (2, 5, 8, 11)), **kwargs)
 
 
 def _cycle(depths: Sequence[int], patterns: Sequence[Sequence[int]]) -> list[list[int]]:

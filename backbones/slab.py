@@ -1,34 +1,11 @@
 """SLAB: Simplified Linear Attention + Progressive Re-parameterized BatchNorm (Guo et al., ICML 2024).
 
-Paper: https://arxiv.org/abs/2405.11582 -- official code: https://github.com/xinghaochen/SLAB (no LICENSE file;
-this is a re-implementation from the paper and a written spec, no code copied).
-
-Two drop-in changes to existing backbones, built here on the shared host skeletons (`backbones/_deit.py` on
-timm's ViT, `_pvt.py`, `_swin.py` on timm's Swin pieces, `_cswin.py`):
-
-* SLA (`SimplifiedLinearAttention`): ReLU kernel on q and k + a learnable per-token `positional_encoding`,
-  `out_i = sum_j (q_i.k_j) v_j / (q_i . sum_j k_j + 1e-6)` in fp32 (autocast off), plus a 5x5 depthwise conv of v
-  with head-dim channels shared by all heads. The positional encoding ties each SLA layer to its token count:
-  pass `img_size` to build at another resolution (checkpoint_filter_fn resizes the encodings bicubically).
-* PRepBN (`visionattn.layers.prepbn.LinearNorm`): LayerNorm -> RepBN blend during training (per-module counter
-  buffers `warm/iter/total_step`, in the state dict), RepBN only at inference. Drive it per optimizer step with
-  `PRepBNScheduler` / `set_prepbn_step` (see visionattn.layers.prepbn) or keep the official per-forward decrement.
-  Every model takes the norm as `norm_layer` (default: the released model's; `visionattn.layers.prepbn.linear_norm`
-  builds other blends).
-
-Variants (manifest names; official file names in the default cfgs):
-`slab_deit_t/s`, `deit_t_prepbn` (plain RepBN norms), `deit_s_prepbn`, `slab_pvt_t/s/m`, `pvt_t/s/m_prepbn`,
-`slab_swin_t/s/b`, `swin_t_prepbn` (plain RepBN norms), `slab_cswin_t/s`.
-
-Official tensors the official forward never uses (SLAB-DeiT's `cls_token`, CSwin-SLA's `scale`) are dropped by
-`checkpoint_filter_fn`: every parameter of these models receives a gradient.
-
-Inference re-parameterisation: `model.fuse()` (or `timm.utils.reparameterize_model(model)`) folds every
-RepBN into the following linear/conv layer (block norm1 -> qkv / q+kv(or sr conv), norm2 -> fc1, patch-merging
-norm -> reduction, patch-embed norm -> its conv with the correct `a * bias + b` bias, PVT SRA norm -> kv); the
-remaining final norm becomes a per-channel affine. Call it in eval mode after training/BN recalibration.
-`recalibrate_bn(model, batches)` / `bn_recalibration_mode(model)`: the official post-training BN recalibration
-(eval model, BatchNorms re-estimating running statistics).
+Paper: https://arxiv.org/abs/2405.11582 -- official code: https://github.com/xinghaochen/SLAB (no licence file;
+re-implemented from the paper and the spec). SLA (ReLU-kernel linear attention + a depthwise conv of v, with a
+per-token positional encoding tied to the token grid: pass `img_size` for another resolution) and PRepBN norms
+(`visionattn.layers.prepbn`) on the shared hosts (`_deit`, `_pvt`, `_swin`, `_cswin`). `model.fuse()` (or timm's
+`reparameterize_model`) folds every RepBN into the next layer for inference. `checkpoint_filter_fn` maps official
+checkpoints and drops the tensors the official forward never uses. Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -38,64 +15,48 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resize_rel_pos_bias_table, to_2tuple
 from timm.models import generate_default_cfgs
-from timm.models.swin_transformer import window_partition, window_reverse
+from timm.models.swin_transformer import PatchMerging, window_partition, window_reverse
 from timm.utils import reparameterize_model
 from torch import nn
 
-from visionattn import register_zoo_model
-from visionattn.checkpoint import (
-    build_model_with_pretrained_file,
-    load_pretrained_file,
-    load_state_dict_file,
-    resample_square_pos_embed,
-    unwrap_state_dict,
-)
+from visionattn._registry import register_zoo_model
+from visionattn.checkpoint import build_model_with_pretrained_file, resample_square_pos_embed, unwrap_state_dict
 from visionattn.layers.cswin import LePEAttention, img_to_windows, stripe_window_size, windows_to_img
+from visionattn.layers.fused import set_fused_linear
 from visionattn.layers.prepbn import (
     ChannelAffine,
     RepBN,
-    bn_recalibration_mode,
     fold_affine_after_conv,
     fold_affine_into_conv_in,
     fold_affine_into_linear,
     is_repbn_norm,
     linear_norm,
-    recalibrate_bn,
     repbn_affine,
 )
 from visionattn.layers.pvt import PvtAttention
-from visionattn.utils import inference_linear, inference_mlp
 
-from ._common import rename_keys
-from ._cswin import OFFICIAL_RENAMES as CSWIN_RENAMES
+from . import _cswin, _pvt, _swin
+from ._common import in1k_cfg
 from ._cswin import CSWinBlock, CSWinMerge, CSWinStem, CSWinTransformer
 from ._deit import GridAttention, GridBlock, GridVisionTransformer
-from ._pvt import OFFICIAL_RENAMES as PVT_RENAMES
 from ._pvt import ConvPatchEmbed, PvtBlock, PvtStage, PyramidVisionTransformerV1
-from ._swin import Merging, SwinTransformerHost, WindowBlock
-from ._swin import official_to_timm as swin_official_to_timm
+from ._swin import SwinTransformerHost, WindowBlock
 
 __all__ = [
     "SimplifiedLinearAttention",
     "SlabVisionTransformer",
-    "SlabPvt",
+    "SlabPyramidVisionTransformer",
     "SlabSwinTransformer",
-    "SlabCSWin",
-    "CSwinSLA",
+    "SlabCSWinTransformer",
+    "SlaCSWinAttention",
     "checkpoint_filter_fn",
-    "load_official_checkpoint",
-    "bn_recalibration_mode",
-    "recalibrate_bn",
     "sla_core",
 ]
 
 _SLA_EPS = 1e-6
 
-# the LayerNorm of the DeiT / PVT variants (Swin / CSwin use nn.LayerNorm's default eps 1e-5)
-LN_EPS6 = partial(nn.LayerNorm, eps=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------- fold helpers
@@ -135,15 +96,11 @@ def _fold_norm_after_conv(owner: nn.Module, conv: str, norm: str) -> None:
 
 
 class _FuseMixin:
-    """`fuse()`: fold every RepBN for inference (in place, eval mode); `load_pretrained(path)`: an official
-    trainer file through checkpoint_filter_fn, strict except a classifier whose size differs."""
+    """`fuse()`: fold every RepBN for inference (in place, eval mode)."""
 
     def fuse(self):
         self.eval()
         return reparameterize_model(self, inplace=True)
-
-    def load_pretrained(self, checkpoint_path, prefix: str = ""):
-        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------- SLA
@@ -218,10 +175,10 @@ class SimplifiedLinearAttention(nn.Module):
         H, W = hw if hw is not None else self.grid
         _check_sla_tokens(x, self.positional_encoding, self.grid)
         if self.qkv_layout == "qkv":
-            q, k, v = inference_linear(self.qkv, x).reshape(B, N, 3, C).unbind(2)
+            q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
         else:
-            q = inference_linear(self.q, x)
-            k, v = inference_linear(self.kv, x).reshape(B, N, 2, C).unbind(2)
+            q = self.q(x)
+            k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
         q = F.relu(q)
         k = F.relu(k + self.positional_encoding)
         h, d = self.num_heads, self.head_dim
@@ -230,7 +187,7 @@ class SimplifiedLinearAttention(nn.Module):
         fmap = self.dwc(v.transpose(1, 2).reshape(B * h, d, H, W)).flatten(2).transpose(1, 2)
         out = out + fmap
         out = out.reshape(B, h, N, d).transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(inference_linear(self.proj, out))
+        return self.proj_drop(self.proj(out))
 
 
 @register_notrace_function
@@ -241,15 +198,6 @@ def _check_sla_tokens(x: torch.Tensor, pos: torch.Tensor, grid) -> None:
             f"SLA built for a {grid[0]}x{grid[1]} token grid got {x.shape[1]} tokens; build the model with the "
             "matching img_size (checkpoint_filter_fn resizes positional_encoding)"
         )
-
-
-# ------------------------------------------------------------------------------------------------- loading
-
-
-def load_official_checkpoint(path, use_ema: bool = False, map_location="cpu") -> dict[str, torch.Tensor]:
-    """Tensors of an official SLAB checkpoint file (trainer envelope with a yacs config, a bare state dict,
-    or .safetensors), read by `visionattn.checkpoint.load_state_dict_file`."""
-    return unwrap_state_dict(load_state_dict_file(path, map_location=map_location), use_ema=use_ema)
 
 
 # ------------------------------------------------------------------------------------------------- DeiT
@@ -334,41 +282,25 @@ def _pvt_attn(dim, num_heads, grid_size, qkv_bias=True, attn_drop=0.0, proj_drop
                             norm_layer=norm_layer)
 
 
-class SlabPvt(_FuseMixin, PyramidVisionTransformerV1):
+class SlabPyramidVisionTransformer(_FuseMixin, PyramidVisionTransformerV1):
     """PVT v1 with PRepBN norms and SLA ('L') or spatial-reduction softmax ('S') stages; no final norm, the
     head reads the mean token of the last stage (as the official SLAB PVT)."""
 
     def __init__(
             self,
-            img_size=224,
-            patch_size=4,
-            in_chans=3,
-            num_classes=1000,
-            global_pool="avg",
-            embed_dims=(64, 128, 320, 512),
-            num_heads=(1, 2, 5, 8),
-            mlp_ratios=(8, 8, 4, 4),
-            depths=(2, 2, 2, 2),
             sr_ratios=(8, 4, 2, 1),
             attn_type="LLLL",
-            qkv_bias=True,
-            drop_rate=0.0,
-            attn_drop_rate=0.0,
-            drop_path_rate=0.0,
             norm_layer: Callable[[int], nn.Module] | None = None,
             kernel_size=5,
+            **kwargs,
     ):
         if len(attn_type) != 4 or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be 4 letters from 'L'/'S', got {attn_type!r}")
         norm_layer = norm_layer or linear_norm(300000)
         attn = [partial(_pvt_attn, linear=attn_type[i] == "L", sr_ratio=sr_ratios[i], kernel_size=kernel_size,
                         norm_layer=norm_layer) for i in range(4)]
-        super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            global_pool=global_pool, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths,
-            qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            attn_layer=attn, norm_layer=norm_layer, block_layer=_SlabPvtBlock, embed_layer=_SlabPvtEmbed,
-        )
+        super().__init__(attn_layer=attn, norm_layer=norm_layer, block_layer=_SlabPvtBlock, embed_layer=_SlabPvtEmbed,
+                         **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- Swin
@@ -430,7 +362,7 @@ class SlaSwinBlock(nn.Module):
         B, H, W, C = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(B, H * W, C)
-        x = x + self.drop_path2(inference_mlp(self.mlp, self.norm2(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(B, H, W, C)
 
     def reparameterize(self):
@@ -438,7 +370,7 @@ class SlaSwinBlock(nn.Module):
         self.norm2 = _fold_norm_into(self.norm2, (self.mlp, "fc1"))
 
 
-class _PatchMerging(Merging):
+class _PatchMerging(PatchMerging):
     def reparameterize(self):
         self.norm = _fold_norm_into(self.norm, (self, "reduction"))
 
@@ -468,25 +400,18 @@ class SlabSwinTransformer(_FuseMixin, SwinTransformerHost):
 
     def __init__(
             self,
-            img_size=224,
-            patch_size=4,
-            in_chans=3,
-            num_classes=1000,
-            global_pool="avg",
-            embed_dim=96,
             depths=(2, 2, 6, 2),
-            num_heads=(3, 6, 12, 24),
             window_size=56,
             attn_type="LLSS",
             mlp_ratio=4.0,
             qkv_bias=True,
-            drop_rate=0.0,
             proj_drop_rate=0.0,
             attn_drop_rate=0.0,
             drop_path_rate=0.0,
             norm_layer: Callable[[int], nn.Module] | None = None,
             kernel_size=5,
             softmax_window_size: int | None = None,
+            **kwargs,
     ):
         n = len(depths)
         if len(attn_type) != n or any(c not in "LS" for c in attn_type):
@@ -495,21 +420,17 @@ class SlabSwinTransformer(_FuseMixin, SwinTransformerHost):
         windows = [window_size if attn_type[i] == "L" else softmax_window_size for i in range(n)]
         block = partial(_swin_block, attn_type=attn_type, window_size=windows, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                         proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, kernel_size=kernel_size)
-        super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads, block_fn=block,
-            drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-            norm_layer=norm_layer or linear_norm(60000, 1e-5), embed_layer=_PatchEmbed,
-            merge_layer=_PatchMerging, strict_img_size=True,
-        )
+        super().__init__(depths=depths, block_fn=block, drop_path_rate=drop_path_rate,
+                         norm_layer=norm_layer or linear_norm(60000, 1e-5), embed_layer=_PatchEmbed,
+                         merge_layer=_PatchMerging, strict_img_size=True, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------- CSwin
+# ------------------------------------------------------------------------------------------------- CSWin
 
 
-class CSwinSLA(nn.Module):
-    """SLA branch for CSwin blocks (their attention-factory API): SLA over the branch window + DWC of v
-    (head-dim channels) + the CSwin LePE term `get_v(v)`. (The official module's `scale` parameter is never
+class SlaCSWinAttention(nn.Module):
+    """SLA branch for CSWin blocks (their attention-factory API): SLA over the branch window + DWC of v
+    (head-dim channels) + the CSWin LePE term `get_v(v)`. (The official module's `scale` parameter is never
     used; the checkpoint filter drops it.)"""
 
     def __init__(self, dim, num_heads, branch_idx=-1, split_size=7, qk_scale=None, attn_drop=0.0, stage_idx=0,
@@ -567,16 +488,13 @@ class _SlabCSWinMerge(CSWinMerge):
         _fold_norm_after_conv(self, "conv", "norm")
 
 
-class SlabCSWin(_FuseMixin, CSWinTransformer):
-    """SLAB-CSwin: CSwin whose 'L' stages use `CSwinSLA` with the window given by `la_split_size` (a split that
-    reaches the stage resolution gives one global window) and whose norms are PRepBN; 'S' stages keep LePE
+class SlabCSWinTransformer(_FuseMixin, CSWinTransformer):
+    """SLAB-CSWin: CSWin whose 'L' stages use `SlaCSWinAttention` with the window given by `la_split_size` (a split
+    that reaches the stage resolution gives one global window) and whose norms are PRepBN; 'S' stages keep LePE
     stripe attention with `split_size`."""
 
-    def __init__(self, img_size=224, in_chans=3, num_classes=1000, embed_dim=64, depth=(2, 4, 18, 1),
-                 split_size=(1, 2, 7, 7), la_split_size="56-28-14-7", num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
-                 qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                 attn_type="LLSS", norm_layer: Callable[[int], nn.Module] | None = None, kernel_size=5,
-                 global_pool="avg"):
+    def __init__(self, img_size=224, depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), la_split_size="56-28-14-7",
+                 attn_type="LLSS", norm_layer: Callable[[int], nn.Module] | None = None, kernel_size=5, **kwargs):
         if len(attn_type) != 4 or any(c not in "LS" for c in attn_type):
             raise ValueError(f"attn_type must be 4 letters from 'L'/'S', got {attn_type!r}")
         la = [int(v) for v in str(la_split_size).split("-")] if isinstance(la_split_size, str) else list(la_split_size)
@@ -592,16 +510,13 @@ class SlabCSWin(_FuseMixin, CSWinTransformer):
                 if not single[i]:
                     raise ValueError("SLA stripe branches (la_split_size smaller than the stage grid) are not "
                                      "supported: no official config uses them")
-                layers.append(partial(CSwinSLA, window=(res[i], res[i]), kernel_size=kernel_size))
+                layers.append(partial(SlaCSWinAttention, window=(res[i], res[i]), kernel_size=kernel_size))
             else:
                 layers.append(LePEAttention)
         super().__init__(
-            img_size=img, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=tuple(depth),
-            split_size=tuple(splits), num_heads=tuple(num_heads), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-            qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            attn_layer=layers, single_branch=single, norm_layer=norm_layer or linear_norm(120000, 1e-5),
-            global_pool=global_pool, block_layer=_SlabCSWinBlock, stem_layer=_SlabCSWinStem,
-            merge_layer=_SlabCSWinMerge,
+            img_size=img, depth=tuple(depth), split_size=tuple(splits), attn_layer=layers, single_branch=single,
+            norm_layer=norm_layer or linear_norm(120000, 1e-5), block_layer=_SlabCSWinBlock,
+            stem_layer=_SlabCSWinStem, merge_layer=_SlabCSWinMerge, **kwargs,
         )
 
 
@@ -623,24 +538,25 @@ def _token_grid(model: nn.Module, key: str) -> tuple[tuple[int, int], int]:
     raise ValueError(f"do not know the token grid of {key}")
 
 
+_HOST_KEYS = ((SwinTransformerHost, _swin.official_to_timm), (PyramidVisionTransformerV1, _pvt.official_to_timm),
+              (CSWinTransformer, _cswin.official_to_timm))
+
+
 def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official SLAB checkpoint (trainer envelope or bare state dict) onto `model`.
 
     Renames the official layouts to the timm-style ones: PVT `patch_embed{i}/pos_embed{i}/block{i}` ->
-    `stages.{i-1}.*`; Swin `layers.{i}.downsample` -> `layers.{i+1}.downsample`, `head` -> `head.fc`; CSwin
+    `stages.{i-1}.*`; Swin `layers.{i}.downsample` -> `layers.{i+1}.downsample`, `head` -> `head.fc`; CSWin
     `stage1_conv_embed` -> `stem`, `stage{i}.{j}` -> `stages.{i-1}.blocks.{j}`, `merge{i}` ->
-    `stages.{i}.downsample`. Drops what the official forward never uses (SLAB-DeiT `cls_token`, CSwin-SLA
+    `stages.{i}.downsample`. Drops what the official forward never uses (SLAB-DeiT `cls_token`, CSWin-SLA
     `scale`) and buffers rebuilt at construction (`relative_position_index`, `attn_mask`). Resizes `pos_embed*`
     and SLA `positional_encoding` (bicubic, square source grids) to the model's token grids, else ValueError,
     and Swin `relative_position_bias_table`s to the model's windows.
     """
     sd = unwrap_state_dict(state_dict)
-    if isinstance(model, SlabSwinTransformer):
-        sd = swin_official_to_timm(sd)
-    elif isinstance(model, SlabPvt):
-        sd = rename_keys(sd, PVT_RENAMES)
-    elif isinstance(model, SlabCSWin):
-        sd = rename_keys(sd, CSWIN_RENAMES)
+    for host, official_to_timm in _HOST_KEYS:
+        if isinstance(model, host):
+            sd = official_to_timm(sd)
     target = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -662,23 +578,18 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
 # ------------------------------------------------------------------------------------------------- builders
 
 
-def _feature_cfg(n=4):
-    return dict(out_indices=tuple(range(n)), feature_cls="getter")
-
-
-def _create(cls, variant, pretrained=False, feature_cfg=None, **kwargs):
-    return build_model_with_pretrained_file(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                            feature_cfg=feature_cfg or _feature_cfg(), **kwargs)
+def _create(cls, variant, pretrained=False, out_indices=(0, 1, 2, 3), **kwargs):
+    model = build_model_with_pretrained_file(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    return set_fused_linear(model)
 
 
 def _create_deit(variant, pretrained=False, **kwargs):
-    out_indices = kwargs.pop("out_indices", 3)
-    return _create(SlabVisionTransformer, variant, pretrained, dict(out_indices=out_indices, feature_cls="getter"),
-                   **kwargs)
+    return _create(SlabVisionTransformer, variant, pretrained, out_indices=kwargs.pop("out_indices", 3), **kwargs)
 
 
 def _create_pvt(variant, pretrained=False, **kwargs):
-    return _create(SlabPvt, variant, pretrained, **kwargs)
+    return _create(SlabPyramidVisionTransformer, variant, pretrained, **kwargs)
 
 
 def _create_swin(variant, pretrained=False, **kwargs):
@@ -686,24 +597,18 @@ def _create_swin(variant, pretrained=False, **kwargs):
 
 
 def _create_cswin(variant, pretrained=False, **kwargs):
-    return _create(SlabCSWin, variant, pretrained, **kwargs)
+    return _create(SlabCSWinTransformer, variant, pretrained, **kwargs)
 
 
 _URL = "https://github.com/xinghaochen/SLAB/releases/download/ckpts/"
 
 
 def _cfg(file: str | None = None, **kwargs):
-    return {
-        "url": _URL + file if file else "",
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "fixed_input_size": True,
-        "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head",
-        "license": "unknown (official repository has no LICENSE file)",
-        "paper_ids": "arXiv:2405.11582", "paper_name": "SLAB: Efficient Transformers with Simplified Linear "
-        "Attention and Progressive Re-parameterized Batch Normalization",
-        "origin_url": "https://github.com/xinghaochen/SLAB",
-        **kwargs,
-    }
+    return in1k_cfg(_URL + file if file else "", **{
+        "fixed_input_size": True, "first_conv": "patch_embed.proj", "classifier": "head",
+        "license": "unknown (official repository has no LICENSE file)", "paper_ids": "arXiv:2405.11582",
+        "paper_name": "SLAB: Efficient Transformers with Simplified Linear Attention and Progressive Re-parameterized "
+        "Batch Normalization", "origin_url": "https://github.com/xinghaochen/SLAB", **kwargs})
 
 
 _DEIT = dict(pool_size=(14, 14))  # the patch grid of the NLC tokens
@@ -730,8 +635,8 @@ default_cfgs = generate_default_cfgs({
     "slab_cswin_s.untrained": _cfg(None, **_CSWIN),
 })
 
-DEIT_T = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
-DEIT_S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+_DEIT_T = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+_DEIT_S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
 
 
 def _pvt_args(depths, attn_type):
@@ -742,66 +647,66 @@ def _pvt_args(depths, attn_type):
 @register_zoo_model("slab")
 def slab_deit_t(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """SLAB-DeiT-T (6.2M params, 74.3% IN-1k top-1)."""
-    args = dict(DEIT_T, linear_attn=True, norm_layer=linear_norm(60000))
+    args = dict(_DEIT_T, linear_attn=True, norm_layer=linear_norm(60000))
     return _create_deit("slab_deit_t", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def slab_deit_s(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """SLAB-DeiT-S (23.0M params, 80.0%)."""
-    args = dict(DEIT_S, linear_attn=True, norm_layer=linear_norm(60000))
+    args = dict(_DEIT_S, linear_attn=True, norm_layer=linear_norm(60000))
     return _create_deit("slab_deit_s", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def deit_t_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """DeiT-T-PRepBN (5.7M params, 73.6%): the released model uses plain RepBN norms (no LN blend)."""
-    args = dict(DEIT_T, linear_attn=False, norm_layer=RepBN)
+    args = dict(_DEIT_T, linear_attn=False, norm_layer=RepBN)
     return _create_deit("deit_t_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
 def deit_s_prepbn(pretrained=False, **kwargs) -> SlabVisionTransformer:
     """DeiT-S-PRepBN (22.1M params, 80.2%)."""
-    args = dict(DEIT_S, linear_attn=False, norm_layer=linear_norm(300000))
+    args = dict(_DEIT_S, linear_attn=False, norm_layer=linear_norm(300000))
     return _create_deit("deit_s_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
-def slab_pvt_t(pretrained=False, **kwargs) -> SlabPvt:
+def slab_pvt_t(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """SLAB-PVT-T (12.2M params, 76.5%)."""
     return _create_pvt("slab_pvt_t", pretrained, **dict(_pvt_args((2, 2, 2, 2), "LLLL"), **kwargs))
 
 
 @register_zoo_model("slab")
-def slab_pvt_s(pretrained=False, **kwargs) -> SlabPvt:
+def slab_pvt_s(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """SLAB-PVT-S (21.7M params; configuration only, no released checkpoint)."""
     args = dict(_pvt_args((3, 4, 6, 3), "LLLL"), drop_path_rate=0.1)
     return _create_pvt("slab_pvt_s", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
-def slab_pvt_m(pretrained=False, **kwargs) -> SlabPvt:
+def slab_pvt_m(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """SLAB-PVT-M (37.3M params; configuration only, no released checkpoint)."""
     args = dict(_pvt_args((3, 4, 18, 3), "LLLL"), drop_path_rate=0.3)
     return _create_pvt("slab_pvt_m", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
-def pvt_t_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+def pvt_t_prepbn(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """PVT-T-PRepBN (13.2M params, 76.0%)."""
     return _create_pvt("pvt_t_prepbn", pretrained, **dict(_pvt_args((2, 2, 2, 2), "SSSS"), **kwargs))
 
 
 @register_zoo_model("slab")
-def pvt_s_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+def pvt_s_prepbn(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """PVT-S-PRepBN (24.5M params, 80.1%)."""
     args = dict(_pvt_args((3, 4, 6, 3), "SSSS"), drop_path_rate=0.1)
     return _create_pvt("pvt_s_prepbn", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
-def pvt_m_prepbn(pretrained=False, **kwargs) -> SlabPvt:
+def pvt_m_prepbn(pretrained=False, **kwargs) -> SlabPyramidVisionTransformer:
     """PVT-M-PRepBN (44.3M params, 81.7%)."""
     args = dict(_pvt_args((3, 4, 18, 3), "SSSS"), drop_path_rate=0.3)
     return _create_pvt("pvt_m_prepbn", pretrained, **dict(args, **kwargs))
@@ -840,16 +745,16 @@ def swin_t_prepbn(pretrained=False, **kwargs) -> SlabSwinTransformer:
 
 
 @register_zoo_model("slab")
-def slab_cswin_t(pretrained=False, **kwargs) -> SlabCSWin:
-    """SLAB-CSwin-T (21.2M params, 82.8%)."""
+def slab_cswin_t(pretrained=False, **kwargs) -> SlabCSWinTransformer:
+    """SLAB-CSWin-T (21.2M params, 82.8%)."""
     args = dict(embed_dim=64, depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16),
                 la_split_size="56-28-14-7", attn_type="LLSS", drop_path_rate=0.1)
     return _create_cswin("slab_cswin_t", pretrained, **dict(args, **kwargs))
 
 
 @register_zoo_model("slab")
-def slab_cswin_s(pretrained=False, **kwargs) -> SlabCSWin:
-    """SLAB-CSwin-S (35.5M params; configuration only, no released checkpoint)."""
+def slab_cswin_s(pretrained=False, **kwargs) -> SlabCSWinTransformer:
+    """SLAB-CSWin-S (35.5M params; configuration only, no released checkpoint)."""
     args = dict(embed_dim=64, depth=(2, 4, 32, 2), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16),
                 la_split_size="56-28-14-7", attn_type="LLSS", drop_path_rate=0.3)
     return _create_cswin("slab_cswin_s", pretrained, **dict(args, **kwargs))

@@ -236,53 +236,67 @@ def test_bias_cache_follows_parameter_changes():
         torch.testing.assert_close(fresh(x), c)
 
 
-def test_inference_linear_fast_path():
-    """fp32 CPU inference runs the Linear layers and the MLP (GELU fused) through oneDNN's matmul; the result
-    equals the plain path to fp32 rounding; training and autograd keep the plain modules."""
+def test_fused_linear_fast_path():
+    """The entrypoint's model runs its Linear layers and MLPs (GELU fused) through oneDNN's matmul in fp32 CPU
+    inference; the result equals the plain modules to fp32 rounding; training, autograd, autocast and hooks keep
+    the plain forward; the state dict and every parameter are the plain model's."""
     from torch.profiler import ProfilerActivity, profile
 
-    from visionattn.utils import inference_linear, inference_mlp
+    from visionattn.layers import fused
+    from visionattn.layers.fused import FusedLinear, FusedMlp, set_fused_linear
 
     torch.manual_seed(0)
     model = timm.create_model("agent_swin_b", num_classes=5, **TINY["agent_swin_b"]).eval()
+    mlp = model.layers[0].blocks[0].mlp
+    assert type(mlp) is FusedMlp and type(mlp.fc1) is FusedLinear and type(model.layers[0].blocks[0].attn.qkv) is \
+        FusedLinear
+    plain_model = set_fused_linear(copy.deepcopy(model), enable=False)
+    assert not any(isinstance(m, (FusedLinear, FusedMlp)) for m in plain_model.modules())
+    assert list(plain_model.state_dict()) == list(model.state_dict())
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         fast = model(x)
     names = {e.name for e in prof.events()}
-    if visionattn.utils._LINEAR_POINTWISE is not None:
+    if fused._LINEAR_POINTWISE is not None:
         assert "mkldnn::_linear_pointwise" in names
+    with torch.no_grad():
+        torch.testing.assert_close(fast, plain_model(x), atol=1e-5, rtol=1e-5)
     prev = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
         with torch.no_grad():
-            plain = model(x)
+            torch.testing.assert_close(model(x), plain_model(x), atol=0, rtol=0)  # the plain path, bit for bit
     finally:
         torch.backends.mkldnn.enabled = prev
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    # autograd: the modules themselves run (their backward), same values
-    mlp = model.layers[0].blocks[0].mlp
+    # autograd: the modules' plain forward (their backward), same values
     t = torch.randn(3, 7, mlp.fc1.in_features, requires_grad=True)
-    out = inference_mlp(mlp, t)
+    out = mlp(t)
     out.sum().backward()
-    assert t.grad is not None and mlp.fc1.weight.grad is not None
+    assert t.grad is not None and mlp.fc1.weight.grad is not None and mlp.fc2.bias.grad is not None
     with torch.no_grad():
-        torch.testing.assert_close(inference_mlp(mlp, t), out, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(inference_linear(mlp.fc1, t[:0]), mlp.fc1(t[:0]))  # batch 0
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the module (bf16) path
-        assert inference_linear(mlp.fc1, t).dtype == torch.bfloat16
-    # a Linear subclass with its own forward, and any other module, run as themselves
+        torch.testing.assert_close(mlp(t), out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mlp.fc1(t[:0]), torch.nn.functional.linear(t[:0], mlp.fc1.weight, mlp.fc1.bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the plain (bf16) path
+        assert mlp.fc1(t).dtype == torch.bfloat16 and mlp(t).dtype == torch.bfloat16
+    # hooks: the plain forward, and the hook sees the call
+    seen = []
+    handle = mlp.fc2.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        mlp(t)
+    handle.remove()
+    assert len(seen) == 1 and "aten::linear" in {e.name for e in prof.events()}
+    # a Linear subclass with its own forward is not swapped and runs as itself inside a fused Mlp
     class Shifted(torch.nn.Linear):
         def forward(self, x):
             return super().forward(x) + 1.0
 
-    shifted = Shifted(mlp.fc1.in_features, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(inference_linear(shifted, t), shifted(t))
-        assert torch.equal(inference_linear(torch.nn.Identity(), t), t)
     shifted_mlp = copy.deepcopy(mlp)
     shifted_mlp.fc2 = Shifted(mlp.fc2.in_features, mlp.fc2.out_features)
+    set_fused_linear(shifted_mlp)
+    assert type(shifted_mlp.fc2) is Shifted
     with torch.no_grad():
-        torch.testing.assert_close(inference_mlp(shifted_mlp, t), shifted_mlp(t))
+        ref = shifted_mlp.fc2(shifted_mlp.act(shifted_mlp.fc1(t)))
+        torch.testing.assert_close(shifted_mlp(t), ref)
     # torch.utils.flop_counter counts the oneDNN op as it counts F.linear (benchmarks' GMACs under no_grad)
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -307,7 +321,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="multiples of patch_size"):
         timm.create_model("agent_deit_s", **TINY["agent_deit_s"])(torch.randn(1, 3, 100, 96))
     with pytest.raises(ValueError, match="agent_layer"):
-        A.AgentDeiT(depth=2, agent_layer=3, embed_dim=48, num_heads=3)
+        A.AgentVisionTransformer(depth=2, agent_layer=3, embed_dim=48, num_heads=3)
 
 
 @pytest.mark.gpu

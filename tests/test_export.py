@@ -10,7 +10,7 @@ import timm
 import torch
 
 import visionattn
-from visionattn.adopted import load_official_checkpoint, shvit_checkpoint_filter_fn
+from visionattn.adopted import shvit_checkpoint_filter_fn
 from visionattn.export import ONNX_OPSETS, export_onnx, is_own_export, onnx_opset, ort_session, save_onnx
 from visionattn.utils import fuse_for_inference, is_reparameterizable
 
@@ -209,7 +209,7 @@ def test_shvit_official_checkpoint_loads(name, tmp_path):
     assert not any(k.startswith("stages.") for k in official["model"])
     path = tmp_path / f"{name}.pth"
     torch.save(official, path)
-    dst = load_official_checkpoint(timm.create_model(name).eval(), str(path))
+    dst = visionattn.load_official(timm.create_model(name).eval(), path)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(dst(x), src(x))

@@ -1,4 +1,7 @@
-import importlib
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -109,9 +112,24 @@ def test_unwrap_envelopes(tmp_path):
     assert unwrap_state_dict(load_state_dict_file(tmp_path / "c.pth")).keys() == sd.keys()
 
 
-def test_import_is_idempotent():
-    importlib.import_module("visionattn")
-    importlib.import_module("visionattn.backbones")
+def test_no_import_cycle_through_the_package():
+    """Model, layer and adapter files never import the top-level package (which imports them), so any of them can
+    be imported first; the zoo is then complete, and importing again registers nothing twice."""
+    root = Path(visionattn.__file__).parents[1]
+    offenders = []
+    for f in [p for d in ("backbones", "visionattn/layers", "visionattn/official") for p in root.glob(f"{d}/*.py")]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.ImportFrom) and node.module == "visionattn" and not node.level) or (
+                    isinstance(node, ast.Import) and any(a.name == "visionattn" for a in node.names)):
+                offenders.append(f"{f.relative_to(root)}:{node.lineno}")
+    assert not offenders, f"import the leaf module instead of the package: {offenders}"
+    for first in ("visionattn.backbones.agent", "visionattn.official.nat", "visionattn.layers.fused"):
+        code = (f"import importlib, timm; import {first}; import visionattn; n = len(visionattn.list_models()); "
+                f"importlib.import_module({first!r}); importlib.import_module('visionattn.backbones'); "
+                "assert n == len(visionattn.list_models()) > 60, n; "
+                "assert timm.is_model('agent_swin_t') and timm.is_model('nat_mini') and timm.is_model('slab_deit_t')")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"importing {first} first: {res.stderr[-2000:]}"
 
 
 def _save_with_fake_module(path, module: str, qualname: str, obj_factory):
@@ -239,3 +257,37 @@ def test_group_matcher_works_with_timm(name):
         assert sorted(n for g in groups.values() for n in g) == sorted(names), coarse
     decayed = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75)
     assert sum(len(g["params"]) for g in decayed) == sum(p.requires_grad for p in model.parameters())
+
+
+_OFFICIAL_DROP_CASES = [  # (family, official builder, its small kwargs, zoo model, our small kwargs)
+    ("nat", "classification/nat.py:NAT", dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], kernel_size=3),
+     "nat_mini", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), kernel_size=3)),
+    ("agent_attention", "agent_transformer/models/agent_pvt.py:PyramidVisionTransformer",
+     dict(patch_size=4, embed_dims=[16, 32, 80, 128], num_heads=[1, 2, 5, 8], depths=[1, 1, 1, 1]),
+     "agent_pvt_t", dict(embed_dims=(16, 32, 80, 128), depths=(1, 1, 1, 1))),
+    ("agent_attention", "agent_transformer/models/agent_swin.py:AgentSwinTransformer",
+     dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8]),
+     "agent_swin_t", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))),
+    ("slab", "classification/models/slab_cswin.py:CSWinTransformer",
+     dict(patch_size=4, embed_dim=16, depth=[1, 1, 1, 1], num_heads=[2, 2, 4, 8], attn_type="SSSS"),
+     "slab_cswin_t", dict(embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 8))),
+    ("slab", "classification/models/slab_deit.py:VisionTransformer", dict(embed_dim=48, depth=1, num_heads=3),
+     "slab_deit_t", dict(embed_dim=48, depth=1, num_heads=3)),
+]
+
+
+def _dropouts(model) -> dict:
+    return {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+
+
+@pytest.mark.parametrize("family,builder,official,name,ours", _OFFICIAL_DROP_CASES,
+                         ids=[c[3] for c in _OFFICIAL_DROP_CASES])
+def test_drop_rate_has_timms_meaning(family, builder, official, name, ours):
+    """timm's `drop_rate` is the dropout before the classifier; the official `drop_rate` (after the embedding and
+    in the blocks, none before the head) is mapped by the official adapters."""
+    head = {"head.drop", "head_drop"}
+    drops = _dropouts(timm.create_model(name, drop_rate=0.25, **ours))
+    assert set(drops) <= head and list(drops.values()) == [0.25], drops
+    drops = _dropouts(visionattn.from_official(family, builder, dict(official, drop_rate=0.25)))
+    assert drops and not set(drops) & head and set(drops.values()) == {0.25}, drops
+    assert any("mlp" in n for n in drops)

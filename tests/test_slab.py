@@ -28,6 +28,7 @@ from visionattn.layers.prepbn import (
     LinearNorm,
     PRepBNScheduler,
     RepBN,
+    bn_recalibration_mode,
     fold_affine_after_conv,
     prepbn_modules,
     set_prepbn_step,
@@ -103,7 +104,7 @@ def test_parity_train_step_and_bn_recalibration(name):
         assert max_abs_diff(model(x), t["logits_eval_after"]) <= tol
     # (b) BN recalibration (official update_model): eval model, BNs in train mode, counters untouched
     model.load_state_dict(start)
-    slab.bn_recalibration_mode(model)
+    bn_recalibration_mode(model)
     with torch.no_grad():
         y = model(x)
     assert max_abs_diff(y, t["logits_bn_recalib"]) <= tol
@@ -332,7 +333,7 @@ def test_pretrained_file_official_envelope(tmp_path):
     assert torch.equal(dst.blocks[1].attn.positional_encoding, src.blocks[1].attn.positional_encoding)
     assert dst.head.weight.shape == (7, 192)
     other = timm.create_model("slab_deit_t", depth=2)
-    other.load_pretrained(path)
+    visionattn.load_official(other, path)
     assert torch.equal(other.head.weight, src.head.weight)
 
 

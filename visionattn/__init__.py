@@ -1,15 +1,9 @@
 """visionattn: efficient-attention vision backbones registered with timm."""
-# ruff: noqa: I001
-# The registry and the official-constructor hooks come first: the model files import them from here.
+from . import backbones, kernels, layers  # backbones registers every zoo model with timm
 from ._registry import FAMILIES, ModelNameClashError, ZooModel, get_family, list_models, register_zoo_model
-from .official import from_official, official_builders, register_official
+from .layers.fused import set_fused_linear
+from .official import from_official, load_official, official_builders, register_official
 from .utils import set_attn_backend
-
-from . import (  # noqa: E402
-    backbones,  # registers every zoo model with timm
-    kernels,  # maps to the top-level kernels/ folder
-    layers,
-)
 
 __version__ = "0.1.0"
 
@@ -23,8 +17,10 @@ __all__ = [
     "kernels",
     "layers",
     "list_models",
+    "load_official",
     "official_builders",
     "register_official",
     "register_zoo_model",
     "set_attn_backend",
+    "set_fused_linear",
 ]

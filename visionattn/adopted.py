@@ -1,8 +1,8 @@
 """Glue for the timm families the zoo adopts as they are (GC ViT, SHViT, EfficientViM).
 
-timm's own classes are used unchanged; what lives here is what timm lacks: loading the official SHViT
-GitHub-release checkpoints (their keys differ from timm's). Building SHViT from the official constructor
-arguments is `visionattn.from_official("shvit", "model/shvit.py:SHViT", ...)` (visionattn/official/shvit.py).
+timm's own classes are used unchanged; what lives here is what timm lacks: the key mapping of the official SHViT
+GitHub-release checkpoints (`visionattn.load_official(model, path)` uses it). Building SHViT from the official
+constructor arguments is `visionattn.from_official("shvit", "model/shvit.py:SHViT", ...)`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import unwrap_state_dict
 
-__all__ = ["shvit_checkpoint_filter_fn", "load_official_checkpoint"]
+__all__ = ["shvit_checkpoint_filter_fn"]
 
 # Official SHViT nests each downsample inside the next stage's Sequential (blocksK.0-2); timm splits it out.
 _SHVIT_RULES = [
@@ -37,19 +37,3 @@ def shvit_checkpoint_filter_fn(state_dict: Mapping, model: torch.nn.Module | Non
                 break
         out[k] = v
     return out
-
-
-_FILTERS = {"shvit": shvit_checkpoint_filter_fn}
-
-
-def load_official_checkpoint(model: torch.nn.Module, path: str, strict: bool = True) -> torch.nn.Module:
-    """Load an official checkpoint file (weights_only) into a timm model of an adopted family."""
-    from . import get_family
-    from .checkpoint import load_state_dict_file
-
-    family = get_family(model.pretrained_cfg["architecture"])
-    sd = load_state_dict_file(path)
-    filt = _FILTERS.get(family)
-    sd = filt(sd, model) if filt else unwrap_state_dict(sd)
-    model.load_state_dict(sd, strict=strict)
-    return model

@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "unwrap_state_dict",
     "strip_prefix",
     "shift_swin_downsample_keys",
+    "rename_keys",
     "resample_square_pos_embed",
     "download_cached",
     "build_model_with_pretrained_file",
@@ -144,6 +145,17 @@ def shift_swin_downsample_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[s
         return dict(state_dict)
     shift = re.compile(r"^layers\.(\d+)\.downsample\.")
     return {shift.sub(lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k): v for k, v in state_dict.items()}
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], renames: Iterable[tuple[re.Pattern, Callable]]
+                ) -> dict[str, torch.Tensor]:
+    """Apply every (pattern, replacement) of `renames` to each key (official names -> timm-style names)."""
+    out = {}
+    for k, v in state_dict.items():
+        for pat, rep in renames:
+            k = pat.sub(rep, k)
+        out[k] = v
+    return out
 
 
 def resample_square_pos_embed(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionattn.kernels.bra import BRA_BACKENDS, region_mean, region_topk, routed_attention
-from visionattn.utils import check_backend, inference_linear
+from visionattn.utils import check_backend
 
 __all__ = ["BiLevelRoutingAttention", "NchwBiLevelRoutingAttention", "QKVLinear"]
 
@@ -100,7 +100,7 @@ class QKVLinear(nn.Module):
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias)
 
     def forward(self, x):
-        return inference_linear(self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        return self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -181,7 +181,7 @@ class BiLevelRoutingAttention(nn.Module):
                                               self.backend)
         if self.lepe is not None:
             out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = _crop_hw(inference_linear(self.wo, out), x)
+        out = _crop_hw(self.wo(out), x)
         return (out, index) if return_index else out
 
     def extra_repr(self) -> str:

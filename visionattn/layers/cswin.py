@@ -1,18 +1,10 @@
-"""CSWin attention (Dong et al., CVPR 2022): cross-shaped stripe windows with the LePE term, shared by the
-Agent-CSwin and SLAB-CSwin models (their host, `visionattn.backbones._cswin`, holds the blocks and the model).
+"""CSWin attention (Dong et al., CVPR 2022, https://arxiv.org/abs/2107.00652) for the host in `backbones._cswin`.
 
-Paper: https://arxiv.org/abs/2107.00652. Attention-factory API of the CSWin blocks (official parameter names):
-
-    attn_layer(dim, num_heads, branch_idx, split_size, qk_scale, attn_drop, stage_idx) -> nn.Module
-    module(q, k, v, hw) -> out
-
-where `q`, `k`, `v` are (B, N, dim) token tensors of the branch's channels laid out row-major on the (H, W) grid
-`hw`, `out` is (B, N, dim). `branch_idx` is -1 for the single-branch form (one window = the whole grid), 0 for
-full-height stripes of width `split_size`, 1 for full-width stripes of height `split_size`.
-
-Input size: a stripe branch whose split size does not divide the grid zero-pads q/k/v right/bottom (after the
-qkv projection) and crops the result, like the official CSWin dense-prediction backbone; at divisible sizes
-nothing is padded.
+`LePEAttention` (official parameter names) is softmax attention in cross-shaped stripe windows plus the LePE term.
+Attention-factory API: `attn_layer(dim, num_heads, branch_idx, split_size, qk_scale, attn_drop, stage_idx)`,
+called as `attn(q, k, v, hw)` on (B, H*W, dim) tokens of its branch; `branch_idx` -1 is one window over the whole
+grid, 0 full-height stripes of width `split_size`, 1 full-width stripes. A grid the stripes do not divide is
+zero-padded after the qkv projection and cropped back, like the official CSWin dense backbone.
 """
 from __future__ import annotations
 

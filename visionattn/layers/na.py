@@ -16,7 +16,7 @@ from torch import nn
 
 from ..kernels.na import BACKENDS as NA_BACKENDS
 from ..kernels.na import na1d, na2d
-from ..utils import check_backend, inference_linear, trunc_normal_unless_meta
+from ..utils import check_backend, trunc_normal_unless_meta
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D"]
 
@@ -112,9 +112,9 @@ class _NeighborhoodAttention(nn.Module):
         # old NATTEN on maps smaller than kernel * dilation: pad BEFORE qkv (pad tokens carry the qkv bias and
         # are attended to, unmasked), crop after attention
         padded = _pad_small_input(x, self._need, self.pad_small_inputs)
-        q, k, v = inference_linear(self.qkv, padded).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        q, k, v = self.qkv(padded).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
         out = _crop_like(self._attend(q, k, v).flatten(-2), x)
-        return self.proj_drop(inference_linear(self.proj, out))
+        return self.proj_drop(self.proj(out))
 
     def _bias(self, q):
         # under autocast q is bf16/fp16 while the table stays fp32; the kernels take one dtype

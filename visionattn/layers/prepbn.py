@@ -1,24 +1,11 @@
 """Progressive Re-parameterized BatchNorm (PRepBN, SLAB, ICML 2024) and its inference folding.
 
-* `RepBN(C)`: `BN(x) + alpha * x` over the last (channel) axis; statistics over every other axis (batch and
-  tokens), exactly as the official `BatchNorm1d` on `(B, C, N)`.
-* `LinearNorm(C, norm1, norm2, step=T)` (the official name; alias `PRepBN`): in training mode
-  `lambda * LN(x) + (1 - lambda) * RepBN(x)` with `lambda = r0 * iter / total_step`; `iter` is a buffer
-  decremented once per training forward of *that module* (floored at 0), so it is saved in the state dict and
-  survives checkpoint/resume. Eval mode is RepBN only.
-
-Driving the schedule from a trainer (instead of the official "one decrement per forward"):
-
-    sched = PRepBNScheduler(model)           # turns the per-forward decrement off in every LinearNorm
-    for step, batch in enumerate(loader, start=resume_step):
-        sched.step(step)                     # lambda = 1 - step / total_step (clamped at 0)
-        loss = model(batch)...
-
-`set_prepbn_step(model, step)` does the same in one call (e.g. after loading an old checkpoint).
-
-Inference: `RepBN.affine()` gives the per-channel map `a * x + b` (BN running stats); `fold_affine_into_linear`
-and `fold_affine_into_conv_in` / `fold_affine_after_conv` fold it into neighbouring layers. A norm that cannot be
-folded becomes a `ChannelAffine` (`RepBN.fuse()` / `LinearNorm.fuse()`, used by timm's `reparameterize_model`).
+`RepBN(C)`: `BN(x) + alpha * x` over the last (channel) axis. `LinearNorm` (the official name; alias `PRepBN`):
+`lambda * LN(x) + (1 - lambda) * RepBN(x)` in training, `lambda = r0 * iter / total_step`, with `iter` a buffer
+decremented per training forward (the official rule) or set per optimizer step by `PRepBNScheduler` /
+`set_prepbn_step`; RepBN only in eval. `RepBN.affine()` is the eval-mode map `a * x + b`; the `fold_affine_*`
+helpers fold it into the next Linear / Conv, and a norm that cannot be folded becomes a `ChannelAffine`.
+`recalibrate_bn` is the official post-training BN recalibration. Notes: docs/models.md (SLAB).
 """
 from __future__ import annotations
 
@@ -27,6 +14,8 @@ from functools import partial
 
 import torch
 from torch import nn
+
+from .fused import FusedLinear
 
 __all__ = [
     "RepBN",
@@ -280,6 +269,8 @@ def fold_affine_into_linear(linear: nn.Linear, a: torch.Tensor, b: torch.Tensor)
                     dtype=linear.weight.dtype)
     new.weight.copy_(w * a.to(w.device)[None, :])
     new.bias.copy_(bias + w @ b.to(w.device))
+    if type(linear) is FusedLinear:
+        new.__class__ = FusedLinear  # keep the fused CPU inference path of a model built by its entrypoint
     return new
 
 

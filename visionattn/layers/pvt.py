@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionattn.utils import inference_linear
-
 __all__ = ["PvtAttention"]
 
 
@@ -47,13 +45,13 @@ class PvtAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
-        q = inference_linear(self.q, x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
             x = self.sr(x.transpose(1, 2).reshape(b, c, hw[0], hw[1])).flatten(2).transpose(1, 2)
             x = self.norm(x)
-        kv = inference_linear(self.kv, x).reshape(b, x.shape[1], 2, self.num_heads, self.head_dim)
+        kv = self.kv(x).reshape(b, x.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale,
         )
-        return self.proj_drop(inference_linear(self.proj, x.transpose(1, 2).reshape(b, n, c)))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))

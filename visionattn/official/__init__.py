@@ -1,19 +1,25 @@
-"""Build zoo models from the official implementations' constructor arguments.
+"""The official code's side: build zoo models from official constructor arguments, load official checkpoints.
 
-One module per family (``visionattn.official.<family>``) holds the adapters that turn the official
-constructor's keyword arguments into our model; it is imported the first time that family is asked for,
-so model files stay free of them.
+`from_official(family, builder, official_kwargs, state_dict)` builds our module from the arguments the official
+constructor takes (one adapter module per family, `visionattn.official.<family>`, imported on first use: official
+meanings such as `drop_rate` are mapped there); `load_official(model, path_or_url)` loads an official checkpoint
+file into a zoo model (own or adopted family) through the family's checkpoint filter.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["register_official", "from_official", "official_builders", "OFFICIAL_FAMILIES"]
+from visionattn._registry import OWN_FAMILIES, get_family
+from visionattn.checkpoint import download_cached, load_pretrained_file
+from visionattn.layers.fused import set_fused_linear
+
+__all__ = ["register_official", "from_official", "official_builders", "load_official", "OFFICIAL_FAMILIES"]
 
 # family -> the module whose import registers its builders
 _FAMILY_MODULES = {
@@ -83,7 +89,50 @@ def from_official(
         )
     fn, filter_fn = _OFFICIAL[key]
     model = fn(**dict(official_kwargs or {}))
+    if family in OWN_FAMILIES:  # as their entrypoints; adopted timm models stay exactly timm's
+        set_fused_linear(model)
     if state_dict is not None:
         sd = filter_fn(dict(state_dict), model) if filter_fn is not None else dict(state_dict)
         model.load_state_dict(sd, strict=True)
+    return model
+
+
+# family -> "module:function" mapping its official checkpoints (families absent here keep timm's keys)
+_FILTERS = {
+    "biformer": "visionattn.backbones.biformer:checkpoint_filter_fn",
+    "nat": "visionattn.backbones.nat:checkpoint_filter_fn",
+    "dinat": "visionattn.backbones.nat:checkpoint_filter_fn",
+    "agent_attention": "visionattn.backbones.agent:checkpoint_filter_fn",
+    "slab": "visionattn.backbones.slab:checkpoint_filter_fn",
+    "shvit": "visionattn.adopted:shvit_checkpoint_filter_fn",
+}
+
+
+def _filter_fn(model: nn.Module) -> Callable | None:
+    by_module = {v.split(":")[0]: v for v in _FILTERS.values()}
+    target = next((by_module[c.__module__] for c in type(model).__mro__ if c.__module__ in by_module), None)
+    if target is None:  # an adopted timm model: its family from the registry
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if arch is None:
+            raise ValueError(f"cannot tell the family of {type(model).__name__}: build it with timm.create_model")
+        target = _FILTERS.get(get_family(arch))
+    if target is None:
+        return None
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_official(model: nn.Module, path_or_url: str | os.PathLike, *, strict: bool = True, use_ema: bool = False,
+                  file_name: str | None = None) -> nn.Module:
+    """Load an official checkpoint into `model` (a zoo model, own or adopted) and return it.
+
+    `path_or_url`: a file (safetensors or a torch file read with weights_only; trainer envelopes are opened), or a
+    URL downloaded once into torch.hub's cache (as `file_name`). The family's `checkpoint_filter_fn` maps the
+    official keys; `strict` raises on any missing or unexpected key except a classifier of another size (kept).
+    `use_ema`: read the EMA weights of the file.
+    """
+    path = os.fspath(path_or_url)
+    if "://" in path:
+        path = download_cached(path, file_name)
+    load_pretrained_file(model, path, _filter_fn(model), strict=strict, use_ema=use_ema)
     return model

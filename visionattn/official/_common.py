@@ -1,4 +1,4 @@
-"""Argument checks the official-constructor adapters share (`agent_attention`, `slab`; `biformer` in part).
+"""Argument checks and mappings the official-constructor adapters share.
 
 The adapters accept exactly what the official constructors accept and refuse (ValueError naming the argument)
 whatever the zoo does not implement, so the same checks recur in every family; they live here once.
@@ -10,7 +10,8 @@ from collections.abc import Callable, Collection, Mapping
 
 from torch import nn
 
-__all__ = ["expect", "no_extra", "is_layer_norm", "layer_norm_eps", "pop_vit_defaults", "fixed_builder"]
+__all__ = ["expect", "no_extra", "is_layer_norm", "layer_norm_eps", "pop_vit_defaults", "fixed_builder",
+           "official_drop_rate", "checkpointed", "registered_function"]
 
 
 def expect(name: str, value, allowed: tuple) -> None:
@@ -69,4 +70,34 @@ def fixed_builder(builder: str, fixed: Collection[str], target: str,
         return make(pretrained, kwargs)
 
     build.__name__ = builder.split(":")[-1]
+    return build
+
+
+def official_drop_rate(kw: dict, pos_drop: bool = True) -> dict:
+    """`kw` with the official `drop_rate` (dropout after the patch / position embedding and in the blocks, none
+    before the head) under timm's names: `pos_drop_rate` (when the official model has that dropout) and
+    `proj_drop_rate`; timm's `drop_rate` (head dropout) stays 0."""
+    drop = kw.pop("drop_rate", 0.0)
+    kw["proj_drop_rate"] = drop
+    if pos_drop:
+        kw["pos_drop_rate"] = drop
+    return kw
+
+
+def checkpointed(model: nn.Module, enable) -> nn.Module:
+    """`model` with timm's gradient checkpointing on where the official `use_checkpoint` / `use_chk` asks."""
+    model.set_grad_checkpointing(bool(enable))
+    return model
+
+
+def registered_function(name: str, adapt: Callable[[dict], dict] = dict) -> Callable[..., nn.Module]:
+    """The official registered function `fn(pretrained=False, **kwargs)` as the zoo entrypoint `name`
+    (`pretrained=True` loads the official weights, as there); `adapt` maps the official keyword arguments."""
+
+    def build(pretrained: bool = False, **kwargs) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=pretrained, **adapt(kwargs))
+
+    build.__name__ = f"official_{name}"
     return build

@@ -16,7 +16,15 @@ from torch import nn
 
 from visionattn.backbones import agent as A
 from visionattn.official import register_official
-from visionattn.official._common import expect, fixed_builder, layer_norm_eps, no_extra, pop_vit_defaults
+from visionattn.official._common import (
+    checkpointed,
+    expect,
+    fixed_builder,
+    layer_norm_eps,
+    no_extra,
+    official_drop_rate,
+    pop_vit_defaults,
+)
 
 _ROOT = "agent_transformer/models/"
 _FAMILY = "agent_attention"
@@ -34,7 +42,7 @@ _DEIT_ARGS = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", 
 
 
 def _deit_kwargs(kw: dict, builder: str) -> dict:
-    """Official VisionTransformer arguments -> AgentDeiT arguments (the official defaults are AgentDeiT's)."""
+    """Official VisionTransformer arguments -> AgentVisionTransformer arguments (same defaults)."""
     kw = dict(kw)
     pop_vit_defaults(kw)
     norm = kw.pop("norm_layer", None)
@@ -42,16 +50,16 @@ def _deit_kwargs(kw: dict, builder: str) -> dict:
         layer_norm_eps(norm)
         kw["norm_layer"] = norm
     no_extra(builder, kw, _DEIT_ARGS)
-    return kw
+    return official_drop_rate(kw)
 
 
 @_register("agent_deit.py:VisionTransformer")
-def vision_transformer(**kwargs) -> A.AgentDeiT:
-    return A.AgentDeiT(**_deit_kwargs(kwargs, "VisionTransformer"))
+def vision_transformer(**kwargs) -> A.AgentVisionTransformer:
+    return A.AgentVisionTransformer(**_deit_kwargs(kwargs, "VisionTransformer"))
 
 
 def _deit_builder(entry, builder: str, fixed: tuple = ("patch_size", "embed_dim", "depth", "num_heads")):
-    def make(pretrained: bool, kwargs: dict) -> A.AgentDeiT:
+    def make(pretrained: bool, kwargs: dict) -> A.AgentVisionTransformer:
         return entry(pretrained=pretrained, **_deit_kwargs(kwargs, builder))
     return _register(f"agent_deit.py:{builder}")(fixed_builder(builder, fixed, "VisionTransformer", make))
 
@@ -79,12 +87,12 @@ def _pvt_kwargs(kw: dict, defaults: dict, builder: str) -> dict:
         kw["attn_type"] = "AAAA"  # the official class treats None as 'AAAA'
     layer_norm_eps(kw["norm_layer"])
     no_extra(builder, kw, _PVT_CLASS_DEFAULTS)
-    return kw
+    return official_drop_rate(kw)
 
 
 @_register("agent_pvt.py:PyramidVisionTransformer")
-def pyramid_vision_transformer(**kwargs) -> A.AgentPVT:
-    return A.AgentPVT(**_pvt_kwargs(kwargs, _PVT_CLASS_DEFAULTS, "PyramidVisionTransformer"))
+def pyramid_vision_transformer(**kwargs) -> A.AgentPyramidVisionTransformer:
+    return A.AgentPyramidVisionTransformer(**_pvt_kwargs(kwargs, _PVT_CLASS_DEFAULTS, "PyramidVisionTransformer"))
 
 
 def _pvt_builder(entry, builder: str, depths: tuple):
@@ -93,7 +101,7 @@ def _pvt_builder(entry, builder: str, depths: tuple):
                  qkv_bias=True, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), depths=depths,
                  sr_ratios=(8, 4, 2, 1))
 
-    def make(pretrained: bool, kwargs: dict) -> A.AgentPVT:
+    def make(pretrained: bool, kwargs: dict) -> A.AgentPyramidVisionTransformer:
         return entry(pretrained=pretrained, **_pvt_kwargs({**fixed, **kwargs}, _PVT_CLASS_DEFAULTS, builder))
     return _register(f"agent_pvt.py:{builder}")(fixed_builder(builder, fixed, "PyramidVisionTransformer", make))
 
@@ -124,17 +132,15 @@ def agent_swin_transformer(img_size=224, patch_size=4, in_chans=3, num_classes=1
     if window_size < grid and any(ch in "AM" for ch in str(attn_type)[:4]):
         raise ValueError(f"window_size={window_size} below the stage-1 grid {grid}: windowed agent attention is not "
                          "supported (every official config makes agent blocks global)")
-    model = A.AgentSwinTransformer(
+    return checkpointed(A.AgentSwinTransformer(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
         depths=depths, num_heads=num_heads, window_size=max(7, window_size // 8), mlp_ratio=mlp_ratio,
-        qkv_bias=qkv_bias, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-        agent_num=agent_num, attn_type=attn_type, norm_layer=norm_layer,
-    )
-    model.set_grad_checkpointing(bool(use_checkpoint))
-    return model
+        qkv_bias=qkv_bias, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate, agent_num=agent_num, attn_type=attn_type, norm_layer=norm_layer,
+    ), use_checkpoint)
 
 
-# ---------------------------------------------------------------------------------------------- CSwin
+# ---------------------------------------------------------------------------------------------- CSWin
 
 _CSWIN_CLASS_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=96,
                              depth=(2, 2, 6, 2), split_size=(1, 2, 7, 7), la_split_size="1-2-7-7",
@@ -151,23 +157,20 @@ def _cswin_kwargs(kw: dict, builder: str) -> tuple[dict, bool]:
     expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
     if kw.pop("norm_layer") is not nn.LayerNorm:
         raise ValueError("norm_layer must be nn.LayerNorm (the official stem and merges ignore it)")
-    return kw, bool(kw.pop("use_chk"))
+    use_chk = bool(kw.pop("use_chk"))
+    return official_drop_rate(kw, pos_drop=False), use_chk
 
 
 @_register("agent_cswin.py:CSWinTransformer")
 def cswin_transformer(**kwargs) -> A.AgentCSWinTransformer:
     kw, use_chk = _cswin_kwargs(kwargs, "CSWinTransformer")
-    model = A.AgentCSWinTransformer(**kw)
-    model.set_grad_checkpointing(use_chk)
-    return model
+    return checkpointed(A.AgentCSWinTransformer(**kw), use_chk)
 
 
 def _cswin_builder(entry, builder: str, fixed: dict):
     def make(pretrained: bool, kwargs: dict) -> A.AgentCSWinTransformer:
         kw, use_chk = _cswin_kwargs({**fixed, **kwargs}, builder)
-        model = entry(pretrained=pretrained, **kw)
-        model.set_grad_checkpointing(use_chk)
-        return model
+        return checkpointed(entry(pretrained=pretrained, **kw), use_chk)
     return _register(f"agent_cswin.py:{builder}")(fixed_builder(builder, fixed, "CSWinTransformer", make))
 
 

@@ -17,6 +17,7 @@ from visionattn.checkpoint import load_pretrained_file
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
 
 from . import register_official
+from ._common import registered_function
 
 __all__: list[str] = []
 
@@ -122,22 +123,17 @@ def _biformer_mm_det(norm_eval: bool = True, **kwargs) -> BiFormerDense:
     return _mm(norm_eval=norm_eval, **kwargs)
 
 
-def _registered_function(name: str, auto_pad: bool | None) -> Callable[..., BiFormer]:
-    """The official registered functions (`biformer_tiny(pretrained=False, ...)`): their classification models
-    keep auto_pad False (sizes must divide); `pretrained=True` loads the official weights, as there."""
+def _registered_kwargs(auto_pad: bool | None) -> Callable[[dict], dict]:
+    """The official registered functions' arguments: their classification models keep auto_pad False (sizes must
+    divide); the official classes accept drop_rate and never use it (ours would drop out before the head)."""
 
-    def build(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, drop_rate=0.0,
-              **kwargs) -> BiFormer:
-        import timm
-
-        # the official classes accept drop_rate and never use it (ours would drop out before the head)
+    def adapt(kwargs: dict) -> dict:
+        kwargs.pop("drop_rate", None)
         if auto_pad is not None:
             kwargs.setdefault("auto_pad", auto_pad)
-        return timm.create_model(name, pretrained=pretrained, pretrained_cfg=pretrained_cfg,
-                                 pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
+        return kwargs
 
-    build.__name__ = f"official_{name}"
-    return build
+    return adapt
 
 
 for _builder, _name, _pad in (
@@ -147,7 +143,7 @@ for _builder, _name, _pad in (
     ("models/biformer_stl.py:biformer_stl", "biformer_stl", False),
     ("models/biformer_stl_nchw.py:biformer_stl_nchw", "biformer_stl_nchw", None),
 ):
-    register_official(_FAMILY, _builder, checkpoint_filter_fn)(_registered_function(_name, _pad))
+    register_official(_FAMILY, _builder, checkpoint_filter_fn)(registered_function(_name, _registered_kwargs(_pad)))
 
 
 @register_official(_FAMILY, "ops/bra_legacy.py:BiLevelRoutingAttention")

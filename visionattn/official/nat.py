@@ -27,6 +27,7 @@ from visionattn.backbones.nat import (
 from visionattn.layers.na import NeighborhoodAttention2D
 
 from . import register_official
+from ._common import official_drop_rate, registered_function
 
 __all__ = ["NATransformerLayer", "VisionTransformerLayer"]
 
@@ -66,7 +67,7 @@ def _common(kwargs: dict) -> dict:
     kwargs.pop("pretrain_img_size", None)
     if kwargs.get("drop_path_rate", 0.0) is None:
         kwargs.pop("drop_path_rate")
-    return kwargs
+    return official_drop_rate(kwargs)
 
 
 def _nat(**kwargs) -> NAT:
@@ -114,19 +115,6 @@ for _family, _builder, _fn in (
     register_official(_family, _builder, checkpoint_filter_fn)(_fn)
 
 
-def _registered_function(name: str) -> Callable[..., nn.Module]:
-    """The official registered functions (`nat_mini(pretrained=False, **kwargs)`): `pretrained=True` loads the
-    official weights, as there."""
-
-    def build(pretrained: bool = False, **kwargs) -> nn.Module:
-        import timm
-
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-
-    build.__name__ = f"official_{name}"
-    return build
-
-
 for _family, _file, _names in (
     ("nat", "classification/nat.py", ("nat_mini", "nat_tiny", "nat_small", "nat_base")),
     ("dinat", "classification/dinat.py", ("dinat_mini", "dinat_tiny", "dinat_small", "dinat_base", "dinat_large",
@@ -137,7 +125,7 @@ for _family, _file, _names in (
                                               "dinat_isotropic_base", "vitrpb_small", "vitrpb_base")),
 ):
     for _name in _names:
-        register_official(_family, f"{_file}:{_name}", checkpoint_filter_fn)(_registered_function(_name))
+        register_official(_family, f"{_file}:{_name}", checkpoint_filter_fn)(registered_function(_name, _common))
 
 
 def _natten_module(dim: int, num_heads: int, kernel_size: int, dilation: int | None = 1, bias: bool = True,

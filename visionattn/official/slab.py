@@ -18,7 +18,15 @@ from torch import nn
 from visionattn.backbones import slab as S
 from visionattn.layers.prepbn import LinearNorm, RepBN, linear_norm
 from visionattn.official import register_official
-from visionattn.official._common import expect, fixed_builder, is_layer_norm, no_extra, pop_vit_defaults
+from visionattn.official._common import (
+    checkpointed,
+    expect,
+    fixed_builder,
+    is_layer_norm,
+    no_extra,
+    official_drop_rate,
+    pop_vit_defaults,
+)
 
 _ROOT = "classification/models/"
 _FAMILY = "slab"
@@ -53,10 +61,10 @@ def _vit(kw: dict, linear: bool, builder: str) -> S.SlabVisionTransformer:
     kw = dict(kw)
     pop_vit_defaults(kw)
     norm = kw.pop("norm_layer", None)
-    norm = _check_norm(norm) if norm is not None else S.LN_EPS6  # the official `norm_layer or LayerNorm(1e-6)`
-    drop = kw.pop("drop_rate", 0.0)  # official: dropout after the position embedding and in the blocks
-    return S.SlabVisionTransformer(linear_attn=linear, norm_layer=norm, pos_drop_rate=drop, proj_drop_rate=drop,
-                                   **{"embed_dim": 768, "depth": 12, "num_heads": 12, **kw})
+    # the official `norm_layer or LayerNorm(eps=1e-6)`
+    norm = _check_norm(norm) if norm is not None else functools.partial(nn.LayerNorm, eps=1e-6)
+    return S.SlabVisionTransformer(linear_attn=linear, norm_layer=norm,
+                                   **{"embed_dim": 768, "depth": 12, "num_heads": 12, **official_drop_rate(kw)})
 
 
 @_register("deit.py:VisionTransformer")
@@ -76,9 +84,7 @@ def _entry(builder: str, entry, fixed: tuple = ("patch_size", "embed_dim", "dept
     def make(pretrained: bool, kwargs: dict) -> S.SlabVisionTransformer:
         no_extra(builder, kwargs, {"img_size", "in_chans", "num_classes", "drop_rate", "attn_drop_rate",
                                    "drop_path_rate"})
-        kwargs = dict(kwargs)
-        drop = kwargs.pop("drop_rate", 0.0)
-        return entry(pretrained=pretrained, pos_drop_rate=drop, proj_drop_rate=drop, **kwargs)
+        return entry(pretrained=pretrained, **official_drop_rate(dict(kwargs)))
     return _register(builder)(fixed_builder(builder, fixed, "the model class", make))
 
 
@@ -110,19 +116,19 @@ def _pvt_kwargs(kw: dict, builder: str) -> dict:
             raise ValueError(f"la_sr_ratios must be 1 on 'L' stages (SLA with spatial reduction is not supported), "
                              f"got {la!r} for attn_type {attn_type!r}")
     kw["norm_layer"] = _check_norm(kw["norm_layer"])
-    return kw
+    return official_drop_rate(kw)
 
 
 @_register("slab_pvt.py:PyramidVisionTransformer")
-def pyramid_vision_transformer(**kwargs) -> S.SlabPvt:
-    return S.SlabPvt(**_pvt_kwargs(kwargs, "PyramidVisionTransformer"))
+def pyramid_vision_transformer(**kwargs) -> S.SlabPyramidVisionTransformer:
+    return S.SlabPyramidVisionTransformer(**_pvt_kwargs(kwargs, "PyramidVisionTransformer"))
 
 
 def _pvt_entry(builder: str, slab_entry, prepbn_entry, depths):
     fixed = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                  qkv_bias=True, norm_layer=linear_norm(300000, 1e-6), depths=depths, sr_ratios=(8, 4, 2, 1))
 
-    def make(pretrained: bool, kwargs: dict) -> S.SlabPvt:
+    def make(pretrained: bool, kwargs: dict) -> S.SlabPyramidVisionTransformer:
         kw = _pvt_kwargs({**fixed, **kwargs}, builder)
         entry = {"LLLL": slab_entry, "SSSS": prepbn_entry}.get(kw["attn_type"], slab_entry)
         return entry(pretrained=pretrained, **kw)
@@ -151,15 +157,13 @@ def _swin(builder: str, default_norm, default_attn: str | None, img_size=224, pa
         attn_type, softmax_window = "S" * len(depths), window_size
     else:
         attn_type = attn_type or default_attn
-    model = S.SlabSwinTransformer(
+    return checkpointed(S.SlabSwinTransformer(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
         depths=depths, num_heads=num_heads, window_size=window_size, attn_type=attn_type, mlp_ratio=mlp_ratio,
-        qkv_bias=qkv_bias, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-        norm_layer=_check_norm(norm_layer if norm_layer is not None else default_norm), kernel_size=kernel_size,
-        softmax_window_size=softmax_window,
-    )
-    model.set_grad_checkpointing(bool(use_checkpoint))
-    return model
+        qkv_bias=qkv_bias, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate, norm_layer=_check_norm(norm_layer if norm_layer is not None else default_norm),
+        kernel_size=kernel_size, softmax_window_size=softmax_window,
+    ), use_checkpoint)
 
 
 @_register("slab_swin.py:SlabSwinTransformer")
@@ -179,7 +183,7 @@ def swin_transformer(**kwargs) -> S.SlabSwinTransformer:
     return _swin("SwinTransformer", RepBN, None, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------- CSwin
+# ---------------------------------------------------------------------------------------------- CSWin
 
 _CSWIN_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=96, depth=(2, 2, 6, 2),
                        split_size=(1, 2, 7, 7), la_split_size="1-2-7-7", num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
@@ -195,23 +199,20 @@ def _cswin_kwargs(kw: dict, builder: str) -> tuple[dict, bool]:
     kw.pop("patch_size")  # the stem is a fixed stride-4 conv whatever it says
     expect("hybrid_backbone", kw.pop("hybrid_backbone"), (None,))
     kw["norm_layer"] = _check_norm(kw["norm_layer"])
-    return kw, bool(kw.pop("use_chk"))
+    use_chk = bool(kw.pop("use_chk"))
+    return official_drop_rate(kw, pos_drop=False), use_chk
 
 
 @_register("slab_cswin.py:CSWinTransformer")
-def cswin_transformer(**kwargs) -> S.SlabCSWin:
+def cswin_transformer(**kwargs) -> S.SlabCSWinTransformer:
     kw, use_chk = _cswin_kwargs(kwargs, "CSWinTransformer")
-    model = S.SlabCSWin(**kw)
-    model.set_grad_checkpointing(use_chk)
-    return model
+    return checkpointed(S.SlabCSWinTransformer(**kw), use_chk)
 
 
 def _cswin_entry(builder: str, entry, fixed: dict):
-    def make(pretrained: bool, kwargs: dict) -> S.SlabCSWin:
+    def make(pretrained: bool, kwargs: dict) -> S.SlabCSWinTransformer:
         kw, use_chk = _cswin_kwargs({**fixed, **kwargs}, builder)
-        model = entry(pretrained=pretrained, **kw)
-        model.set_grad_checkpointing(use_chk)
-        return model
+        return checkpointed(entry(pretrained=pretrained, **kw), use_chk)
     return _register(f"slab_cswin.py:{builder}")(fixed_builder(builder, fixed, "CSWinTransformer", make))
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ... import kernels as _kernels
 from ...layers import na as _layers_na
+from ...layers.fused import set_fused_linear
 from . import functional as _fn
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
@@ -41,6 +42,7 @@ class _LegacyNA:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop!r}")
         super().__init__(dim, num_heads, kernel_size=ks, dilation=ds, rpb=bool(rel_pos_bias), qkv_bias=qkv_bias,
                          qk_scale=qk_scale, attn_drop=0.0, proj_drop=proj_drop)
+        set_fused_linear(self)  # qkv / proj keep the fused CPU inference path of the zoo's modules
         self.is_causal = cs
         self.attn_drop_rate = float(attn_drop)
         self.use_experimental_ops = use_experimental_ops
