@@ -290,3 +290,25 @@ def test_configs_readme_tables_every_config(mc):
     for path in CONFIGS.glob("*.yaml"):
         assert f"[{path.stem}.yaml]({path.stem}.yaml)" in text
     assert "| [dinat_large.yaml](dinat_large.yaml) | 86.6 | dinat_large.in22k_ft_in1k |" in text
+
+
+def test_no_weight_decay_patterns_name_real_parameters():
+    """Each family's exemption list (the official trainer's names, in our parameter names) matches parameters."""
+    import fnmatch
+
+    import timm
+
+    from visionattn.train import load_config
+
+    lists = {}
+    for path in CONFIGS.glob("*.yaml"):
+        names = load_config(path)["no_weight_decay"]
+        assert names is not None, path.name  # every recipe says which parameters skip weight decay
+        if names:
+            lists.setdefault(tuple(names), []).append(path.stem)
+    assert set(lists) == {("pos_embed", "cls_token"), ("*relative_position_bias_table",)}
+    for smallest in ("agent_deit_t", "deit_t_prepbn", "agent_swin_t", "swin_t_prepbn"):
+        names = load_config(CONFIGS / f"{smallest}.yaml")["no_weight_decay"]
+        params = [n for n, _ in timm.create_model(smallest).named_parameters()]
+        hit = [p for p in names if any(fnmatch.fnmatch(n, p) for n in params)]
+        assert hit and (hit == names or smallest.startswith(("slab", "deit"))), (smallest, names, hit)

@@ -252,3 +252,32 @@ def test_full_size_finetune_weights_fit(name, family, source, classes):
     _, report = fit_state_dict(model, sd, filter_fn_for(name), source)
     assert report["tensors"] + (2 if classes != 1000 else 0) == report["of"], report
     assert ("classifier_reinitialised" in report) == (classes != 1000)
+
+
+def test_adopted_family_official_checkpoint_to_hub(tmp_path):
+    """SHViT (a timm family whose official release uses other key names): an official-layout checkpoint (the keys
+    and shapes the official code dumps, random values) converts through the zoo's filter and loads in timm."""
+    from parity_utils import REPO_ROOT
+
+    from visionattn.adopted import shvit_checkpoint_filter_fn
+
+    dump = REPO_ROOT.parent / "shared" / "specs" / "shvit_keys.txt"
+    if not dump.is_file():
+        pytest.skip("official SHViT key dump not available")
+    body = dump.read_text().split("=== official")[1]
+    body = body[body.index("\n") + 1:].split("===")[0]
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for line in body.strip().splitlines():
+        key, shape = line.split("\t")
+        shape = json.loads(shape)
+        sd[key] = torch.tensor(7) if key.endswith("num_batches_tracked") else \
+            torch.rand(shape, generator=g) + (1.0 if key.endswith("running_var") else 0.0)
+    path = tmp_path / "shvit_s1.pth"
+    torch.save({"model": sd}, path)
+    out = tmp_path / "hub"
+    assert _convert()(["shvit_s1", str(path), str(out)]) == 0
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    want = shvit_checkpoint_filter_fn(sd)
+    got = model.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in got)
