@@ -161,6 +161,26 @@ def _nat_weights(name: str) -> str:
     return f"{name}.in1k"
 
 
+def _deit_style(repo: str, main: str, timm_version: str) -> dict:
+    """The values a DeiT-derived main.py (BiFormer, SHViT) sets by argparse default, with its epoch loop."""
+    m = f"{repo}:{main}"
+    return {
+        "epochs": V(300, f"{m} --epochs default"),
+        "cooldown_epochs": V(0, f"{m}: the loop runs --epochs; the scheduler's cooldown (10) is never reached"),
+        "sched": V("cosine", f"{m} --sched default"),
+        "sched_on_updates": V(False, f"{m} lr_scheduler.step(epoch) once per epoch"),
+        "warmup_epochs": V(5, f"{m} --warmup-epochs default"),
+        "warmup_prefix": V(False, f"{m} create_scheduler of timm {timm_version} (warm-up inside the cosine)"),
+        "opt": V("adamw", f"{m} --opt default"), "opt_eps": V(1e-8, f"{m} --opt-eps default"),
+        "opt_betas": V(None, f"{m} --opt-betas default None (AdamW's 0.9, 0.999)"),
+        "lr": V(None, f"{m} linear_scaled_lr = lr * batch_size * world_size / 512"),
+        "lr_base_size": V(512, f"{m} linear_scaled_lr"), "scale_warmup_min_lr": V(False, f"{m} scales --lr only"),
+        "warmup_lr": V(1e-6, f"{m} --warmup-lr default"), "min_lr": V(1e-5, f"{m} --min-lr default"),
+        "model_ema": V(True, f"{m} --model-ema default"),
+        "model_ema_decay": V(0.99996, f"{m} --model-ema-decay default"),
+    }
+
+
 _BIFORMER_TOP1 = {"biformer_t": 81.4, "biformer_s": 83.8, "biformer_b": 84.3, "biformer_stl": 82.7,
                   "biformer_stl_nchw": 82.7}
 
@@ -176,29 +196,17 @@ def _biformer(name: str) -> dict:
             "biformer_stl_nchw": V(0.1, "biformer:scripts/train.sh")}.get(
         name, V(0.1, f"{main} --drop-path default (the repo gives no value for this variant)"))
     r.update({
+        **_deit_style("biformer", "main.py", "0.8.15 (environment.yaml)"),
         "img_size": V(224, f"{readme} training command input_size"), "crop_pct": V(0.875, "biformer:datasets.py "
                                                                                   "build_transform int(256/224*size)"),
         "batch_size": V(128, f"{readme} training command batch_size"),
-        "epochs": V(300, f"{main} --epochs default"),
-        "cooldown_epochs": V(0, f"{main}: the loop runs --epochs; the scheduler's cooldown (10) is never reached"),
-        "sched": V("cosine", f"{main} --sched default"),
-        "sched_on_updates": V(False, f"{main} lr_scheduler.step(epoch) once per epoch"),
-        "warmup_epochs": V(5, f"{main} --warmup-epochs default"),
-        "warmup_prefix": V(False, "biformer:environment.yaml timm 0.8.15 create_scheduler default"),
-        "opt": V("adamw", f"{main} --opt default"), "opt_eps": V(1e-8, f"{main} --opt-eps default"),
-        "opt_betas": V(None, f"{main} --opt-betas default None (AdamW's 0.9, 0.999)"),
-        "lr": V(None, f"{main} lr = --lr * batch_size * world_size / 512"),
-        "lr_base": V(5e-4, f"{readme} training command lr"), "lr_base_size": V(512, f"{main} linear_scaled_lr"),
-        "scale_warmup_min_lr": V(False, f"{main} scales --lr only"),
-        "warmup_lr": V(1e-6, f"{main} --warmup-lr default"), "min_lr": V(1e-5, f"{main} --min-lr default"),
+        "lr_base": V(5e-4, f"{readme} training command lr"),
         "weight_decay": V(0.05, f"{main} --weight-decay default"),
         "no_weight_decay": V([], "biformer:models/biformer.py no_weight_decay() names pos_embed / cls_token, "
                              "which BiFormer does not have: only 1-D params and biases (timm create_optimizer)"),
         "clip_grad": V(None, f"{main} --clip-grad default"), "clip_mode": V("norm", f"{main} (unused)"),
         "clip_exclude_head": V(None, f"{main} (no clipping)"),
         "amp": V("fp16", "biformer:engine.py torch.cuda.amp.autocast + NativeScaler"),
-        "model_ema": V(True, f"{main} --model-ema default"),
-        "model_ema_decay": V(0.99996, f"{main} --model-ema-decay default"),
         "drop_path": drop,
         "official": {"processes": V(8, f"{readme} training command slurm.nodes=1 slurm.ngpus=8"),
                      "batch_size": V(128, f"{readme} training command"),
@@ -286,22 +294,33 @@ def _swin_style(repo: str, root: str, cfg_file: str, given: dict, main: str) -> 
     return r
 
 
+# the model files whose no_weight_decay() / no_weight_decay_keywords() the Swin-derived optimizer.py reads
+_HOST_MODELS = {
+    "agent": {k: f"agent_transformer/models/agent_{k}.py" for k in ("deit", "pvt", "swin", "cswin")},
+    "slab": {"deit": "classification/models/slab_deit.py", "pvt": "classification/models/slab_pvt.py",
+             "swin": "classification/models/slab_swin.py", "cswin": "classification/models/slab_cswin.py"},
+}
+
+
+def _host_no_weight_decay(repo: str, kind: str) -> V:
+    """What optimizer.py exempts from weight decay besides 1-D params and biases, for a host architecture: the
+    model's no_weight_decay() names and no_weight_decay_keywords()."""
+    src = f"{repo}:{_HOST_MODELS[repo][kind]}"
+    return {
+        "deit": V(["pos_embed", "cls_token"], f"{src} no_weight_decay() (the attention's own tables are decayed)"),
+        "pvt": V([], f"{src} no_weight_decay() = {{'cls_token'}}, no such parameter: position embeddings decayed"),
+        "swin": V(["*relative_position_bias_table"], f"{src} no_weight_decay_keywords() (ape off)"),
+        "cswin": V([], f"{src} no_weight_decay() names pos_embed / cls_token, which CSwin does not have"),
+    }[kind]
+
+
 def _agent(name: str) -> dict:
     cfg_file = f"cfgs/{_AGENT_CFG.get(name, name)}.yaml"
     kind = name.split("_")[1]
     main = "main_ema.py" if kind == "cswin" else "main.py"
     readme = "agent:agent_transformer/README.md"
     r = _swin_style("agent", "agent_transformer", cfg_file, _AGENT[name], main)
-    r["no_weight_decay"] = {
-        "deit": V(["pos_embed", "cls_token"], "agent:agent_transformer/models/agent_deit.py no_weight_decay() "
-                  "(optimizer.py: names exempt besides 1-D params and biases; agent biases decayed)"),
-        "pvt": V([], "agent:agent_transformer/models/agent_pvt.py no_weight_decay() = {'cls_token'} (no such "
-                 "parameter): the position embeddings and agent biases are decayed"),
-        "swin": V(["*relative_position_bias_table"], "agent:agent_transformer/models/agent_swin.py "
-                  "no_weight_decay_keywords() (ape off: no absolute_pos_embed)"),
-        "cswin": V([], "agent:agent_transformer/models/agent_cswin.py no_weight_decay() names pos_embed / "
-                   "cls_token, which CSwin does not have"),
-    }[kind]
+    r["no_weight_decay"] = _host_no_weight_decay("agent", kind)
     if kind == "cswin":
         decay = {"agent_cswin_t": 0.99984, "agent_cswin_s": 0.99984, "agent_cswin_b": 0.99992,
                  "agent_cswin_b_384": 0.9998}[name]
@@ -365,16 +384,7 @@ def _slab(name: str) -> dict:
     kind = "deit" if "deit" in name else "cswin" if "cswin" in name else "swin" if "swin" in name else "pvt"
     r["crop_pct"] = V(0.875, "slab:classification/data/build.py TEST.CROP: resize int(256/224 x size) (short side), "
                              "center crop")
-    r["no_weight_decay"] = {
-        "deit": V(["pos_embed", "cls_token"], "slab:classification/models/slab_deit.py, deit.py no_weight_decay() "
-                  "(optimizer.py: exempt besides 1-D params and biases)"),
-        "pvt": V([], "slab:classification/models/slab_pvt.py no_weight_decay() = {'cls_token'} (no such "
-                 "parameter): position embeddings decayed"),
-        "swin": V(["*relative_position_bias_table"], "slab:classification/models/slab_swin.py, swin_transformer.py "
-                  "no_weight_decay_keywords() (ape off)"),
-        "cswin": V([], "slab:classification/models/slab_cswin.py no_weight_decay() names pos_embed / cls_token, "
-                   "which CSwin does not have"),
-    }[kind]
+    r["no_weight_decay"] = _host_no_weight_decay("slab", kind)
     r["model_ema"] = V(False, f"{readme} trains with main.py (no EMA)")
     if name in _SLAB_T:
         t, src = _SLAB_T[name]
@@ -445,28 +455,17 @@ def _shvit(name: str) -> dict:
                   V(True, f"{main} --repeated-aug default (RASampler)"),
                   V("bicubic", "shvit:data/datasets.py transforms.Resize(size, interpolation=3)"))
     r.update({
+        **_deit_style("shvit", "main.py", "0.5.4 (requirements.txt)"),
         "img_size": V(img, f"{readme} training command" + (" --input-size 256" if img == 256 else "")),
         "crop_pct": V(0.875, "shvit:data/datasets.py build_transform int(256/224*size)"),
-        "batch_size": V(256, f"{main} --batch-size default"), "epochs": V(300, f"{main} --epochs default"),
-        "cooldown_epochs": V(0, f"{main}: the loop runs --epochs; the scheduler's cooldown (10) is never reached"),
-        "sched": V("cosine", f"{main} --sched default"),
-        "sched_on_updates": V(False, f"{main} lr_scheduler.step(epoch) once per epoch"),
-        "warmup_epochs": V(5, f"{main} --warmup-epochs default"),
-        "warmup_prefix": V(False, "shvit:requirements.txt timm 0.5.4 create_scheduler"),
-        "opt": V("adamw", f"{main} --opt default"), "opt_eps": V(1e-8, f"{main} --opt-eps default"),
-        "opt_betas": V(None, f"{main} --opt-betas default None"),
-        "lr": V(None, f"{main} linear_scaled_lr = lr * batch_size * world_size / 512"),
-        "lr_base": V(1e-3, f"{main} --lr default"), "lr_base_size": V(512, f"{main} linear_scaled_lr"),
-        "scale_warmup_min_lr": V(False, f"{main} scales --lr only"),
-        "warmup_lr": V(1e-6, f"{main} --warmup-lr default"), "min_lr": V(1e-5, f"{main} --min-lr default"),
+        "batch_size": V(256, f"{main} --batch-size default"),
+        "lr_base": V(1e-3, f"{main} --lr default"),
         "weight_decay": V(wd, f"{readme} training command --weight-decay"),
         "no_weight_decay": V([], "shvit:model/shvit.py defines no no_weight_decay(): 1-D params and biases only"),
         "clip_grad": V(0.02, f"{main} --clip-grad default"), "clip_mode": V("agc", f"{main} --clip-mode default"),
         "clip_exclude_head": V(False, "shvit:engine.py loss_scaler(parameters=model.parameters()): the head is "
                                "clipped too"),
         "amp": V(None, "shvit:engine.py trains in float32 (autocast commented out)"),
-        "model_ema": V(True, f"{main} --model-ema default"),
-        "model_ema_decay": V(0.99996, f"{main} --model-ema-decay default"),
         "drop_path": no(None, "SHViT has no stochastic depth (timm's port takes no drop_path_rate)"),
         "official": {"processes": V(8, f"{readme} --nproc_per_node=8"), "batch_size": V(256, f"{main} default"),
                      "top1": V(top1, f"{readme} table"), "weights": V(f"{name}.in1k", f"{readme} table"),
