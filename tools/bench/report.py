@@ -150,13 +150,12 @@ class Recorder:
     """The rows of one suite run: each appended to `<out_dir>/<name>.jsonl` as it is measured, with `meta` (the
     environment and protocol) merged in; `finish` writes `<name>.csv` and `<name>.md`."""
 
-    def __init__(self, out_dir, name: str, meta: dict, *, fresh: bool = True):
+    def __init__(self, out_dir, name: str, meta: dict):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name, self.meta = name, dict(meta)
         self.jsonl = self.dir / f"{name}.jsonl"
-        if fresh:
-            self.jsonl.unlink(missing_ok=True)
+        self.jsonl.unlink(missing_ok=True)  # a new run of the suite replaces its own files
         self.rows: list[dict] = []
 
     def __call__(self, row: dict) -> dict:
@@ -165,7 +164,7 @@ class Recorder:
         append_jsonl(self.jsonl, full)
         return full
 
-    def finish(self, preferred=(), rows=None, title: str = "", md_cols=None, markdown: str | None = None) -> str:
+    def finish(self, preferred=(), rows=None, md_cols=None, markdown: str | None = None) -> str:
         """Write CSV (every field) and Markdown (`md_cols`, default every measured field) of `rows` (default: every
         row recorded; given, they replace the JSON lines too) or the `markdown` given; returns the Markdown."""
         if rows is not None:  # the final rows (ratios added after measuring): the JSON lines get them too
@@ -177,7 +176,7 @@ class Recorder:
             cols = [c for c in (md_cols or data_columns(rows, preferred))
                     if any(r.get(c) not in (None, "") for r in rows)]
             markdown = describe(self.meta) + "\n\n" + markdown_table(rows, cols)
-        text = (f"{title}\n\n" if title else "") + markdown + "\n"
+        text = markdown + "\n"
         _atomic_write(self.dir / f"{self.name}.md", text)
         return text
 
