@@ -396,7 +396,3 @@ def main(argv=None) -> int:
     if args.section:
         return run_section(args)
     return orchestrate(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

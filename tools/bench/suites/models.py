@@ -19,7 +19,6 @@ and the versions of torch / timm / the runtimes. Exit 1 when a model or a mode f
 from __future__ import annotations
 
 import fnmatch
-import os
 import sys
 
 from ..cli import (
@@ -120,8 +119,3 @@ def main(argv=None) -> int:
     print(text)
     print(f"wrote {', '.join(str(p) for p in rec.files())}")
     return 1 if any(k.endswith("error") for r in rec.rows for k in r) else 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())

@@ -14,7 +14,6 @@ row carries its threads, the timer, CPU model and ISA, the ISA the NA kernel was
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 from ..cli import Parser, add_timing_args, check_out_dir, positive_int, prog
@@ -100,7 +99,3 @@ def main(argv=None) -> int:
     rec.finish(KERNEL_COLS + MODEL_COLS, markdown="\n\n".join([describe(rec.meta), *tables]))
     print(f"wrote {', '.join(str(p) for p in rec.files())}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

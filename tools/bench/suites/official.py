@@ -124,7 +124,3 @@ def main(argv=None) -> int:
                       markdown=official_table(rec.rows))
     print(text, end="")
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
