@@ -36,10 +36,10 @@ def columns(rows, preferred=()) -> list[str]:
     return cols
 
 
-def data_columns(rows, preferred=()) -> list[str]:
+def data_columns(rows, preferred=(), meta_keys=META_KEYS) -> list[str]:
     """`columns` without the environment / protocol fields that are the same in every row."""
     return [c for c in columns(rows, preferred)
-            if c not in META_KEYS or len({json.dumps(r.get(c), default=str) for r in rows}) > 1]
+            if c not in meta_keys or len({json.dumps(r.get(c), default=str) for r in rows}) > 1]
 
 
 def cell(value, digits: int = 2) -> str:
@@ -80,12 +80,13 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(rows, path, cols=None) -> None:
+def write_csv(rows, path, cols=None, meta_keys=META_KEYS) -> None:
     """CSV of `rows` (measured columns first, then the environment / protocol fields), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = cols or columns(rows)
-    cols = [c for c in cols if c not in META_KEYS] + [c for c in META_KEYS if any(c in r for r in rows)]
+    meta_keys = list(dict.fromkeys(meta_keys))
+    cols = [c for c in cols if c not in meta_keys] + [c for c in meta_keys if any(c in r for r in rows)]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -171,11 +172,14 @@ class Recorder:
             rows = [{**self.meta, **r} for r in rows]
             _atomic_write(self.jsonl, "".join(json.dumps(r, default=str) + "\n" for r in rows))
         rows = self.rows if rows is None else rows
-        write_csv(rows, self.dir / f"{self.name}.csv", columns(rows, preferred))
+        meta_keys = (*META_KEYS, *self.meta)  # a runtime's version recorded by env.py is a meta field too
+        write_csv(rows, self.dir / f"{self.name}.csv", columns(rows, preferred), meta_keys)
         if markdown is None:
-            cols = [c for c in (md_cols or data_columns(rows, preferred))
+            cols = [c for c in (md_cols or data_columns(rows, preferred, meta_keys))
                     if any(r.get(c) not in (None, "") for r in rows)]
-            markdown = describe(self.meta) + "\n\n" + markdown_table(rows, cols)
+            shown = set(cols)  # a field that differs between rows is a column, not part of the header line
+            markdown = describe({k: v for k, v in self.meta.items() if k not in shown}) + "\n\n" + \
+                markdown_table(rows, cols)
         text = markdown + "\n"
         _atomic_write(self.dir / f"{self.name}.md", text)
         return text
