@@ -294,16 +294,16 @@ def test_flop_counter_counts_the_op():
 
 
 def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
-    """tools/bench_kernels.py: `cpu` rows verified against the reference, timed beside `torch`, with the GEMM rate of
-    the same run (`--gemm-rate`: gflops / pct_gemm per NA row, speedup_vs_torch)."""
+    """`python -m tools.bench kernels`: `cpu` rows verified against the reference, timed beside `torch`, with the
+    GEMM rate of the same run (`--gemm-rate`: gflops / pct_gemm per NA row, speedup_vs_torch)."""
     import json
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    jsonl = tmp_path / "rows.jsonl"
-    out = subprocess.run([sys.executable, str(repo / "tools" / "bench_kernels.py"), "--op", "na", "--device", "cpu",
+    jsonl = tmp_path / "kernels.jsonl"
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "kernels", "--op", "na", "--device", "cpu",
                           "--verify", "--cases", "quick_12x14_k5", "--na-backends", "cpu", "cpu_norpb", "torch",
-                          "--gemm-rate", "--iters", "1", "--warmup", "0", "--jsonl", str(jsonl)],
+                          "--gemm-rate", "--reps", "1", "--warmup", "0", "--out-dir", str(tmp_path)],
                          capture_output=True, text=True, cwd=repo, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -317,18 +317,18 @@ def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
 
 
 def test_bench_na_cpu_tool(tmp_path):
-    """tools/bench_na_cpu.py: kernel rows with pct_gemm, model rows with GMAC/s beside the yardstick; user errors
-    are one line and exit 2."""
+    """`python -m tools.bench na-cpu`: kernel rows with pct_gemm, model rows with GMAC/s beside the yardstick; user
+    errors are one line and exit 2."""
     import csv
     from pathlib import Path
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_na_cpu.py"
-    run = lambda *a: subprocess.run([sys.executable, str(tool), *a], capture_output=True, text=True,  # noqa: E731
-                                    timeout=900)
-    out = run("--threads", "1", "--cases", "quick_12x14_k5", "--iters", "1", "--models", "nat_mini", "--batch", "1",
-              "--reps", "1", "--model-modes", "infer", "--csv", str(tmp_path / "rows.csv"))
+    repo = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tools.bench", "na-cpu", *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=repo, timeout=900)
+    out = run("--threads", "1", "--cases", "quick_12x14_k5", "--reps", "1", "--models", "nat_mini", "--batch", "1",
+              "--model-reps", "1", "--model-modes", "infer", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    with open(tmp_path / "rows.csv") as f:
+    with open(tmp_path / "na_cpu.csv") as f:
         rows = list(csv.DictReader(f))
     na = [r for r in rows if r["op"] == "na"]
     assert {r["backend"] for r in na} == {"cpu", "cpu_norpb", "torch", "torch_norpb"}

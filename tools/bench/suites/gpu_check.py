@@ -1,8 +1,8 @@
 """The prepared GPU check (issue 20): GPU tests, NA and BRA kernel benchmarks, a model table, a Markdown summary.
 
-    bash tools/gpu_check.sh                          # on the GPU machine: everything in <= 7 minutes
-    bash tools/gpu_check.sh --device cpu --quick     # the same wiring on CPU with tiny shapes (a dry run)
-    python tools/gpu_check.py --render --out-dir DIR # rebuild DIR/summary.md from the rows already there
+    bash tools/gpu_check.sh                                # on the GPU machine: everything in <= 7 minutes
+    bash tools/gpu_check.sh --device cpu --quick           # the same wiring on CPU with tiny shapes (a dry run)
+    python -m tools.bench gpu-check --render --out-dir DIR # rebuild DIR/summary.md from the rows already there
 
 Sections, run one after another, each in its own process with its own time budget (a soft deadline checked
 between measurements, then a hard kill), so a hang, a crash or a broken CUDA context in one loses nothing of
@@ -19,22 +19,24 @@ the others; a section killed by a fatal CUDA error is restarted and skips the ro
           slab_swin_t beside timm's swin_tiny_patch4_window7_224 and convnext_tiny, attention backend triton and
           torch, eager and torch.compile (most informative rows first; the rest when the budget allows)
 
-Everything is written under --out-dir (gpu_check.sh: $OUT when set): gpu_check.log, env.json, pytest_gpu.log,
-na.jsonl, bra.jsonl, models.jsonl, summary.md (7 files). The summary is also printed as the last lines.
+Everything is written under --out-dir (gpu_check.sh: $OUT when set): gpu_check.log, env.json (GPU, CPU model and
+ISA, versions, commit, sections), pytest_gpu.log, na.jsonl, bra.jsonl, models.jsonl (every row with the same
+environment fields and its warm-up / timed-call counts; times as p50 / p90 / p99 / mean ms), summary.md (7
+files, rendered by tools/bench/report.py). The summary is also printed as the last lines.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import re
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
+
+from ..report import gpu_check_summary
 
 SECTIONS = ("tests", "na", "bra", "models")
 # seconds per section out of the default total; time a section leaves unused passes to the next ones
@@ -44,20 +46,14 @@ FATAL_EXIT = 3  # a section's exit code after a fatal CUDA error: restart it wit
 MODELS = ("nat_tiny", "dinat_tiny", "biformer_s", "agent_swin_t", "slab_swin_t", "swin_tiny_patch4_window7_224",
           "convnext_tiny")
 QUICK_MODELS = ("nat_mini", "convnext_atto")
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-
-
-def _cli():
-    # imported late: `--render` and the orchestrator itself need no torch
-    from bench import cli
-
-    return cli
+REPO = Path(__file__).resolve().parents[3]
 
 
 def parse_args(argv=None):
-    cli = _cli()
-    p = cli.Parser(description=__doc__)
+    # `--render` and the orchestrator itself import no torch
+    from .. import cli
+
+    p = cli.Parser(prog=cli.prog("gpu-check"), description=__doc__)
     p.add_argument("--out-dir", default=None, help="output folder (default $OUT, else out/gpu_check/<time>)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes and models (a dry run of the wiring)")
@@ -83,17 +79,26 @@ def parse_args(argv=None):
 
 
 def _done(path: Path) -> set:
-    from bench.report import read_jsonl, row_id
+    from ..report import read_jsonl, row_id
 
-    return {row_id(r) for r in read_jsonl(path) if "time_ms" in r or "error" in r or "max_abs_diff" in r}
+    return {row_id(r) for r in read_jsonl(path) if "p50_ms" in r or "error" in r or "max_abs_diff" in r}
 
 
-def _emitter(path: Path, device):
-    """Append each row as measured; after an error, exit FATAL_EXIT if the CUDA context is gone."""
-    from bench.report import append_jsonl
+def _timing(quick: bool) -> dict:
+    """Warm-up calls and timed calls of every measurement in the sections."""
+    return {"warmup": 1, "reps": 1} if quick else {"warmup": 3, "reps": 10}
+
+
+def _emitter(path: Path, device, quick: bool):
+    """Append each row as measured, with the environment fields and the section's warm-up / timed-call counts;
+    after an error, exit FATAL_EXIT if the CUDA context is gone."""
+    from ..env import environment
+    from ..report import append_jsonl
+
+    meta = {**environment(device), "timer": "wall", **_timing(quick)}
 
     def emit(row):
-        append_jsonl(path, row)
+        append_jsonl(path, {**meta, **row})
         if "error" in row and device.type == "cuda":
             _exit_if_cuda_broken(row["error"])
 
@@ -129,13 +134,14 @@ def _passes(impls, dtypes):
 
 def section_na(args, out: Path, deadline) -> None:
     import torch
-    from bench import na
+
+    from .. import na
 
     na.allow_recompiles()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     path = out / "na.jsonl"
-    done, emit = _done(path), _emitter(path, device)
+    done, emit = _done(path), _emitter(path, device, args.quick)
     if args.quick:
         cases, dtypes = na.QUICK_CASES[:1], ([torch.float16] if cuda else [torch.float32])
         impls = na.CUDA_IMPLS if cuda else ("torch", "torch_norpb", "gather", "sdpa_dense")
@@ -150,17 +156,18 @@ def section_na(args, out: Path, deadline) -> None:
                 row["mode"] = "verify"
                 emit(row)
     for impls_, dtype, modes in _passes(impls, list(dtypes)):
-        na.rows(cases, impls_, device=device, dtype=dtype, modes=modes, warmup=1 if args.quick else 3,
-                iters=1 if args.quick else 10, max_s=2.0, deadline=deadline, emit=emit, done=done)
+        na.rows(cases, impls_, device=device, dtype=dtype, modes=modes, iters=_timing(args.quick)["reps"],
+                warmup=_timing(args.quick)["warmup"], max_s=2.0, deadline=deadline, emit=emit, done=done)
 
 
 def section_bra(args, out: Path, deadline) -> None:
     import torch
-    from bench import bra
+
+    from .. import bra
 
     device = torch.device(args.device)
     path = out / "bra.jsonl"
-    done, emit = _done(path), _emitter(path, device)
+    done, emit = _done(path), _emitter(path, device, args.quick)
     cuda = device.type == "cuda"
     impls = bra.CUDA_IMPLS if cuda else bra.CPU_IMPLS
     dtype = torch.float16 if cuda else torch.float32
@@ -170,7 +177,7 @@ def section_bra(args, out: Path, deadline) -> None:
             emit(row)
     sizes, batch = ((56,), 1) if args.quick else ((512, 1024, 224), 8)  # the 512 px target rows first
     kw = dict(device=device, dtype=dtype, batch=batch, stages=(0, 1) if args.quick else (0, 1, 2),
-              warmup=1 if args.quick else 3, iters=1 if args.quick else 10, max_s=2.0, deadline=deadline,
+              warmup=_timing(args.quick)["warmup"], iters=_timing(args.quick)["reps"], max_s=2.0, deadline=deadline,
               emit=emit, done=done)
     for impls_, _, modes in _passes(impls, [dtype]):
         for size in sizes:
@@ -182,7 +189,7 @@ KERNEL_FAMILIES = ("nat", "dinat", "biformer")  # models whose attention runs on
 
 def model_plan(quick: bool, device: str) -> list[dict]:
     """(model, backend, compile, mode) rows, most informative first."""
-    from bench.models import family
+    from ..models import family
 
     names = QUICK_MODELS if quick else MODELS
     ours = [n for n in names if family(n) in KERNEL_FAMILIES]
@@ -211,18 +218,20 @@ COMPILE_RESERVE_S = 75  # a training-step compile of one model takes about this 
 
 def section_models(args, out: Path, deadline) -> None:
     import torch
-    from bench import models
-    from bench.report import row_id
+
+    from .. import models
+    from ..report import row_id
 
     device = torch.device(args.device)
     path = out / "models.jsonl"
-    done, emit = _done(path), _emitter(path, device)
+    done, emit = _done(path), _emitter(path, device, args.quick)
     for item in model_plan(args.quick, device.type):
         kw = dict(device=device, backend=item["backend"], compile=item["compile"])
         if args.quick:
-            kw.update(batch=2, img_size=96, amp=None, warmup=0, iters=1)
+            kw.update(batch=2, img_size=96, amp=None, warmup=1, iters=_timing(True)["reps"])
         else:
-            kw.update(batch=64 if item["mode"] == "train" else 256, img_size=224, amp="bfloat16", warmup=3, iters=10)
+            kw.update(batch=64 if item["mode"] == "train" else 256, img_size=224, amp="bfloat16",
+                      warmup=_timing(False)["warmup"], iters=_timing(False)["reps"])
         fn = models.train_row if item["mode"] == "train" else models.infer_row
         probe = dict(op="model", model=item["model"], backend=item["backend"], compile=item["compile"],
                      mode=item["mode"])
@@ -254,7 +263,7 @@ def _inject_fault(section: str) -> None:
 
 
 def run_section(args) -> int:
-    from bench.timing import Deadline, TimeUp
+    from ..timing import Deadline, TimeUp
 
     out = Path(args.out_dir)
     deadline = Deadline(args.deadline)
@@ -294,36 +303,24 @@ def _run(cmd, out: Path, log_name: str, limit: float, env=None) -> tuple[int | N
 
 
 def env_info(device: str) -> dict:
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
-            "host": platform.node(), "device": device}
+    """env.json: the environment fields every row carries, plus the GPU's memory and where visionattn comes from."""
     try:
+        from ..env import environment
+
+        info = environment(device if device != "cuda" else "cuda:0")
         import torch
 
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
         if device == "cuda" and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-        else:
-            info["cpu_threads"] = torch.get_num_threads()
-    except Exception as err:  # noqa: BLE001
-        info["torch"] = f"unavailable: {err}"
-    for mod in ("triton", "timm", "natten", "onnx"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            info[mod] = "-"
+    except Exception as err:  # noqa: BLE001 - a broken torch / CUDA install is what the log must say
+        info = {"torch": f"unavailable: {type(err).__name__}: {err}"}
+    info["device"] = device
     try:
         import visionattn
 
         info["visionattn"] = f"{visionattn.__version__} ({Path(visionattn.__file__).parent})"
     except Exception as err:  # noqa: BLE001
         info["visionattn"] = f"not importable: {type(err).__name__}: {err}"
-    try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO, timeout=10).stdout.strip() or "-"
-    except Exception:  # noqa: BLE001
-        info["git"] = "-"
     return info
 
 
@@ -360,7 +357,7 @@ def orchestrate(args) -> int:
             rc, took, restarts = None, 0.0, 0
             while True:
                 soft = budget - took - GRACE_S
-                cmd = [sys.executable, str(HERE / "gpu_check.py"), "--section", name, "--out-dir", out,
+                cmd = [sys.executable, "-m", "tools.bench", "gpu-check", "--section", name, "--out-dir", out,
                        "--device", args.device, "--deadline", f"{max(5.0, soft):.0f}"] + (["--quick"] if args.quick
                                                                                          else [])
                 rc, t = _run(cmd, out, "gpu_check.log", budget - took, dict(env, GPU_CHECK_RESTART=str(restarts)))
@@ -375,7 +372,7 @@ def orchestrate(args) -> int:
     info["sections"] = status
     info["total_s"] = round(time.monotonic() - t_start, 1)
     (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
-    text = render(out)
+    text = gpu_check_summary(out)
     _log(out, f"done in {info['total_s']} s; summary in {out / 'summary.md'}")
     print(text, end="", flush=True)
     failed = [s for s, st in status.items() if st["rc"] not in (0,)]
@@ -391,202 +388,11 @@ def _has_xdist() -> bool:
         return False
 
 
-# ------------------------------------------------------------------------------------------------ summary
-
-
-def _pytest_summary(out: Path) -> dict:
-    """Counts from pytest's last summary line, else (a killed run) from the per-test lines of -v."""
-    path = out / "pytest_gpu.log"
-    if not path.is_file():
-        return {}
-    text = path.read_text(errors="replace")
-    res = {}
-    tail = [line for line in text.splitlines() if re.match(r"^=+ .*\d+ (passed|failed|skipped|errors?)", line)]
-    if tail:
-        for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", tail[-1]):
-            res["error" if what.startswith("error") else what] = int(n)
-    else:
-        for what in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
-            n = len(re.findall(rf"(?:^|\] ){what}(?: |$)|::\S+ {what}", text, flags=re.M))
-            if n:
-                res[what.lower() + " (run killed before its summary)"] = n
-    fails = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
-    fails += re.findall(r"^(?:\[gw\d+\] \[ *\d+%\] )?(?:FAILED|ERROR) (tests/\S+)", text, flags=re.M)
-    fails += re.findall(r"^(tests/\S+) (?:FAILED|ERROR)", text, flags=re.M)
-    res["failures"] = sorted(set(fails))
-    return res
-
-
-def _ms(r, key="time_ms"):
-    v = r.get(key) if r else None
-    return None if v is None else float(v)
-
-
-def _fmt(v, digits=2):
-    from bench.report import cell
-
-    return cell(v, digits) if v is not None else "—"
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def na_summary(rows) -> list[str]:
-    from bench.report import markdown_table
-
-    lines = []
-    checks = [r for r in rows if r.get("mode") == "verify"]
-    bad = [r for r in checks if "error" in r or r.get("max_abs_diff", 0) > _tol(r)]
-    if checks:
-        lines.append(f"Checked against the reference first: {len(checks) - len(bad)}/{len(checks)} implementation x "
-                     f"case x dtype combinations agree" + (": " + "; ".join(
-                         f"{r['backend']} {r['case']} {r['dtype']}: {r.get('error') or _fmt(r['max_abs_diff'], 4)}"
-                         for r in bad[:6]) if bad else "."))
-    timed = [r for r in rows if r.get("mode") in ("fwd", "fwdbwd")]
-    by = {(r["case"], r["dtype"], r["backend"], r["mode"]): r for r in timed}
-    keys = list(dict.fromkeys((r["case"], r["dtype"]) for r in timed))
-    impls = list(dict.fromkeys(r["backend"] for r in timed))
-    table, targets = [], []
-    for case, dtype in keys:
-        for impl in impls:
-            f, fb = by.get((case, dtype, impl, "fwd")), by.get((case, dtype, impl, "fwdbwd"))
-            if not f and not fb:
-                continue
-            note = next((x.get("error") or x.get("note") for x in (f, fb) if x and (x.get("error") or x.get("note"))),
-                        "")
-            table.append({"case": case, "dtype": dtype, "impl": impl, "fwd ms": _fmt(_ms(f)),
-                          "fwd+bwd ms": _fmt(_ms(fb)), "peak MB (fwd+bwd)": _fmt(_ms(fb, "peak_mb"), 1),
-                          "compile s": _fmt(_ms(fb, "compile_s") or _ms(f, "compile_s"), 1), "note": note[:80]})
-        tri, tri0 = by.get((case, dtype, "triton", "fwdbwd")), by.get((case, dtype, "triton_norpb", "fwdbwd"))
-        flex0, sdpa = by.get((case, dtype, "flex", "fwdbwd")), by.get((case, dtype, "sdpa_dense", "fwdbwd"))
-        r1 = _ratio(_ms(flex0), _ms(tri))
-        r2 = _ratio(_ms(tri), _ms(tri0))
-        r3 = _ratio(_ms(sdpa), _ms(tri))
-        targets.append({"case": case, "dtype": dtype,
-                        "flex (no RPB) / triton+RPB, fwd+bwd (target >= 1.0)": _fmt(r1),
-                        "RPB cost, triton fwd+bwd (target <= 1.2)": _fmt(r2),
-                        "SDPA dense / triton+RPB, fwd+bwd (>= 1.0 at 128x128)": _fmt(r3)})
-    if table:
-        lines += ["", markdown_table(table, list(table[0]))]
-    if targets:
-        lines += ["", "Targets (same-run ratios, higher is better except the RPB cost):", "",
-                  markdown_table(targets, list(targets[0]))]
-    return lines
-
-
-def _tol(r) -> float:
-    return {"float32": 5e-3, "float16": 2e-2, "bfloat16": 6e-2}.get(r.get("dtype"), 5e-3) if r.get(
-        "device") == "cuda" else (1e-4 if r.get("dtype") == "float32" else 6e-2)
-
-
-def bra_summary(rows) -> list[str]:
-    from bench.report import markdown_table
-
-    lines = []
-    checks = [r for r in rows if r.get("mode") == "verify"]
-    bad = [r for r in checks if "error" in r or r.get("max_abs_diff", 0) > _tol(r)]
-    if checks:
-        lines.append(f"Checked against the reference first: {len(checks) - len(bad)}/{len(checks)} agree" + (
-            ": " + "; ".join(f"{r['backend']} {r['case']}: {r.get('error') or _fmt(r['max_abs_diff'], 4)}"
-                             for r in bad[:6]) if bad else "."))
-    timed = [r for r in rows if r.get("mode") in ("fwd", "fwdbwd")]
-    by = {(r["size"], r["stage"], r["backend"], r["mode"]): r for r in timed}
-    keys = sorted({(r["size"], r["stage"]) for r in timed})
-    impls = list(dict.fromkeys(r["backend"] for r in timed))
-    table = []
-    for size, stage in keys:
-        for impl in impls:
-            f, fb = by.get((size, stage, impl, "fwd")), by.get((size, stage, impl, "fwdbwd"))
-            if not f and not fb:
-                continue
-            any_row = f or fb
-            note = next((x.get("error") or x.get("note") for x in (f, fb) if x and (x.get("error") or x.get("note"))),
-                        "")
-            gather = by.get((size, stage, "reference", "fwdbwd"))
-            table.append({"size": size, "stage": stage, "map": any_row.get("shape"), "impl": impl,
-                          "fwd ms": _fmt(_ms(f)), "fwd+bwd ms": _fmt(_ms(fb)),
-                          "peak MB (fwd+bwd)": _fmt(_ms(fb, "peak_mb"), 1),
-                          "vs gather, fwd+bwd": _fmt(_ratio(_ms(gather), _ms(fb))),
-                          "memory vs gather": _fmt(_ratio(_ms(gather, "peak_mb"), _ms(fb, "peak_mb"))),
-                          "note": note[:80]})
-    if table:
-        lines += ["", markdown_table(table, list(table[0])),
-                  "", "Target: triton fwd+bwd >= 3x gather at 512 px stages 1-2 (the `vs gather` column)."]
-    return lines
-
-
-def models_summary(rows) -> list[str]:
-    from bench.report import markdown_table
-
-    by = {}
-    for r in rows:
-        key = (r["model"], r.get("backend", "-"), bool(r.get("compile")))
-        by.setdefault(key, {})[r.get("mode")] = r
-    table = []
-    for (model, backend, compiled), modes in by.items():
-        tr, inf = modes.get("train"), modes.get("infer")
-        note = next((x.get("error") or x.get("note") for x in (tr, inf) if x and (x.get("error") or x.get("note"))),
-                    "")
-        table.append({"model": model, "backend": backend, "compile": "yes" if compiled else "no",
-                      "train img/s": _fmt(_ms(tr, "img_s"), 1), "train peak MB": _fmt(_ms(tr, "peak_mb"), 1),
-                      "infer img/s": _fmt(_ms(inf, "img_s"), 1), "infer peak MB": _fmt(_ms(inf, "peak_mb"), 1),
-                      "note": note[:80]})
-    table.sort(key=lambda r: (r["model"], r["compile"], r["backend"]))
-    lines = []
-    if table:
-        first = next((r for r in rows if r.get("mode") == "train" and "batch" in r), None) or {}
-        lines += [f"Training step: batch {first.get('batch', '?')}, {first.get('img_size', '?')} px, "
-                  f"autocast {first.get('amp', '?')}, AdamW; inference: eval, same autocast.", "",
-                  markdown_table(table, list(table[0]))]
-        nat = max((_ms(r, "img_s") or 0 for r in rows if r["model"] == "nat_tiny" and r.get("mode") == "train"),
-                  default=None)
-        swin = max((_ms(r, "img_s") or 0 for r in rows
-                    if r["model"] == "swin_tiny_patch4_window7_224" and r.get("mode") == "train"), default=None)
-        if nat and swin:
-            lines += ["", f"nat_tiny / swin_tiny training img/s (best of each): {nat / swin:.2f} (target >= 0.8)"]
-    return lines
-
-
-def render(out: Path) -> str:
-    """Build summary.md from env.json, pytest_gpu.log and the *.jsonl rows; return its text."""
-    from bench.report import read_jsonl
-
-    info = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else {}
-    lines = ["# GPU check", ""]
-    hw = info.get("gpu") or f"CPU ({info.get('cpu_threads', '?')} threads)"
-    lines.append(f"{info.get('date', '?')}, {hw}, torch {info.get('torch', '?')} (CUDA {info.get('cuda', '-')}), "
-                 f"Triton {info.get('triton', '-')}, timm {info.get('timm', '-')}, commit {info.get('git', '-')}; "
-                 f"total {info.get('total_s', '?')} s.")
-    for name, st in info.get("sections", {}).items():
-        state = "killed at its time limit" if st.get("rc") is None else f"exit {st['rc']}"
-        extra = f", {st['restarts']} restart(s)" if st.get("restarts") else ""
-        lines.append(f"- {name}: {state}, {st.get('seconds')} s{extra}")
-    tests = _pytest_summary(out)
-    if tests:
-        counts = ", ".join(f"{v} {k}" for k, v in tests.items() if k != "failures")
-        lines += ["", "## pytest -m gpu", "", counts or "no summary line (killed?)"]
-        lines += [f"- FAILED {t}" for t in tests["failures"][:20]]
-    for title, name, fn in (("Neighborhood attention (ms, median)", "na.jsonl", na_summary),
-                            ("Bi-level routing attention (ms, median)", "bra.jsonl", bra_summary),
-                            ("Models", "models.jsonl", models_summary)):
-        rows = read_jsonl(out / name)
-        if rows:
-            lines += ["", f"## {title}", ""] + fn(rows)
-    text = "\n".join(lines).rstrip() + "\n"
-    (out / "summary.md").write_text(text)
-    return text
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
-        print(render(Path(args.out_dir)), end="")
+        print(gpu_check_summary(Path(args.out_dir)), end="")
         return 0
     if args.section:
         return run_section(args)
     return orchestrate(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Our models against the official code: same weights, one process, alternating calls, fp32 on CPU (issue 19).
 
     python tools/fetch_official.py --mirror-root /path/to/mirrors     # once: the official code, pinned commits
-    python tools/bench_official.py                                    # every default model, bs1 / bs8 at 224 px
-    python tools/bench_official.py --models biformer_s agent_swin_t --threads 1 --timer cpu --reps 9
+    python -m tools.bench official                                    # every default model, bs1 / bs8 at 224 px
+    python -m tools.bench official --models biformer_s agent_swin_t --threads 1 --timer cpu --reps 9
 
 Per model, a worker process imports the official file unmodified from .cache/official/<repo> (missing legacy
 modules shimmed in that process only, see tools/bench/official.py), builds the official model from the
@@ -10,11 +10,12 @@ constructor arguments in the parity fixtures' manifest (random init, seed 0), bu
 visionattn.from_official from the same arguments and the official state dict, checks the logits agree
 (`max_abs_diff`), then times both at batch 1 and 8 (224 px; BiFormer also batch 1 at 512 px, where both are
 built with auto_pad=True: 512 px maps are no multiple of n_win=7). `--warmup` pairs, then `--reps` pairs
-(>= 7) alternating, the order flipped every pair. `ours/official` is the ratio of the median times (lower: ours
-faster), with the inter-quartile range of the per-pair ratios. NAT/DiNAT run the official model code on
-visionattn.compat.natten_legacy (their NATTEN 0.14-0.17 is not installable), so they compare model code on the
-same kernels; skipped with a message when that emulation is absent.
-Writes official.jsonl and official.md to --out-dir; the Markdown table is printed last.
+(>= 7) alternating, the order flipped every pair: p50 / p90 / p99 / mean ms of each side, `ours/official` the
+ratio of the p50 times (lower: ours faster), with the inter-quartile range of the per-pair ratios. NAT/DiNAT
+run the official model code on visionattn.compat.natten_legacy (their NATTEN 0.14-0.17 is not installable), so
+they compare model code on the same kernels; skipped with a message when that emulation is absent.
+Writes official.jsonl, official.csv and official.md to --out-dir (every row with its threads, timer, CPU model
+and ISA, the ISA the NA kernel was built for and the versions); the Markdown table is printed last.
 """
 from __future__ import annotations
 
@@ -25,15 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import official
-from bench.cli import Parser, fail, int_at_least, positive_int
-from bench.report import append_jsonl, markdown_table, read_jsonl
-
-HERE = Path(__file__).resolve().parent
+from .. import official
+from ..cli import Parser, check_out_dir, fail, int_at_least, positive_int, prog
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__)
+    p = Parser(prog=prog("official"), description=__doc__)
     p.add_argument("--models", nargs="+", choices=sorted(official.MODELS), default=list(official.DEFAULT_MODELS),
                    metavar="MODEL", help=f"of {sorted(official.MODELS)}")
     p.add_argument("--cache", default=str(official.REPO / ".cache" / "official"),
@@ -48,12 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time (steadier on a shared machine; use with --threads 1)")
     p.add_argument("--check-only", action="store_true", help="build both and compare logits, no timing")
-    p.add_argument("--out-dir", default="out/bench_official")
+    p.add_argument("--out-dir", default="out/bench/official")
     p.add_argument("--timeout", type=positive_int, default=3600, help="seconds per model")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one model, internal
     args = p.parse_args(argv)
-    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
-        p.error(f"argument --out-dir: {args.out_dir} exists and is not a directory")
+    check_out_dir(p, args.out_dir)
     return args
 
 
@@ -75,47 +72,10 @@ def worker(args) -> int:
     return 0
 
 
-def _cell_ratio(r) -> str:
-    if "ratio" not in r:
-        return r.get("error") or r.get("note") or "—"
-    return f"{r['ratio']:.2f} ({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})"
-
-
-def table(rows) -> str:
-    by = {}
-    for r in rows:
-        by.setdefault(r["model"], []).append(r)
-    out = []
-    for model, rs in by.items():
-        first = rs[0]
-        cell = {(r.get("batch"), r.get("img_size")): r for r in rs}
-        diffs = [r["max_abs_diff"] for r in rs if "max_abs_diff" in r]
-        line = {"model": model, "official code": f"{first['repo']} @ {first['commit'][:7]}",
-                "max abs diff (logits)": f"{max(diffs):.1e}" if diffs else "—"}
-        for (b, s), r in sorted(cell.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0] or 0)):
-            if b is None:
-                continue
-            line[f"bs{b} {s}px ours/official"] = _cell_ratio(r)
-            if "ours_ms" in r:
-                line[f"bs{b} {s}px ms (ours / official)"] = f"{r['ours_ms']:.1f} / {r['official_ms']:.1f}"
-        if first.get("official_runs_on"):
-            line["note"] = f"official model code on {first['official_runs_on']}"
-        elif "note" in first and "batch" not in first:
-            line["note"] = first["note"]
-        out.append(line)
-    cols = []
-    for line in out:
-        cols += [c for c in line if c not in cols]
-    timed = next((r for r in rows if "timer" in r and "ratio" in r), None)
-    head = ""
-    if timed:
-        head = (f"fp32, CPU, eval, no_grad; torch {timed['torch']}, timm {timed.get('timm', '?')}, "
-                f"{timed['threads']} thread(s), {timed['timer']} time, median of {timed['reps']} alternating pairs; "
-                "ours/official < 1: ours faster (inter-quartile range of the per-pair ratios in brackets).\n\n")
-    return head + markdown_table(out, cols)
-
-
 def main(argv=None) -> int:
+    from ..env import environment
+    from ..report import Recorder, official_table
+
     args = parse_args(argv)
     if args.worker:
         return worker(args)
@@ -124,25 +84,20 @@ def main(argv=None) -> int:
         return fail(f"parity fixtures not found at {root} (set VISIONATTN_PARITY_DIR): their manifests hold the "
                     "official constructors' arguments")
     cache = Path(args.cache)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "official.jsonl"
-    path.unlink(missing_ok=True)
-    rows, code = [], 0
+    rec = Recorder(args.out_dir, "official", environment("cpu"))
+    code = 0
     for name in args.models:
         spec = official.model_spec(name, root)
         checkout = cache / spec["repo"].split("/")[1]
         if not checkout.is_dir():
-            row = dict(model=name, repo=spec["repo"], commit=spec["commit"],
-                       note=f"skipped: no checkout at {checkout} (run tools/fetch_official.py)")
+            row = rec(dict(model=name, repo=spec["repo"], commit=spec["commit"],
+                           note=f"skipped: no checkout at {checkout} (run tools/fetch_official.py)"))
             print(f"{name}: {row['note']}", file=sys.stderr)
-            rows.append(row)
-            append_jsonl(path, row)
             continue
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(checkout / spec["import_root"])] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
                                                      else [])))
-        cmd = [sys.executable, str(HERE / "bench_official.py"), "--worker", json.dumps(spec),
+        cmd = [sys.executable, "-m", "tools.bench", "official", "--worker", json.dumps(spec),
                "--warmup", str(args.warmup), "--reps", str(args.reps), "--img-size", str(args.img_size),
                "--biformer-512", str(args.biformer_512), "--timer", args.timer, "--batches", *map(str, args.batches)]
         if args.check_only:
@@ -152,7 +107,8 @@ def main(argv=None) -> int:
         print(f"{name}: official {spec['builder']} from {checkout} @ {spec['commit'][:12]}", file=sys.stderr,
               flush=True)
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=official.REPO,
+                                 timeout=args.timeout)
         except subprocess.TimeoutExpired:
             res = None
         got = [json.loads(line[4:]) for line in (res.stdout if res else "").splitlines() if line.startswith("ROW ")]
@@ -161,15 +117,10 @@ def main(argv=None) -> int:
             got.append(dict(model=name, repo=spec["repo"], commit=spec["commit"], error=f"worker: {err[:300]}"))
             code = 1
         for row in got:
-            append_jsonl(path, row)
-            print(f"  {row.get('batch', '')} {row.get('img_size', '')} {_cell_ratio(row)}", file=sys.stderr,
-                  flush=True)
-        rows += got
-    text = table(read_jsonl(path))
-    (out_dir / "official.md").write_text(text + "\n")
-    print(text)
+            rec(row)
+            ratio = f"{row['ratio']:.2f}" if "ratio" in row else row.get("error") or row.get("note") or ""
+            print(f"  {row.get('batch', '')} {row.get('img_size', '')} {ratio}", file=sys.stderr, flush=True)
+    text = rec.finish(["model", "batch", "img_size", "ratio", "ratio_q1", "ratio_q3"],
+                      markdown=official_table(rec.rows))
+    print(text, end="")
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

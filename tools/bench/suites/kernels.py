@@ -1,29 +1,31 @@
-"""Kernel benchmark: neighborhood attention (NA) and bi-level routing attention (BRA) implementations in one table.
+"""NA and BRA kernels: every implementation in one table, timed in one run.
 
-    python tools/bench_kernels.py --op na --device cpu --threads 1 --csv out/bench_kernels.csv
-    python tools/bench_kernels.py --op all --device cuda --dtype float16
-    python tools/bench_kernels.py --op all --verify-only             # every implementation vs the reference
-    python tools/bench_kernels.py --op na --cases nat_56x56_k7 --gemm-rate --threads 1   # NA vs the GEMM rate
+    python -m tools.bench kernels --op na --device cpu --threads 1
+    python -m tools.bench kernels --op all --device cuda --dtype float16
+    python -m tools.bench kernels --op all --verify-only             # every implementation vs the reference
+    python -m tools.bench kernels --op na --cases nat_56x56_k7 --gemm-rate --threads 1   # NA vs the GEMM rate
 
 NA (tools/bench/na.py): on CPU, NAT-like shapes at --batch (default 8): 56x56 k7, 28x28 k7 dilation 2, 14x14 k7,
 1-D 4096 k31; on CUDA, NAT-Tiny stage shapes at B=32 (56x56 k7, 28x28 k7 d2, 14x14 k7) and 128x128 k7 at B=4.
 Implementations: ours `torch` / `triton` / `cpu` (the compiled CPU kernel) with RPB and `*_norpb` without,
-`gather` (naive index gather),
-`natten` (when installed; CPU: unfused FlexAttention, forward only), `flex` / `flex_rpb` (torch.compile'd
-FlexAttention with an NA block mask, RPB as score_mod; compile time in `compile_s`), `sdpa_dense` (full
-attention, the dense-cost yardstick). BRA (tools/bench/bra.py): BiFormer-S routed stages at --sizes (CPU:
-224 512 at B=1; CUDA: 224 512 1024 at B=8), `reference` (the official gather formulation), `torch`,
+`gather` (naive index gather), `natten` (when installed; CPU: unfused FlexAttention, forward only), `flex` /
+`flex_rpb` (torch.compile'd FlexAttention with an NA block mask, RPB as score_mod; compile time in `compile_s`),
+`sdpa_dense` (full attention, the dense-cost yardstick). BRA (tools/bench/bra.py): BiFormer-S routed stages at
+--sizes (CPU: 224 512 at B=1; CUDA: 224 512 1024 at B=8), `reference` (the official gather formulation), `torch`,
 `triton`, `flex` (compiled FlexAttention with a routing block mask).
 
-Per row: median time of up to --iters calls after warm-up (`--timer cpu`: process CPU time, with
+Per row: p50 / p90 / p99 / mean ms of --reps calls after --warmup (`--timer cpu`: process CPU time, with
 --threads 1 only), and peak memory one call allocates above its inputs (CUDA allocator peak; CPU: torch's
-allocations). Ratios: `speedup_vs_X` = X's time / this row's time in the same run (ours without RPB against
-natten / flex / sdpa_dense, with RPB against gather / flex_rpb), `rpb_cost` = ours with RPB / without,
-`mem_ratio_vs_gather` (BRA). --verify checks every implementation's output against the reference backend
-first (exit 1 on a mismatch): the rows compare like with like. --gemm-rate times a 2048^3 fp32 matmul (and Swin's
-7x7-window attention bmm) before and after the NA rows, in the same process (tools/bench/gemm.py), and gives each
-NA row `gflops` (the FLOPs NA needs: each query's window; backward counted twice the forward) and `pct_gemm`,
-percent of the mean matmul rate.
+allocations). Ratios (of p50 times): `speedup_vs_X` = X's time / this row's time in the same run (ours without
+RPB against natten / flex / sdpa_dense, with RPB against gather / flex_rpb), `rpb_cost` = ours with RPB /
+without, `mem_ratio_vs_gather` (BRA). --verify checks every implementation's output against the reference
+backend first (exit 1 on a mismatch): the rows compare like with like. --gemm-rate times a 2048^3 fp32 matmul
+(and Swin's 7x7-window attention bmm) before and after the NA rows, in the same process (tools/bench/gemm.py),
+and gives each NA row `gflops` (the FLOPs NA needs: each query's window; backward counted twice the forward) and
+`pct_gemm`, percent of the mean matmul rate.
+
+Writes kernels.jsonl (each row as measured), kernels.csv and kernels.md to --out-dir; every row carries the
+threads, timer, CPU model and ISA, the ISA the NA kernel was built for and the versions.
 """
 from __future__ import annotations
 
@@ -31,23 +33,21 @@ import dataclasses
 import math
 import sys
 import warnings
-from pathlib import Path
 
 import torch
-from bench import bra as bra_bench
-from bench import gemm as gemm_bench
-from bench import na as na_bench
-from bench.cli import Parser, device_arg, nonneg_int, positive_int
-from bench.report import append_jsonl, columns, text_table, write_csv
-from bench.timing import Deadline
+
+from .. import bra as bra_bench
+from .. import gemm as gemm_bench
+from .. import na as na_bench
+from ..cli import Parser, add_timing_args, check_out_dir, device_arg, positive_int, prog
 
 NA_QUICK = ("nat_56x56_k7",)
 CPU_COMPARE_CASES = ("nat_56x56_k7",)  # natten / compiled flex on CPU by default only here (minutes per case)
 TABLE_COLS = ["op", "case", "size", "stage", "shape", "region", "dim", "heads", "kernel", "dilation", "topk",
-              "batch", "dtype", "backend", "mode", "time_ms", "gflops", "pct_gemm", "peak_mb", "compile_s",
-              "speedup_vs_torch", "speedup_vs_natten",
-              "speedup_vs_flex", "speedup_vs_flex_rpb", "speedup_vs_sdpa_dense", "speedup_vs_gather",
-              "speedup_vs_flex_norpb", "rpb_cost", "mem_ratio_vs_gather", "max_abs_diff", "note", "error"]
+              "batch", "dtype", "backend", "mode", "p50_ms", "p90_ms", "p99_ms", "gflops", "pct_gemm", "peak_mb",
+              "compile_s", "speedup_vs_torch", "speedup_vs_natten", "speedup_vs_flex", "speedup_vs_flex_rpb",
+              "speedup_vs_sdpa_dense", "speedup_vs_gather", "speedup_vs_flex_norpb", "rpb_cost", "mem_ratio_vs_gather",
+              "max_abs_diff", "note", "error"]
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -59,12 +59,11 @@ def tolerance(dtype: str, device) -> float:
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__)
+    p = Parser(prog=prog("kernels"), description=__doc__)
     p.add_argument("--op", choices=["na", "bra", "all"], default="na")
     p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    p.add_argument("--jsonl", default=None, help="append each row to this JSON-lines file as it is measured")
+    p.add_argument("--out-dir", default="out/bench/kernels", help="kernels.jsonl / .csv / .md go here")
     p.add_argument("--quick", action="store_true", help="only the 56x56 k7 NA case (BRA: 224 only)")
     p.add_argument("--cases", nargs="+", choices=sorted(na_bench.ALL_CASES), default=None, metavar="CASE",
                    help=f"NA cases, of {sorted(na_bench.ALL_CASES)}")
@@ -78,13 +77,11 @@ def parse_args(argv=None):
     p.add_argument("--stages", type=int, nargs="+", choices=[0, 1, 2], default=[0, 1, 2], help="BRA stages")
     p.add_argument("--bra-batch", type=positive_int, default=None, help="BRA batch (CPU 1, CUDA 8)")
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwdbwd"], default=["fwd", "fwdbwd"])
-    p.add_argument("--warmup", type=nonneg_int, default=2)
-    p.add_argument("--iters", type=positive_int, default=5)
+    add_timing_args(p, warmup=2, reps=5)
     p.add_argument("--max-s", type=float, default=None, help="bound on the timed calls of one row (seconds)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole run; rows left when it runs out are reported as skipped")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--timer", choices=["wall", "cpu"], default="wall")
     p.add_argument("--compare-all", action="store_true",
                    help="on CPU, run natten and compiled flex on every case (default: 56x56 k7 only; slow)")
     p.add_argument("--verify", action="store_true", help="check every implementation against the reference first")
@@ -92,10 +89,7 @@ def parse_args(argv=None):
                    help="time the machine's fp32 matmul rate around the NA rows; NA rows get gflops and pct_gemm")
     p.add_argument("--verify-only", action="store_true", help="only the check (tiny shapes, seconds on CPU)")
     args = p.parse_args(argv)
-    for opt in ("csv", "jsonl"):
-        path = getattr(args, opt)
-        if path and Path(path).is_dir():
-            p.error(f"argument --{opt}: {path} is a directory; give a file path")
+    check_out_dir(p, args.out_dir)
     return args
 
 
@@ -156,43 +150,58 @@ def _has(module: str) -> bool:
 
 
 def main(argv=None) -> int:
+    from ..env import environment
+    from ..report import Recorder, columns, text_table
+
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.timer == "cpu" and torch.get_num_threads() > 1:
         print("--timer cpu sums the CPU time of all threads; use it with --threads 1", file=sys.stderr)
+    meta = {**environment(args.device), "timer": args.timer, "warmup": args.warmup, "reps": args.reps}
+    rec = Recorder(args.out_dir, "kernels", meta)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} timer={args.timer} "
-          f"torch={torch.__version__}", flush=True)
+          f"cpu={meta['cpu_model']} isa={meta['cpu_isa']} na_cpu_isa={meta['na_cpu_isa']} torch={torch.__version__}",
+          flush=True)
     na_bench.allow_recompiles()
-    emit = (lambda row: append_jsonl(args.jsonl, row)) if args.jsonl else None
-    rows, bad = [], []
+    checked, rows, bad = [], [], []
     if args.verify or args.verify_only:
-        checked = run_verify(args)
+        checked = [{**r, "mode": "verify"} for r in run_verify(args)]
         bad = [r for r in checked if r.get("note", "").startswith("MISMATCH")]
         print(text_table(checked, columns(checked, ["op", "case", "backend", "dtype", "max_abs_diff", "note",
                                                     "error"])), flush=True)
         for r in checked:
-            if emit is not None:
-                emit({**r, "mode": "verify"})
-        if args.verify_only:
-            return 1 if bad else 0
+            rec(r)
+    if not args.verify_only:
+        rows = measure(args, rec)
+        print(text_table(rows, [c for c in columns(rows, TABLE_COLS) if c in TABLE_COLS]))
+    rec.finish(TABLE_COLS, rows=checked + rows, md_cols=TABLE_COLS)
+    print(f"wrote {', '.join(str(p) for p in rec.files())}")
+    return 1 if bad else 0
+
+
+def measure(args, emit) -> list[dict]:
+    """The timed rows: the GEMM rate around NA (with --gemm-rate), NA, BRA."""
+    from ..timing import Deadline
+
+    rows = []
     deadline = Deadline(args.budget)
     dtype = getattr(torch, args.dtype)
     cuda = args.device.type == "cuda"
+    timing = dict(warmup=args.warmup, iters=args.reps, timer=args.timer, max_s=args.max_s, deadline=deadline,
+                  emit=emit)
     if args.op in ("na", "all"):
         impls = args.na_backends or (na_bench.CUDA_IMPLS if cuda else na_bench.CPU_IMPLS)
         gemm = gemm_bench.rate_rows(args.device, when="before") if args.gemm_rate else []
-        na_rows = na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8,
-                                modes=args.modes, warmup=args.warmup, iters=args.iters, timer=args.timer,
-                                max_s=args.max_s, deadline=deadline, skip=_cpu_skip(args), emit=emit)
+        na_rows = na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8, modes=args.modes,
+                                skip=_cpu_skip(args), **timing)
         if args.gemm_rate:
             gemm += gemm_bench.rate_rows(args.device, when="after")
             square = [r["gflops"] for r in gemm if r["case"].startswith("matmul")]
             gemm_bench.add_gemm_fraction(na_rows, sum(square) / len(square))
             for r in gemm:
-                if emit is not None:
-                    emit(r)
+                emit(r)
         rows += gemm + na_rows
     if args.op in ("bra", "all"):
         impls = list(args.bra_backends or (bra_bench.CUDA_IMPLS if cuda else bra_bench.CPU_IMPLS))
@@ -201,13 +210,5 @@ def main(argv=None) -> int:
         sizes = args.sizes or ([224] if args.quick else [224, 512, 1024] if cuda else [224, 512])
         batch = args.bra_batch or (8 if cuda else 1)
         rows += bra_bench.rows(sizes, impls, device=args.device, dtype=dtype, batch=batch, stages=args.stages,
-                               modes=args.modes, warmup=args.warmup, iters=args.iters, max_s=args.max_s,
-                               deadline=deadline, emit=emit)
-    print(text_table(rows, [c for c in columns(rows, TABLE_COLS) if c in TABLE_COLS]))
-    if args.csv:
-        write_csv(rows, args.csv, columns(rows, TABLE_COLS))
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                               modes=args.modes, **timing)
+    return rows
