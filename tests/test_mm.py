@@ -506,3 +506,111 @@ def test_pretrained_official_file_through_filter(mm, tmp_path):
     torch.testing.assert_close(bb.model.stages[1].downsample.reduction.weight,
                                sd["levels.0.downsample.reduction.weight"])
     torch.testing.assert_close(bb.model.stages[3].blocks[0].attn.rpb, sd["levels.3.blocks.0.attn.rpb"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# official dense checkpoints through the test tools (issue 24)
+
+def _dense_fixture(family: str, case: str):
+    import test_dense_parity as tdp
+
+    return tdp._load(family, case)
+
+
+def _mmcv1_checkpoint(path, state_dict: dict):
+    """An mmcv 1.x / mmdet 2.x file: `meta` with numpy values (as evaluation hooks write them), `optimizer`."""
+    import numpy as np
+
+    meta = dict(mmdet_version="2.28.2", mmcv_version="1.7.1", config="model = dict(type='MaskRCNN')",
+                env_info="sys.platform: linux", seed=np.int64(0), exp_name="mask_rcnn_nat_mini_3x_coco.py",
+                CLASSES=("square", "disc", "triangle"), epoch=36, iter=175000, time="Tue Jun 14 10:00:00 2022",
+                hook_msgs=dict(last_ckpt="work_dirs/x/epoch_36.pth", best_score=np.float64(0.43)),
+                PALETTE=[(220, 20, 60), (119, 11, 32), (0, 0, 142)])
+    optimizer = dict(state={}, param_groups=[dict(lr=1e-4, weight_decay=0.05, params=[0, 1])])
+    torch.save(dict(meta=meta, state_dict=state_dict, optimizer=optimizer), path)
+
+
+def _official_nat_detector(synth, tmp_path):
+    """A Mask R-CNN config on NAT (the fixture's small official NAT) and an mmdet 2.x checkpoint of it whose backbone
+    keys are the official ones (`backbone.levels.*`, `backbone.norm{i}`)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    meta, outs, sd, inputs = _dense_fixture("nat", "nat")
+    kw = {k: v for k, v in meta["official_kwargs"].items() if k != "out_indices"}
+    cfg = det_config("mask_rcnn_nat_mini_3x_coco", synth[0], dict(model_name="nat_mini", drop_path_rate=0.0, **kw))
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        from mmdet.registry import MODELS
+
+        det = MODELS.build(cfg.model)
+    heads = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in det.state_dict().items()
+             if not k.startswith("backbone.")}
+    ckpt = {**{f"backbone.{k}": v for k, v in sd.items()}, **heads}
+    cfg_file = tmp_path / "cfg.py"
+    Config(cfg.to_dict()).dump(str(cfg_file))
+    return cfg_file, ckpt, (meta, outs, inputs)
+
+
+def test_det_test_loads_official_detector_backbone(synth, mm, tmp_path):
+    """det_test.py with an official mmdet 2.x NAT detector: the backbone gets the official weights (old code: they
+    were ignored with a warning and the backbone stayed random), mmcv 1.x `meta` loads under weights_only."""
+    _num_threads()
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    from visionattn.mm.runner import test_main
+
+    cfg_file, ckpt, (meta, outs, inputs) = _official_nat_detector(synth, tmp_path)
+    path = tmp_path / "official_nat_mask_rcnn.pth"
+    _mmcv1_checkpoint(path, ckpt)
+    seen = {}
+
+    @HOOKS.register_module(name="_CaptureBackbone", force=True)
+    class _CaptureBackbone(Hook):
+        def before_test(self, runner):
+            bb = copy.deepcopy(runner.model.backbone).double().eval()
+            with torch.no_grad():
+                seen["feats"] = bb(inputs["input.0"].double())
+
+    metrics = test_main([str(cfg_file), str(path), "--work-dir", str(tmp_path / "w"),
+                         "--cfg-options", "custom_hooks=[dict(type='_CaptureBackbone')]"], scope="mmdet")
+    assert "coco/bbox_mAP" in metrics
+    for j, y in enumerate(seen["feats"]):
+        assert (y - outs[f"features.0.{j}"].double()).abs().max().item() <= meta["tolerance"], j
+
+
+def test_det_test_refuses_unmappable_backbone(synth, mm, tmp_path):
+    """A backbone key that maps to nothing, or a detector file without backbone weights, is an error naming it."""
+    _num_threads()
+    from visionattn.mm.runner import test_main
+
+    cfg_file, ckpt, _ = _official_nat_detector(synth, tmp_path)
+    bad = dict(ckpt)
+    bad["backbone.levels.0.blocks.0.attn.qkv_typo.weight"] = bad.pop("backbone.levels.0.blocks.0.attn.qkv.weight")
+    _mmcv1_checkpoint(tmp_path / "bad.pth", bad)
+    with pytest.raises(RuntimeError, match="qkv_typo"):
+        test_main([str(cfg_file), str(tmp_path / "bad.pth"), "--work-dir", str(tmp_path / "w")], scope="mmdet")
+    headless = {k: v for k, v in ckpt.items() if not k.startswith("backbone.")}
+    _mmcv1_checkpoint(tmp_path / "headless.pth", headless)
+    with pytest.raises(RuntimeError, match="no `backbone"):
+        test_main([str(cfg_file), str(tmp_path / "headless.pth"), "--work-dir", str(tmp_path / "w2")], scope="mmdet")
+
+
+@pytest.mark.parametrize("family,case", [("agent_attention", "agent_swin"), ("gcvit", "gcvit_ls_from_cls"),
+                                         ("slab", "slab_swin")])
+def test_official_checkpoint_through_init_cfg(family, case, mm, tmp_path):
+    """An official classification / dense checkpoint through init_cfg, inside an mmcv 1.x envelope."""
+    import test_dense_parity as tdp
+
+    meta, outs, sd, inputs = tdp._load(family, case)
+    path = tmp_path / "official.pth"
+    if meta.get("from_classification_checkpoint"):
+        _mmcv1_checkpoint(path, sd)
+    else:
+        _mmcv1_checkpoint(path, {f"backbone.{k}": v for k, v in sd.items()})
+    dtype = getattr(torch, meta.get("dtype", "float64").split()[0])
+    model = tdp._build(family, case, meta, str(path)).to(dtype)
+    with torch.no_grad():
+        ys = model(inputs["input.3"].to(dtype))
+    for j, y in enumerate(ys):
+        assert (y - outs[f"features.3.{j}"].double()).abs().max().item() <= meta["tolerance"]

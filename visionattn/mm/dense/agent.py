@@ -56,7 +56,7 @@ class DenseAgentAttention(_agent.AgentAttention):
         p, shape = self.pool_size, tuple(self.agent_shape)
         if shape == (p, p):
             return b1, b2
-        h, n = b1.shape[1], b1.shape[2]
+        h = b1.shape[1]
         a = shape[0] * shape[1]
         b1 = F.interpolate(b1.reshape(h, p, p, -1).permute(0, 3, 1, 2), size=shape, mode="bilinear")
         b1 = b1.reshape(h, -1, a).transpose(1, 2).unsqueeze(0)
@@ -116,7 +116,7 @@ class AgentSwinDense(_agent.AgentSwinTransformer):
         self.out_norms = nn.ModuleList([norm_layer(d) if i in self.out_indices else nn.Identity()
                                         for i, d in enumerate(dims)])
         _make_dense_agents(self, self.downstream_agent_shapes, lambda name: int(name.split(".")[1]))
-        for i, stage in enumerate(self.layers):
+        for stage in self.layers:
             for j, blk in enumerate(stage.blocks):
                 if isinstance(blk, WindowBlock):
                     blk.__class__ = _DenseWindowBlock

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.gcvit import FeatureBlock, GlobalContextVit, GlobalContextVitBlock
+from timm.layers import SEModule
+from timm.models.gcvit import FeatureBlock, GlobalContextVit, GlobalContextVitBlock, MbConvBlock
 from torch import nn
 
 from visionattn.checkpoint import unwrap_state_dict
@@ -76,6 +77,11 @@ class GCViTDense(nn.Module):
                 blk.__class__ = _PaddedGCViTBlock
                 if qk_scale is not None:
                     blk.attn.scale = qk_scale
+        # the official SE squeezes to int(C / 4) channels; timm rounds to a multiple of 8 (same for 64 / 96 / 128 / 192)
+        for m in self.modules():
+            if isinstance(m, MbConvBlock) and m.se.fc1.out_channels != int(m.se.fc1.in_channels * 0.25):
+                c = m.se.fc1.in_channels
+                m.se = SEModule(c, rd_channels=int(c * 0.25), bias=False, act_layer=nn.GELU)
         self.out_norms = nn.ModuleList([norm_layer(d) if i in self.out_indices else nn.Identity()
                                         for i, d in enumerate(dims)])
         self.pos_drop = nn.Dropout(drop_rate)
