@@ -109,19 +109,19 @@ CASES: dict[str, dict] = {
         modelled_on="swin_t_prepbn (Mask R-CNN 1x / 3x)"),
     "nat": dict(
         family="nat", repo=_NAT, file="detection/nat.py", path=["detection"], module="nat", builder="NAT",
-        ours="NATDense", natten=True,
+        ours="NATDense", natten=True, dtype="float32",
         kwargs=dict(embed_dim=8, mlp_ratio=2.0, depths=[1, 2, 2, 1], num_heads=[1, 2, 4, 8], drop_path_rate=0.0,
                     kernel_size=7, layer_scale=None),
         modelled_on="nat_mini / nat_tiny (Mask R-CNN / Cascade 3x, UPerNet 160k)"),
     "dinat": dict(
         family="dinat", repo=_NAT, file="detection/dinat.py", path=["detection"], module="dinat", builder="DiNAT",
-        ours="NATDense", natten=True,
+        ours="NATDense", natten=True, dtype="float32",
         kwargs=dict(embed_dim=8, mlp_ratio=2.0, depths=[2, 2, 2, 1], num_heads=[1, 2, 4, 8], drop_path_rate=0.0,
                     kernel_size=7, dilations=[[1, 16], [1, 8], [1, 4], [1]], layer_scale=1e-5),
         modelled_on="dinat_tiny dense (dilations 1-16 / 1-8 / 1-4 / 1-2, larger than the classification ones)"),
     "dinat_s": dict(
         family="dinat", repo=_NAT, file="detection/dinats.py", path=["detection"], module="dinats",
-        builder="DiNAT_s", ours="DiNATsDense", natten=True,
+        builder="DiNAT_s", ours="DiNATsDense", natten=True, dtype="float32",
         kwargs=dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], kernel_size=7, mlp_ratio=2.0,
                     dilations=[[1, 16], [1, 8], [1, 4], [1, 2]], drop_path_rate=0.0),
         modelled_on="dinat_s_tiny dense"),

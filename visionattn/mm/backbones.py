@@ -136,6 +136,10 @@ class ZooBackboneMM(BaseModule):
             self.model.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
 
         if self.dense:
+            norms = getattr(self.model, "out_norms", None)  # BiFormer_mm keeps 4 norms whatever is returned
+            for i, norm in enumerate(norms or ()):
+                if i not in out_indices:
+                    norm.requires_grad_(False)  # unused: no gradient (DDP without find_unused_parameters)
             if out_norm == "ln":
                 raise ValueError(f"out_norm='ln': the official dense {model_name} has its own output norms (or "
                                  "none); leave out_norm at 'auto'")

@@ -108,4 +108,9 @@ def build_dense(model_name: str, **kwargs):
         raise ValueError(f"model_name {model_name!r} has no official dense backbone here; choose from "
                          f"{sorted(DENSE_VARIANTS)}")
     cls, defaults = DENSE_VARIANTS[model_name]
-    return cls(**{**defaults, **kwargs})
+    try:
+        return cls(**{**defaults, **kwargs})
+    except TypeError as e:  # the zoo models' own constructors (NAT / DiNAT_s) refuse unknown names this way
+        if "unexpected keyword" in str(e):
+            raise ValueError(f"{model_name}: {e}") from None
+        raise

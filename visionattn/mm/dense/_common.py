@@ -15,7 +15,7 @@ from timm.models.swin_transformer import window_partition, window_reverse
 
 from visionattn.backbones._swin import shift_window_mask
 
-__all__ = ["pad_right_bottom", "official_window_attention"]
+__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra"]
 
 
 def pad_right_bottom(x: torch.Tensor, multiple: int, channels_last: bool = False) -> torch.Tensor:
@@ -44,3 +44,9 @@ def official_window_attention(x: torch.Tensor, window: int, shift: int,
     if shift:
         x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
     return x[:, :h, :w]
+
+
+def check_no_extra(owner: str, kwargs: dict) -> None:
+    """ValueError naming arguments a dense backbone does not know (the official classes swallow them silently)."""
+    if kwargs:
+        raise ValueError(f"{owner}: unknown arguments {sorted(kwargs)} (the official backbone's arguments only)")

@@ -31,7 +31,7 @@ from visionattn.backbones._common import to_nhwc
 from visionattn.backbones._swin import WindowBlock
 from visionattn.checkpoint import unwrap_state_dict
 
-from ._common import official_window_attention, pad_right_bottom
+from ._common import check_no_extra, official_window_attention, pad_right_bottom
 
 __all__ = ["AgentSwinDense", "AgentPVTDense", "DenseAgentAttention", "checkpoint_filter_fn"]
 
@@ -98,6 +98,7 @@ class AgentSwinDense(_agent.AgentSwinTransformer):
                  drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True, use_checkpoint=False,
                  agent_num=(9, 16, 49, 49), downstream_agent_shapes=((3, 3), (4, 4), (7, 7), (7, 7)),
                  kernel_size=3, attn_type="BBBB", scale=-0.5, init_cfg=None, pretrained=None, **kwargs):
+        check_no_extra(type(self).__name__, kwargs)
         _check_official(ape=(ape, (False,)), patch_norm=(patch_norm, (True,)), kernel_size=(kernel_size, (3,)),
                         scale=(scale, (-0.5,)), qk_scale=(qk_scale, (None,)))
         if len(downstream_agent_shapes) != len(depths):
@@ -147,6 +148,7 @@ class AgentPVTDense(_agent.AgentPVT):
                  sr_ratios=(8, 4, 2, 1), agent_sr_ratios="1111", num_stages=4, agent_num=(9, 16, 49, 49),
                  downstream_agent_shapes=((3, 3), (4, 4), (7, 7), (7, 7)), kernel_size=3, attn_type="BBBB",
                  scale=-0.5, init_cfg=None, pretrained=None, **kwargs):
+        check_no_extra(type(self).__name__, kwargs)
         _check_official(kernel_size=(kernel_size, (3,)), scale=(scale, (-0.5,)), qk_scale=(qk_scale, (None,)),
                         num_stages=(num_stages, (4,)))
         attn_type = "AAAA" if attn_type is None else attn_type

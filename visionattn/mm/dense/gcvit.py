@@ -30,7 +30,7 @@ from torch import nn
 
 from visionattn.checkpoint import unwrap_state_dict
 
-from ._common import pad_right_bottom
+from ._common import check_no_extra, pad_right_bottom
 
 __all__ = ["GCViTDense", "checkpoint_filter_fn", "resize_rpb_table_bicubic"]
 
@@ -53,6 +53,7 @@ class GCViTDense(nn.Module):
                  in_chans=3, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                  norm_layer=nn.LayerNorm, layer_scale=None, out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  pretrained=None, use_rel_pos_bias=True, **kwargs):
+        check_no_extra(type(self).__name__, kwargs)
         super().__init__()
         if not use_rel_pos_bias:
             raise ValueError("use_rel_pos_bias=False is not supported (every released GC ViT uses it)")

@@ -24,7 +24,7 @@ from visionattn.backbones import slab as _slab
 from visionattn.checkpoint import unwrap_state_dict
 from visionattn.layers.prepbn import LinearNorm, linear_norm
 
-from ._common import official_window_attention, pad_right_bottom
+from ._common import check_no_extra, official_window_attention, pad_right_bottom
 
 __all__ = ["SLABSwinDense", "checkpoint_filter_fn"]
 
@@ -57,6 +57,7 @@ class SLABSwinDense(_slab.SlabSwinTransformer):
                  patch_norm=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, use_checkpoint=False,
                  focusing_factor=3, kernel_size=5, attn_type="LLSS", sla_windows=(56, 28), pretrained=None,
                  **kwargs):
+        check_no_extra(type(self).__name__, kwargs)
         if ape or not patch_norm or qk_scale is not None:
             raise ValueError("ape=True, patch_norm=False and qk_scale are not supported (no released model uses "
                              "them)")

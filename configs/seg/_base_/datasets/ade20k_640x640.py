@@ -1,5 +1,5 @@
-# ADE20K at 640 (the large models; 150 classes, reduce_zero_label), 640x640 crops; data_root can point at the synthetic set
-# (visionattn.mm.synthetic.make_ade(root)).
+# ADE20K at 640 (the large models; 150 classes, reduce_zero_label), 640x640 crops; data_root can point at
+# the synthetic set (visionattn.mm.synthetic.make_ade(root)).
 dataset_type = "ADE20KDataset"
 data_root = "data/ade/ADEChallengeData2016"
 crop_size = (640, 640)
@@ -46,3 +46,18 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
+# multi-scale + flip test (tools/seg_test.py --tta; tta_model in default_runtime.py)
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_pipeline = [
+    dict(type="LoadImageFromFile", backend_args=None),
+    dict(
+        type="TestTimeAug",
+        transforms=[
+            [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in img_ratios],
+            [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+             dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+            [dict(type="LoadAnnotations")],
+            [dict(type="PackSegInputs")],
+        ],
+    ),
+]
