@@ -163,13 +163,13 @@ _add(_GC, "detection/configs", [
 ], "GCViTMM", "det")
 _add(_SLAB, "detection/configs", [
     ("swin/mask_rcnn_slab_swin_tiny_patch4_window7_mstrain_480-800_adamw_1x_coco.py", "mask_rcnn_slab_swin_t_1x_coco",
-     "slab_swin_t", "paper only (README: TBD)", "TBD"),
+     "slab_swin_t", "README: TBD (paper only)", "TBD"),
     ("swin/mask_rcnn_slab_swin_small_patch4_window7_mstrain_480-800_adamw_1x_coco.py",
-     "mask_rcnn_slab_swin_s_1x_coco", "slab_swin_s", "paper only (README: TBD)", "TBD"),
+     "mask_rcnn_slab_swin_s_1x_coco", "slab_swin_s", "README: TBD (paper only)", "TBD"),
     ("swin/mask_rcnn_swin_tiny_prepbn_patch4_window7_mstrain_480-800_adamw_1x_coco.py",
-     "mask_rcnn_swin_t_prepbn_1x_coco", "swin_t_prepbn", "paper only (README: TBD)", "TBD"),
+     "mask_rcnn_swin_t_prepbn_1x_coco", "swin_t_prepbn", "README: TBD (paper only)", "TBD"),
     ("swin/mask_rcnn_swin_tiny_prepbn_patch4_window7_mstrain_480-800_adamw_3x_coco.py",
-     "mask_rcnn_swin_t_prepbn_3x_coco", "swin_t_prepbn", "paper only (README: TBD)", "TBD"),
+     "mask_rcnn_swin_t_prepbn_3x_coco", "swin_t_prepbn", "README: TBD (paper only)", "TBD"),
 ], "SLABMM", "det")
 _LOGS = "not released (logs only)"
 _add(_BIF, "object_detection/configs", [
@@ -324,12 +324,12 @@ def det_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
     owner, name = repo.split("+", 1)
     lines = [
         _header(f"{model['type']} {sched['max_epochs'] // 12}x ({_MS if 'ms' in dataset else _SS}), {variant};",
-                f"paper: {'box AP' if head == 'retinanet_fpn' else 'box / mask AP'} {paper}."),
+                f"official README: {'box AP' if head == 'retinanet_fpn' else 'box / mask AP'} {paper}."),
         _header(f"Official: github.com/{owner}/{name}@{commit[:12]} {path}"
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
                 "Written by tools/make_mm_configs.py from the official file (values carried over as they are)."),
-        _fmt("_base_", [f"../_base_/models/{head}.py", f"../_base_/datasets/{dataset}.py",
-                        "../_base_/schedules/schedule_1x.py", "../_base_/default_runtime.py"]),
+        _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
+                        "./_base_/schedules/schedule_1x.py", "./_base_/default_runtime.py"]),
     ]
     tail = _model_tail(model)
     lines.append(_fmt("model", dict(backbone=dict(_delete_=True, **_backbone(model["backbone"], cls, variant)),
@@ -371,13 +371,13 @@ def seg_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
     dataset = "ade20k_640x640" if crop[0] == 640 else "ade20k"
     lines = [
         _header(f"{'UPerNet' if head == 'upernet' else 'Semantic FPN'} {iters // 1000}k ADE20K {crop[0]}x{crop[1]},",
-                f"{variant}; paper: mIoU single-scale / multi-scale {paper}."),
+                f"{variant}; official README: mIoU single-scale / multi-scale {paper}."),
         _header(f"Official: github.com/{owner}/{name}@{commit[:12]} {path}"
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
                 "Written by tools/make_mm_configs.py from the official file (values carried over as they are).",
                 f"Multi-scale + flip test: tools/seg_test.py --tta (ratios {ratios})."),
-        _fmt("_base_", [f"../_base_/models/{head}.py", f"../_base_/datasets/{dataset}.py",
-                        "../_base_/schedules/schedule_160k.py", "../_base_/default_runtime.py"]),
+        _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
+                        "./_base_/schedules/schedule_160k.py", "./_base_/default_runtime.py"]),
     ]
     tail = _model_tail(model)
     tail["data_preprocessor"] = dict(size=crop)
@@ -457,12 +457,18 @@ def generate(cache: Path) -> dict[Path, str]:
 
 
 def readme(rows) -> str:
-    out = [_HEAD, "\n| config | official config @ commit | paper (box / mask AP, or mIoU ss / ms) | official "
-                 "checkpoint |\n|---|---|---|---|\n"]
+    out = [_HEAD, "\n| config | official config @ commit | reported in the official README (box / mask AP, or mIoU "
+                 "single / multi-scale) | official checkpoint |\n|---|---|---|---|\n"]
     for kind, stem, repo, path, commit, paper, ckpt in rows:
         owner, name = repo.split("+", 1)
         out.append(f"| `{kind}/{stem}.py` | {owner}/{name}@{commit[:7]} `{path}` | {paper} | {ckpt} |\n")
+    made = {f"{kind}/{stem}.py" for kind, stem, *_ in rows}
+    others = sorted(f"{kind}/{p.name}" for kind in ("det", "seg") for p in (REPO / "configs" / kind).glob("*.py")
+                    if f"{kind}/{p.name}" not in made)
     out.append(_TAIL)
+    if others:
+        out.append("\nNot written from an official file by the tool (their first lines say what they follow): "
+                   + ", ".join(f"`{o}`" for o in others) + ".\n")
     return "".join(out)
 
 
@@ -531,9 +537,9 @@ COCO-format instance set and an ADE20K-layout set (see tests/test_mm.py for the 
 
 
 _TAIL = """
-Configs of the families without official dense code say so in their first line: SLAB-PVT (the official
-detection config names a `pvt_tiny` class that the repository does not contain), SHViT and EfficientViM
-segmentation (the papers report detection only).
+No configs for SLAB-PVT dense (the official detection config names a `pvt_tiny` class that the repository does
+not contain: there is no official dense backbone to reproduce), nor for GC ViT segmentation (no official code or
+config). SHViT / EfficientViM segmentation configs have no official recipe and say so in their first line.
 """
 
 

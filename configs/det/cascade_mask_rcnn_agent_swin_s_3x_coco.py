@@ -1,12 +1,12 @@
-# CascadeRCNN 3x (multi-scale AutoAugment 480-800), agent_swin_s; paper: box / mask AP 52.6 / 45.5.
+# CascadeRCNN 3x (multi-scale AutoAugment 480-800), agent_swin_s; official README: box / mask AP 52.6 / 45.5.
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/detection/configs/agent_swin/agent_swin_s_crcnn_3x_9-12-14-7.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are).
 _base_ = [
-    '../_base_/models/cascade_mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance_ms.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/cascade_mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance_ms.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,12 +1,12 @@
-# CascadeRCNN 3x (multi-scale AutoAugment 480-800), dinat_tiny; paper: box / mask AP 52.2 / 45.1.
+# CascadeRCNN 3x (multi-scale AutoAugment 480-800), dinat_tiny; official README: box / mask AP 52.2 / 45.1.
 # Official: github.com/SHI-Labs/Neighborhood-Attention-Transformer@d334f5bb0bd7
 # detection/configs/dinat/cascade_mask_rcnn_dinat_tiny_3x_coco.py (mixed precision there: add --amp); 2 images per GPU
 # x 8 GPUs. Written by tools/make_mm_configs.py from the official file (values carried over as they are).
 _base_ = [
-    '../_base_/models/cascade_mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance_ms.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/cascade_mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance_ms.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,12 +1,12 @@
-# MaskRCNN 1x (single-scale 1333x800), agent_pvt_s; paper: box / mask AP 44.5 / 41.2.
+# MaskRCNN 1x (single-scale 1333x800), agent_pvt_s; official README: box / mask AP 44.5 / 41.2.
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/detection/configs/agent_pvt/agent_pvt_s_mrcnn_1x_12-16-28-28.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are).
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

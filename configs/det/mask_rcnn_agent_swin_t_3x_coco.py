@@ -1,12 +1,12 @@
-# MaskRCNN 3x (multi-scale AutoAugment 480-800), agent_swin_t; paper: box / mask AP 47.3 / 42.7.
+# MaskRCNN 3x (multi-scale AutoAugment 480-800), agent_swin_t; official README: box / mask AP 47.3 / 42.7.
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/detection/configs/agent_swin/agent_swin_t_mrcnn_3x_9-12-14-7.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are).
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance_ms.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance_ms.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

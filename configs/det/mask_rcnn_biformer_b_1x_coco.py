@@ -1,12 +1,12 @@
-# MaskRCNN 1x (single-scale 1333x800), biformer_b; paper: box / mask AP 48.6 / 43.7.
+# MaskRCNN 1x (single-scale 1333x800), biformer_b; official README: box / mask AP 48.6 / 43.7.
 # Official: github.com/rayleizhu/BiFormer@1697bbbeafb8 object_detection/configs/coco/maskrcnn.1x.biformer_base.py; 2
 # images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official file (values carried over as they
 # are).
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,12 +1,12 @@
-# MaskRCNN 3x (multi-scale AutoAugment 480-800), gcvit_tiny; paper: box / mask AP 47.9 / 43.2.
+# MaskRCNN 3x (multi-scale AutoAugment 480-800), gcvit_tiny; official README: box / mask AP 47.9 / 43.2.
 # Official: github.com/NVlabs/GCVit@8e1941f2099e detection/configs/gcvit/mask_rcnn_gcvit_tiny_3x_coco.py (mixed
 # precision there: add --amp); 2 images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official file
 # (values carried over as they are).
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance_ms.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance_ms.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,13 +1,14 @@
-# MaskRCNN 1x (multi-scale AutoAugment 480-800), swin_t_prepbn; paper: box / mask AP paper only (README: TBD).
+# MaskRCNN 1x (multi-scale AutoAugment 480-800), swin_t_prepbn; official README: box / mask AP README: TBD (paper
+# only).
 # Official: github.com/xinghaochen/SLAB@f58db00b9db3
 # detection/configs/swin/mask_rcnn_swin_tiny_prepbn_patch4_window7_mstrain_480-800_adamw_1x_coco.py (mixed precision
 # there: add --amp); 2 images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official file (values
 # carried over as they are).
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py',
-    '../_base_/datasets/coco_instance_ms.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/mask_rcnn_fpn.py',
+    './_base_/datasets/coco_instance_ms.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,12 +1,12 @@
-# RetinaNet 1x (single-scale 1333x800), agent_pvt_t; paper: box AP 40.3.
+# RetinaNet 1x (single-scale 1333x800), agent_pvt_t; official README: box AP 40.3.
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/detection/configs/agent_pvt/agent_pvt_t_rtn_1x_12-16-28-28.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are).
 _base_ = [
-    '../_base_/models/retinanet_fpn.py',
-    '../_base_/datasets/coco_detection.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/retinanet_fpn.py',
+    './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,12 +1,12 @@
-# RetinaNet 1x (single-scale 1333x800), biformer_b; paper: box AP 47.1.
+# RetinaNet 1x (single-scale 1333x800), biformer_b; official README: box AP 47.1.
 # Official: github.com/rayleizhu/BiFormer@1697bbbeafb8 object_detection/configs/coco/retinanet.1x.biformer_base.py
 # (mixed precision there: add --amp); 2 images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official
 # file (values carried over as they are).
 _base_ = [
-    '../_base_/models/retinanet_fpn.py',
-    '../_base_/datasets/coco_detection.py',
-    '../_base_/schedules/schedule_1x.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/retinanet_fpn.py',
+    './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

@@ -1,13 +1,13 @@
-# UPerNet 160k ADE20K 512x512, agent_swin_t; paper: mIoU single-scale / multi-scale 46.68 / -.
+# UPerNet 160k ADE20K 512x512, agent_swin_t; official README: mIoU single-scale / multi-scale 46.68 / -.
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/segmentation/configs/agent_swin/upernet_agent_swin_t_9-12-14-7.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are). Multi-scale + flip test:
 # tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]).
 _base_ = [
-    '../_base_/models/upernet.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/schedules/schedule_160k.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/upernet.py',
+    './_base_/datasets/ade20k.py',
+    './_base_/schedules/schedule_160k.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(

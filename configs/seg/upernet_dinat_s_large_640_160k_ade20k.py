@@ -1,13 +1,13 @@
-# UPerNet 160k ADE20K 512x512, dinat_s_large; paper: mIoU single-scale / multi-scale 53.4 / 54.6.
+# UPerNet 160k ADE20K 512x512, dinat_s_large; official README: mIoU single-scale / multi-scale 53.4 / 54.6.
 # Official: github.com/SHI-Labs/Neighborhood-Attention-Transformer@d334f5bb0bd7
 # segmentation/configs/dinat_s/upernet_dinat_s_large_640x640_160k_ade20k.py (mixed precision there: add --amp); 2
 # images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official file (values carried over as they
 # are). Multi-scale + flip test: tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]).
 _base_ = [
-    '../_base_/models/upernet.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/schedules/schedule_160k.py',
-    '../_base_/default_runtime.py',
+    './_base_/models/upernet.py',
+    './_base_/datasets/ade20k.py',
+    './_base_/schedules/schedule_160k.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(
