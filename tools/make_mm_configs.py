@@ -235,8 +235,34 @@ _DROP_BACKBONE = ("type", "pretrained", "init_cfg", "use_checkpoint", "use_check
                   "num_classes", "style")
 
 
+def _accepted(variant: str) -> set[str] | None:
+    """Argument names the dense backbone of `variant` takes (None: any, checked by its builder)."""
+    import inspect
+
+    from visionattn.mm import dense
+
+    builder = dense.DENSE_VARIANTS[variant][0]
+    if not isinstance(builder, type):
+        return None
+    names = set()
+    for klass in builder.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {n for n, p in inspect.signature(init).parameters.items()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+    return names
+
+
+def ignored_backbone_keys(official: dict, variant: str) -> list[str]:
+    """Keys of an official backbone dict that the official class swallows unused (`**kwargs`), typically left over
+    from a `_base_` backbone the config did not `_delete_`."""
+    ok = _accepted(variant)
+    return [] if ok is None else sorted(k for k in official if k not in _DROP_BACKBONE and k not in ok)
+
+
 def _backbone(official: dict, cls: str, variant: str) -> dict:
-    kw = {k: v for k, v in official.items() if k not in _DROP_BACKBONE}
+    drop = set(_DROP_BACKBONE) | set(ignored_backbone_keys(official, variant))
+    kw = {k: v for k, v in official.items() if k not in drop}
     out = {"type": cls, "model_name": variant}
     out["out_indices"] = tuple(kw.pop("out_indices", (0, 1, 2, 3)))
     if "downstream_agent_shapes" in kw:
@@ -304,6 +330,12 @@ def _header(*parts: str) -> str:
                                                              break_on_hyphens=False))
 
 
+def _ignored_note(backbone: dict, variant: str) -> str:
+    keys = ignored_backbone_keys(backbone, variant)
+    return (f"Left out: backbone keys the official class ignores ({', '.join(keys)}; inherited from a _base_ "
+            "backbone).") if keys else ""
+
+
 def _model_tail(model: dict) -> dict:
     """The official model without its backbone / `pretrained` (mmdet 3 and mmseg 1 keep these key names)."""
     return {k: v for k, v in model.items() if k not in ("backbone", "pretrained", "type")}
@@ -327,7 +359,8 @@ def det_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
                 f"official README: {'box AP' if head == 'retinanet_fpn' else 'box / mask AP'} {paper}."),
         _header(f"Official: github.com/{owner}/{name}@{commit[:12]} {path}"
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
-                "Written by tools/make_mm_configs.py from the official file (values carried over as they are)."),
+                "Written by tools/make_mm_configs.py from the official file (values carried over as they are).",
+                _ignored_note(model["backbone"], variant)),
         _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
                         "./_base_/schedules/schedule_1x.py", "./_base_/default_runtime.py"]),
     ]
@@ -375,7 +408,8 @@ def seg_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
         _header(f"Official: github.com/{owner}/{name}@{commit[:12]} {path}"
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
                 "Written by tools/make_mm_configs.py from the official file (values carried over as they are).",
-                f"Multi-scale + flip test: tools/seg_test.py --tta (ratios {ratios})."),
+                f"Multi-scale + flip test: tools/seg_test.py --tta (ratios {ratios}).",
+                _ignored_note(model["backbone"], variant)),
         _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
                         "./_base_/schedules/schedule_160k.py", "./_base_/default_runtime.py"]),
     ]

@@ -2,7 +2,9 @@
 # Official: github.com/LeapLabTHU/Agent-Attention@207ce3eb357b
 # downstream/segmentation/configs/agent_swin/upernet_agent_swin_b_9-12-14-7.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are). Multi-scale + flip test:
-# tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]).
+# tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]). Left out: backbone keys the official class
+# ignores (act_cfg, embed_dims, norm_cfg, pretrain_img_size, strides, use_abs_pos_embed; inherited from a _base_
+# backbone).
 _base_ = [
     './_base_/models/upernet.py',
     './_base_/datasets/ade20k.py',
@@ -15,23 +17,17 @@ model = dict(
         type='AgentAttentionMM',
         model_name='agent_swin_b',
         out_indices=(0, 1, 2, 3),
-        pretrain_img_size=224,
-        embed_dims=96,
         patch_size=4,
         window_size=56,
         mlp_ratio=4,
         depths=[2, 2, 18, 2],
         num_heads=[4, 8, 16, 32],
-        strides=(4, 2, 2, 2),
         qkv_bias=True,
         qk_scale=None,
         patch_norm=True,
         drop_rate=0.0,
         attn_drop_rate=0.0,
         drop_path_rate=0.5,
-        use_abs_pos_embed=False,
-        act_cfg=dict(type='GELU'),
-        norm_cfg=dict(type='LN', requires_grad=True),
         img_size=224,
         in_chans=3,
         embed_dim=128,

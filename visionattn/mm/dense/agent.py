@@ -147,7 +147,7 @@ class AgentPVTDense(_agent.AgentPVT):
                  attn_drop_rate=0.0, drop_path_rate=0.0, norm_layer=None, depths=(3, 4, 6, 3),
                  sr_ratios=(8, 4, 2, 1), agent_sr_ratios="1111", num_stages=4, agent_num=(9, 16, 49, 49),
                  downstream_agent_shapes=((3, 3), (4, 4), (7, 7), (7, 7)), kernel_size=3, attn_type="BBBB",
-                 scale=-0.5, init_cfg=None, pretrained=None, **kwargs):
+                 scale=-0.5, init_cfg=None, pretrained=None, out_indices=(0, 1, 2, 3), **kwargs):
         check_no_extra(type(self).__name__, kwargs)
         _check_official(kernel_size=(kernel_size, (3,)), scale=(scale, (-0.5,)), qk_scale=(qk_scale, (None,)),
                         num_stages=(num_stages, (4,)))
@@ -160,7 +160,8 @@ class AgentPVTDense(_agent.AgentPVT):
                          drop_path_rate=drop_path_rate, depths=tuple(depths), sr_ratios=tuple(sr_ratios),
                          agent_sr_ratios=agent_sr_ratios, agent_num=agent_num, attn_type=attn_type,
                          norm_layer=norm_layer)
-        self.out_indices = (0, 1, 2, 3)
+        # the official class has no out_indices and returns the 4 maps (the mm wrapper picks its levels)
+        self.out_indices = tuple(int(i) for i in out_indices)
         self.downstream_agent_shapes = [_pair(s) for s in downstream_agent_shapes]
         _make_dense_agents(self, self.downstream_agent_shapes, lambda name: int(name.split(".")[1]))
         if pretrained:
