@@ -23,8 +23,8 @@ def routed_attention_reference(q: Tensor, k: Tensor, v: Tensor, index: Tensor, r
     topk = index.shape[-1]
 
     def regions(t):  # [B, H, W, nh, d] -> [B, R, hw, nh * d], regions and their tokens row-major
-        t = t.reshape(B, gh, rh, gw, rw, nh * t.shape[-1]).permute(0, 1, 3, 2, 4, 5)
-        return t.reshape(B, R, hw, -1)
+        c = nh * t.shape[-1]
+        return t.reshape(B, gh, rh, gw, rw, c).permute(0, 1, 3, 2, 4, 5).reshape(B, R, hw, c)
 
     def gather(t):
         c = t.shape[-1]
