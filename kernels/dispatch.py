@@ -56,14 +56,15 @@ BRA_CHECKS = {"triton": _bra_triton}
 
 
 def _device(q: Tensor) -> str:
-    """Where a call runs, for the policy: ``"export"`` (ONNX export, ``torch.jit.trace``) or the device type."""
-    return "export" if exporting() else q.device.type
+    """The device type the policy decides for (a seam for tests of the CUDA branch on CPU-only machines)."""
+    return q.device.type
 
 
 def na_auto(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg: NAConfig, ak=None, av=None) -> str:
     """The ``auto`` policy of neighborhood attention, per device:
 
-    - ONNX export and ``torch.jit.trace``: ``torch`` (the exported graph holds plain torch ops);
+    - ONNX export and ``torch.jit.trace``: ``torch`` (the exported graph holds plain torch ops; the kernels' checks
+      refuse while exporting);
     - CPU: ``cpu`` (the compiled kernel) where it runs the arguments and ``_na_cpu.preferred`` chooses it,
       else ``torch``;
     - CUDA: ``triton`` with ``VISIONATTN_NA_AUTO_TRITON=1`` where the fused kernel runs the arguments, else
@@ -86,7 +87,8 @@ def na_auto(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg: NAConfig, 
 def bra_auto(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> str:
     """The ``auto`` policy of routed attention, per device:
 
-    - ONNX export and ``torch.jit.trace``: ``torch`` (one plain graph of 4-D ops);
+    - ONNX export and ``torch.jit.trace``: ``torch`` (one plain graph of 4-D ops; the kernel's check refuses while
+      exporting);
     - CUDA: ``triton`` where the fused kernel runs the arguments (also under ``torch.compile`` / ``torch.export``),
       else ``torch``;
     - CPU and any other device: ``torch`` (PyTorch's flash-attention kernels, region by region).

@@ -244,8 +244,9 @@ def test_auto_policy_on_cuda(monkeypatch):
         torch.testing.assert_close(na2d(q, k, v, 3), na2d(q, k, v, 3, backend="torch"))
         monkeypatch.setitem(dispatch.NA_CHECKS, "triton", lambda *a: None)
         assert dispatch.na_backend("auto", q, k, v, None, cfg) == "triton"
-    monkeypatch.setattr(dispatch, "_device", lambda q: "export")  # ONNX export / jit.trace: the torch path
-    assert dispatch.na_backend("auto", q, k, v, None, cfg) == "torch"
+        monkeypatch.setattr(dispatch, "exporting", lambda: True)  # ONNX export / jit.trace: the torch path
+        monkeypatch.setitem(dispatch.NA_CHECKS, "triton", dispatch._na_triton)
+        assert dispatch.na_backend("auto", q, k, v, None, cfg) == "torch"
 
 
 def test_auto_is_torch_on_cpu_without_the_compiled_kernel(monkeypatch):
