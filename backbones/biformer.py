@@ -5,7 +5,8 @@ Paper: https://arxiv.org/abs/2303.08810 -- official code (MIT): https://github.c
 `biformer_stl` (the Swin-T layout) and `biformer_stl_nchw` (the same on the refactored NCHW BRA). Any input size:
 legacy BRA zero-pads maps that n_win does not divide (`auto_pad=True`, as the official dense models; at divisible
 sizes the logits equal the official model's); the NCHW BRA needs every BRA stage side >= n_win.
-`checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. Design notes: docs/models.md.
+`checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. The official det/seg backbone (`BiFormer_mm`)
+is `visionattn.mm.dense.BiFormerDense`. Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from ._common import StagedModelMixin, in1k_cfg
 
 __all__ = [
     "BiFormer",
-    "BiFormerDense",
     "BiFormerBlock",
     "NchwBiFormerBlock",
     "BiFormerStage",
@@ -413,37 +413,6 @@ class BiFormer(StagedModelMixin, ClassifierHeadMixin, nn.Module):
         if reset_other:
             self.norm = nn.Identity()
         self.head.reset(num_classes, global_pool)
-
-
-class BiFormerDense(BiFormer):
-    """The official dense-prediction backbone (`BiFormer_mm`): no head or final norm, a LayerNorm2d after every
-    stage, forward returns the 4 NCHW maps (strides 4/8/16/32).
-
-    norm_eval: keep BatchNorms in eval mode in train() (the detection code's default); frozen_bn: no BN grads.
-    The segmentation code converts BN to SyncBatchNorm (`nn.SyncBatchNorm.convert_sync_batchnorm` does that
-    here too; the keys are the same).
-    """
-
-    def __init__(self, norm_eval: bool = False, frozen_bn: bool = False, **kwargs):
-        kwargs.update(num_classes=0, out_norms=True)
-        super().__init__(**kwargs)
-        self.norm = nn.Identity()
-        self.norm_eval = norm_eval
-        if frozen_bn:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_intermediates(x, intermediates_only=True))
 
 
 # --------------------------------------------------------------------------------------------------------------

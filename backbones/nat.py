@@ -5,7 +5,8 @@ https://github.com/SHI-Labs/Neighborhood-Attention-Transformer. `NAT` (NAT / DiN
 downsamplers), `DiNATs` (the Swin layout), `NATIsotropic` (isotropic NAT / DiNAT and ViT-RPB); (dilated)
 neighborhood attention with relative positional bias in every block. Any input size (small maps are padded as
 NATTEN <= 0.15 did; ViT-RPB up to its table's grid). `forward_features` is NHWC; `attn_backend=` picks the NA
-kernel. `checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. Design notes: docs/models.md.
+kernel. `checkpoint_filter_fn` maps official (and mmdet / mmseg) checkpoints. The official det/seg backbones are
+`visionattn.mm.dense.NATDense` / `DiNATsDense`. Design notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from visionattn._registry import register_zoo_model
-from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
+from visionattn.checkpoint import build_model_with_pretrained_file, unwrap_state_dict
 from visionattn.layers.fused import set_fused_linear
 from visionattn.layers.na import NeighborhoodAttention2D
 from visionattn.utils import (
@@ -48,8 +49,6 @@ __all__ = [
     "NAT",
     "DiNATs",
     "NATIsotropic",
-    "NATDense",
-    "DiNATsDense",
     "NATBlock",
     "NATStage",
     "ViTRPBBlock",
@@ -415,55 +414,6 @@ class DiNATs(NAT):
     @staticmethod
     def _make_downsample(dim, norm_layer) -> nn.Module:
         return PatchMerging(dim, norm_layer=norm_layer)
-
-
-class _DenseMixin:
-    """The official dense-prediction backbone: no head or final norm, a norm per output, forward returns the NCHW
-    maps of `out_indices`. frozen_stages: >= 0 freezes the stem, >= 2 also the official levels
-    0..frozen_stages-2 with their downsamplers (the Swin rule the official code intends). pretrained: a
-    checkpoint path, loaded through `checkpoint_filter_fn`; a file whose keys do not match raises RuntimeError."""
-
-    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 pretrained: str | None = None, **kwargs):
-        kwargs.update(num_classes=0, out_norms=tuple(out_indices))
-        super().__init__(**kwargs)
-        self.out_indices = tuple(out_indices)
-        self.norm = nn.Identity()
-        self.frozen_stages = frozen_stages
-        if pretrained is not None:
-            load_pretrained_file(self, pretrained, checkpoint_filter_fn, strict=True)
-        self._freeze_stages()
-
-    def _freeze_stages(self):
-        frozen = []
-        if self.frozen_stages >= 0:
-            frozen.append(self.patch_embed)
-        if self.frozen_stages >= 2:
-            # official level i ends with the downsampler that starts our stage i + 1
-            n = self.frozen_stages - 1
-            frozen.extend(self.stages[:n])
-            if n < len(self.stages):
-                frozen.append(self.stages[n].downsample)
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True))
-
-
-class NATDense(_DenseMixin, NAT):
-    """Official detection|segmentation/nat.py:NAT and dinat.py:DiNAT (mmdet/mmseg backbones)."""
-
-
-class DiNATsDense(_DenseMixin, DiNATs):
-    """Official detection|segmentation/dinats.py:DiNAT_s (mmdet/mmseg backbone)."""
 
 
 class NATIsotropic(LinearHeadMixin, nn.Module):

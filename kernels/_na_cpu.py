@@ -1,4 +1,4 @@
-"""The compiled CPU kernel of neighborhood attention (``csrc/na_cpu.cpp``): build, load, autograd, dispatch check.
+"""The compiled CPU kernel of neighborhood attention (``csrc/na_cpu.cpp``): build, load, dispatch check, preference.
 
 The C++ source is built with ``torch.utils.cpp_extension`` on first use (or ahead of time with
 ``python -m visionattn.kernels._na_cpu``) into a cache folder, ``$VISIONATTN_CACHE`` or
@@ -6,10 +6,9 @@ The C++ source is built with ``torch.utils.cpp_extension`` on first use (or ahea
 and source. It is optional: without a C++ compiler, ninja or OpenMP, NA runs on the ``torch`` backend and one
 warning says why. ``VISIONATTN_NA_CPU=0`` turns it off.
 
-The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY) with fake
-implementations and autograd here; NA's ``cpu`` backend (``na.py``, what ``auto`` picks on CPU) runs it inside
-the ``visionattn::na_forward`` / ``na_backward`` ops through ``forward`` / ``backward``. float16 / bfloat16 inputs
-run in float32.
+The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY, fake
+implementations here); NA's ``cpu`` backend runs it inside the ``visionattn::na_forward`` / ``na_backward`` ops
+(``ops.py``) through ``forward`` / ``backward``. float16 / bfloat16 inputs run in float32.
 """
 from __future__ import annotations
 
@@ -25,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from visionattn._environment import settings
+
 from ._common import exporting
 
-__all__ = ["available", "backward", "build", "forward", "load_error", "na_cpu", "unsupported"]
+__all__ = ["available", "backward", "build", "forward", "load_error", "preferred", "unsupported"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "na_cpu.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-psabi"]
@@ -50,7 +51,7 @@ def _cpu_id() -> str:
 
 
 def _build_dir() -> Path:
-    root = Path(os.environ.get("VISIONATTN_CACHE") or Path.home() / ".cache" / "visionattn")
+    root = settings().cache_dir
     key = hashlib.sha256()
     for part in (torch.__version__, _cpu_id(), " ".join(_CFLAGS), _SOURCE.read_bytes()):
         key.update(part if isinstance(part, bytes) else part.encode())
@@ -96,7 +97,7 @@ def available() -> bool:
     with _lock:
         if "ok" in _state:
             return _state["ok"]
-        if os.environ.get("VISIONATTN_NA_CPU", "1") == "0":
+        if not settings().na_cpu:
             _state.update(ok=False, error="disabled by VISIONATTN_NA_CPU=0")
             return False
         try:
@@ -130,24 +131,6 @@ def _register() -> None:
         return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
                 None if rpb is None else torch.empty_like(rpb))
 
-    def setup_context(ctx, inputs, output):
-        query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale = inputs
-        out, lse = output
-        ctx.save_for_backward(query, key, value, rpb, out, lse)
-        ctx.args = (kernel_size, stride, dilation, is_causal, scale)
-
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, rpb, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        delta = (grad_out * out).sum(-1)
-        if grad_lse is not None:
-            delta = delta - grad_lse
-        dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(grad_out, query, key, value, rpb, lse, delta,
-                                                                *ctx.args)
-        return dq, dk, dv, drpb, None, None, None, None, None
-
-    torch.library.register_autograd(f"{ns}::na_forward", backward, setup_context=setup_context)
     _state["registered"] = True
 
 
@@ -162,6 +145,12 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> str
     if not available():
         return f"the compiled NA CPU kernel is unavailable ({load_error()})"
     return None
+
+
+def preferred(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, needs_grad: bool) -> bool:
+    """Whether ``backend="auto"`` runs these arguments (which the kernel supports) on this kernel rather than on the
+    torch path: always, for now (``dispatch.na_auto``)."""
+    return True
 
 
 def _args(cfg) -> tuple:
@@ -188,14 +177,6 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, 
                                                             _compute(rpb), lse, delta, *_args(cfg))
     drpb = drpb.to(rpb.dtype) if need_drpb and drpb is not None else None
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drpb
-
-
-def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, need_lse: bool = False):
-    """The compiled op on its own, differentiable in q, k, v, rpb through its registered autograd: the output, and
-    with ``need_lse`` also the natural logsumexp. (``na1d/2d/3d(..., backend="cpu")`` is the public way.)"""
-    out, lse = torch.ops.visionattn_cpu.na_forward(_compute(q), _compute(k), _compute(v), _compute(rpb), *_args(cfg))
-    out = out.to(q.dtype)
-    return (out, lse) if need_lse else out
 
 
 if __name__ == "__main__":  # `python -m visionattn.kernels._na_cpu`: build ahead of time (make)
