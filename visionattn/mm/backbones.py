@@ -48,10 +48,12 @@ __all__ = [
 
 def _filter_fn(model: nn.Module):
     """The family's `checkpoint_filter_fn` (official -> zoo keys), found beside the model class."""
+    from visionattn import adopted
+
     family = visionattn.get_family(model.pretrained_cfg["architecture"])
-    if family == "shvit":
-        from visionattn.adopted import shvit_checkpoint_filter_fn
-        return shvit_checkpoint_filter_fn
+    own = getattr(adopted, f"{family}_checkpoint_filter_fn", None)  # adopted timm families timm does not map
+    if own is not None:
+        return own
     return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
 
 

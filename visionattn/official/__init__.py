@@ -104,6 +104,7 @@ _FILTERS = {
     "dinat": "visionattn.backbones.nat:checkpoint_filter_fn",
     "agent_attention": "visionattn.backbones.agent:checkpoint_filter_fn",
     "slab": "visionattn.backbones.slab:checkpoint_filter_fn",
+    "gcvit": "visionattn.adopted:gcvit_checkpoint_filter_fn",
     "shvit": "visionattn.adopted:shvit_checkpoint_filter_fn",
 }
 

@@ -17,7 +17,6 @@ NVlabs classification (`.pth.tar`) and detection (mmdet `backbone.*`) checkpoint
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -28,11 +27,12 @@ from timm.layers import SEModule
 from timm.models.gcvit import FeatureBlock, GlobalContextVit, GlobalContextVitBlock, MbConvBlock
 from torch import nn
 
+from visionattn.adopted import gcvit_fit_tensor, gcvit_official_key
 from visionattn.checkpoint import unwrap_state_dict
 
 from ._common import check_no_extra, pad_right_bottom
 
-__all__ = ["GCViTDense", "checkpoint_filter_fn", "resize_rpb_table_bicubic"]
+__all__ = ["GCViTDense", "checkpoint_filter_fn"]
 
 
 class _PaddedGCViTBlock(GlobalContextVitBlock):
@@ -128,80 +128,23 @@ class GCViTDense(nn.Module):
         return tuple(outs)
 
 
-def resize_rpb_table_bicubic(table: torch.Tensor, window: int) -> torch.Tensor:
-    """((2w'-1)^2, heads) -> ((2w-1)^2, heads), bicubic on the square offset grid (the official resize)."""
-    n, heads = table.shape
-    s1, s2 = math.isqrt(n), 2 * window - 1
-    if s1 == s2:
-        return table
-    t = F.interpolate(table.float().permute(1, 0).reshape(1, heads, s1, s1), size=(s2, s2), mode="bicubic")
-    return t.reshape(heads, s2 * s2).permute(1, 0).to(table.dtype)
-
-
-# NVlabs (classification and detection) -> timm names
-_CONV_UNIT = [(r"conv\.0\.", "conv_dw."), (r"conv\.2\.fc\.0\.", "se.fc1."), (r"conv\.2\.fc\.2\.", "se.fc2."),
-              (r"conv\.3\.", "conv_pw.")]
-
-
-def _unit(rest: str) -> str:
-    for pat, rep in _CONV_UNIT:
-        if re.match(pat, rest):
-            return re.sub(pat, rep, rest, count=1)
-    return rest
-
-
-def _official_to_timm(k: str) -> str | None:
-    m = re.match(r"^patch_embed\.proj\.(.*)$", k)
-    if m:
-        return f"stem.conv1.{m[1]}"
-    m = re.match(r"^patch_embed\.conv_down\.(.*)$", k)
-    if m:
-        rest = m[1]
-        return "stem.down." + ("conv_block." + _unit(rest) if rest.startswith("conv.") else rest)
-    m = re.match(r"^levels\.(\d+)\.downsample\.(.*)$", k)
-    if m:
-        rest = m[2]
-        return f"stages.{int(m[1]) + 1}.downsample." + ("conv_block." + _unit(rest) if rest.startswith("conv.")
-                                                          else rest)
-    m = re.match(r"^levels\.(\d+)\.q_global_gen\.to_q_global\.(\d+)\.(.*)$", k)
-    if m:
-        return f"stages.{m[1]}.global_block.blocks.conv{int(m[2]) + 1}." + _unit(m[3])
-    m = re.match(r"^levels\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
-    if m:
-        rest = m[3]
-        if rest.endswith("relative_position_index"):
-            return None
-        rest = rest.replace("attn.relative_position_bias_table", "attn.rel_pos.relative_position_bias_table")
-        rest = re.sub(r"^gamma([12])$", r"ls\1.gamma", rest)
-        return f"stages.{m[1]}.blocks.{m[2]}.{rest}"
-    m = re.match(r"^norm(\d+)\.(.*)$", k)
-    if m:
-        return f"out_norms.{m[1]}.{m[2]}"
-    if k.startswith(("norm.", "head.")):
-        return None  # the classifier
-    return k
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
     """NVlabs GC ViT checkpoints (classification `.pth.tar` with `state_dict` / `state_dict_ema`, detection with
-    mmdet `backbone.*` keys) or timm-named ones -> `GCViTDense`. SE Linears become 1x1 convs, relative-position
-    tables are resized to the model's windows (bicubic), index buffers and the classifier are dropped."""
+    mmdet `backbone.*` keys) or timm-named ones -> `GCViTDense`, by the rules of
+    `visionattn.adopted.gcvit_checkpoint_filter_fn` (SE Linears as 1x1 convs, relative-position tables resized to
+    the model's windows), plus the output norms (`norm{i}` -> `out_norms.i`); the classifier is dropped."""
     sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
-        if k.startswith("stages.3.norm.") or k.startswith("head.") or k.endswith("relative_position_index"):
+        m = re.match(r"^norm(\d+)\.(.*)$", k)
+        if m:
+            out[f"out_norms.{m[1]}.{m[2]}"] = v
             continue
-        nk = _official_to_timm(k)
-        if nk is None:
-            continue
-        if nk in own:
-            t = own[nk]
-            if ".se.fc" in nk and v.ndim == 2 and t.ndim == 4:
-                v = v.reshape(t.shape)
-            if nk.endswith("relative_position_bias_table") and v.shape != t.shape:
-                v = resize_rpb_table_bicubic(v, (math.isqrt(t.shape[0]) + 1) // 2)
-        out[nk] = v
+        nk = k if k.startswith("out_norms.") else gcvit_official_key(k)
+        if nk is None or nk.startswith(("stages.3.norm.", "head.")):
+            continue  # index buffers; the classifier
+        out[nk] = gcvit_fit_tensor(nk, v, own)
     return out
 
 
