@@ -35,6 +35,9 @@ CASES = {
     ("dinat", "dinat"): ("DiNATMM", "dinat_mini"),
     ("dinat", "dinat_s"): ("DiNATMM", "dinat_s_tiny"),
     ("biformer", "biformer_mm"): ("BiFormerMM", "biformer_s"),
+    ("shvit", "shvit"): ("SHViTMM", "shvit_s4"),
+    ("shvit", "shvit_from_cls"): ("SHViTMM", "shvit_s4"),
+    ("efficientvim", "efficientvim"): ("EfficientViMMM", "efficientvim_m4"),
 }
 
 def _load(family: str, case: str):
@@ -76,7 +79,10 @@ def _has_mm() -> bool:
 
 def _build(family: str, case: str, meta: dict, path: str):
     cls_name, variant = CASES[(family, case)]
-    out_indices = tuple(meta["official_kwargs"].get("out_indices", (0, 1, 2, 3)))
+    from visionattn.mm import dense
+
+    default = getattr(dense.DENSE_VARIANTS[variant][0], "default_out_indices", (0, 1, 2, 3))
+    out_indices = tuple(meta["official_kwargs"].get("out_indices", default))
     kw = _backbone_kwargs(family, meta)
     if _has_mm():
         from mmdet.registry import MODELS
@@ -91,8 +97,6 @@ def _build(family: str, case: str, meta: dict, path: str):
         bb.init_weights()
         return bb.eval()
     # no OpenMMLab here: the dense class behind the registry class, with the same file
-    from visionattn.mm import dense
-
     return dense.build_dense(variant, out_indices=out_indices, pretrained=path, **kw).eval()
 
 

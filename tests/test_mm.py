@@ -283,7 +283,7 @@ def test_retinanet_and_fpn_3_stage(family, synth, mm):
         with torch.no_grad():
             feats = model.extract_feat(torch.randn(1, 3, 128, 160))
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-    seg = seg_config(f"fpn_{big}_80k_ade20k", synth[1], dict(model_name=model_name))
+    seg = seg_config(f"fpn_{big}_40k_ade20k", synth[1], dict(model_name=model_name))
     _, logs, _, preds = _train_two_iters(seg, "mmseg")
     assert math.isfinite(_f(logs[-1]["decode.loss_ce"]))
     assert preds[0].pred_sem_seg.data.shape == (1, *SIZE)
@@ -333,8 +333,10 @@ def test_every_config_builds(mm):
             expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)] + [(2, 3)]
         elif name.startswith("retinanet"):
             expect = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-        elif fam == "efficientvim" and name.startswith("fpn"):  # the official config: strides 16..128
+        elif fam in ("shvit", "efficientvim") and name.startswith("fpn"):  # EfficientViM's official: strides 16..128
             expect = [(8, 10), (4, 5), (2, 3), (1, 2)]
+        elif fam in ("shvit", "efficientvim"):  # UPerNet on EfficientViTFPN with one transposed conv: strides 8..64
+            expect = [(16, 20), (8, 10), (4, 5), (2, 3)]
         else:
             expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)]
         assert sizes == expect, (name, sizes)
@@ -392,11 +394,22 @@ def test_every_parameter_used(family, mm):
 
 
 def test_norm_eval_off_updates_bn(mm):
-    bb = mm.SHViTMM(model_name="shvit_s1", out_indices=(0, 1, 2), norm_eval=False).train()
-    bn = next(m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bb = mm.SLABMM(model_name="slab_pvt_t", img_size=64, norm_eval=False).train()
+    bn = next(m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     before = bn.running_mean.clone()
     bb(torch.randn(2, 3, 64, 64))
     assert not torch.equal(before, bn.running_mean)
+
+
+@pytest.mark.parametrize("name,cls", [("shvit_s1", "SHViTMM"), ("efficientvim_m1", "EfficientViMMM")])
+def test_official_dense_bn_always_eval(name, cls, mm):
+    """The official SHViT / EfficientViM dense backbones keep every BatchNorm in eval in train() (norm_eval or not)."""
+    bb = getattr(mm, cls)(model_name=name, norm_eval=False).train()
+    bns = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    bb(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
 
 
 @pytest.mark.parametrize("name,cls,kw", [("nat_mini", "NATMM", {}), ("agent_pvt_t", "AgentAttentionMM", {}),

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 
 _AGENT = "LeapLabTHU+Agent-Attention"
 _NAT = "SHI-Labs+Neighborhood-Attention-Transformer"
+_SHVIT, _EVIM = "ysj9909+SHViT", "mlvlab+EfficientViM"
 _SIZES = [dict(hw=(128, 192)), dict(hw=(256, 352)), dict(hw=(100, 150), pad_to=32), dict(hw=(111, 145))]
 _INPUT_SEED = 2024
 
@@ -125,6 +126,29 @@ CASES: dict[str, dict] = {
         kwargs=dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], kernel_size=7, mlp_ratio=2.0,
                     dilations=[[1, 16], [1, 8], [1, 4], [1, 2]], drop_path_rate=0.0),
         modelled_on="dinat_s_tiny dense"),
+    "shvit": dict(
+        family="shvit", repo=_SHVIT, file="downstream/shvit.py", path=["downstream"], module="shvit",
+        builder="Partial_ViT_Exp", ours="SHViTDense",
+        kwargs=dict(img_size=256, patch_size=16, frozen_stages=-1, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16],
+                    qk_dim=[4, 4, 8], depth=[1, 2, 2], types=["i", "s", "s"]),
+        modelled_on="shvit_s4 (Mask R-CNN / RetinaNet 1x: `shvit_s4`, frozen_stages -1; types i-s-s)"),
+    "shvit_from_cls": dict(
+        family="shvit", repo=_SHVIT, file="downstream/shvit.py", path=["downstream"], module="shvit",
+        builder="Partial_ViT_Exp", ours="SHViTDense",
+        cls=dict(file="model/shvit.py", module="shvit_cls", builder="SHViT",
+                 kwargs=dict(num_classes=10, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16], qk_dim=[4, 4, 8],
+                             depth=[1, 1, 2], types=["s", "s", "s"])),
+        kwargs=dict(frozen_stages=-1, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16], qk_dim=[4, 4, 8],
+                    depth=[1, 1, 2], types=["s", "s", "s"]),
+        modelled_on="an official SHViT classification checkpoint (blocks1..3, BN-Linear head) through the "
+                    "official dense constructor's `pretrained` path"),
+    "efficientvim": dict(
+        family="efficientvim", repo=_EVIM, file="detection/efficientViM.py", path=["detection"],
+        module="efficientViM", builder="EfficientViM", ours="EfficientViMDense",
+        kwargs=dict(in_dim=3, frozen_stages=-1, embed_dim=[16, 24, 32], depths=[1, 2, 1], mlp_ratio=4.0,
+                    ssd_expand=1.0, state_dim=[8, 4, 4]),
+        modelled_on="efficientvim_m4 (Mask R-CNN / RetinaNet 1x `EfficientViM_M4`; the segmentation file's class "
+                    "is the same network)"),
     "biformer_mm": dict(
         family="biformer", repo="rayleizhu+BiFormer", file="object_detection/models_mm/biformer_mm.py",
         path=[".", "object_detection"], packages={"models_mm": "object_detection/models_mm"},
@@ -177,11 +201,17 @@ def _mmcv_load_checkpoint(model, filename, map_location="cpu", strict=False, log
     ckpt = torch.load(filename, map_location=map_location, weights_only=True)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else ckpt
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in skipped}, strict=strict)
-    logging.getLogger("fixtures").info("missing %s unexpected %s size mismatch %s", missing, unexpected, skipped)
+    _mmcv_load_state_dict(model, sd, strict=strict)
     return ckpt
+
+
+def _mmcv_load_state_dict(module, state_dict, strict=False, logger=None):
+    """mmcv 1.x `load_state_dict`: non-strict; a tensor of another shape is reported and the module's kept."""
+    own = module.state_dict()
+    skipped = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = module.load_state_dict({k: v for k, v in state_dict.items() if k not in skipped},
+                                                 strict=strict)
+    logging.getLogger("fixtures").info("missing %s unexpected %s size mismatch %s", missing, unexpected, skipped)
 
 
 def install_mm_shims() -> list[str]:
@@ -192,12 +222,14 @@ def install_mm_shims() -> list[str]:
                      _load_checkpoint=lambda f, **k: __import__("torch").load(f, map_location="cpu",
                                                                                weights_only=True))
     _module("mmcv", runner=runner)
-    _module("mmcv_custom", load_checkpoint=_mmcv_load_checkpoint)
+    _module("mmcv_custom", load_checkpoint=_mmcv_load_checkpoint, load_state_dict=_mmcv_load_state_dict,
+            _load_checkpoint=runner._load_checkpoint)
     for scope in ("mmdet", "mmseg"):
         _module(scope, package_path="")
         models = _module(f"{scope}.models", package_path="")
         models.builder = _module(f"{scope}.models.builder", BACKBONES=registry)
         _module(f"{scope}.utils", get_root_logger=logger)
+    runner.load_state_dict = _mmcv_load_state_dict
     return ["mmcv", "mmcv.runner", "mmcv_custom", "mmdet(.models.builder, .utils)", "mmseg(.models.builder, .utils)"]
 
 
