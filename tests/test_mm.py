@@ -672,3 +672,41 @@ def test_official_checkpoint_through_init_cfg(family, case, mm, tmp_path):
         ys = model(inputs["input.3"].to(dtype))
     for j, y in enumerate(ys):
         assert (y - outs[f"features.3.{j}"].double()).abs().max().item() <= meta["tolerance"]
+
+
+@pytest.mark.parametrize("family,case,config", [("shvit", "shvit", "mask_rcnn_shvit_s4_1x_coco"),
+                                                ("efficientvim", "efficientvim", "mask_rcnn_efficientvim_m4_1x_coco")])
+def test_official_shvit_efficientvim_detector_loads_whole(family, case, config, synth, mm, tmp_path):
+    """An official SHViT / EfficientViM mmdet 2.x detector file (official backbone names, official `EfficientViTFPN`
+    neck names with its (1, C, 1, 1) pre-norm parameters) loads strictly into the generated config's model: the
+    backbone computes the official maps, the neck takes the file's tensors."""
+    _num_threads()
+    import test_dense_parity as tdp
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import load_checkpoint
+
+    meta, outs, sd, inputs = tdp._load(family, case)
+    kw = {k: v for k, v in meta["official_kwargs"].items() if k not in ("out_indices", "frozen_stages")}
+    cfg = det_config(config, synth[0], dict(kw, model_name=tdp.CASES[(family, case)][1]))
+    cfg.model.neck.in_channels = list(kw["embed_dim"])
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        from mmdet.registry import MODELS
+
+        det = MODELS.build(cfg.model)
+    rest = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in det.state_dict().items()
+            if not k.startswith("backbone.")}
+    official_neck = {k: v.reshape(1, -1, 1, 1) if ".batch_norm." in k else v for k, v in rest.items()}
+    path = tmp_path / "official_detector.pth"
+    _mmcv1_checkpoint(path, {**{f"backbone.{k}": v for k, v in sd.items()}, **official_neck})
+    from visionattn.mm.checkpoint import mm_checkpoint_globals
+
+    with mm_checkpoint_globals():  # what det_test.py's loading does (mmcv 1.x `meta` under weights_only)
+        load_checkpoint(det, str(path), map_location="cpu", strict=True)
+    for k, v in det.state_dict().items():
+        if not k.startswith("backbone."):
+            torch.testing.assert_close(v, rest[k], rtol=0, atol=0)
+    bb = det.backbone.double().eval()
+    with torch.no_grad():
+        ys = bb(inputs["input.1"].double())
+    for j, y in enumerate(ys):
+        assert (y - outs[f"features.1.{j}"].double()).abs().max().item() <= meta["tolerance"], j
