@@ -655,7 +655,7 @@ def test_det_test_refuses_unmappable_backbone(synth, mm, tmp_path):
 
 
 @pytest.mark.parametrize("family,case", [("agent_attention", "agent_swin"), ("gcvit", "gcvit_ls_from_cls"),
-                                         ("slab", "slab_swin")])
+                                         ("slab", "slab_swin"), ("shvit", "shvit_from_cls")])
 def test_official_checkpoint_through_init_cfg(family, case, mm, tmp_path):
     """An official classification / dense checkpoint through init_cfg, inside an mmcv 1.x envelope."""
     import test_dense_parity as tdp
