@@ -45,6 +45,62 @@ def test_real_sizes(name, hw):
         assert torch.isfinite(y).all()
 
 
+# the 3-stage (strides 16 / 32 / 64) official dense backbones built on timm's models
+SMALL3 = {
+    "shvit_s4": dict(embed_dim=(16, 24, 32), partial_dim=(8, 8, 16), qk_dim=(4, 4, 8), depth=(1, 1, 1)),
+    "efficientvim_m4": dict(embed_dim=(16, 24, 32), depths=(1, 1, 1), state_dim=(8, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL3))
+@pytest.mark.parametrize("hw", [(800, 1333), (512, 683), (97, 131)], ids=["coco", "ade20k", "odd"])
+def test_real_sizes_3_stage(name, hw):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = dense.build_dense(name, **SMALL3[name]).eval()
+    with torch.no_grad():
+        ys = model(torch.randn(1, 3, *hw))
+    assert [tuple(y.shape[-2:]) for y in ys] == [(math.ceil(hw[0] / s), math.ceil(hw[1] / s)) for s in (16, 32, 64)]
+    assert all(torch.isfinite(y).all() for y in ys)
+    with torch.no_grad():  # out_indices picks maps (and stops early)
+        last = dense.build_dense(name, out_indices=(1,), **SMALL3[name]).eval()
+        last.load_state_dict(model.state_dict())
+        torch.testing.assert_close(last(torch.randn(1, 3, 64, 96).fill_(0.5))[0],
+                                   model(torch.randn(1, 3, 64, 96).fill_(0.5))[1])
+
+
+def test_shvit_efficientvim_official_arguments():
+    with pytest.raises(ValueError, match="out_indices"):
+        dense.build_dense("shvit_s4", out_indices=(0, 3))
+    with pytest.raises(ValueError, match="patch_size"):
+        dense.build_dense("shvit_s4", patch_size=8)
+    with pytest.raises(ValueError, match="in_channels"):  # the official class swallows it; configs leave it out
+        dense.build_dense("efficientvim_m4", in_channels=[224, 320, 512])
+    model = dense.build_dense("efficientvim_m4", frozen_stages=0, **SMALL3["efficientvim_m4"]).train()
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+def test_efficientvim_classification_checkpoint_maps(tmp_path):
+    """An official EfficientViM classification file: `model` (not the EMA copy) is read, (1, C, 1) LayerNorm
+    parameters are reshaped, the multi-stage head is dropped; anything else unknown is an error."""
+    import timm
+
+    cls_model = timm.create_model("efficientvim_m1", embed_dim=(16, 24, 32), depths=(1, 1, 1), state_dim=(8, 4, 4),
+                                  num_classes=10)
+    sd = {k: (v.reshape(1, -1, 1) if k.endswith((".norm.weight", ".norm.bias")) and ".blocks." in k else v)
+          for k, v in cls_model.state_dict().items()}
+    ema = {k: torch.zeros_like(v) for k, v in sd.items()}
+    path = tmp_path / "EfficientViM_M1_e450.pth"
+    torch.save({"model": sd, "model_ema": ema, "epoch": 450}, path)
+    model = dense.build_dense("efficientvim_m1", pretrained=str(path), **SMALL3["efficientvim_m4"])
+    torch.testing.assert_close(model.stages[0].blocks[0].norm.weight, cls_model.stages[0].blocks[0].norm.weight)
+    torch.testing.assert_close(model.stages[2].blocks[0].mixer.A, cls_model.stages[2].blocks[0].mixer.A)
+    sd["stages.0.blocks.0.unknown.weight"] = torch.ones(3)
+    torch.save({"model": sd}, path)
+    with pytest.raises(RuntimeError, match="unknown"):
+        dense.build_dense("efficientvim_m1", pretrained=str(path), **SMALL3["efficientvim_m4"])
+
+
 def test_every_dense_variant_builds_with_official_defaults():
     for name in dense.DENSE_VARIANTS:
         with torch.device("meta"):

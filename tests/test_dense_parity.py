@@ -35,6 +35,12 @@ CASES = {
     ("dinat", "dinat"): ("DiNATMM", "dinat_mini"),
     ("dinat", "dinat_s"): ("DiNATMM", "dinat_s_tiny"),
     ("biformer", "biformer_mm"): ("BiFormerMM", "biformer_s"),
+    ("shvit", "shvit"): ("SHViTMM", "shvit_s4"),
+    ("shvit", "shvit_from_cls"): ("SHViTMM", "shvit_s4"),
+    ("efficientvim", "efficientvim"): ("EfficientViMMM", "efficientvim_m4"),
+    # the official SHViT / EfficientViM detection neck (its two copies), on backbone-shaped maps
+    ("necks", "efficientvit_fpn_shvit"): ("EfficientViTFPN", None),
+    ("necks", "efficientvit_fpn_efficientvim"): ("EfficientViTFPN", None),
 }
 
 def _load(family: str, case: str):
@@ -76,7 +82,10 @@ def _has_mm() -> bool:
 
 def _build(family: str, case: str, meta: dict, path: str):
     cls_name, variant = CASES[(family, case)]
-    out_indices = tuple(meta["official_kwargs"].get("out_indices", (0, 1, 2, 3)))
+    from visionattn.mm import dense
+
+    default = getattr(dense.DENSE_VARIANTS[variant][0], "default_out_indices", (0, 1, 2, 3))
+    out_indices = tuple(meta["official_kwargs"].get("out_indices", default))
     kw = _backbone_kwargs(family, meta)
     if _has_mm():
         from mmdet.registry import MODELS
@@ -91,15 +100,37 @@ def _build(family: str, case: str, meta: dict, path: str):
         bb.init_weights()
         return bb.eval()
     # no OpenMMLab here: the dense class behind the registry class, with the same file
-    from visionattn.mm import dense
-
     return dense.build_dense(variant, out_indices=out_indices, pretrained=path, **kw).eval()
+
+
+def _check_neck(case: str, meta: dict, outs: dict, sd: dict) -> None:
+    """The neck built from the official arguments, the official state dict loaded strictly (official names)."""
+    if not _has_mm():
+        pytest.skip("EfficientViTFPN is an mmdet FPN: needs mmdet")
+    from visionattn.mm.necks import EfficientViTFPN
+
+    dtype = getattr(torch, meta.get("dtype", "float64"))
+    neck = EfficientViTFPN(**meta["official_kwargs"])
+    neck.load_state_dict(sd, strict=True)
+    neck.to(dtype).eval()
+    for i, spec in enumerate(meta["inputs"]):
+        xs = [outs[f"input.{i}.{j}"].to(dtype) for j in range(len(spec["shape"]))]
+        with torch.no_grad():
+            ys = neck(xs)
+        assert len(ys) == meta["outputs_per_input"]
+        for j, y in enumerate(ys):
+            w = outs[f"features.{i}.{j}"]
+            assert y.shape == w.shape, (case, i, j)
+            err = (y.double() - w.double()).abs().max().item()
+            assert err <= meta["tolerance"], f"{case} input {spec['image_hw']} output {j}: {err}"
 
 
 @pytest.mark.parametrize("family,case", list(CASES), ids=[c for _, c in CASES])
 def test_dense_backbone_matches_official(family, case, tmp_path):
     meta, outs, sd, inputs = _load(family, case)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    if family == "necks":
+        return _check_neck(case, meta, outs, sd)
     path = tmp_path / "official.pth"
     if meta.get("from_classification_checkpoint"):
         torch.save({"state_dict": sd, "epoch": 300}, path)  # a timm-trainer classification file
@@ -129,7 +160,7 @@ def test_every_fixture_has_a_test():
 
 def test_fixtures_are_small():
     total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
-    assert total < 16 * 2 ** 20, total
+    assert total < 18 * 2 ** 20, total
 
 
 if os.environ.get("VISIONATTN_DENSE_FIXTURES_ONLY"):  # pragma: no cover - a switch for the tool's self-check

@@ -283,7 +283,7 @@ def test_retinanet_and_fpn_3_stage(family, synth, mm):
         with torch.no_grad():
             feats = model.extract_feat(torch.randn(1, 3, 128, 160))
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-    seg = seg_config(f"fpn_{big}_80k_ade20k", synth[1], dict(model_name=model_name))
+    seg = seg_config(f"fpn_{big}_40k_ade20k", synth[1], dict(model_name=model_name))
     _, logs, _, preds = _train_two_iters(seg, "mmseg")
     assert math.isfinite(_f(logs[-1]["decode.loss_ce"]))
     assert preds[0].pred_sem_seg.data.shape == (1, *SIZE)
@@ -333,8 +333,10 @@ def test_every_config_builds(mm):
             expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)] + [(2, 3)]
         elif name.startswith("retinanet"):
             expect = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-        elif fam == "efficientvim" and name.startswith("fpn"):  # the official config: strides 16..128
+        elif fam in ("shvit", "efficientvim") and name.startswith("fpn"):  # EfficientViM's official: strides 16..128
             expect = [(8, 10), (4, 5), (2, 3), (1, 2)]
+        elif fam in ("shvit", "efficientvim"):  # UPerNet on EfficientViTFPN with one transposed conv: strides 8..64
+            expect = [(16, 20), (8, 10), (4, 5), (2, 3)]
         else:
             expect = [(128 // s, 160 // s) for s in (4, 8, 16, 32)]
         assert sizes == expect, (name, sizes)
@@ -392,11 +394,22 @@ def test_every_parameter_used(family, mm):
 
 
 def test_norm_eval_off_updates_bn(mm):
-    bb = mm.SHViTMM(model_name="shvit_s1", out_indices=(0, 1, 2), norm_eval=False).train()
-    bn = next(m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bb = mm.SLABMM(model_name="slab_pvt_t", img_size=64, norm_eval=False).train()
+    bn = next(m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     before = bn.running_mean.clone()
     bb(torch.randn(2, 3, 64, 64))
     assert not torch.equal(before, bn.running_mean)
+
+
+@pytest.mark.parametrize("name,cls", [("shvit_s1", "SHViTMM"), ("efficientvim_m1", "EfficientViMMM")])
+def test_official_dense_bn_always_eval(name, cls, mm):
+    """The official SHViT / EfficientViM dense backbones keep every BatchNorm in eval in train() (norm_eval or not)."""
+    bb = getattr(mm, cls)(model_name=name, norm_eval=False).train()
+    bns = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    bb(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
 
 
 @pytest.mark.parametrize("name,cls,kw", [("nat_mini", "NATMM", {}), ("agent_pvt_t", "AgentAttentionMM", {}),
@@ -642,7 +655,7 @@ def test_det_test_refuses_unmappable_backbone(synth, mm, tmp_path):
 
 
 @pytest.mark.parametrize("family,case", [("agent_attention", "agent_swin"), ("gcvit", "gcvit_ls_from_cls"),
-                                         ("slab", "slab_swin")])
+                                         ("slab", "slab_swin"), ("shvit", "shvit_from_cls")])
 def test_official_checkpoint_through_init_cfg(family, case, mm, tmp_path):
     """An official classification / dense checkpoint through init_cfg, inside an mmcv 1.x envelope."""
     import test_dense_parity as tdp
@@ -659,3 +672,41 @@ def test_official_checkpoint_through_init_cfg(family, case, mm, tmp_path):
         ys = model(inputs["input.3"].to(dtype))
     for j, y in enumerate(ys):
         assert (y - outs[f"features.3.{j}"].double()).abs().max().item() <= meta["tolerance"]
+
+
+@pytest.mark.parametrize("family,case,config", [("shvit", "shvit", "mask_rcnn_shvit_s4_1x_coco"),
+                                                ("efficientvim", "efficientvim", "mask_rcnn_efficientvim_m4_1x_coco")])
+def test_official_shvit_efficientvim_detector_loads_whole(family, case, config, synth, mm, tmp_path):
+    """An official SHViT / EfficientViM mmdet 2.x detector file (official backbone names, official `EfficientViTFPN`
+    neck names with its (1, C, 1, 1) pre-norm parameters) loads strictly into the generated config's model: the
+    backbone computes the official maps, the neck takes the file's tensors."""
+    _num_threads()
+    import test_dense_parity as tdp
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import load_checkpoint
+
+    meta, outs, sd, inputs = tdp._load(family, case)
+    kw = {k: v for k, v in meta["official_kwargs"].items() if k not in ("out_indices", "frozen_stages")}
+    cfg = det_config(config, synth[0], dict(kw, model_name=tdp.CASES[(family, case)][1]))
+    cfg.model.neck.in_channels = list(kw["embed_dim"])
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        from mmdet.registry import MODELS
+
+        det = MODELS.build(cfg.model)
+    rest = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in det.state_dict().items()
+            if not k.startswith("backbone.")}
+    official_neck = {k: v.reshape(1, -1, 1, 1) if ".batch_norm." in k else v for k, v in rest.items()}
+    path = tmp_path / "official_detector.pth"
+    _mmcv1_checkpoint(path, {**{f"backbone.{k}": v for k, v in sd.items()}, **official_neck})
+    from visionattn.mm.checkpoint import mm_checkpoint_globals
+
+    with mm_checkpoint_globals():  # what det_test.py's loading does (mmcv 1.x `meta` under weights_only)
+        load_checkpoint(det, str(path), map_location="cpu", strict=True)
+    for k, v in det.state_dict().items():
+        if not k.startswith("backbone."):
+            torch.testing.assert_close(v, rest[k], rtol=0, atol=0)
+    bb = det.backbone.double().eval()
+    with torch.no_grad():
+        ys = bb(inputs["input.1"].double())
+    for j, y in enumerate(ys):
+        assert (y - outs[f"features.1.{j}"].double()).abs().max().item() <= meta["tolerance"], j

@@ -19,6 +19,9 @@ as mmdet's preprocessor pads it, and an unpadded odd size as mmseg's whole-image
 `<case>.json` (repository, commit, file, builder, exact kwargs, the inputs, tolerance, how it was made). A case
 `*_from_cls` stores an official *classification* checkpoint instead and builds the dense backbone from it
 through the official constructor's `pretrained` path (its own key handling and table resizing).
+A case with `neck_strides` runs an official neck instead (the SHViT / EfficientViM `EfficientViTFPN`): its inputs
+are random maps of the backbone's shapes for each image size (`input.<size>.<level>` in the case file); mmcv 1.x's
+`ConvModule` is mmcv 2's there (the same conv / norm / activation), `xavier_init` mmengine's.
 User errors: one line on stderr, exit 2.
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 
 _AGENT = "LeapLabTHU+Agent-Attention"
 _NAT = "SHI-Labs+Neighborhood-Attention-Transformer"
+_SHVIT, _EVIM = "ysj9909+SHViT", "mlvlab+EfficientViM"
 _SIZES = [dict(hw=(128, 192)), dict(hw=(256, 352)), dict(hw=(100, 150), pad_to=32), dict(hw=(111, 145))]
 _INPUT_SEED = 2024
 
@@ -125,6 +129,41 @@ CASES: dict[str, dict] = {
         kwargs=dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], kernel_size=7, mlp_ratio=2.0,
                     dilations=[[1, 16], [1, 8], [1, 4], [1, 2]], drop_path_rate=0.0),
         modelled_on="dinat_s_tiny dense"),
+    "shvit": dict(
+        family="shvit", repo=_SHVIT, file="downstream/shvit.py", path=["downstream"], module="shvit",
+        builder="Partial_ViT_Exp", ours="SHViTDense",
+        kwargs=dict(img_size=256, patch_size=16, frozen_stages=-1, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16],
+                    qk_dim=[4, 4, 8], depth=[1, 2, 2], types=["i", "s", "s"]),
+        modelled_on="shvit_s4 (Mask R-CNN / RetinaNet 1x: `shvit_s4`, frozen_stages -1; types i-s-s)"),
+    "shvit_from_cls": dict(
+        family="shvit", repo=_SHVIT, file="downstream/shvit.py", path=["downstream"], module="shvit",
+        builder="Partial_ViT_Exp", ours="SHViTDense",
+        cls=dict(file="model/shvit.py", module="shvit_cls", builder="SHViT",
+                 kwargs=dict(num_classes=10, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16], qk_dim=[4, 4, 8],
+                             depth=[1, 1, 2], types=["s", "s", "s"])),
+        kwargs=dict(frozen_stages=-1, embed_dim=[16, 24, 32], partial_dim=[8, 8, 16], qk_dim=[4, 4, 8],
+                    depth=[1, 1, 2], types=["s", "s", "s"]),
+        modelled_on="an official SHViT classification checkpoint (blocks1..3, BN-Linear head) through the "
+                    "official dense constructor's `pretrained` path"),
+    "efficientvim": dict(
+        family="efficientvim", repo=_EVIM, file="detection/efficientViM.py", path=["detection"],
+        module="efficientViM", builder="EfficientViM", ours="EfficientViMDense",
+        kwargs=dict(in_dim=3, frozen_stages=-1, embed_dim=[16, 24, 32], depths=[1, 2, 1], mlp_ratio=4.0,
+                    ssd_expand=1.0, state_dim=[8, 4, 4]),
+        modelled_on="efficientvim_m4 (Mask R-CNN / RetinaNet 1x `EfficientViM_M4`; the segmentation file's class "
+                    "is the same network)"),
+    "efficientvit_fpn_shvit": dict(
+        family="necks", repo=_SHVIT, file="downstream/efficientvit_fpn.py", path=["downstream"],
+        module="efficientvit_fpn", builder="EfficientViTFPN", ours="EfficientViTFPN", neck_strides=[16, 32, 64],
+        kwargs=dict(in_channels=[16, 24, 32], out_channels=8, start_level=0, num_outs=5, num_extra_trans_convs=2),
+        modelled_on="SHViT Mask R-CNN neck (2 transposed convs: strides 4..64)"),
+    "efficientvit_fpn_efficientvim": dict(
+        family="necks", repo=_EVIM, file="detection/efficientvit_fpn.py", path=["."],
+        packages={"detection": "detection"}, module="detection.efficientvit_fpn", builder="EfficientViTFPN",
+        ours="EfficientViTFPN", neck_strides=[16, 32, 64],
+        kwargs=dict(in_channels=[16, 24, 32], out_channels=8, start_level=0, num_outs=5, num_extra_trans_convs=1,
+                    add_extra_convs="on_input", pre_norm=True),
+        modelled_on="EfficientViM RetinaNet neck (pre-norm, 1 transposed conv + an extra conv on the input)"),
     "biformer_mm": dict(
         family="biformer", repo="rayleizhu+BiFormer", file="object_detection/models_mm/biformer_mm.py",
         path=[".", "object_detection"], packages={"models_mm": "object_detection/models_mm"},
@@ -177,28 +216,46 @@ def _mmcv_load_checkpoint(model, filename, map_location="cpu", strict=False, log
     ckpt = torch.load(filename, map_location=map_location, weights_only=True)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else ckpt
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in skipped}, strict=strict)
-    logging.getLogger("fixtures").info("missing %s unexpected %s size mismatch %s", missing, unexpected, skipped)
+    _mmcv_load_state_dict(model, sd, strict=strict)
     return ckpt
+
+
+def _mmcv_load_state_dict(module, state_dict, strict=False, logger=None):
+    """mmcv 1.x `load_state_dict`: non-strict; a tensor of another shape is reported and the module's kept."""
+    own = module.state_dict()
+    skipped = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = module.load_state_dict({k: v for k, v in state_dict.items() if k not in skipped},
+                                                 strict=strict)
+    logging.getLogger("fixtures").info("missing %s unexpected %s size mismatch %s", missing, unexpected, skipped)
 
 
 def install_mm_shims() -> list[str]:
     """mmcv 1.x / mmdet 2.x / mmseg 0.x / mmcv_custom names the official backbone files import."""
     registry = _Registry()
     logger = lambda *a, **k: logging.getLogger("official")  # noqa: E731
+    cnn = {}
+    try:  # the necks' ConvModule: mmcv 2's (same conv / norm / act), imported before `mmcv` is shimmed
+        from mmcv.cnn import ConvModule
+        from mmengine.model import xavier_init
+
+        cnn = dict(ConvModule=ConvModule, xavier_init=xavier_init)
+    except ImportError:
+        pass
     runner = _module("mmcv.runner", load_checkpoint=_mmcv_load_checkpoint,
                      _load_checkpoint=lambda f, **k: __import__("torch").load(f, map_location="cpu",
                                                                                weights_only=True))
-    _module("mmcv", runner=runner)
-    _module("mmcv_custom", load_checkpoint=_mmcv_load_checkpoint)
+    runner.auto_fp16 = lambda *a, **k: (lambda f: f)
+    _module("mmcv", runner=runner, cnn=_module("mmcv.cnn", **cnn))
+    _module("mmcv_custom", load_checkpoint=_mmcv_load_checkpoint, load_state_dict=_mmcv_load_state_dict,
+            _load_checkpoint=runner._load_checkpoint)
     for scope in ("mmdet", "mmseg"):
         _module(scope, package_path="")
         models = _module(f"{scope}.models", package_path="")
-        models.builder = _module(f"{scope}.models.builder", BACKBONES=registry)
+        models.builder = _module(f"{scope}.models.builder", BACKBONES=registry, NECKS=registry)
         _module(f"{scope}.utils", get_root_logger=logger)
-    return ["mmcv", "mmcv.runner", "mmcv_custom", "mmdet(.models.builder, .utils)", "mmseg(.models.builder, .utils)"]
+    runner.load_state_dict = _mmcv_load_state_dict
+    return ["mmcv", "mmcv.runner", "mmcv.cnn (mmcv 2 ConvModule, mmengine xavier_init)",
+            "mmcv_custom", "mmdet(.models.builder, .utils)", "mmseg(.models.builder, .utils)"]
 
 
 def _perturb(model, seed: int) -> None:
@@ -319,9 +376,24 @@ def run_worker(case_name: str, cache: Path, out: Path) -> dict:
     shared = make_inputs(out)
     inputs = []
     n_out = None
+    g = torch.Generator().manual_seed(seed + 2)
     for i, size in enumerate(_SIZES):
         h, w = size["hw"]
         x = shared[f"input.{i}"]
+        if case.get("neck_strides"):  # a neck: the maps a backbone gives for this image
+            hp, wp = x.shape[-2:]
+            x = [torch.randn(1, c, math.ceil(hp / st), math.ceil(wp / st), generator=g)
+                 for c, st in zip(case["kwargs"]["in_channels"], case["neck_strides"])]
+            for j, m in enumerate(x):
+                tensors[f"input.{i}.{j}"] = m
+            with torch.no_grad():
+                ys = [y.float() for y in model([m.to(dtype) for m in x])]
+            n_out = len(ys)
+            for j, y in enumerate(ys):
+                tensors[f"features.{i}.{j}"] = y.contiguous()
+            inputs.append(dict(key=f"{case_name}.safetensors:input.{i}.<level>", shape=[list(m.shape) for m in x],
+                               image_hw=[h, w], padded_to=size.get("pad_to"), outputs=[list(y.shape) for y in ys]))
+            continue
         with torch.no_grad():
             ys = [y.float() for y in model(x.to(dtype))]
         n_out = len(ys)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 _AGENT, _NAT, _BIF = "LeapLabTHU+Agent-Attention", "SHI-Labs+Neighborhood-Attention-Transformer", "rayleizhu+BiFormer"
 _GC, _SLAB = "NVlabs+GCVit", "xinghaochen+SLAB"
+_SHVIT, _EVIM = "ysj9909+SHViT", "mlvlab+EfficientViM"
 # standard mmseg 0.x / mmdet 2.x bases for configs whose repository leaves them out
 _FALLBACK_BASES = [(_AGENT, "downstream/segmentation/configs"), (_AGENT, "downstream/detection/configs")]
 
@@ -184,6 +185,31 @@ _add(_BIF, "semantic_segmentation/configs", [
     ("ade20k/sfpn.biformer_small.py", "fpn_biformer_s_80k_ade20k", "biformer_s", "48.9 / -", _LOGS),
     ("ade20k/sfpn.biformer_base.py", "fpn_biformer_b_80k_ade20k", "biformer_b", "49.9 / -", _LOGS),
 ], "BiFormerMM", "seg")
+_add(_SHVIT, "downstream/configs", [
+    ("mask_rcnn_shvit_s4_fpn_1x_coco.py", "mask_rcnn_shvit_s4_1x_coco", "shvit_s4", "39.0 / 35.9", "README"),
+    ("retinanet_shvit_s4_fpn_1x_coco.py", "retinanet_shvit_s4_1x_coco", "shvit_s4", "38.8", "README"),
+], "SHViTMM", "det")
+_GDRIVE = "<https://drive.google.com/file/d/{}/view> (Google Drive)"
+_add(_EVIM, "detection/configs", [
+    ("mask_rcnn_efficientvim_fpn_1x_coco.py", "mask_rcnn_efficientvim_m4_1x_coco", "efficientvim_m4", "39.7 / 36.4",
+     _GDRIVE.format("17V1DqVFERP5EItGIlaYK0WWYaiTuk4oR")),
+    ("retinanet_efficientvim_fpn_1x_coco.py", "retinanet_efficientvim_m4_1x_coco", "efficientvim_m4", "38.8",
+     _GDRIVE.format("1OrE4pJGVwl8q-kEQghZniIxbBsUi9n9B")),
+], "EfficientViMMM", "det")
+_add(_EVIM, "segmentation/configs", [
+    ("sem_fpn/fpn_efficientvim_m4_ade20k_40k.py", "fpn_efficientvim_m4_40k_ade20k", "efficientvim_m4", "41.3 / -",
+     _GDRIVE.format("1TUVsEQeZBZDILoDLUUxSkDDRlEMvydvu")),
+], "EfficientViMMM", "seg")
+
+# what the official files leave to their READMEs or logs (our file stem -> one more header sentence)
+_NOTES = {
+    "mask_rcnn_efficientvim_m4_1x_coco": "The official README and log train on 1 GPU with data.samples_per_gpu=16: "
+                                         "the same 16 images per iteration.",
+    "retinanet_efficientvim_m4_1x_coco": "The official README and log train on 1 GPU with data.samples_per_gpu=16: "
+                                         "the same 16 images per iteration.",
+    "fpn_efficientvim_m4_40k_ade20k": "Official test: single scale, AlignResize (each side resized to a multiple of "
+                                      "32) where this one resizes only; the backbone takes any size.",
+}
 
 
 # ---------------------------------------------------------------------------------------------- mmcv 1.x reader
@@ -244,6 +270,8 @@ def _accepted(variant: str) -> set[str] | None:
     builder = dense.DENSE_VARIANTS[variant][0]
     if not isinstance(builder, type):
         return None
+    if getattr(builder, "official_args", None) is not None:  # the official class takes **kwargs: what it reads
+        return set(builder.official_args)
     names = set()
     for klass in builder.__mro__:
         init = klass.__dict__.get("__init__")
@@ -264,7 +292,10 @@ def _backbone(official: dict, cls: str, variant: str) -> dict:
     drop = set(_DROP_BACKBONE) | set(ignored_backbone_keys(official, variant))
     kw = {k: v for k, v in official.items() if k not in drop}
     out = {"type": cls, "model_name": variant}
-    out["out_indices"] = tuple(kw.pop("out_indices", (0, 1, 2, 3)))
+    from visionattn.mm import dense
+
+    default = getattr(dense.DENSE_VARIANTS[variant][0], "default_out_indices", (0, 1, 2, 3))
+    out["out_indices"] = tuple(kw.pop("out_indices", default))
     if "downstream_agent_shapes" in kw:
         kw["downstream_agent_shapes"] = [tuple(s) for s in kw["downstream_agent_shapes"]]
     out.update(kw)
@@ -332,8 +363,8 @@ def _header(*parts: str) -> str:
 
 def _ignored_note(backbone: dict, variant: str) -> str:
     keys = ignored_backbone_keys(backbone, variant)
-    return (f"Left out: backbone keys the official class ignores ({', '.join(keys)}; inherited from a _base_ "
-            "backbone).") if keys else ""
+    return (f"Left out: backbone keys the official class ignores ({', '.join(keys)}; swallowed by its **kwargs, "
+            "e.g. inherited from a _base_ backbone).") if keys else ""
 
 
 def _model_tail(model: dict) -> dict:
@@ -360,7 +391,7 @@ def det_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
         _header(f"Official: github.com/{owner}/{name}@{commit[:12]} {path}"
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
                 "Written by tools/make_mm_configs.py from the official file (values carried over as they are).",
-                _ignored_note(model["backbone"], variant)),
+                _ignored_note(model["backbone"], variant), _NOTES.get(stem, "")),
         _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
                         "./_base_/schedules/schedule_1x.py", "./_base_/default_runtime.py"]),
     ]
@@ -409,7 +440,7 @@ def seg_config(repo: str, path: str, stem: str, variant: str, cls: str, cfg: dic
                 + (" (mixed precision there: add --amp)" if _fp16(cfg) else "") + f"; {spg} images per GPU x 8 GPUs.",
                 "Written by tools/make_mm_configs.py from the official file (values carried over as they are).",
                 f"Multi-scale + flip test: tools/seg_test.py --tta (ratios {ratios}).",
-                _ignored_note(model["backbone"], variant)),
+                _ignored_note(model["backbone"], variant), _NOTES.get(stem, "")),
         _fmt("_base_", [f"./_base_/models/{head}.py", f"./_base_/datasets/{dataset}.py",
                         "./_base_/schedules/schedule_160k.py", "./_base_/default_runtime.py"]),
     ]
@@ -532,11 +563,13 @@ _HEAD = """# Detection (mmdet 3.3) and segmentation (mmseg 1.2) configs
 
 Install the `mm` extra first (`make mm`, i.e. `bash tools/install_mm.sh`: mmcv 2.1.0 built with its ops).
 Every config loads `visionattn.mm` through `custom_imports`; its backbones are registered in the mmdet and
-mmseg MODELS registries. For the families with official dense code (NAT, DiNAT, DiNAT_s, BiFormer, Agent-Swin,
-Agent-PVT, GC ViT, SLAB-Swin / Swin-PRepBN) the backbone is the official dense backbone
-(`visionattn.mm.dense`, checked against the official code in tests/test_dense_parity.py): `model_name` picks the
-variant and every other backbone argument is the official one, with its official name (e.g.
-`downstream_agent_shapes`, `dilations`, `window_size`, `layer_scale`). SHViT / EfficientViM use the timm models.
+mmseg MODELS registries. For every family (NAT, DiNAT, DiNAT_s, BiFormer, Agent-Swin, Agent-PVT, GC ViT,
+SLAB-Swin / Swin-PRepBN, SHViT, EfficientViM) the backbone is the official dense backbone (`visionattn.mm.dense`,
+checked against the official code in tests/test_dense_parity.py; GC ViT, SHViT and EfficientViM built on timm's
+models): `model_name` picks the variant and every other backbone argument is the official one, with its official
+name (e.g. `downstream_agent_shapes`, `dilations`, `window_size`, `layer_scale`, `partial_dim`, `state_dim`).
+SHViT and EfficientViM detectors use the official neck, `EfficientViTFPN` (transposed convs grow the stride-8 and
+stride-4 levels from the stride-16 map; `pre_norm=True` for EfficientViM).
 
 | registry name | family | model_name | per-output norm |
 |---|---|---|---|
@@ -545,8 +578,8 @@ variant and every other backbone argument is the official one, with its official
 | `AgentAttentionMM` | agent_attention | agent_swin_{t,s,b}, agent_pvt_{t,s,m,l} | Swin `norm{i}`, PVT none |
 | `GCViTMM` | gcvit | gcvit_{xxtiny,xtiny,tiny,small,base} (any size, 24x24 windows) | official `norm{i}` |
 | `SLABMM` | slab | slab_swin_{t,s}, swin_t_prepbn; slab_pvt_* (no official dense code) | `norm{i}` |
-| `SHViTMM` | shvit | shvit_s4 (3 levels, strides 16/32/64) | none; neck `TransConvFPN` |
-| `EfficientViMMM` | efficientvim | efficientvim_m4 (3 levels) | none; `TransConvFPN(pre_norm=True)` |
+| `SHViTMM` | shvit | shvit_s{1,2,3,4} (strides 16/32/64; BN in eval, official) | none; `EfficientViTFPN` |
+| `EfficientViMMM` | efficientvim | efficientvim_m{1,2,3,4} (same) | none; `EfficientViTFPN(pre_norm=True)` |
 
 Common backbone arguments: `model_name` + the official backbone arguments, `out_indices`, `frozen_stages`
 (-1 none, 0 stem, k stem + stages 0..k-1), `norm_eval`, `init_cfg=dict(type='Pretrained', checkpoint=PATH)`:
@@ -573,7 +606,8 @@ COCO-format instance set and an ADE20K-layout set (see tests/test_mm.py for the 
 _TAIL = """
 No configs for SLAB-PVT dense (the official detection config names a `pvt_tiny` class that the repository does
 not contain: there is no official dense backbone to reproduce), nor for GC ViT segmentation (no official code or
-config). SHViT / EfficientViM segmentation configs have no official recipe and say so in their first line.
+config). SHViT has no official segmentation code or config (its README reports COCO only), nor has EfficientViM
+for UPerNet (its official segmentation recipe is Semantic FPN 40k): those configs say so in their first line.
 """
 
 

@@ -1,29 +1,87 @@
-# RetinaNet 1x, EfficientViM-M4; TransConvFPN with pre_norm (det); Semantic FPN on the 3 maps + max-pool level
-# (official).
+# RetinaNet 1x (single-scale 1333x800), efficientvim_m4; official README: box AP 38.8.
+# Official: github.com/mlvlab/EfficientViM@304340cb9c33 detection/configs/retinanet_efficientvim_fpn_1x_coco.py; 2
+# images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official file (values carried over as they
+# are). Left out: backbone keys the official class ignores (in_channels; swallowed by its **kwargs, e.g. inherited
+# from a _base_ backbone). The official README and log train on 1 GPU with data.samples_per_gpu=16: the same 16 images
+# per iteration.
 _base_ = [
-    "./_base_/models/retinanet_fpn.py",
-    "./_base_/datasets/coco_detection.py",
-    "./_base_/schedules/schedule_1x.py",
-    "./_base_/default_runtime.py",
+    './_base_/models/retinanet_fpn.py',
+    './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(
         _delete_=True,
-        type="EfficientViMMM",
-        model_name="efficientvim_m4",
+        type='EfficientViMMM',
+        model_name='efficientvim_m4',
         out_indices=(0, 1, 2),
-        norm_eval=True,
-        init_cfg=dict(type="Pretrained", checkpoint=None),
+        frozen_stages=-1,
+        init_cfg=dict(type='Pretrained', checkpoint=None),
     ),
     neck=dict(
-        _delete_=True,
-        type="TransConvFPN",
+        type='EfficientViTFPN',
         in_channels=[224, 320, 512],
         out_channels=256,
+        start_level=0,
+        add_extra_convs='on_input',
         num_outs=5,
         num_extra_trans_convs=1,
-        add_extra_convs="on_input",
         pre_norm=True,
     ),
+    bbox_head=dict(
+        type='RetinaHead',
+        num_classes=80,
+        in_channels=256,
+        stacked_convs=4,
+        feat_channels=256,
+        anchor_generator=dict(
+            type='AnchorGenerator',
+            octave_base_scale=4,
+            scales_per_octave=3,
+            ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32, 64, 128],
+        ),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[0.0, 0.0, 0.0, 0.0],
+            target_stds=[1.0, 1.0, 1.0, 1.0],
+        ),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=1.0),
+    ),
+    train_cfg=dict(
+        assigner=dict(
+            type='MaxIoUAssigner',
+            pos_iou_thr=0.5,
+            neg_iou_thr=0.4,
+            min_pos_iou=0,
+            ignore_iof_thr=-1,
+        ),
+        allowed_border=-1,
+        pos_weight=-1,
+        debug=False,
+    ),
+    test_cfg=dict(
+        nms_pre=1000,
+        min_bbox_size=0,
+        score_thr=0.05,
+        nms=dict(type='nms', iou_threshold=0.5),
+        max_per_img=100,
+    ),
 )
-optim_wrapper = dict(optimizer=dict(lr=0.0002, weight_decay=0.05))
+train_dataloader = dict(batch_size=2)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=0.0002, weight_decay=0.05, betas=(0.9, 0.999)),
+    paramwise_cfg=dict(
+        custom_keys=dict(attention_biases=dict(decay_mult=0.0), attention_bias_idxs=dict(decay_mult=0.0)),
+    ),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

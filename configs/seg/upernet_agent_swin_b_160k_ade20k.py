@@ -3,8 +3,8 @@
 # downstream/segmentation/configs/agent_swin/upernet_agent_swin_b_9-12-14-7.py; 2 images per GPU x 8 GPUs. Written by
 # tools/make_mm_configs.py from the official file (values carried over as they are). Multi-scale + flip test:
 # tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]). Left out: backbone keys the official class
-# ignores (act_cfg, embed_dims, norm_cfg, pretrain_img_size, strides, use_abs_pos_embed; inherited from a _base_
-# backbone).
+# ignores (act_cfg, embed_dims, norm_cfg, pretrain_img_size, strides, use_abs_pos_embed; swallowed by its **kwargs,
+# e.g. inherited from a _base_ backbone).
 _base_ = [
     './_base_/models/upernet.py',
     './_base_/datasets/ade20k.py',

@@ -1,4 +1,4 @@
-"""OpenMMLab glue: the official dense backbones of each family, zoo backbones and the 3-level FPN neck for
+"""OpenMMLab glue: the official dense backbones of each family, zoo backbones and the 3-level (stride 16) FPN neck for
 mmdet 3.x / mmseg 1.x.
 
 `visionattn.mm.dense` holds the dense backbones themselves (plain torch modules, no OpenMMLab import). With
@@ -6,7 +6,8 @@ mmengine installed, the registry classes in `backbones.py` wrap them for configs
 ``custom_imports=dict(imports=['visionattn.mm'], allow_failed_imports=False)``; the classes are registered in the
 MODELS registry of mmdet and of mmseg (whichever is installed). Registry names: BiFormerMM, NATMM, DiNATMM,
 AgentAttentionMM, SLABMM, GCViTMM, SHViTMM, EfficientViMMM (backbones, `ZooBackboneMM` takes any family),
-TransConvFPN (neck) and WeightsOnlyCheckpointHook (mmengine HOOKS). See `backbones.py` for their arguments.
+EfficientViTFPN (the official SHViT / EfficientViM detection neck; needs mmdet) and WeightsOnlyCheckpointHook
+(mmengine HOOKS). See `backbones.py` for their arguments.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ HAS_MMENGINE = importlib.util.find_spec("mmengine") is not None
 
 __all__ = [
     "AgentAttentionMM", "BiFormerMM", "DiNATMM", "EfficientViMMM", "GCViTMM", "NATMM", "SHViTMM", "SLABMM",
-    "TransConvFPN", "WeightsOnlyCheckpointHook", "ZooBackboneMM", "register_all", "dense",
+    "EfficientViTFPN", "WeightsOnlyCheckpointHook", "ZooBackboneMM", "register_all", "dense",
 ]
 
 if HAS_MMENGINE:
@@ -36,7 +37,10 @@ if HAS_MMENGINE:
         ZooBackboneMM,
     )
     from .hooks import WeightsOnlyCheckpointHook
-    from .necks import TransConvFPN
+    try:
+        from .necks import EfficientViTFPN
+    except ImportError:  # mmseg without mmdet: the neck (an mmdet FPN) is not available
+        EfficientViTFPN = None
 
 
 def register_all() -> list[str]:
@@ -49,7 +53,7 @@ def register_all() -> list[str]:
             registry = importlib.import_module(f"{scope}.registry").MODELS
         except ImportError:
             continue
-        for cls in [*_ALL, TransConvFPN]:
+        for cls in [*_ALL, *([EfficientViTFPN] if EfficientViTFPN else [])]:
             registry.register_module(module=cls, force=True)
         used.append(scope)
     return used

@@ -72,7 +72,7 @@ class ZooBackboneMM(BaseModule):
 
     Args:
         model_name: a zoo / adopted timm name (`visionattn.list_models()`); other kwargs go to the model.
-        out_indices: stage indices to return (0-based; 4 stages, or 3 for SHViT / EfficientViM).
+        out_indices: stage indices to return (0-based; default every stage: 4, or 3 for SHViT / EfficientViM).
         frozen_stages: -1 none; >= 0 freezes the stem, k > 0 also stages 0..k-1 (the model's coarse
             `group_matcher` says which parameters form the stem and each stage). Kept frozen across `train()`.
         norm_eval: keep every BatchNorm in eval mode in `train()` (statistics frozen, affine still trained).
@@ -95,7 +95,7 @@ class ZooBackboneMM(BaseModule):
     _pad_families = ("agent_attention",)
     _fixed_size_families = ("gcvit", "slab")  # windows / position tables tied to `img_size`
 
-    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+    def __init__(self, model_name: str, out_indices: Sequence[int] | None = None, frozen_stages: int = -1,
                  norm_eval: bool = False, out_norm: str = "auto", pad_multiple: int | None = None,
                  init_cfg: dict | None = None, **model_kwargs):
         super().__init__(init_cfg=None)
@@ -109,6 +109,8 @@ class ZooBackboneMM(BaseModule):
             raise ValueError(f"out_norm must be 'auto', 'ln' or 'none', got {out_norm!r}")
         self.model_name, self.model_family = model_name, family
         kwargs = dict(model_kwargs)
+        if out_indices is None:  # every stage: 4, or 3 (SHViT / EfficientViM)
+            out_indices = (0, 1, 2) if family in ("shvit", "efficientvim") else (0, 1, 2, 3)
         # the official dense backbone of this variant (official arguments), else the zoo / timm model
         self.dense = model_name in DENSE_VARIANTS
         if self.dense:

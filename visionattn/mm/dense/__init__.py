@@ -12,6 +12,8 @@ AgentPVTDense          LeapLabTHU downstream/detection|segmentation/.../backbone
 GCViTDense             NVlabs detection/models/gc_vit.py:GCViT
 SLABSwinDense          xinghaochen detection/mmdet_custom/swin_transformer_slab.py:SwinTransformer_SLAB (and
                        swin_transformer_prepbn.py:SwinTransformer_PRepBN, `attn_type='SSSS'`)
+SHViTDense             ysj9909 downstream/shvit.py:Partial_ViT_Exp (`shvit_s4`), on timm's SHViT
+EfficientViMDense      mlvlab detection|segmentation/efficientViM.py:EfficientViM (`EfficientViM_M4`), on timm's
 =====================  =========================================================================================
 
 Each module returns a tuple of NCHW maps and has a `checkpoint_filter_fn` beside it that maps official
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 from .agent import AgentPVTDense, AgentSwinDense
 from .biformer import BiFormerDense
+from .efficientvim import EfficientViMDense
 from .gcvit import GCViTDense
 from .nat import DiNATsDense, NATDense
+from .shvit import SHViTDense
 from .slab import SLABSwinDense
 
-__all__ = ["AgentPVTDense", "AgentSwinDense", "BiFormerDense", "DiNATsDense", "GCViTDense", "NATDense",
-           "SLABSwinDense", "filter_for", "build_dense", "DENSE_VARIANTS"]
+__all__ = ["AgentPVTDense", "AgentSwinDense", "BiFormerDense", "DiNATsDense", "EfficientViMDense", "GCViTDense",
+           "NATDense", "SHViTDense", "SLABSwinDense", "filter_for", "build_dense", "DENSE_VARIANTS"]
 
 
 def filter_for(model):
@@ -99,6 +103,10 @@ DENSE_VARIANTS: dict[str, tuple[type, dict]] = {
     "slab_swin_t": (SLABSwinDense, dict(_SLAB_SWIN, depths=(2, 2, 6, 2), attn_type="LLSS")),
     "slab_swin_s": (SLABSwinDense, dict(_SLAB_SWIN, depths=(2, 2, 18, 2), attn_type="LLSS")),
     "swin_t_prepbn": (SLABSwinDense, dict(_SLAB_SWIN, depths=(2, 2, 6, 2), attn_type="SSSS")),
+    **{name: (SHViTDense, kw) for name, kw in __import__(
+        "visionattn.mm.dense.shvit", fromlist=["_VARIANTS"])._VARIANTS.items()},
+    **{name: (EfficientViMDense, kw) for name, kw in __import__(
+        "visionattn.mm.dense.efficientvim", fromlist=["_VARIANTS"])._VARIANTS.items()},
 }
 
 
