@@ -137,7 +137,8 @@ def test_unsupported_official_arguments_raise():
 def test_checkpoint_of_another_architecture_raises(tmp_path):
     path = tmp_path / "nat.pth"
     torch.save({"state_dict": dense.build_dense("nat_mini", **SMALL["nat_mini"]).state_dict()}, path)
-    with pytest.raises(RuntimeError, match="does not match"):
+    # GC ViT's key map names the first NAT key it cannot map; the others fail the shape / key check
+    with pytest.raises((RuntimeError, ValueError), match="does not match|no timm counterpart"):
         dense.build_dense("gcvit_tiny", pretrained=str(path), **SMALL["gcvit_tiny"])
 
 
