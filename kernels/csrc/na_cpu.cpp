@@ -32,6 +32,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -205,33 +206,72 @@ inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// exp for float in a form the compiler vectorises (std::exp is a scalar libm call): 2^n * 2^f, degree-7
-// Taylor polynomial of 2^f on |f| <= 1/2 (relative error < 1e-8); -inf -> 0, +inf -> inf, NaN -> NaN.
-inline float exp_approx(float x) {
-  float t = x * 1.4426950408889634f;
-  const bool nan = t != t;
-  t = t < -150.f ? -150.f : (t > 150.f ? 150.f : t);
-  const float n = std::floor(t + 0.5f);
-  const float f = t - n;
-  float p = 1.5252734e-05f;
-  p = p * f + 1.5403530e-04f;
-  p = p * f + 1.3333558e-03f;
-  p = p * f + 9.6181291e-03f;
-  p = p * f + 5.5504109e-02f;
-  p = p * f + 2.4022651e-01f;
-  p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
-  const int32_t ni = static_cast<int32_t>(n);
-  const int32_t bits = (std::min(std::max(ni, -126), 127) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float r = p * scale;
-  r = ni < -126 ? 0.f : r;
-  r = ni > 127 ? std::numeric_limits<float>::infinity() : r;
-  return nan ? x : r;
+// exp in plain arithmetic, so that it vectorises (std::exp is a scalar libm call), for scalars (V = T) and
+// vectors (V = vec<T>, below): x = n ln2 + r (Cody-Waite: ln2 split into a high part, exact when multiplied by
+// n, and a low part), |r| <= ln2 / 2, exp(r) by its Taylor polynomial (fp32: degree 7, fp64: degree 13; the
+// truncation error is far below an ulp), times 2^n built in the exponent field. The integer n is read from the
+// rounding constant's mantissa (no float -> int64 conversion: AVX2 has none). Results below the smallest normal
+// number flush to 0, x above 88 (fp32) / 709 (fp64) gives inf; -inf -> 0, +inf -> inf, NaN -> NaN.
+template <typename T>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  static constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693145751953125f,
+                         ln2_lo = 1.42860682030941723e-6f;
+  static constexpr float round = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer held in the mantissa
+  static constexpr float lo = -87.f, hi = 88.f;
+  static constexpr int degree = 7, mant = 23, bias = 127;
+};
+template <>
+struct ExpConst<double> {
+  static constexpr double log2e = 1.44269504088896341, ln2_hi = 6.93147180369123816490e-01,
+                          ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double round = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr int degree = 13, mant = 52, bias = 1023;
+};
+
+template <typename T, int N>
+struct Taylor {  // 1 / i! for i <= N
+  T c[N + 1];
+  constexpr Taylor() : c{} {
+    c[0] = 1;
+    for (int i = 1; i <= N; ++i) c[i] = c[i - 1] / T(i);
+  }
+};
+
+// T: float / double; V: T or a vector of T; I: the integer type (vector) of V's shape
+template <typename T, typename V, typename I>
+inline V exp_poly(V x) {
+  using C = ExpConst<T>;
+  static constexpr Taylor<T, C::degree> taylor{};
+  const V zero{};
+  const auto nan = x != x;
+  const auto under = x < C::lo;
+  const auto over = x > C::hi;
+  V t = under ? zero + C::lo : x;
+  t = over ? zero + C::hi : t;
+  const V shifted = t * C::log2e + C::round;
+  const V n = shifted - C::round;
+  const V r = (t - n * C::ln2_hi) - n * C::ln2_lo;
+  V p = zero + taylor.c[C::degree];
+#pragma GCC unroll 16
+  for (int i = C::degree - 1; i >= 0; --i) p = p * r + taylor.c[i];
+  I ni, round_bits;
+  std::memcpy(&ni, &shifted, sizeof(ni));
+  const V round = zero + C::round;
+  std::memcpy(&round_bits, &round, sizeof(round_bits));
+  const I e = (ni - round_bits + C::bias) << C::mant;
+  V scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  V res = p * scale;
+  res = under ? zero : res;
+  res = over ? zero + std::numeric_limits<T>::infinity() : res;
+  return nan ? x : res;
 }
 
-inline double exp_approx(double x) { return std::exp(x); }
+inline float exp_approx(float x) { return exp_poly<float, float, int32_t>(x); }
+inline double exp_approx(double x) { return exp_poly<double, double, int64_t>(x); }
 
 // p[i] = exp(s[i] - shift); returns the sum
 template <typename T>
@@ -458,26 +498,52 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
 // dim) serves all VL queries, and the head_dim loops become plain vector FMAs without horizontal sums. The
 // ghost columns make this exact at the borders: a border query's window is shifted inward by as many group
 // columns as its diagonal read runs past the border, so the column k * d to the right (left) of a left (right)
-// ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB (and the causal mask) per (row offset,
-// slot, lane) comes from a table built per call. Scores, values and gradients use GCC/Clang vector types
-// (64 bytes: one AVX-512 register, two AVX2 ones): no intrinsics, any x86-64 or ARM target.
+// ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB
+// (and the causal mask) per (row offset, slot, lane) comes from a table built per call.
+//
+// Scores, values and gradients use GCC/Clang vector types one machine register wide, chosen by the target the
+// file is compiled for: 64 bytes with AVX-512 (16 fp32 lanes), 32 with AVX2 (8), 16 bytes otherwise (SSE2,
+// ARM NEON, and SVE machines through NEON; other targets lower them to what they have). A wider type than the
+// registers would be split by the compiler, and its accumulators would no longer fit the register file (the
+// spills that made an AVX-512-sized kernel slow on AVX2). No intrinsics: every target builds the same source.
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
 
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
-  typedef float type __attribute__((vector_size(64)));
+  typedef float type __attribute__((vector_size(kVecBytes)));
 };
 template <>
 struct VecOf<double> {
-  typedef double type __attribute__((vector_size(64)));
+  typedef double type __attribute__((vector_size(kVecBytes)));
 };
 template <typename T>
 using vec = typename VecOf<T>::type;
 template <typename T>
 constexpr int64_t lanes() {
-  return 64 / sizeof(T);
+  return kVecBytes / sizeof(T);
 }
+// integer vectors of the same shape (exponent arithmetic of vexp)
+template <typename T>
+struct IntVecOf;
+template <>
+struct IntVecOf<float> {
+  typedef int32_t type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct IntVecOf<double> {
+  typedef int64_t type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+using ivec = typename IntVecOf<T>::type;
 
 template <typename T>
 inline vec<T> load(const T* p) {
@@ -498,42 +564,12 @@ inline vec<T> vmax(const vec<T>& a, const vec<T>& b) {
   return a > b ? a : b;  // NaN in a lane: keeps b unless b is NaN; a NaN score still reaches the sum below
 }
 
-inline vec<float> vexp(vec<float> x) {
-  typedef int32_t ivec __attribute__((vector_size(64)));
-  const auto nan = x != x;
-  vec<float> t = x * 1.4426950408889634f;
-  t = t < -150.f ? splat(-150.f) : t;
-  t = t > 150.f ? splat(150.f) : t;
-  const vec<float> magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const vec<float> n = (t + magic) - magic;
-  const vec<float> f = t - n;
-  vec<float> p = splat(1.5252734e-05f);
-  p = p * f + 1.5403530e-04f;
-  p = p * f + 1.3333558e-03f;
-  p = p * f + 9.6181291e-03f;
-  p = p * f + 5.5504109e-02f;
-  p = p * f + 2.4022651e-01f;
-  p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
-  const ivec ni = __builtin_convertvector(n, ivec);
-  ivec e = ni < -126 ? ivec{} - 126 : ni;
-  e = e > 127 ? ivec{} + 127 : e;
-  vec<float> scale;
-  const ivec bits = (e + 127) << 23;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  vec<float> r = p * scale;
-  r = ni < -126 ? vec<float>{} : r;
-  r = ni > 127 ? splat(std::numeric_limits<float>::infinity()) : r;
-  return nan ? x : r;
-}
-
-inline vec<double> vexp(vec<double> x) {
-  for (int64_t i = 0; i < lanes<double>(); ++i) x[i] = std::exp(x[i]);
-  return x;
-}
+inline vec<float> vexp(vec<float> x) { return exp_poly<float, vec<float>, ivec<float>>(x); }
+inline vec<double> vexp(vec<double> x) { return exp_poly<double, vec<double>, ivec<double>>(x); }
 
 // In-register transpose of a VL x VL tile: stage H swaps bit H of the row index with bit H of the column index
-// (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512).
+// (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512; with AVX2 the stages map to
+// vperm2f128 / vunpck / vshufps+vblend, with NEON to zip / trn).
 template <int H, int N, bool High>
 constexpr int swap_index(int c) {
   return High ? ((c & H) ? N + c : (c ^ H)) : ((c & H) ? N + (c ^ H) : c);
@@ -554,12 +590,12 @@ inline void transpose_stage(vec<T>* r) {
     r[i ^ H] = hi;
   }
 }
-template <typename T>
+template <typename T, int H = 1>
 inline void transpose_tile(vec<T>* r) {
-  transpose_stage<T, 1>(r);
-  transpose_stage<T, 2>(r);
-  transpose_stage<T, 4>(r);
-  if constexpr (lanes<T>() == 16) transpose_stage<T, 8>(r);
+  if constexpr (H < lanes<T>()) {
+    transpose_stage<T, H>(r);
+    transpose_tile<T, 2 * H>(r);
+  }
 }
 
 // dst[i * ds + t] = scale * src[t * ss + i] for i < D, t < VL; rows t >= nt read as zeros
@@ -631,16 +667,16 @@ inline void diag_dots(const T* a, int64_t as, const T* b, int64_t bs, int64_t du
   }
 }
 
-// out[c] = sum_{n, u} w[n * kk + u] * rows[n][(i0 + c) * ld + u * du] for c < C: weights (P or dS) times the
-// diagonals of value or key rows, for dims i0 .. i0 + C
+// out[c] = sum_{n, u} w[n * kk + u] * rows[n][off + (i0 + c) * ld + u * du] for c < C: weights (P or dS) times
+// the diagonals of value or key rows, for dims i0 .. i0 + C
 template <typename T, int C>
-inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
-                       int64_t i0, vec<T>* out) {
+inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t off, int64_t n_rows, int64_t kk, int64_t ld,
+                       int64_t du, int64_t i0, vec<T>* out) {
   vec<T> acc[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
   for (int64_t n = 0; n < n_rows; ++n) {
-    const T* row = rows[n] + i0 * ld;
+    const T* row = rows[n] + off + i0 * ld;
     for (int64_t u = 0; u < kk; ++u) {
       const vec<T> wv = w[n * kk + u];
       const T* ru = row + u * du;
@@ -652,20 +688,19 @@ inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, in
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
+// diag_mix_n for dims i0 .. i0 + min(kChunk, D - i0)
 template <typename T>
-inline void diag_mix(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
-                     int64_t D, vec<T>* out) {
-  for (int64_t i0 = 0; i0 < D; i0 += kChunk) {
-    switch (std::min(kChunk, D - i0)) {
-      case 8: diag_mix_n<T, 8>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 7: diag_mix_n<T, 7>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 6: diag_mix_n<T, 6>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 5: diag_mix_n<T, 5>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 4: diag_mix_n<T, 4>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 3: diag_mix_n<T, 3>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 2: diag_mix_n<T, 2>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      default: diag_mix_n<T, 1>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-    }
+inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, int64_t n_rows, int64_t kk,
+                           int64_t ld, int64_t du, int64_t i0, int64_t D, vec<T>* out) {
+  switch (std::min(kChunk, D - i0)) {
+    case 8: diag_mix_n<T, 8>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 7: diag_mix_n<T, 7>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 6: diag_mix_n<T, 6>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 5: diag_mix_n<T, 5>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 4: diag_mix_n<T, 4>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 3: diag_mix_n<T, 3>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 2: diag_mix_n<T, 2>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    default: diag_mix_n<T, 1>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
   }
 }
 
@@ -779,44 +814,81 @@ inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
   return from >= 0 && from < lg.L ? from : -1;
 }
 
-// k and v [b, x0, x1, column, h, :] transposed into kt / vt [row][dim][PL + column] (+ ghosts) per key / value
-// row, both in one parallel region
+// The ghost columns of a transposed row: only the columns real queries read, [lo, hi), need their keys (column,
+// source column or -1 for a zero); the rest (read by padding lanes only, whose results are dropped or masked)
+// get zeros so that no lane reads stale memory.
+struct Ghosts {
+  int64_t lo = 0, hi = 0;
+  std::vector<std::pair<int64_t, int64_t>> cols;
+};
+
+inline Ghosts make_ghosts(const LaneGeom& lg) {
+  Ghosts gh;
+  gh.lo = lg.PL - lg.off * lg.d;
+  gh.hi = lg.PL + lg.L + (lg.k - 1 - lg.off) * lg.d;
+  for (int64_t e = gh.lo; e < gh.hi; ++e) {
+    if (e >= lg.PL && e < lg.PL + lg.L) continue;
+    const int64_t from = ghost_source(lg, e - lg.PL);
+    gh.cols.emplace_back(e, from >= 0 ? lg.PL + from : -1);
+  }
+  return gh;
+}
+
+// one key or value row, [column][dim] at src (column stride cs), transposed into out [dim][PL + column] (+ ghosts)
 template <typename T>
-void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& k, const at::Tensor& v, T* kt, T* vt) {
+void transpose_row(const LaneGeom& lg, const Ghosts& gh, const T* src, int64_t cs, int64_t D, T* out) {
   constexpr int64_t VL = lanes<T>();
   const int64_t Lext = lg.Lext, PL = lg.PL, L = lg.L;
-  // ghosts: only the columns real queries read need their keys, (index, source index or -1 for zero); the rest
-  // (read by padding lanes only, whose results are dropped or masked) get zeros so no lane reads stale memory
-  const int64_t lo = PL - lg.off * lg.d, hi = PL + L + (lg.k - 1 - lg.off) * lg.d;
-  std::vector<std::pair<int64_t, int64_t>> ghosts;
-  for (int64_t e = lo; e < hi; ++e) {
-    if (e >= PL && e < PL + L) continue;
-    const int64_t from = ghost_source(lg, e - PL);
-    ghosts.emplace_back(e, from >= 0 ? PL + from : -1);
+  for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
+  for (int64_t i = 0; i < D; ++i) {
+    T* row = out + i * Lext;
+    std::fill(row, row + gh.lo, T(0));
+    std::fill(row + gh.hi, row + Lext, T(0));
+    for (const auto& c : gh.cols) row[c.first] = c.second >= 0 ? row[c.second] : T(0);
   }
-  const View vk = view_of(k), vv = view_of(v);
-  parallel_rows(2 * lg.kv_rows, k.size(-1) * Lext, [&](int64_t begin, int64_t end) {
-    for (int64_t it = begin; it < end; ++it) {
-      const bool is_v = it >= lg.kv_rows;
-      const int64_t item = is_v ? it - lg.kv_rows : it;
-      const at::Tensor& x = is_v ? v : k;
-      const View& vx = is_v ? vv : vk;
-      const int64_t D = x.size(-1);
-      const RowItem r = row_item(g, item, g.kv_heads);
-      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-      const T* src = x.data_ptr<T>() + vx.at(r.b, y, r.h);
-      const int64_t cs = vx.x[2];
-      T* out = (is_v ? vt : kt) + item * D * Lext;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
-      for (int64_t i = 0; i < D; ++i) {
-        T* row = out + i * Lext;
-        std::fill(row, row + lo, T(0));
-        std::fill(row + hi, row + Lext, T(0));
-        for (const auto& gs : ghosts) row[gs.first] = gs.second >= 0 ? row[gs.second] : T(0);
-      }
-    }
-  });
 }
+
+// Transposed key and value rows, made when a query row first needs them and kept (per thread) while the window
+// moves on: consecutive query rows share all but one key row of their windows. Direct-mapped by row position
+// modulo k * d per axis, so the rows of one window never evict each other; a few rows per thread, hot in cache,
+// instead of a transposed copy of the whole key and value tensors.
+template <typename T>
+class RowCache {
+ public:
+  RowCache(const Geometry& g, const LaneGeom& lg, const Ghosts& gh, const at::Tensor& k, const at::Tensor& v)
+      : g_(g), lg_(lg), gh_(gh), kp_(k.data_ptr<T>()), vp_(v.data_ptr<T>()), vk_(view_of(k)), vv_(view_of(v)),
+        D_(k.size(-1)), Dv_(v.size(-1)) {
+    m0_ = std::min(g.S[0], g.ax[0].k * g.ax[0].d);
+    m1_ = std::min(g.S[1], g.ax[1].k * g.ax[1].d);
+    tag_.assign(m0_ * m1_, -1);
+    buf_.resize(m0_ * m1_ * (D_ + Dv_) * lg.Lext);
+  }
+
+  // the transposed key row and value row of (batch b, kv head hk, row x0, x1)
+  std::pair<const T*, const T*> get(int64_t b, int64_t hk, int64_t x0, int64_t x1) {
+    const int64_t slot = (x0 % m0_) * m1_ + x1 % m1_;
+    T* kt = buf_.data() + slot * (D_ + Dv_) * lg_.Lext;
+    T* vt = kt + D_ * lg_.Lext;
+    const int64_t id = row_index(g_, g_.kv_heads, b, hk, x0, x1);
+    if (tag_[slot] != id) {
+      const int64_t x[kAxes] = {x0, x1, 0};
+      transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, kt);
+      transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, vt);
+      tag_[slot] = id;
+    }
+    return {kt, vt};
+  }
+
+ private:
+  const Geometry& g_;
+  const LaneGeom& lg_;
+  const Ghosts& gh_;
+  const T *kp_, *vp_;
+  View vk_, vv_;
+  int64_t D_, Dv_, m0_ = 1, m1_ = 1;
+  std::vector<T> buf_;
+  std::vector<int64_t> tag_;
+};
 
 // bias[(h * bias_rows + rel01) * k + u][j]: RPB of (row offset rel01, lane slot u, query column j), -inf where
 // causal-invalid; valid[u][j]: 1 for a real slot of a real query (j < L), else 0
@@ -856,15 +928,45 @@ inline int64_t row_slots(const Geometry& g, const int64_t* y, RowSlot* out) {
   return n;
 }
 
-// logits S[n][u] (VL lanes each) of a block's queries (qT: [dim][qs]) against the key rows `kt`
+// A row's blocks of VL queries run in tiles: the scores of a tile stay in L1 beside one transposed key row,
+// which every block of the tile reads before the next row is touched (blocks of one tile share most of the
+// cache lines they read).
 template <typename T>
-inline void block_scores(const LaneGeom& lg, const T* qT, int64_t qs, const T* const* kt, const RowSlot* slots,
-                         int64_t n_slots, const T* bias_h, int64_t j0, int64_t D, vec<T>* S) {
+int64_t tile_blocks(const LaneGeom& lg, int64_t K, int64_t arrays) {
+  const int64_t blocks = lg.Lp / lanes<T>();
+  const int64_t fit = std::max<int64_t>(1, 12288 / (arrays * K * static_cast<int64_t>(sizeof(vec<T>))));
+  const int64_t tiles = (blocks + fit - 1) / fit;
+  return (blocks + tiles - 1) / tiles;
+}
+
+// S[blk * K + n * k + u] (VL lanes each) = bias + a . key diagonals, for the nb blocks of a tile starting at column
+// t0 (a: the blocks' transposed queries, block blk at a + blk * a_blk, dims a_dim apart), key rows row by row
+template <typename T>
+inline void tile_dots(const LaneGeom& lg, const T* a, int64_t a_blk, int64_t a_dim, const T* const* rows,
+                      const RowSlot* slots, int64_t n_slots, const T* bias_h, int64_t t0, int64_t nb, int64_t D,
+                      int64_t K, vec<T>* S) {
+  constexpr int64_t VL = lanes<T>();
   const int64_t k = lg.k;
   for (int64_t n = 0; n < n_slots; ++n) {
-    const T* bt = bias_h ? bias_h + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lp + j0 : nullptr;
-    diag_dots(qT, qs, kt[n], lg.Lext, lg.d, D, bt, lg.Lp, k, S + n * k);
+    const T* bt = bias_h ? bias_h + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lp : nullptr;
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t j0 = t0 + blk * VL;
+      diag_dots(a + blk * a_blk, a_dim, rows[n] + lg.PL + j0 - lg.off * lg.d, lg.Lext, lg.d, D,
+                bt ? bt + j0 : nullptr, lg.Lp, k, S + blk * K + n * k);
+    }
   }
+}
+
+// out[blk * D + i] = sum_{n, u} w[blk * K + n * k + u] * (diagonal u of rows[n], dim i) for the nb blocks of a tile:
+// dims in chunks of accumulators, every block of the tile per chunk
+template <typename T>
+inline void tile_mix(const LaneGeom& lg, const vec<T>* w, const T* const* rows, int64_t n_slots, int64_t t0,
+                     int64_t nb, int64_t D, int64_t K, vec<T>* out) {
+  constexpr int64_t VL = lanes<T>();
+  for (int64_t i0 = 0; i0 < D; i0 += kChunk)
+    for (int64_t blk = 0; blk < nb; ++blk)
+      diag_mix_chunk(w + blk * K, rows, lg.PL + t0 + blk * VL - lg.off * lg.d, n_slots, lg.k, lg.Lext, lg.d, i0, D,
+                     out + blk * D);
 }
 
 template <typename T>
@@ -872,23 +974,21 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
                   double scale_d, at::Tensor& out, at::Tensor& lse) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
-  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k, L = lg.L;
-  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
+  const Ghosts gh = make_ghosts(lg);
+  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), K = g.K, kk = lg.k, L = lg.L;
+  const int64_t NB = tile_blocks<T>(lg, K, 1);
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
   const View vq = view_of(q), vo = view_of(out);
   const T* qp = q.data_ptr<T>();
-  const T* ktp = KT.data_ptr<T>();
-  const T* vtp = VT.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
-  parallel_rows(lg.rows, lg.Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
+  parallel_rows(lg.rows, lg.Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
+    RowCache<T> cache(g, lg, gh, k, v);
     std::vector<RowSlot> slots(lg.K01);
-    std::vector<T> qT(D * VL);
-    std::vector<vec<T>> S(g.K), acc(Dv);
+    std::vector<T> qT(NB * D * VL);
+    std::vector<vec<T>> S(NB * K), acc(NB * Dv), inv(NB);
     std::vector<const T*> kt(lg.K01), vt(lg.K01);
     for (int64_t item = begin; item < end; ++item) {
       const RowItem r = row_item(g, item, H);
@@ -899,29 +999,36 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
       const int64_t qcs = vq.x[2], ocs = vo.x[2];
       const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * lg.Lp : nullptr;
       const int64_t nS = n_slots * kk;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        to_lanes(qsrc + j0 * qcs, qcs, nl, D, scale, qT.data(), VL);
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        for (int64_t n = 0; n < n_slots; ++n) {
-          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-          kt[n] = ktp + kr * D * Lext + base;
-          vt[n] = vtp + kr * Dv * Lext + base;
+      T* lrow = lp + (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
+      for (int64_t n = 0; n < n_slots; ++n)
+        std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+      for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+        const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          to_lanes(qsrc + j0 * qcs, qcs, std::min(VL, L - j0), D, scale, qT.data() + blk * D * VL, VL);
         }
-        block_scores(lg, qT.data(), VL, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
-        vec<T> mx = splat(-std::numeric_limits<T>::infinity());
-        for (int64_t n = 0; n < nS; ++n) mx = vmax<T>(S[n], mx);
-        vec<T> sum{};
-        for (int64_t n = 0; n < nS; ++n) {
-          S[n] = vexp(S[n] - mx);
-          sum += S[n];
+        tile_dots(lg, qT.data(), D * VL, VL, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          vec<T>* Sb = S.data() + blk * K;
+          vec<T> mx = splat(-std::numeric_limits<T>::infinity());
+          for (int64_t n = 0; n < nS; ++n) mx = vmax<T>(Sb[n], mx);
+          vec<T> sum{};
+          for (int64_t n = 0; n < nS; ++n) {
+            Sb[n] = vexp(Sb[n] - mx);
+            sum += Sb[n];
+          }
+          inv[blk] = T(1) / sum;
+          const int64_t j0 = t0 + blk * VL;
+          for (int64_t t = 0; t < std::min(VL, L - j0); ++t) lrow[(j0 + t) * H] = mx[t] + std::log(sum[t]);
         }
-        const vec<T> inv = T(1) / sum;
-        diag_mix(S.data(), vt.data(), n_slots, kk, Lext, lg.d, Dv, acc.data());
-        for (int64_t i = 0; i < Dv; ++i) acc[i] *= inv;
-        from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, Dv, T(1), odst + j0 * ocs, ocs);
-        T* lrow = lp + (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
-        for (int64_t t = 0; t < nl; ++t) lrow[t * H] = mx[t] + std::log(sum[t]);
+        tile_mix(lg, S.data(), vt.data(), n_slots, t0, nb, Dv, K, acc.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          vec<T>* ab = acc.data() + blk * Dv;
+          for (int64_t i = 0; i < Dv; ++i) ab[i] *= inv[blk];
+          from_lanes(reinterpret_cast<const T*>(ab), VL, std::min(VL, L - j0), Dv, T(1), odst + j0 * ocs, ocs);
+        }
       }
     }
   });
@@ -933,11 +1040,10 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
+  const Ghosts gh = make_ghosts(lg);
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lp = lg.Lp, kk = lg.k;
-  const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d;
-  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
+  const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d, K = g.K;
+  const int64_t NB = tile_blocks<T>(lg, K, 2);
   // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
   at::Tensor Pb = at::empty({rows * K01 * kk * Lp}, q.options());
   at::Tensor dSb = at::empty({rows * K01 * kk * Lp}, q.options());
@@ -950,14 +1056,14 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   std::vector<T> dbias(drpb ? n_threads * bias_size : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
-  const T *ktp = KT.data_ptr<T>(), *vtp = VT.data_ptr<T>();
   T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
 
   // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  parallel_rows(rows, Lp * g.K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
+  parallel_rows(rows, Lp * K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
+    RowCache<T> cache(g, lg, gh, k, v);
     std::vector<RowSlot> slots(K01);
-    std::vector<vec<T>> S(g.K), dP(g.K), acc(D);
+    std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
     std::vector<const T*> kt(K01), vt(K01);
     T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
     for (int64_t item = begin; item < end; ++item) {
@@ -966,46 +1072,52 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
       const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
       const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
+      const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
       T* QT = QTp + item * D * Lp;
       T* GT = GTp + item * Dv * Lp;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
-        T* qblk = QT + j0;
-        to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, qblk, Lp);
-        T* gblk = GT + j0;
-        to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), gblk, Lp);
-        vec<T> m = splat(std::numeric_limits<T>::infinity()), dl{};
-        const int64_t at0 = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
-        for (int64_t t = 0; t < nl; ++t) {
-          m[t] = lp[at0 + t * H];
-          dl[t] = dlp[at0 + t * H];
-        }
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        for (int64_t n = 0; n < n_slots; ++n) {
-          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-          kt[n] = ktp + kr * D * Lext + base;
-          vt[n] = vtp + kr * Dv * Lext + base;
-        }
-        block_scores(lg, qblk, Lp, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
-        for (int64_t n = 0; n < n_slots; ++n) diag_dots<T>(gblk, Lp, vt[n], Lext, du, Dv, nullptr, 0, kk, dP.data() + n * kk);
-        for (int64_t n = 0; n < n_slots; ++n) {
-          T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-          T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-          T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
-          for (int64_t u = 0; u < kk; ++u) {
-            const vec<T> ok = load(valid.data() + u * Lp + j0);
-            const vec<T> p = ok != T(0) ? vexp(S[n * kk + u] - m) : vec<T>{};
-            const vec<T> ds = ok != T(0) ? p * (dP[n * kk + u] - dl) : vec<T>{};
-            store(Pd + u * Lp, p);
-            store(dSd + u * Lp, ds);
-            S[n * kk + u] = ds;
-            if (db) store(db + u * Lp, load(db + u * Lp) + ds);
+      for (int64_t n = 0; n < n_slots; ++n)
+        std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+      for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+        const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
+          // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
+          to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Lp);
+          to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Lp);
+          m[blk] = splat(std::numeric_limits<T>::infinity());
+          dl[blk] = vec<T>{};
+          for (int64_t t = 0; t < nl; ++t) {
+            m[blk][t] = lp[at_row + (j0 + t) * H];
+            dl[blk][t] = dlp[at_row + (j0 + t) * H];
           }
         }
-        diag_mix(S.data(), kt.data(), n_slots, kk, Lext, du, D, acc.data());
-        from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, D, scale,
-                   dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+        tile_dots(lg, QT + t0, VL, Lp, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+        tile_dots<T>(lg, GT + t0, VL, Lp, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          vec<T>* Sb = S.data() + blk * K;
+          const vec<T>* dPb = dP.data() + blk * K;
+          for (int64_t n = 0; n < n_slots; ++n) {
+            T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
+            T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
+            T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
+            for (int64_t u = 0; u < kk; ++u) {
+              const vec<T> ok = load(valid.data() + u * Lp + j0);
+              const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
+              const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
+              store(Pd + u * Lp, p);
+              store(dSd + u * Lp, ds);
+              Sb[n * kk + u] = ds;
+              if (db) store(db + u * Lp, load(db + u * Lp) + ds);
+            }
+          }
+        }
+        tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
+                     dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+        }
       }
     }
   });
