@@ -628,6 +628,13 @@ inline void from_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale,
     for (int64_t t = 0; t < nt; ++t) dst[t * ds + i0] = src[i0 * ss + t] * scale;
 }
 
+// Vector registers of the target: how many accumulators a register-blocked loop may hold.
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+
 // Up to 8 independent accumulators per call: one chain per FMA latency would leave the FMA units idle.
 constexpr int64_t kChunk = 8;
 
@@ -704,40 +711,48 @@ inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, i
   }
 }
 
-// out[c] = sum_y a[y][a_off] * b[y][b_off + c * b_stride] for c < n (vectors): one key row's gradient
-// contributions summed over the query rows whose windows hold it
-template <typename T, int C>
-inline void row_sums_n(const T* const* a, const T* const* b, int64_t ny, int64_t a_off, int64_t b_stride,
-                       int64_t b_off, vec<T>* out) {
-  vec<T> acc[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
+// part[(i * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
+// i0 <= i < i0 + IB (VL lanes: one block of query columns): P or dS (w) times transposed dO or q (a), summed over
+// the query rows that hold one key row; UB x IB accumulators stay in registers, UB + IB loads per y
+template <typename T, int UB, int IB>
+inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
+                         int64_t i0, int64_t kk, int64_t pw, T* part) {
+  vec<T> acc[UB][IB];
+  for (int u = 0; u < UB; ++u)
+    for (int i = 0; i < IB; ++i) acc[u][i] = vec<T>{};
   for (int64_t y = 0; y < ny; ++y) {
-    const vec<T> av = load(a[y] + a_off);
-    const T* by = b[y] + b_off;
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[c] += av * load(by + c * b_stride);
+    vec<T> wv[UB], av[IB];
+    for (int u = 0; u < UB; ++u) wv[u] = load(w[y] + (u0 + u) * ls + j0);
+    for (int i = 0; i < IB; ++i) av[i] = load(a[y] + (i0 + i) * ls + j0);
+    for (int u = 0; u < UB; ++u)
+      for (int i = 0; i < IB; ++i) acc[u][i] += wv[u] * av[i];
   }
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) out[c] = acc[c];
+  for (int u = 0; u < UB; ++u)
+    for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
 }
 
-template <typename T>
-inline void row_sums(const T* const* a, const T* const* b, int64_t ny, int64_t a_off, int64_t b_stride, int64_t b_off,
-                     int64_t n, vec<T>* out) {
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t off = b_off + c0 * b_stride;
-    switch (std::min(kChunk, n - c0)) {
-      case 8: row_sums_n<T, 8>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 7: row_sums_n<T, 7>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 6: row_sums_n<T, 6>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 5: row_sums_n<T, 5>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 4: row_sums_n<T, 4>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 3: row_sums_n<T, 3>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 2: row_sums_n<T, 2>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      default: row_sums_n<T, 1>(a, b, ny, a_off, b_stride, off, out + c0); break;
-    }
+template <typename T, int UB, int IB>
+inline void lane_outer_tail(int64_t ub, int64_t ib, const T* const* w, const T* const* a, int64_t ny, int64_t ls,
+                            int64_t j0, int64_t u0, int64_t i0, int64_t kk, int64_t pw, T* part) {
+  if constexpr (UB > 1) {
+    if (ub < UB) return lane_outer_tail<T, UB - 1, IB>(ub, ib, w, a, ny, ls, j0, u0, i0, kk, pw, part);
   }
+  if constexpr (IB > 1) {
+    if (ib < IB) return lane_outer_tail<T, UB, IB - 1>(ub, ib, w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  }
+  lane_outer_n<T, UB, IB>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+}
+
+constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 4;
+
+// lane_outer_n over all u < kk, i < D for the query block at column j0
+template <typename T>
+inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t kk,
+                       int64_t D, int64_t pw, T* part) {
+  for (int64_t u0 = 0; u0 < kk; u0 += kOuterU)
+    for (int64_t i0 = 0; i0 < D; i0 += kOuterI)
+      lane_outer_tail<T, kOuterU, kOuterI>(std::min(kOuterU, kk - u0), std::min(kOuterI, D - i0), w, a, ny, ls, j0,
+                                           u0, i0, kk, pw, part);
 }
 
 // Geometry of the lane axis (the last one) and of the rows. Lanes are consecutive columns of one row in their
@@ -1034,6 +1049,9 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   });
 }
 
+// Backward in groups of (batch, kv head) planes (a plane holds every query row whose windows reach its key rows):
+// pass 1 over the group's query rows, then pass 2 over its key rows, with per-query-row buffers for one group
+// (a few MB, still in cache for pass 2, allocated once instead of for the whole batch).
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
@@ -1042,149 +1060,163 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
   const Ghosts gh = make_ghosts(lg);
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lp = lg.Lp, kk = lg.k;
-  const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d, K = g.K;
+  const int64_t L = lg.L, K01 = lg.K01, K = g.K;
   const int64_t NB = tile_blocks<T>(lg, K, 2);
-  // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
-  at::Tensor Pb = at::empty({rows * K01 * kk * Lp}, q.options());
-  at::Tensor dSb = at::empty({rows * K01 * kk * Lp}, q.options());
-  at::Tensor QTb = at::empty({rows * D * Lp}, q.options());
-  at::Tensor GTb = at::empty({rows * Dv * Lp}, q.options());
+  // planes and their rows: query rows (b, h, y0, y1) of the group's heads are contiguous, as are key rows
+  const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
+  const int64_t qrow_size = K01 * kk * Lp * 2 + (D + Dv) * Lp;  // P, dS, q, dO per query row
+  const int64_t threads = at::get_num_threads();
+  int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 22) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
+  per_group = std::max(per_group, (8 * threads + plane_qrows - 1) / plane_qrows);  // rows enough for the threads
+  per_group = std::min(per_group, planes);
+  const int64_t grp_rows = per_group * plane_qrows;
+  // per query row of a group: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
+  at::Tensor Pb = at::empty({grp_rows * K01 * kk * Lp}, q.options());
+  at::Tensor dSb = at::empty({grp_rows * K01 * kk * Lp}, q.options());
+  at::Tensor QTb = at::empty({grp_rows * D * Lp}, q.options());
+  at::Tensor GTb = at::empty({grp_rows * Dv * Lp}, q.options());
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
-  const int64_t n_threads = at::get_num_threads();
   const int64_t bias_size = H * lg.R01 * kk * Lp;
-  std::vector<T> dbias(drpb ? n_threads * bias_size : 0, T(0));
+  std::vector<T> dbias(drpb ? threads * bias_size : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
   T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
+  // pass 2's per-(dim, slot) sums over query rows, [dim][u][margin + query column + margin]: the margins (zeros)
+  // let the fold onto key columns read every slot's diagonal with plain loads
+  const int64_t margin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = margin + Lp + margin;
+  const int64_t base0 = lg.PL - lg.off * lg.d;  // query column j reads slot u at extended column base0 + j + d u
+  const Axis &a0 = g.ax[0], &a1 = g.ax[1];
 
-  // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  parallel_rows(rows, Lp * K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
-    RowCache<T> cache(g, lg, gh, k, v);
-    std::vector<RowSlot> slots(K01);
-    std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
-    std::vector<const T*> kt(K01), vt(K01);
-    T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
-    for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, item, H);
-      const int64_t n_slots = row_slots(g, r.y, slots.data());
-      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-      const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
-      const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
-      const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
-      T* QT = QTp + item * D * Lp;
-      T* GT = GTp + item * Dv * Lp;
-      for (int64_t n = 0; n < n_slots; ++n)
-        std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-      for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
-        const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
-          // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
-          to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Lp);
-          to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Lp);
-          m[blk] = splat(std::numeric_limits<T>::infinity());
-          dl[blk] = vec<T>{};
-          for (int64_t t = 0; t < nl; ++t) {
-            m[blk][t] = lp[at_row + (j0 + t) * H];
-            dl[blk][t] = dlp[at_row + (j0 + t) * H];
-          }
-        }
-        tile_dots(lg, QT + t0, VL, Lp, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
-        tile_dots<T>(lg, GT + t0, VL, Lp, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          const int64_t j0 = t0 + blk * VL;
-          vec<T>* Sb = S.data() + blk * K;
-          const vec<T>* dPb = dP.data() + blk * K;
-          for (int64_t n = 0; n < n_slots; ++n) {
-            T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-            T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-            T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
-            for (int64_t u = 0; u < kk; ++u) {
-              const vec<T> ok = load(valid.data() + u * Lp + j0);
-              const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
-              const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
-              store(Pd + u * Lp, p);
-              store(dSd + u * Lp, ds);
-              Sb[n * kk + u] = ds;
-              if (db) store(db + u * Lp, load(db + u * Lp) + ds);
+  for (int64_t p0 = 0; p0 < planes; p0 += per_group) {
+    const int64_t row0 = p0 * plane_qrows, n_rows = std::min(planes - p0, per_group) * plane_qrows;
+    const int64_t krow0 = p0 * plane_rows, n_krows = std::min(planes - p0, per_group) * plane_rows;
+
+    // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
+    parallel_rows(n_rows, Lp * K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
+      RowCache<T> cache(g, lg, gh, k, v);
+      std::vector<RowSlot> slots(K01);
+      std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
+      std::vector<const T*> kt(K01), vt(K01);
+      T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
+      for (int64_t local = begin; local < end; ++local) {
+        const int64_t item = row0 + local;
+        const RowItem r = row_item(g, item, H);
+        const int64_t n_slots = row_slots(g, r.y, slots.data());
+        const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
+        const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
+        const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
+        const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
+        T* QT = QTp + local * D * Lp;
+        T* GT = GTp + local * Dv * Lp;
+        for (int64_t n = 0; n < n_slots; ++n)
+          std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+        for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+          const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
+            // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
+            to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Lp);
+            to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Lp);
+            m[blk] = splat(std::numeric_limits<T>::infinity());
+            dl[blk] = vec<T>{};
+            for (int64_t t = 0; t < nl; ++t) {
+              m[blk][t] = lp[at_row + (j0 + t) * H];
+              dl[blk][t] = dlp[at_row + (j0 + t) * H];
             }
           }
-        }
-        tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          const int64_t j0 = t0 + blk * VL;
-          from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
-                     dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+          tile_dots(lg, QT + t0, VL, Lp, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+          tile_dots<T>(lg, GT + t0, VL, Lp, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL;
+            vec<T>* Sb = S.data() + blk * K;
+            const vec<T>* dPb = dP.data() + blk * K;
+            for (int64_t n = 0; n < n_slots; ++n) {
+              T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
+              T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
+              T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
+              for (int64_t u = 0; u < kk; ++u) {
+                const vec<T> ok = load(valid.data() + u * Lp + j0);
+                const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
+                const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
+                store(Pd + u * Lp, p);
+                store(dSd + u * Lp, ds);
+                Sb[n * kk + u] = ds;
+                if (db) store(db + u * Lp, load(db + u * Lp) + ds);
+              }
+            }
+          }
+          tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL;
+            from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
+                       dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+          }
         }
       }
-    }
-  });
+    });
 
-  // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
-  // heads sharing the kv head) whose windows hold it, accumulated along the diagonals into [dim][column] with
-  // ghosts, then the ghosts folded onto the keys they stand for
-  const Axis &a0 = g.ax[0], &a1 = g.ax[1];
-  parallel_rows(lg.kv_rows, g.group * Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
-    std::vector<T> dKT(D * Lext), dVT(Dv * Lext);
-    std::vector<vec<T>> part(std::max(D, Dv) * kk);
-    std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
-    for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, item, g.kv_heads);  // r.y is the key row, r.h the kv head
-      qt.clear();
-      gt.clear();
-      dsr.clear();
-      pr.clear();
-      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
-        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
-          for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
-            const int64_t qitem = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]);
-            const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-            pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lp);
-            dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lp);
-            qt.push_back(QTp + qitem * D * Lp);
-            gt.push_back(GTp + qitem * Dv * Lp);
-          }
-      const int64_t nq = static_cast<int64_t>(qt.size());
-      std::fill(dKT.begin(), dKT.end(), T(0));
-      std::fill(dVT.begin(), dVT.end(), T(0));
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        // sums over the query rows stay in registers; the overlapping diagonal updates of the [dim][column]
-        // buffers then go dim-major, so no store is read back by the next update
-        for (int64_t i = 0; i < D; ++i) row_sums(qt.data(), dsr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
-        for (int64_t u = 0; u < kk; ++u)
-          for (int64_t i = 0; i < D; ++i) {
-            T* dst = dKT.data() + i * Lext + base + u * du;
-            store(dst, load(dst) + part[i * kk + u]);
-          }
-        for (int64_t i = 0; i < Dv; ++i) row_sums(gt.data(), pr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
-        for (int64_t u = 0; u < kk; ++u)
-          for (int64_t i = 0; i < Dv; ++i) {
-            T* dst = dVT.data() + i * Lext + base + u * du;
-            store(dst, load(dst) + part[i * kk + u]);
-          }
+    // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
+    // heads sharing the kv head) whose windows hold it. Per block of query columns and slot u the sums over
+    // query rows are products in the query lanes (lane_outer); slot u of query column j is extended key column
+    // base0 + j + d u, so each key column then gathers its slots' sums with shifted loads, ghosts included,
+    // and the ghosts fold onto the keys they stand for.
+    parallel_rows(n_krows, g.group * Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
+      const int64_t Dm = std::max(D, Dv);
+      std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(kk * Dm * pw, T(0));
+      std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
+      for (int64_t local = begin; local < end; ++local) {
+        const RowItem r = row_item(g, krow0 + local, g.kv_heads);  // r.y is the key row, r.h the kv head
+        qt.clear();
+        gt.clear();
+        dsr.clear();
+        pr.clear();
+        for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
+          for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
+            for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
+              const int64_t qlocal = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]) - row0;
+              const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
+              pr.push_back(Pp + (qlocal * K01 + slot01) * kk * Lp);
+              dsr.push_back(dSp + (qlocal * K01 + slot01) * kk * Lp);
+              qt.push_back(QTp + qlocal * D * Lp);
+              gt.push_back(GTp + qlocal * Dv * Lp);
+            }
+        const int64_t nq = static_cast<int64_t>(qt.size());
+        for (int pass = 0; pass < 2; ++pass) {
+          const int64_t Dx = pass == 0 ? D : Dv;
+          T* dst = pass == 0 ? dKT.data() : dVT.data();
+          for (int64_t j0 = 0; j0 < L; j0 += VL)
+            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Lp, j0, kk, Dx, pw,
+                       part.data() + margin);
+          for (int64_t i = 0; i < Dx; ++i)
+            for (int64_t e0 = 0; e0 < Lext; e0 += VL) {
+              const T* src = part.data() + i * kk * pw + margin + e0 - base0;
+              vec<T> sum{};
+              for (int64_t u = 0; u < kk; ++u) sum += load(src + u * (pw - lg.d));
+              store(dst + i * Lext + e0, sum);
+            }
+        }
+        for (int64_t e = 0; e < Lext; ++e) {  // ghosts back onto their keys (causal ghosts only ever got zeros)
+          const int64_t c = e - lg.PL;
+          if (c >= 0 && c < L) continue;
+          const int64_t from = ghost_source(lg, c);
+          if (from < 0) continue;
+          for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
+          for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
+        }
+        const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
+        T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
+        T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
+        const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
+        for (int64_t j0 = 0; j0 < L; j0 += VL) {
+          const int64_t nl = std::min(VL, L - j0);
+          from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
+          from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
+        }
       }
-      for (int64_t e = 0; e < Lext; ++e) {  // ghosts back onto their keys (causal ghosts only ever got zeros)
-        const int64_t c = e - lg.PL;
-        if (c >= 0 && c < L) continue;
-        const int64_t from = ghost_source(lg, c);
-        if (from < 0) continue;
-        for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
-        for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
-      }
-      const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
-      T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
-      T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
-      const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
-        from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
-      }
-    }
-  });
+    });
+  }
 
   if (drpb) {  // fold the per-lane tables onto the RPB table
     std::fill(drpb, drpb + H * g.R, T(0));
@@ -1196,7 +1228,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
             if (lane_key(lg, j, u, &rel) < 0) continue;
             const int64_t at = ((h * lg.R01 + r01) * kk + u) * Lp + j;
             T total = 0;
-            for (int64_t t = 0; t < n_threads; ++t) total += dbias[t * bias_size + at];
+            for (int64_t t = 0; t < threads; ++t) total += dbias[t * bias_size + at];
             drpb[h * g.R + r01 * lg.R2 + rel] += total;
           }
   }
