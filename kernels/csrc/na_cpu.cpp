@@ -12,11 +12,11 @@
 // VL queries of a row at once, one per vector lane; the generic path (any geometry) one query at a time.
 // Forward: logits of each query's window, softmax, weighted sum of values; the natural log-sum-exp is returned
 // for the backward. Backward (from lse and delta = sum(dO * O) - dlse, so a softmax merged with extra keys
-// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ, dRPB (per-thread partial tables)
-// and stores P and dS per window slot; pass 2 per key walks the queries whose window holds it (per-axis inverse
-// tables), giving dK and dV without atomics. Every sum runs in a fixed order: results do not depend on the
-// thread count, except dRPB's reduction over threads. Non-finite values reach exactly the queries (and, in the
-// backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
+// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ and stores P and dS per window
+// slot; dRPB sums the stored dS per head; pass 2 per key walks the queries whose window holds it (per-axis inverse
+// tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
+// are the same, bit for bit, at any thread count and from run to run. Non-finite values reach exactly the queries
+// (and, in the backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
 //
 // Registered as visionattn_cpu::na_forward / na_backward (TORCH_LIBRARY): torch.compile and torch.export see
 // opaque ops; the Python side (visionattn.kernels._na_cpu) adds the fake implementations and autograd.
@@ -32,6 +32,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -398,14 +399,11 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   const T scale = static_cast<T>(scale_d);
   // P and dS per (query, head, window slot); only valid slots are written and read
   std::unique_ptr<T[]> P(new T[items * K]), dS(new T[items * K]);
-  const int64_t n_threads = at::get_num_threads();
-  std::vector<T> drpb_part(drpb ? n_threads * H * R : 0, T(0));
 
   // pass 1, per query: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
   parallel_rows(items, K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> qs(D), acc(D), s(K), p(K);
-    std::vector<int64_t> koff(K), slot(K), ridx(K);
-    T* dr = drpb ? drpb_part.data() + at::get_thread_num() * H * R : nullptr;
+    std::vector<int64_t> koff(K), slot(K);
     int64_t y[kAxes];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t hh = item % H, pos = (item / H) % N, b = item / (H * N);
@@ -426,7 +424,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
         // dP, kept in p[] until the probabilities are known
         p[n] = dot(grow, vp + vv.at(b, x, hk), Dv);
         slot[n] = sl;
-        ridx[n] = r;
         ++n;
       });
       T* Prow = P.get() + item * K;
@@ -438,7 +435,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
         Prow[slot[i]] = pr;
         dSrow[slot[i]] = ds;
         axpy(ds, kp + koff[i], acc.data(), D);
-        if (dr) dr[hh * R + ridx[i]] += ds;
       }
       T* dqrow = dqp + vdq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) dqrow[i] = acc[i] * scale;
@@ -479,13 +475,20 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
     }
   });
 
+  // dRPB from the stored dS, one head per task and its queries in order: the same sums at any thread count
   if (drpb) {
     T* out_rpb = drpb->data_ptr<T>();
-    for (int64_t i = 0; i < H * R; ++i) {
-      T total = 0;
-      for (int64_t t = 0; t < n_threads; ++t) total += drpb_part[t * H * R + i];
-      out_rpb[i] = total;
-    }
+    std::fill(out_rpb, out_rpb + H * R, T(0));
+    at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+      int64_t y[kAxes];
+      for (int64_t hh = h0; hh < h1; ++hh)
+        for (int64_t b = 0; b < g.B; ++b)
+          for (int64_t pos = 0; pos < N; ++pos) {
+            g.unflat(pos, y);
+            const T* dSrow = dS.get() + ((b * N + pos) * H + hh) * K;
+            for_window(g, y, [&](int64_t sl, const int64_t*, int64_t r) { out_rpb[hh * R + r] += dSrow[sl]; });
+          }
+    });
   }
 }
 
@@ -1077,8 +1080,8 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   at::Tensor GTb = at::empty({grp_rows * Dv * Lp}, q.options());
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
-  const int64_t bias_size = H * lg.R01 * kk * Lp;
-  std::vector<T> dbias(drpb ? threads * bias_size : 0, T(0));
+  // dRPB per (head, row offset, lane slot, query column), summed from the stored dS (see below)
+  std::vector<T> dbias(drpb ? H * lg.R01 * kk * Lp : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
   T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
@@ -1099,7 +1102,6 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       std::vector<RowSlot> slots(K01);
       std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
       std::vector<const T*> kt(K01), vt(K01);
-      T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
       for (int64_t local = begin; local < end; ++local) {
         const int64_t item = row0 + local;
         const RowItem r = row_item(g, item, H);
@@ -1135,7 +1137,6 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
             for (int64_t n = 0; n < n_slots; ++n) {
               T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
               T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
-              T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
               for (int64_t u = 0; u < kk; ++u) {
                 const vec<T> ok = load(valid.data() + u * Lp + j0);
                 const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
@@ -1143,7 +1144,6 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
                 store(Pd + u * Lp, p);
                 store(dSd + u * Lp, ds);
                 Sb[n * kk + u] = ds;
-                if (db) store(db + u * Lp, load(db + u * Lp) + ds);
               }
             }
           }
@@ -1156,6 +1156,27 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
         }
       }
     });
+
+    // dRPB from the group's dS, one query head per task and its rows in order: the same sums at any thread count
+    if (drpb)
+      at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+        std::vector<RowSlot> slots(K01);
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t p = p0; p < p0 + n_rows / plane_qrows; ++p) {
+            const int64_t b = p / g.kv_heads;
+            if (p % g.kv_heads != h / g.group) continue;
+            for (int64_t y0 = 0; y0 < g.S[0]; ++y0)
+              for (int64_t y1 = 0; y1 < g.S[1]; ++y1) {
+                const int64_t yy[2] = {y0, y1}, local = row_index(g, H, b, h, y0, y1) - row0;
+                const int64_t n_slots = row_slots(g, yy, slots.data());
+                for (int64_t n = 0; n < n_slots; ++n) {
+                  const T* src = dSp + (local * K01 + slots[n].slot01) * kk * Lp;
+                  T* dst = dbias.data() + (h * lg.R01 + slots[n].rel01) * kk * Lp;
+                  for (int64_t e = 0; e < kk * Lp; e += VL) store(dst + e, load(dst + e) + load(src + e));
+                }
+              }
+          }
+      });
 
     // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
     // heads sharing the kv head) whose windows hold it. Per block of query columns and slot u the sums over
@@ -1226,10 +1247,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           for (int64_t j = 0; j < L; ++j) {
             int64_t rel = 0;
             if (lane_key(lg, j, u, &rel) < 0) continue;
-            const int64_t at = ((h * lg.R01 + r01) * kk + u) * Lp + j;
-            T total = 0;
-            for (int64_t t = 0; t < threads; ++t) total += dbias[t * bias_size + at];
-            drpb[h * g.R + r01 * lg.R2 + rel] += total;
+            drpb[h * g.R + r01 * lg.R2 + rel] += dbias[((h * lg.R01 + r01) * kk + u) * Lp + j];
           }
   }
 }
@@ -1309,6 +1327,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
   return {dq, dk, dv, drpb};
 }
 
+// What this build of the file was compiled for (visionattn.kernels._na_cpu.build_info): the instruction set whose
+// vectors the lane path uses, their width, the vector registers assumed for register blocking.
+std::string build_info() {
+#if defined(__AVX512F__)
+  const char* isa = "avx512";
+#elif defined(__AVX2__)
+  const char* isa = "avx2";
+#elif defined(__AVX__)
+  const char* isa = "avx";
+#elif defined(__SSE2__)
+  const char* isa = "sse2";
+#elif defined(__ARM_FEATURE_SVE)
+  const char* isa = "neon+sve";  // SVE machines run the NEON-width vectors
+#elif defined(__ARM_NEON)
+  const char* isa = "neon";
+#else
+  const char* isa = "generic";
+#endif
+  return std::string("isa=") + isa + " vector_bits=" + std::to_string(kVecBytes * 8) +
+         " vector_regs=" + std::to_string(kVecRegs);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(visionattn_cpu, m) {
@@ -1319,6 +1359,7 @@ TORCH_LIBRARY(visionattn_cpu, m) {
       "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor delta, "
       "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale) "
       "-> (Tensor, Tensor, Tensor, Tensor?)");
+  m.def("build_info() -> str", &build_info);
 }
 
 TORCH_LIBRARY_IMPL(visionattn_cpu, CPU, m) {
