@@ -265,6 +265,7 @@ def build_info() -> dict:
     for item in torch.ops.visionattn_cpu.build_info().split():
         name, _, value = item.partition("=")
         info[name] = int(value) if value.isdigit() else value
+    info["vector_bits"] = 8 * info.pop("vector_bytes")
     return info
 
 

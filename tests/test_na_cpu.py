@@ -8,6 +8,7 @@ Where a C++ compiler exists (CI), a kernel that does not build fails these tests
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -340,3 +341,170 @@ def test_bench_na_cpu_tool(tmp_path):
     for args in (["--threads", "0"], ["--models", "no_such_model"], ["--timer", "cpu", "--threads", "2"]):
         bad = run(*args)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------ builds per target
+
+
+def test_build_info_names_the_target_it_was_built_for():
+    """The loaded build: the -march chosen for this machine and the vectors the compiled code uses (read from it)."""
+    info = _na_cpu.build_info()
+    assert info["march"] == (_na_cpu.host_march() or None)
+    expected = {"x86-64-v4": ("avx512", 512), "x86-64-v3": ("avx2", 256), "x86-64-v2": ("sse2", 128),
+                "x86-64": ("sse2", 128), "armv8-a": ("neon", 128)}.get(info["march"])
+    if expected is not None:
+        assert (info["isa"], info["vector_bits"]) == expected, info
+    assert info["compiler"] and info["cpu"] and info["march"] in info["folder"]
+
+
+def test_build_folder_is_keyed_by_target():
+    """One cache folder per target (and source, compiler, torch): builds for other targets never collide."""
+    cxx = os.environ.get("CXX") or "c++"
+    src = b"int x;"
+    folders = {_na_cpu._build_dir(cxx, m, kind, src) for m in ("x86-64-v3", "x86-64-v4", "") for kind in ("lib", "obj")}
+    assert len(folders) == 6
+    assert _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src) == _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src)
+    assert _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src) != _na_cpu._build_dir(cxx, "x86-64-v3", "lib", b"int y;")
+    assert "x86-64-v4" in _na_cpu._build_dir(cxx, "x86-64-v4", "lib", src).name
+
+
+@pytest.mark.parametrize("target", list(_na_cpu.TARGETS))
+def test_kernel_compiles_for_target(target):
+    """AVX2, AVX-512 and aarch64 (NEON, SVE) builds compile on any machine (object files; a cross compiler for the
+    other architecture: Debian's g++-aarch64-linux-gnu), each with that target's vectors. CI installs the cross
+    compiler and sets VISIONATTN_REQUIRE_CROSS=1: a missing compiler fails there instead of skipping."""
+    triplet, march, _ = _na_cpu.TARGETS[target]
+    info = _na_cpu.build_info()
+    if triplet == _na_cpu._host_triplet() and march == info["march"]:
+        pytest.skip(f"the kernel loaded here is the {target} build: this file's tests ran on it")
+    try:
+        obj = _na_cpu.compile_check(target)
+    except RuntimeError as e:
+        if "no C++ compiler" in str(e) and os.environ.get("VISIONATTN_REQUIRE_CROSS") != "1":
+            pytest.skip(str(e))
+        raise
+    assert obj.stat().st_size > 0
+
+
+def test_kernel_tests_pass_on_the_x86_64_v3_build():
+    """Where the loaded build is not the AVX2 one (an AVX-512 machine), this file's numerical tests run again in a
+    process that builds and loads the x86-64-v3 kernel."""
+    if _na_cpu._host_triplet() != "x86_64-linux-gnu":
+        pytest.skip("x86-64 only")
+    if _na_cpu.build_info()["march"] == "x86-64-v3":
+        pytest.skip("the kernel loaded here is the x86-64-v3 build: this file's tests ran on it")
+    env = dict(os.environ, VISIONATTN_NA_CPU_MARCH="x86-64-v3")
+    keep = "matches_reference or gradcheck or gqa or strided or nonfinite or threads or low_precision or build_info"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "0", __file__,
+                          "-k", keep], env=env, capture_output=True, text=True, timeout=3000)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ auto's choice
+
+
+@pytest.fixture
+def calibration(monkeypatch, tmp_path):
+    """An empty timing table written to tmp_path; `measured` lists the shape classes timed."""
+    measured = []
+    monkeypatch.setattr(_na_cpu, "_cal", {})
+    monkeypatch.setattr(_na_cpu, "_cal_read", set())
+    monkeypatch.setattr(_na_cpu, "_calibration_file", lambda: tmp_path / "calibration.json")
+    monkeypatch.delenv("VISIONATTN_NA_CPU_CALIBRATE", raising=False)
+    return measured
+
+
+def _cfg(ks, n=2, stride=1, dilation=1, causal=False):
+    return na_mod.NAConfig((ks,) * n, (stride,) * n, (dilation,) * n, (causal,) * n, 0.25)
+
+
+def test_preferred_follows_the_measured_timings(calibration, monkeypatch, tmp_path):
+    """auto's choice per shape class is the faster of the timed backends; each class is timed once, kept in
+    memory and in the file, which a fresh table reads instead of timing again."""
+    speeds = {}  # (needs_grad, rpb) -> (cpu seconds, torch seconds)
+
+    def fake(q, k, v, rpb, cfg, needs_grad):
+        calibration.append(_na_cpu.shape_class(q, k, v, rpb, cfg, needs_grad))
+        cpu, tor = speeds[needs_grad, rpb is not None]
+        return {"cpu": cpu, "torch": tor}
+
+    monkeypatch.setattr(_na_cpu, "_measure", fake)
+    speeds.update({(False, True): (1.0, 2.0), (True, True): (3.0, 2.0), (False, False): (2.0, 2.0)})
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    cfg = _cfg(3)
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=False) is True
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False  # slower in training: the torch path
+    assert _na_cpu.preferred(q, k, v, None, cfg, needs_grad=False) is True  # a tie keeps the kernel
+    for _ in range(3):
+        assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False
+    assert len(calibration) == 3 == len(set(calibration))
+    # the same class at another size bucket or thread count is another class
+    big = make_inputs((40, 40), 3, batch=4)
+    speeds[False, True] = (5.0, 1.0)
+    assert _na_cpu.preferred(*big[:3], big[3], cfg, needs_grad=False) is False
+    assert len(calibration) == 4
+    # a new process (empty table) reads the file
+    saved = json.loads((tmp_path / "calibration.json").read_text())["classes"]
+    assert set(saved) == set(calibration)
+    monkeypatch.setattr(_na_cpu, "_cal", {})
+    monkeypatch.setattr(_na_cpu, "_cal_read", set())
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False
+    assert len(calibration) == 4
+
+
+def test_shape_class_separates_what_changes_the_speed():
+    q, k, v, rpb = make_inputs((9, 10), 3, heads=4)
+    base = _na_cpu.shape_class(q, k, v, rpb, _cfg(3), False)
+    others = [
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3), True),
+        _na_cpu.shape_class(q, k, v, None, _cfg(3), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(5), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, stride=2), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, dilation=2), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, causal=True), False),
+        _na_cpu.shape_class(q.double(), k.double(), v.double(), rpb.double(), _cfg(3), False),
+        _na_cpu.shape_class(q, k[..., :2, :], v[..., :2, :], rpb, _cfg(3), False),  # GQA
+        _na_cpu.shape_class(q.repeat(16, 1, 1, 1, 1), k, v, rpb, _cfg(3), False),  # 16x the queries
+    ]
+    assert len({base, *others}) == len(others) + 1
+    assert _na_cpu.shape_class(q[..., :9, :, :], k, v, rpb, _cfg(3), False) == base  # 10% fewer: same bucket
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert _na_cpu.shape_class(q, k, v, rpb, _cfg(3), False) != base
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_preferred_times_nothing_where_it_must_not(calibration, monkeypatch):
+    """No timing under graph capture (the kernel), with VISIONATTN_NA_CPU_CALIBRATE=0 (the kernel), for an empty
+    batch; False where the kernel cannot run the call (exporting)."""
+    monkeypatch.setattr(_na_cpu, "_measure", lambda *a: calibration.append(a) or {"cpu": 1.0, "torch": 0.5})
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    monkeypatch.setattr(_na_cpu, "capturing", lambda: True)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
+    monkeypatch.setattr(_na_cpu, "capturing", lambda: False)
+    monkeypatch.setenv("VISIONATTN_NA_CPU_CALIBRATE", "0")
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
+    monkeypatch.delenv("VISIONATTN_NA_CPU_CALIBRATE")
+    assert _na_cpu.preferred(q[:0], k[:0], v[:0], rpb, _cfg(3), False) is True
+    assert calibration == []
+    monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is False
+    assert calibration == []
+    monkeypatch.setattr(_na_cpu, "exporting", lambda: False)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is False  # measured: the torch path is faster
+    assert len(calibration) == 1
+
+
+def test_calibration_runs_apart_from_the_callers_state(calibration):
+    """A real timing from inside no_grad / inference mode / autocast still times forward + backward in the call's
+    dtype, leaves the global RNG alone, and gives a decision."""
+    q, k, v, rpb = make_inputs((11, 13), 3, heads=2, head_dim=8, batch=2)
+    state = torch.random.get_rng_state()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        timing = _na_cpu._in_fresh_thread(_na_cpu._measure, q, k, v, rpb, _cfg(3), True)
+        choice = _na_cpu.preferred(q, k, v, rpb, _cfg(3), needs_grad=True)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert all(0 < t < 60 for t in timing.values()), timing
+    assert isinstance(choice, bool)

@@ -511,12 +511,28 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
 // spills that made an AVX-512-sized kernel slow on AVX2). No intrinsics: every target builds the same source.
 
 #if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
+#define NA_VEC_BYTES 64
+#define NA_ISA "avx512"
 #elif defined(__AVX2__)
-constexpr int kVecBytes = 32;
+#define NA_VEC_BYTES 32
+#define NA_ISA "avx2"
+#elif defined(__AVX__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "avx"
+#elif defined(__SSE2__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "sse2"
+#elif defined(__ARM_FEATURE_SVE)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon+sve"  // SVE machines run the NEON-width vectors
+#elif defined(__ARM_NEON)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon"
 #else
-constexpr int kVecBytes = 16;
+#define NA_VEC_BYTES 16
+#define NA_ISA "generic"
 #endif
+constexpr int kVecBytes = NA_VEC_BYTES;
 
 template <typename T>
 struct VecOf;
@@ -633,10 +649,11 @@ inline void from_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale,
 
 // Vector registers of the target: how many accumulators a register-blocked loop may hold.
 #if defined(__AVX512F__) || defined(__aarch64__)
-constexpr int kVecRegs = 32;
+#define NA_VEC_REGS 32
 #else
-constexpr int kVecRegs = 16;
+#define NA_VEC_REGS 16
 #endif
+constexpr int kVecRegs = NA_VEC_REGS;
 
 // Up to 8 independent accumulators per call: one chain per FMA latency would leave the FMA units idle.
 constexpr int64_t kChunk = 8;
@@ -1328,25 +1345,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
 }
 
 // What this build of the file was compiled for (visionattn.kernels._na_cpu.build_info): the instruction set whose
-// vectors the lane path uses, their width, the vector registers assumed for register blocking.
+// vectors the lane path uses, their width, the vector registers assumed for register blocking. One string literal,
+// so that a compile-only check can find it in the object file.
+#define NA_STR2(x) #x
+#define NA_STR(x) NA_STR2(x)
 std::string build_info() {
-#if defined(__AVX512F__)
-  const char* isa = "avx512";
-#elif defined(__AVX2__)
-  const char* isa = "avx2";
-#elif defined(__AVX__)
-  const char* isa = "avx";
-#elif defined(__SSE2__)
-  const char* isa = "sse2";
-#elif defined(__ARM_FEATURE_SVE)
-  const char* isa = "neon+sve";  // SVE machines run the NEON-width vectors
-#elif defined(__ARM_NEON)
-  const char* isa = "neon";
-#else
-  const char* isa = "generic";
-#endif
-  return std::string("isa=") + isa + " vector_bits=" + std::to_string(kVecBytes * 8) +
-         " vector_regs=" + std::to_string(kVecRegs);
+  return "isa=" NA_ISA " vector_bytes=" NA_STR(NA_VEC_BYTES) " vector_regs=" NA_STR(NA_VEC_REGS);
 }
 
 }  // namespace
