@@ -35,9 +35,9 @@ def kernel():
         pytest.skip(f"no C++ compiler: {_na_cpu.load_error()}")
 
 
-# the lane path's own corners: rows longer than one vector block (16 fp32 / 8 fp64 lanes) with a partial last
-# block, dilation groups of unequal length along the last axis, causal + dilation there, even kernels, a window
-# as long as the axis, kernel 1 on the last axis, wide head_dim
+# the lane path's own corners: rows longer than one vector block (4 to 16 fp32 lanes by target) with a partial
+# last block, dilation groups of unequal length along the last axis, causal + dilation there, even kernels, a
+# window as long as the axis, kernel 1 on the last axis, wide head_dim, long rows with wide windows
 LANE_CASES = [
     dict(spatial=(70,), kernel_size=9, dilation=3, heads=2),
     dict(spatial=(70,), kernel_size=9, dilation=3, is_causal=True, heads=2),
@@ -49,6 +49,10 @@ LANE_CASES = [
     dict(spatial=(4, 5, 19), kernel_size=(3, 3, 5), dilation=(1, 1, 3), is_causal=(False, True, True), heads=2,
          batch=2),
     dict(spatial=(30, 33), kernel_size=7, heads=2, head_dim=40),
+    # long rows / wide windows: the backward's second pass gathers key blocks straight from the first pass's rows
+    dict(spatial=(200,), kernel_size=31, heads=2, head_dim=32),
+    dict(spatial=(150,), kernel_size=21, dilation=2, is_causal=True, heads=2, head_dim=32),
+    dict(spatial=(5, 120), kernel_size=(3, 31), dilation=(1, 2), heads=2, head_dim=16),
 ]
 # the generic path (stride > 1 on the last axis), with every other feature
 GENERIC_CASES = [

@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -775,6 +776,88 @@ inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t
                                            u0, i0, kk, pw, part);
 }
 
+// dst[i * ld + e ..] = sum_u part[(i * kk + u) * pw + e - base - d u ..] for i < D, e < Le (blocks of VL): each key
+// column gathers its window slots' sums (lane_outer's output); two column blocks and two partial sums at a time, so
+// that the additions do not wait on one another
+template <typename T>
+inline void fold_slots(const T* part, int64_t pw, int64_t kk, int64_t d, int64_t base, int64_t D, int64_t Le, T* dst,
+                       int64_t ld) {
+  constexpr int64_t VL = lanes<T>();
+  const int64_t step = pw - d;
+  for (int64_t i = 0; i < D; ++i) {
+    const T* src = part + i * kk * pw - base;
+    T* out = dst + i * ld;
+    int64_t e = 0;
+    for (; e + 2 * VL <= Le; e += 2 * VL) {
+      vec<T> a0{}, a1{}, b0{}, b1{};
+      int64_t u = 0;
+      for (; u + 1 < kk; u += 2) {
+        a0 += load(src + e + u * step);
+        b0 += load(src + e + VL + u * step);
+        a1 += load(src + e + (u + 1) * step);
+        b1 += load(src + e + VL + (u + 1) * step);
+      }
+      if (u < kk) {
+        a0 += load(src + e + u * step);
+        b0 += load(src + e + VL + u * step);
+      }
+      store(out + e, a0 + a1);
+      store(out + e + VL, b0 + b1);
+    }
+    for (; e < Le; e += VL) {
+      vec<T> a0{}, a1{};
+      int64_t u = 0;
+      for (; u + 1 < kk; u += 2) {
+        a0 += load(src + e + u * step);
+        a1 += load(src + e + (u + 1) * step);
+      }
+      if (u < kk) a0 += load(src + e + u * step);
+      store(out + e, a0 + a1);
+    }
+  }
+}
+
+// out[i] = sum_y sum_u w[y][u * ls + j - d u] * a[y][(i0 + i) * ls + j - d u] for i < IB (vectors of VL key
+// columns; j: the block's first column minus base0): one block of one key row's gradient (dK from dS and the scaled
+// q, dV from P and dO), gathered from every query row y and window slot u that reaches it. The weight load serves
+// IB dims: 1 + IB loads per IB FMAs, accumulators in registers, no intermediate buffer.
+template <typename T, int IB>
+inline void key_lane_n(const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d, int64_t ls,
+                       int64_t j, int64_t i0, vec<T>* out) {
+  vec<T> acc[IB];
+  for (int i = 0; i < IB; ++i) acc[i] = vec<T>{};
+  for (int64_t y = 0; y < ny; ++y) {
+    const T* wy = w[y] + j;
+    const T* ay = a[y] + i0 * ls + j;
+    for (int64_t u = 0; u < kk; ++u) {
+      const vec<T> wv = load(wy + u * (ls - d));
+      const T* au = ay - u * d;
+#pragma GCC unroll 16
+      for (int i = 0; i < IB; ++i) acc[i] += wv * load(au + i * ls);
+    }
+  }
+  for (int i = 0; i < IB; ++i) out[i] = acc[i];
+}
+
+template <typename T, int IB>
+inline void key_lane_tail(int64_t ib, const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d,
+                          int64_t ls, int64_t j, int64_t i0, vec<T>* out) {
+  if constexpr (IB > 1) {
+    if (ib < IB) return key_lane_tail<T, IB - 1>(ib, w, a, ny, kk, d, ls, j, i0, out);
+  }
+  key_lane_n<T, IB>(w, a, ny, kk, d, ls, j, i0, out);
+}
+
+constexpr int64_t kKeyDims = kVecRegs >= 32 ? 16 : 8;
+
+// key_lane_n over all dims i < D (out[i])
+template <typename T>
+inline void key_lane(const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d, int64_t ls, int64_t j,
+                     int64_t D, vec<T>* out) {
+  for (int64_t i0 = 0; i0 < D; i0 += kKeyDims)
+    key_lane_tail<T, kKeyDims>(std::min(kKeyDims, D - i0), w, a, ny, kk, d, ls, j, i0, out + i0);
+}
+
 // Geometry of the lane axis (the last one) and of the rows. Lanes are consecutive columns of one row in their
 // natural order, dilation groups interleaved: query column j reads slot u of its window at j + d * (u - off)
 // (ghosts past the borders), so a block of VL queries reads slot u with one contiguous load at any dilation.
@@ -849,12 +932,13 @@ inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
   return from >= 0 && from < lg.L ? from : -1;
 }
 
-// The ghost columns of a transposed row: only the columns real queries read, [lo, hi), need their keys (column,
-// source column or -1 for a zero); the rest (read by padding lanes only, whose results are dropped or masked)
-// get zeros so that no lane reads stale memory.
+// The ghost columns of a transposed row: only the columns real queries read, [lo, hi), need their keys; the rest
+// (read by padding lanes only, whose results are dropped or masked) get zeros so that no lane reads stale memory.
+// Runs of consecutive ghosts with consecutive sources: (first ghost column, first source column or -1 for zeros,
+// length).
 struct Ghosts {
   int64_t lo = 0, hi = 0;
-  std::vector<std::pair<int64_t, int64_t>> cols;
+  std::vector<std::array<int64_t, 3>> runs;
 };
 
 inline Ghosts make_ghosts(const LaneGeom& lg) {
@@ -863,8 +947,12 @@ inline Ghosts make_ghosts(const LaneGeom& lg) {
   gh.hi = lg.PL + lg.L + (lg.k - 1 - lg.off) * lg.d;
   for (int64_t e = gh.lo; e < gh.hi; ++e) {
     if (e >= lg.PL && e < lg.PL + lg.L) continue;
-    const int64_t from = ghost_source(lg, e - lg.PL);
-    gh.cols.emplace_back(e, from >= 0 ? lg.PL + from : -1);
+    const int64_t from = ghost_source(lg, e - lg.PL), src = from >= 0 ? lg.PL + from : -1;
+    auto* last = gh.runs.empty() ? nullptr : &gh.runs.back();
+    if (last && (*last)[0] + (*last)[2] == e && ((*last)[1] < 0 ? src < 0 : src == (*last)[1] + (*last)[2]))
+      ++(*last)[2];
+    else
+      gh.runs.push_back({e, src, 1});
   }
   return gh;
 }
@@ -879,7 +967,25 @@ void transpose_row(const LaneGeom& lg, const Ghosts& gh, const T* src, int64_t c
     T* row = out + i * Lext;
     std::fill(row, row + gh.lo, T(0));
     std::fill(row + gh.hi, row + Lext, T(0));
-    for (const auto& c : gh.cols) row[c.first] = c.second >= 0 ? row[c.second] : T(0);
+    for (const auto& r : gh.runs) {
+      if (r[1] < 0)
+        std::fill(row + r[0], row + r[0] + r[2], T(0));
+      else
+        std::copy(row + r[1], row + r[1] + r[2], row + r[0]);
+    }
+  }
+}
+
+// the gradient a ghost column collected, added to the key it stands for ([dim][column] rows, ld apart)
+template <typename T>
+void fold_ghosts(const Ghosts& gh, int64_t D, T* rows, int64_t ld) {
+  for (const auto& r : gh.runs) {
+    if (r[1] < 0) continue;  // causal ghosts only ever got zeros
+    for (int64_t i = 0; i < D; ++i) {
+      T* __restrict dst = rows + i * ld + r[1];
+      const T* __restrict src = rows + i * ld + r[0];
+      for (int64_t t = 0; t < r[2]; ++t) dst[t] += src[t];
+    }
   }
 }
 
@@ -1084,29 +1190,42 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t NB = tile_blocks<T>(lg, K, 2);
   // planes and their rows: query rows (b, h, y0, y1) of the group's heads are contiguous, as are key rows
   const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
-  const int64_t qrow_size = K01 * kk * Lp * 2 + (D + Dv) * Lp;  // P, dS, q, dO per query row
+  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums fit in L2, they are products in the
+  // query lanes (lane_outer, few loads per FMA) folded onto key columns; on longer rows / larger windows each
+  // block of key columns gathers its slots straight from the pass-1 rows (key_lane, no intermediate buffer),
+  // which then are Ls long: the Lp query columns between zero margins, so that any diagonal is a plain load.
+  const int64_t Dm = std::max(D, Dv), base0 = lg.PL - lg.off * lg.d;  // query j, slot u: key column base0 + j + d u
+  const int64_t fmargin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = fmargin + Lp + fmargin;
+  const bool fold = kk * Dm * pw * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 18);
+  const int64_t margin = fold ? 0 : (lg.d * kk + VL + VL - 1) / VL * VL, Ls = margin + Lp + margin;
+  const int64_t qrow_size = (K01 * kk * 2 + D + Dv) * Ls;
   const int64_t threads = at::get_num_threads();
   int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 22) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
   per_group = std::max(per_group, (8 * threads + plane_qrows - 1) / plane_qrows);  // rows enough for the threads
   per_group = std::min(per_group, planes);
   const int64_t grp_rows = per_group * plane_qrows;
   // per query row of a group: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
-  at::Tensor Pb = at::empty({grp_rows * K01 * kk * Lp}, q.options());
-  at::Tensor dSb = at::empty({grp_rows * K01 * kk * Lp}, q.options());
-  at::Tensor QTb = at::empty({grp_rows * D * Lp}, q.options());
-  at::Tensor GTb = at::empty({grp_rows * Dv * Lp}, q.options());
+  at::Tensor Pb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
+  at::Tensor dSb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
+  at::Tensor QTb = at::empty({grp_rows * D * Ls}, q.options());
+  at::Tensor GTb = at::empty({grp_rows * Dv * Ls}, q.options());
+  for (at::Tensor* t : {&Pb, &dSb, &QTb, &GTb}) {  // margins: zero once, pass 1 writes the columns between
+    T* x = t->data_ptr<T>();
+    for (int64_t r = 0, n = t->numel() / Ls; r < n; ++r) {
+      std::fill(x + r * Ls, x + r * Ls + margin, T(0));
+      std::fill(x + r * Ls + margin + Lp, x + (r + 1) * Ls, T(0));
+    }
+  }
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
   // dRPB per (head, row offset, lane slot, query column), summed from the stored dS (see below)
   std::vector<T> dbias(drpb ? H * lg.R01 * kk * Lp : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
-  T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
+  // the column data of the pass-1 rows (row r of a buffer at r * Ls)
+  T *Pp = Pb.data_ptr<T>() + margin, *dSp = dSb.data_ptr<T>() + margin, *QTp = QTb.data_ptr<T>() + margin;
+  T* GTp = GTb.data_ptr<T>() + margin;
   const T scale = static_cast<T>(scale_d);
-  // pass 2's per-(dim, slot) sums over query rows, [dim][u][margin + query column + margin]: the margins (zeros)
-  // let the fold onto key columns read every slot's diagonal with plain loads
-  const int64_t margin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = margin + Lp + margin;
-  const int64_t base0 = lg.PL - lg.off * lg.d;  // query column j reads slot u at extended column base0 + j + d u
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
 
   for (int64_t p0 = 0; p0 < planes; p0 += per_group) {
@@ -1127,8 +1246,8 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
         const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
         const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
         const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
-        T* QT = QTp + local * D * Lp;
-        T* GT = GTp + local * Dv * Lp;
+        T* QT = QTp + local * D * Ls;
+        T* GT = GTp + local * Dv * Ls;
         for (int64_t n = 0; n < n_slots; ++n)
           std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
         for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
@@ -1136,8 +1255,8 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           for (int64_t blk = 0; blk < nb; ++blk) {
             const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
             // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
-            to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Lp);
-            to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Lp);
+            to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Ls);
+            to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
             m[blk] = splat(std::numeric_limits<T>::infinity());
             dl[blk] = vec<T>{};
             for (int64_t t = 0; t < nl; ++t) {
@@ -1145,21 +1264,21 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
               dl[blk][t] = dlp[at_row + (j0 + t) * H];
             }
           }
-          tile_dots(lg, QT + t0, VL, Lp, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
-          tile_dots<T>(lg, GT + t0, VL, Lp, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
+          tile_dots(lg, QT + t0, VL, Ls, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+          tile_dots<T>(lg, GT + t0, VL, Ls, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
           for (int64_t blk = 0; blk < nb; ++blk) {
             const int64_t j0 = t0 + blk * VL;
             vec<T>* Sb = S.data() + blk * K;
             const vec<T>* dPb = dP.data() + blk * K;
             for (int64_t n = 0; n < n_slots; ++n) {
-              T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
-              T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Lp + j0;
+              T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+              T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
               for (int64_t u = 0; u < kk; ++u) {
                 const vec<T> ok = load(valid.data() + u * Lp + j0);
                 const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
                 const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
-                store(Pd + u * Lp, p);
-                store(dSd + u * Lp, ds);
+                store(Pd + u * Ls, p);
+                store(dSd + u * Ls, ds);
                 Sb[n * kk + u] = ds;
               }
             }
@@ -1187,22 +1306,25 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
                 const int64_t yy[2] = {y0, y1}, local = row_index(g, H, b, h, y0, y1) - row0;
                 const int64_t n_slots = row_slots(g, yy, slots.data());
                 for (int64_t n = 0; n < n_slots; ++n) {
-                  const T* src = dSp + (local * K01 + slots[n].slot01) * kk * Lp;
+                  const T* src = dSp + (local * K01 + slots[n].slot01) * kk * Ls;
                   T* dst = dbias.data() + (h * lg.R01 + slots[n].rel01) * kk * Lp;
-                  for (int64_t e = 0; e < kk * Lp; e += VL) store(dst + e, load(dst + e) + load(src + e));
+                  for (int64_t u = 0; u < kk; ++u)
+                    for (int64_t j0 = 0; j0 < Lp; j0 += VL)
+                      store(dst + u * Lp + j0, load(dst + u * Lp + j0) + load(src + u * Ls + j0));
                 }
               }
           }
       });
 
     // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
-    // heads sharing the kv head) whose windows hold it. Per block of query columns and slot u the sums over
-    // query rows are products in the query lanes (lane_outer); slot u of query column j is extended key column
-    // base0 + j + d u, so each key column then gathers its slots' sums with shifted loads, ghosts included,
-    // and the ghosts fold onto the keys they stand for.
+    // heads sharing the kv head) whose windows hold it. Slot u of query column j is extended key column
+    // base0 + j + d u: per block of query columns the sums over query rows are products in the lanes (lane_outer)
+    // and each key column gathers its slots' sums with shifted loads, or (long rows) blocks of key columns gather
+    // their slots' diagonals from the query rows' buffers (key_lane); then the ghosts fold onto their keys.
+    const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
     parallel_rows(n_krows, g.group * Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
-      const int64_t Dm = std::max(D, Dv);
-      std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(kk * Dm * pw, T(0));
+      std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
+      std::vector<vec<T>> col(Dm);
       std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
       for (int64_t local = begin; local < end; ++local) {
         const RowItem r = row_item(g, krow0 + local, g.kv_heads);  // r.y is the key row, r.h the kv head
@@ -1215,34 +1337,32 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
             for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
               const int64_t qlocal = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]) - row0;
               const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-              pr.push_back(Pp + (qlocal * K01 + slot01) * kk * Lp);
-              dsr.push_back(dSp + (qlocal * K01 + slot01) * kk * Lp);
-              qt.push_back(QTp + qlocal * D * Lp);
-              gt.push_back(GTp + qlocal * Dv * Lp);
+              pr.push_back(Pp + (qlocal * K01 + slot01) * kk * Ls);
+              dsr.push_back(dSp + (qlocal * K01 + slot01) * kk * Ls);
+              qt.push_back(QTp + qlocal * D * Ls);
+              gt.push_back(GTp + qlocal * Dv * Ls);
             }
         const int64_t nq = static_cast<int64_t>(qt.size());
-        for (int pass = 0; pass < 2; ++pass) {
+        for (int pass = 0; fold && pass < 2; ++pass) {
           const int64_t Dx = pass == 0 ? D : Dv;
           T* dst = pass == 0 ? dKT.data() : dVT.data();
           for (int64_t j0 = 0; j0 < L; j0 += VL)
-            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Lp, j0, kk, Dx, pw,
-                       part.data() + margin);
-          for (int64_t i = 0; i < Dx; ++i)
-            for (int64_t e0 = 0; e0 < Lext; e0 += VL) {
-              const T* src = part.data() + i * kk * pw + margin + e0 - base0;
-              vec<T> sum{};
-              for (int64_t u = 0; u < kk; ++u) sum += load(src + u * (pw - lg.d));
-              store(dst + i * Lext + e0, sum);
-            }
+            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
+                       part.data() + fmargin);
+          fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
         }
-        for (int64_t e = 0; e < Lext; ++e) {  // ghosts back onto their keys (causal ghosts only ever got zeros)
-          const int64_t c = e - lg.PL;
-          if (c >= 0 && c < L) continue;
-          const int64_t from = ghost_source(lg, c);
-          if (from < 0) continue;
-          for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
-          for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
+        if (!fold) {
+          std::fill(dKT.begin(), dKT.end(), T(0));
+          std::fill(dVT.begin(), dVT.end(), T(0));
         }
+        for (int64_t e0 = e_lo; !fold && e0 < gh.hi; e0 += VL) {
+          key_lane(dsr.data(), qt.data(), nq, kk, lg.d, Ls, e0 - base0, D, col.data());
+          for (int64_t i = 0; i < D; ++i) store(dKT.data() + i * Lext + e0, col[i]);
+          key_lane(pr.data(), gt.data(), nq, kk, lg.d, Ls, e0 - base0, Dv, col.data());
+          for (int64_t i = 0; i < Dv; ++i) store(dVT.data() + i * Lext + e0, col[i]);
+        }
+        fold_ghosts(gh, D, dKT.data(), Lext);
+        fold_ghosts(gh, Dv, dVT.data(), Lext);
         const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
         T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
         T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
