@@ -194,20 +194,6 @@ at::Tensor unit_last(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.con
 
 // ------------------------------------------------------------------------------------------------ math
 
-template <typename T>
-inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-template <typename T>
-inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
-
 // exp in plain arithmetic, so that it vectorises (std::exp is a scalar libm call), for scalars (V = T) and
 // vectors (V = vec<T>, below): x = n ln2 + r (Cody-Waite: ln2 split into a high part, exact when multiplied by
 // n, and a low part), |r| <= ln2 / 2, exp(r) by its Taylor polynomial (fp32: degree 7, fp64: degree 13; the
@@ -274,6 +260,127 @@ inline V exp_poly(V x) {
 
 inline float exp_approx(float x) { return exp_poly<float, float, int32_t>(x); }
 inline double exp_approx(double x) { return exp_poly<double, double, int64_t>(x); }
+
+// Vector types one machine register wide, chosen by the target the file is compiled for: 64 bytes with AVX-512
+// (16 fp32 lanes), 32 with AVX2 (8), 16 bytes otherwise (SSE2, ARM NEON, and SVE machines through NEON; other
+// targets lower them to what they have). A wider type than the registers would be split by the compiler, and its
+// accumulators would no longer fit the register file (the spills that made an AVX-512-sized kernel slow on AVX2).
+// GCC / Clang vector extensions, no intrinsics: every target builds the same source.
+#if defined(__AVX512F__)
+#define NA_VEC_BYTES 64
+#define NA_ISA "avx512"
+#elif defined(__AVX2__)
+#define NA_VEC_BYTES 32
+#define NA_ISA "avx2"
+#elif defined(__AVX__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "avx"
+#elif defined(__SSE2__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "sse2"
+#elif defined(__ARM_FEATURE_SVE)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon+sve"  // SVE machines run the NEON-width vectors
+#elif defined(__ARM_NEON)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon"
+#else
+#define NA_VEC_BYTES 16
+#define NA_ISA "generic"
+#endif
+constexpr int kVecBytes = NA_VEC_BYTES;
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+using vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t lanes() {
+  return kVecBytes / sizeof(T);
+}
+// integer vectors of the same shape (exponent arithmetic of vexp)
+template <typename T>
+struct IntVecOf;
+template <>
+struct IntVecOf<float> {
+  typedef int32_t type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct IntVecOf<double> {
+  typedef int64_t type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+using ivec = typename IntVecOf<T>::type;
+
+template <typename T>
+inline vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store(T* p, const vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline vec<T> splat(T x) {
+  return vec<T>{} + x;
+}
+template <typename T>
+inline vec<T> vmax(const vec<T>& a, const vec<T>& b) {
+  return a > b ? a : b;  // NaN in a lane: keeps b unless b is NaN; a NaN score still reaches the sum below
+}
+
+inline vec<float> vexp(vec<float> x) { return exp_poly<float, vec<float>, ivec<float>>(x); }
+inline vec<double> vexp(vec<double> x) { return exp_poly<double, vec<double>, ivec<double>>(x); }
+
+// log for the softmax sums (x >= 1, or NaN / inf, which pass through): x = 2^e m with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(z), z = (m - 1) / (m + 1), |z| < 0.172, by its odd series (fp32 to z^9, fp64 to z^21)
+template <typename T>
+inline vec<T> vlog_ge1(vec<T> x) {
+  using C = ExpConst<T>;
+  using I = ivec<T>;
+  constexpr int terms = sizeof(T) == 4 ? 5 : 11;
+  I bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const I one_exp = I{} + (I{} + C::bias) << C::mant;
+  I e = (bits >> C::mant) - C::bias;  // x >= 1: the sign bit is clear
+  I mbits = (bits & ((I{} + 1) << C::mant) - 1) | one_exp;
+  vec<T> m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const auto big = m > T(1.4142135623730951);
+  m = big ? m * T(0.5) : m;
+  e = big ? e + 1 : e;
+  const vec<T> z = (m - T(1)) / (m + T(1)), z2 = z * z;
+  vec<T> p = splat<T>(T(1) / T(2 * terms - 1));
+  for (int k = terms - 2; k >= 0; --k) p = p * z2 + T(1) / T(2 * k + 1);
+  vec<T> ef;
+  for (int64_t t = 0; t < lanes<T>(); ++t) ef[t] = static_cast<T>(e[t]);
+  const vec<T> res = ef * C::ln2_hi + (T(2) * z * p + ef * C::ln2_lo);
+  return x != x || x == std::numeric_limits<T>::infinity() ? x : res;
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename T>
+inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
 
 // p[i] = exp(s[i] - shift); returns the sum
 template <typename T>
@@ -504,88 +611,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
 // columns as its diagonal read runs past the border, so the column k * d to the right (left) of a left (right)
 // ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB
 // (and the causal mask) per (row offset, slot, lane) comes from a table built per call.
-//
-// Scores, values and gradients use GCC/Clang vector types one machine register wide, chosen by the target the
-// file is compiled for: 64 bytes with AVX-512 (16 fp32 lanes), 32 with AVX2 (8), 16 bytes otherwise (SSE2,
-// ARM NEON, and SVE machines through NEON; other targets lower them to what they have). A wider type than the
-// registers would be split by the compiler, and its accumulators would no longer fit the register file (the
-// spills that made an AVX-512-sized kernel slow on AVX2). No intrinsics: every target builds the same source.
-
-#if defined(__AVX512F__)
-#define NA_VEC_BYTES 64
-#define NA_ISA "avx512"
-#elif defined(__AVX2__)
-#define NA_VEC_BYTES 32
-#define NA_ISA "avx2"
-#elif defined(__AVX__)
-#define NA_VEC_BYTES 16
-#define NA_ISA "avx"
-#elif defined(__SSE2__)
-#define NA_VEC_BYTES 16
-#define NA_ISA "sse2"
-#elif defined(__ARM_FEATURE_SVE)
-#define NA_VEC_BYTES 16
-#define NA_ISA "neon+sve"  // SVE machines run the NEON-width vectors
-#elif defined(__ARM_NEON)
-#define NA_VEC_BYTES 16
-#define NA_ISA "neon"
-#else
-#define NA_VEC_BYTES 16
-#define NA_ISA "generic"
-#endif
-constexpr int kVecBytes = NA_VEC_BYTES;
-
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(kVecBytes)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(kVecBytes)));
-};
-template <typename T>
-using vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t lanes() {
-  return kVecBytes / sizeof(T);
-}
-// integer vectors of the same shape (exponent arithmetic of vexp)
-template <typename T>
-struct IntVecOf;
-template <>
-struct IntVecOf<float> {
-  typedef int32_t type __attribute__((vector_size(kVecBytes)));
-};
-template <>
-struct IntVecOf<double> {
-  typedef int64_t type __attribute__((vector_size(kVecBytes)));
-};
-template <typename T>
-using ivec = typename IntVecOf<T>::type;
-
-template <typename T>
-inline vec<T> load(const T* p) {
-  vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, const vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline vec<T> splat(T x) {
-  return vec<T>{} + x;
-}
-template <typename T>
-inline vec<T> vmax(const vec<T>& a, const vec<T>& b) {
-  return a > b ? a : b;  // NaN in a lane: keeps b unless b is NaN; a NaN score still reaches the sum below
-}
-
-inline vec<float> vexp(vec<float> x) { return exp_poly<float, vec<float>, ivec<float>>(x); }
-inline vec<double> vexp(vec<double> x) { return exp_poly<double, vec<double>, ivec<double>>(x); }
 
 // In-register transpose of a VL x VL tile: stage H swaps bit H of the row index with bit H of the column index
 // (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512; with AVX2 the stages map to
@@ -625,7 +650,11 @@ inline void to_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale, T
   int64_t i0 = 0;
   for (; i0 + VL <= D; i0 += VL) {
     vec<T> r[VL];
-    for (int64_t t = 0; t < VL; ++t) r[t] = t < nt ? load(src + t * ss + i0) * scale : vec<T>{};
+    if (nt == VL) {  // a full block: no per-row test
+      for (int64_t t = 0; t < VL; ++t) r[t] = load(src + t * ss + i0) * scale;
+    } else {
+      for (int64_t t = 0; t < VL; ++t) r[t] = t < nt ? load(src + t * ss + i0) * scale : vec<T>{};
+    }
     transpose_tile<T>(r);
     for (int64_t i = 0; i < VL; ++i) store(dst + (i0 + i) * ds, r[i]);
   }
@@ -667,6 +696,7 @@ inline void diag_dots_n(const T* a, int64_t as, const T* b, int64_t bs, int64_t 
   vec<T> acc[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = init ? load(init + c * init_stride) : vec<T>{};
+#pragma GCC unroll 2
   for (int64_t i = 0; i < D; ++i) {
     const vec<T> av = load(a + i * as);
     const T* bi = b + i * bs;
@@ -705,6 +735,7 @@ inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t off, int64
   for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
   for (int64_t n = 0; n < n_rows; ++n) {
     const T* row = rows[n] + off + i0 * ld;
+#pragma GCC unroll 2
     for (int64_t u = 0; u < kk; ++u) {
       const vec<T> wv = w[n * kk + u];
       const T* ru = row + u * du;
@@ -934,10 +965,11 @@ inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
 
 // The ghost columns of a transposed row: only the columns real queries read, [lo, hi), need their keys; the rest
 // (read by padding lanes only, whose results are dropped or masked) get zeros so that no lane reads stale memory.
-// Runs of consecutive ghosts with consecutive sources: (first ghost column, first source column or -1 for zeros,
-// length).
+// col[e]: the key column that extended column e holds (-1: zeros); runs: consecutive ghosts with consecutive
+// sources (first ghost column, first source column or -1, length).
 struct Ghosts {
   int64_t lo = 0, hi = 0;
+  std::vector<int64_t> col;
   std::vector<std::array<int64_t, 3>> runs;
 };
 
@@ -945,9 +977,14 @@ inline Ghosts make_ghosts(const LaneGeom& lg) {
   Ghosts gh;
   gh.lo = lg.PL - lg.off * lg.d;
   gh.hi = lg.PL + lg.L + (lg.k - 1 - lg.off) * lg.d;
+  gh.col.assign(lg.Lext, -1);
   for (int64_t e = gh.lo; e < gh.hi; ++e) {
-    if (e >= lg.PL && e < lg.PL + lg.L) continue;
+    if (e >= lg.PL && e < lg.PL + lg.L) {
+      gh.col[e] = e - lg.PL;
+      continue;
+    }
     const int64_t from = ghost_source(lg, e - lg.PL), src = from >= 0 ? lg.PL + from : -1;
+    gh.col[e] = from;
     auto* last = gh.runs.empty() ? nullptr : &gh.runs.back();
     if (last && (*last)[0] + (*last)[2] == e && ((*last)[1] < 0 ? src < 0 : src == (*last)[1] + (*last)[2]))
       ++(*last)[2];
@@ -957,22 +994,34 @@ inline Ghosts make_ghosts(const LaneGeom& lg) {
   return gh;
 }
 
-// one key or value row, [column][dim] at src (column stride cs), transposed into out [dim][PL + column] (+ ghosts)
+// dst[i * ds + t] = rows[t][i] for i < D, t < VL: VL columns (each D contiguous values) to lanes
 template <typename T>
-void transpose_row(const LaneGeom& lg, const Ghosts& gh, const T* src, int64_t cs, int64_t D, T* out) {
+inline void rows_to_lanes(const T* const* rows, int64_t D, T* dst, int64_t ds) {
   constexpr int64_t VL = lanes<T>();
-  const int64_t Lext = lg.Lext, PL = lg.PL, L = lg.L;
-  for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
-  for (int64_t i = 0; i < D; ++i) {
-    T* row = out + i * Lext;
-    std::fill(row, row + gh.lo, T(0));
-    std::fill(row + gh.hi, row + Lext, T(0));
-    for (const auto& r : gh.runs) {
-      if (r[1] < 0)
-        std::fill(row + r[0], row + r[0] + r[2], T(0));
-      else
-        std::copy(row + r[1], row + r[1] + r[2], row + r[0]);
+  int64_t i0 = 0;
+  for (; i0 + VL <= D; i0 += VL) {
+    vec<T> r[VL];
+    for (int64_t t = 0; t < VL; ++t) r[t] = load(rows[t] + i0);
+    transpose_tile<T>(r);
+    for (int64_t i = 0; i < VL; ++i) store(dst + (i0 + i) * ds, r[i]);
+  }
+  for (; i0 < D; ++i0)
+    for (int64_t t = 0; t < VL; ++t) dst[i0 * ds + t] = rows[t][i0];
+}
+
+// one key or value row, [column][dim] at src (column stride cs), transposed into out [dim][extended column]: real
+// columns at PL + column, ghosts holding their keys, zeros elsewhere; every block of VL columns in one transpose
+template <typename T>
+void transpose_row(const LaneGeom& lg, const Ghosts& gh, const T* src, int64_t cs, int64_t D, const T* zeros,
+                   T* out) {
+  constexpr int64_t VL = lanes<T>();
+  const T* rows[VL];
+  for (int64_t e0 = 0; e0 < lg.Lext; e0 += VL) {
+    for (int64_t t = 0; t < VL; ++t) {
+      const int64_t c = gh.col[e0 + t];
+      rows[t] = c >= 0 ? src + c * cs : zeros;
     }
+    rows_to_lanes(rows, D, out + e0, lg.Lext);
   }
 }
 
@@ -1003,6 +1052,7 @@ class RowCache {
     m1_ = std::min(g.S[1], g.ax[1].k * g.ax[1].d);
     tag_.assign(m0_ * m1_, -1);
     buf_.resize(m0_ * m1_ * (D_ + Dv_) * lg.Lext);
+    zeros_.assign(std::max(D_, Dv_), T(0));
   }
 
   // the transposed key row and value row of (batch b, kv head hk, row x0, x1)
@@ -1013,8 +1063,8 @@ class RowCache {
     const int64_t id = row_index(g_, g_.kv_heads, b, hk, x0, x1);
     if (tag_[slot] != id) {
       const int64_t x[kAxes] = {x0, x1, 0};
-      transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, kt);
-      transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, vt);
+      transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, zeros_.data(), kt);
+      transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, zeros_.data(), vt);
       tag_[slot] = id;
     }
     return {kt, vt};
@@ -1027,7 +1077,7 @@ class RowCache {
   const T *kp_, *vp_;
   View vk_, vv_;
   int64_t D_, Dv_, m0_ = 1, m1_ = 1;
-  std::vector<T> buf_;
+  std::vector<T> buf_, zeros_;
   std::vector<int64_t> tag_;
 };
 
@@ -1161,7 +1211,8 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
           }
           inv[blk] = T(1) / sum;
           const int64_t j0 = t0 + blk * VL;
-          for (int64_t t = 0; t < std::min(VL, L - j0); ++t) lrow[(j0 + t) * H] = mx[t] + std::log(sum[t]);
+          const vec<T> lse_b = mx + vlog_ge1<T>(sum);
+          for (int64_t t = 0; t < std::min(VL, L - j0); ++t) lrow[(j0 + t) * H] = lse_b[t];
         }
         tile_mix(lg, S.data(), vt.data(), n_slots, t0, nb, Dv, K, acc.data());
         for (int64_t blk = 0; blk < nb; ++blk) {
@@ -1177,7 +1228,8 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
 
 // Backward in groups of (batch, kv head) planes (a plane holds every query row whose windows reach its key rows):
 // pass 1 over the group's query rows, then pass 2 over its key rows, with per-query-row buffers for one group
-// (a few MB, still in cache for pass 2, allocated once instead of for the whole batch).
+// (up to 16 MB, mostly still cached for pass 2, allocated once instead of for the whole batch; few groups, so few
+// parallel regions: on a shared CPU each region's end waits for its slowest thread).
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
@@ -1200,7 +1252,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t margin = fold ? 0 : (lg.d * kk + VL + VL - 1) / VL * VL, Ls = margin + Lp + margin;
   const int64_t qrow_size = (K01 * kk * 2 + D + Dv) * Ls;
   const int64_t threads = at::get_num_threads();
-  int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 22) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
+  int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 24) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
   per_group = std::max(per_group, (8 * threads + plane_qrows - 1) / plane_qrows);  // rows enough for the threads
   per_group = std::min(per_group, planes);
   const int64_t grp_rows = per_group * plane_qrows;
