@@ -773,11 +773,13 @@ inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64
   for (int u = 0; u < UB; ++u)
     for (int i = 0; i < IB; ++i) acc[u][i] = vec<T>{};
   for (int64_t y = 0; y < ny; ++y) {
-    vec<T> wv[UB], av[IB];
+    vec<T> wv[UB];
     for (int u = 0; u < UB; ++u) wv[u] = load(w[y] + (u0 + u) * ls + j0);
-    for (int i = 0; i < IB; ++i) av[i] = load(a[y] + (i0 + i) * ls + j0);
-    for (int u = 0; u < UB; ++u)
-      for (int i = 0; i < IB; ++i) acc[u][i] += wv[u] * av[i];
+    const T* ay = a[y] + i0 * ls + j0;
+    for (int i = 0; i < IB; ++i) {  // one dim's vector at a time: UB x IB + UB + 1 registers
+      const vec<T> av = load(ay + i * ls);
+      for (int u = 0; u < UB; ++u) acc[u][i] += wv[u] * av;
+    }
   }
   for (int u = 0; u < UB; ++u)
     for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
@@ -795,7 +797,7 @@ inline void lane_outer_tail(int64_t ub, int64_t ib, const T* const* w, const T* 
   lane_outer_n<T, UB, IB>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
 }
 
-constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 4;
+constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;  // UB x IB accumulators + UB + 1 registers
 
 // lane_outer_n over all u < kk, i < D for the query block at column j0
 template <typename T>
