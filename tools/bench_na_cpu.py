@@ -56,10 +56,10 @@ def parse_args(argv=None):
 
 def kernel_rows(args, threads: int) -> list[dict]:
     cases = [na_bench.ALL_CASES[c] for c in args.cases]
-    rows = gemm_bench.rate_rows("cpu", when="before")
+    rows = gemm_bench.rate_rows("cpu", when="before", timer=args.timer)
     na_rows = na_bench.rows(cases, ("cpu", "cpu_norpb", "torch", "torch_norpb"), device="cpu", batch=8,
                             iters=args.iters, timer=args.timer)
-    rows += gemm_bench.rate_rows("cpu", when="after")
+    rows += gemm_bench.rate_rows("cpu", when="after", timer=args.timer)
     square = [r["gflops"] for r in rows if r["case"].startswith("matmul")]
     gemm_bench.add_gemm_fraction(na_rows, sum(square) / len(square))
     return [dict(r, threads=threads) for r in rows + na_rows]
