@@ -767,8 +767,9 @@ inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, i
 // i0 <= i < i0 + IB (VL lanes: one block of query columns): P or dS (w) times transposed dO or q (a), summed over
 // the query rows that hold one key row; UB x IB accumulators stay in registers, UB + IB loads per y
 template <typename T, int UB, int IB>
-inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
-                         int64_t i0, int64_t kk, int64_t pw, T* part) {
+__attribute__((always_inline)) inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64_t ls,
+                                                        int64_t j0, int64_t u0, int64_t i0, int64_t kk, int64_t pw,
+                                                        T* part) {
   vec<T> acc[UB][IB];
   for (int u = 0; u < UB; ++u)
     for (int i = 0; i < IB; ++i) acc[u][i] = vec<T>{};
@@ -785,28 +786,24 @@ inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64
     for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
 }
 
-template <typename T, int UB, int IB>
-inline void lane_outer_tail(int64_t ub, int64_t ib, const T* const* w, const T* const* a, int64_t ny, int64_t ls,
-                            int64_t j0, int64_t u0, int64_t i0, int64_t kk, int64_t pw, T* part) {
-  if constexpr (UB > 1) {
-    if (ub < UB) return lane_outer_tail<T, UB - 1, IB>(ub, ib, w, a, ny, ls, j0, u0, i0, kk, pw, part);
-  }
-  if constexpr (IB > 1) {
-    if (ib < IB) return lane_outer_tail<T, UB, IB - 1>(ub, ib, w, a, ny, ls, j0, u0, i0, kk, pw, part);
-  }
-  lane_outer_n<T, UB, IB>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
-}
+constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;
 
-constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;  // UB x IB accumulators + UB + 1 registers
+// lane_outer_n for slots u0 .. u0 + UB and every dim
+template <typename T, int UB>
+inline void lane_outer_slots(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
+                             int64_t kk, int64_t D, int64_t pw, T* part) {
+  int64_t i0 = 0;
+  for (; i0 + kOuterI <= D; i0 += kOuterI) lane_outer_n<T, UB, kOuterI>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  for (; i0 < D; ++i0) lane_outer_n<T, UB, 1>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+}
 
 // lane_outer_n over all u < kk, i < D for the query block at column j0
 template <typename T>
 inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t kk,
                        int64_t D, int64_t pw, T* part) {
-  for (int64_t u0 = 0; u0 < kk; u0 += kOuterU)
-    for (int64_t i0 = 0; i0 < D; i0 += kOuterI)
-      lane_outer_tail<T, kOuterU, kOuterI>(std::min(kOuterU, kk - u0), std::min(kOuterI, D - i0), w, a, ny, ls, j0,
-                                           u0, i0, kk, pw, part);
+  int64_t u0 = 0;
+  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(w, a, ny, ls, j0, u0, kk, D, pw, part);
+  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(w, a, ny, ls, j0, u0, kk, D, pw, part);
 }
 
 // dst[i * ld + e ..] = sum_u part[(i * kk + u) * pw + e - base - d u ..] for i < D, e < Le (blocks of VL): each key
