@@ -43,8 +43,8 @@ from torch import Tensor
 
 from ._common import capturing, exporting
 
-__all__ = ["TARGETS", "available", "backward", "build", "build_info", "compile_check", "forward", "load_error",
-           "na_cpu", "preferred", "unsupported"]
+__all__ = ["TARGETS", "available", "backward", "build", "build_info", "compile_check", "forward", "host_march",
+           "load_error", "na_cpu", "preferred", "shape_class", "unsupported"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "na_cpu.cpp"
 _LIB = "visionattn_na_cpu"

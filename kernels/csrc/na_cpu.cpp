@@ -603,14 +603,17 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
 // ------------------------------------------------------------------------------------------------ lane path
 //
 // When the last axis has stride 1, the queries of one row (every axis but the last fixed) run VL at a time, one
-// query per vector lane, columns in their natural order. Keys and values are first transposed per row to
-// [dim][column] with ghost columns on each side; lane t of a block starting at column j0 then finds its window
+// query per vector lane, columns in their natural order. Key and value rows are transposed to [dim][column] with
+// ghost columns on each side (per thread, as the query rows reach them: RowCache); lane t of a block starting at
+// column j0 then finds its window
 // slot u at column j0 + t + d * (u - off) (d: dilation of the last axis): one contiguous vector load per (slot,
 // dim) serves all VL queries, and the head_dim loops become plain vector FMAs without horizontal sums. The
 // ghost columns make this exact at the borders: a border query's window is shifted inward by as many group
 // columns as its diagonal read runs past the border, so the column k * d to the right (left) of a left (right)
 // ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB
-// (and the causal mask) per (row offset, slot, lane) comes from a table built per call.
+// (and the causal mask) per (row offset, slot, lane) comes from a table built per call. Vector width and register
+// blocking follow the target (kVecBytes, kVecRegs above), so each ISA runs its natural width: 16 fp32 lanes and
+// 32 registers with AVX-512, 8 lanes and 16 registers with AVX2, 4 lanes with NEON (32 registers) or SSE.
 
 // In-register transpose of a VL x VL tile: stage H swaps bit H of the row index with bit H of the column index
 // (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512; with AVX2 the stages map to
