@@ -9,8 +9,8 @@ Variants (all load the official checkpoints through `checkpoint_filter_fn`):
 * `biformer_stl` -- models/biformer_stl.py: the Swin-T layout (patchify stem, norm + 2x2 conv merging).
 * `biformer_stl_nchw` -- models/biformer_stl_nchw.py: the same layout on the refactored NCHW BRA.
 
-The dense-prediction backbone of the official det/seg code (`BiFormer_mm`) is `BiFormerDense`; the same maps
-come from `timm.create_model(name, features_only=True, out_norms=True, n_win=16)`.
+The dense-prediction backbone of the official det/seg code (`BiFormer_mm`) is `visionattn.mm.dense.BiFormerDense`;
+the same maps come from `timm.create_model(name, features_only=True, out_norms=True, n_win=16)`.
 
 Input size (documented choices, tested in tests/test_biformer.py):
 
@@ -67,7 +67,6 @@ from visionattn.utils import check_backend, inference_linear, inference_mlp, ini
 
 __all__ = [
     "BiFormer",
-    "BiFormerDense",
     "BiFormerBlock",
     "NchwBiFormerBlock",
     "BiFormerStage",
@@ -518,37 +517,6 @@ class BiFormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-class BiFormerDense(BiFormer):
-    """The official dense-prediction backbone (`BiFormer_mm`): no head or final norm, a LayerNorm2d after every
-    stage, forward returns the 4 NCHW maps (strides 4/8/16/32).
-
-    norm_eval: keep BatchNorms in eval mode in train() (the detection code's default); frozen_bn: no BN grads.
-    The segmentation code converts BN to SyncBatchNorm (`nn.SyncBatchNorm.convert_sync_batchnorm` does that
-    here too; the keys are the same).
-    """
-
-    def __init__(self, norm_eval: bool = False, frozen_bn: bool = False, **kwargs):
-        kwargs.update(num_classes=0, out_norms=True)
-        super().__init__(**kwargs)
-        self.norm = nn.Identity()
-        self.norm_eval = norm_eval
-        if frozen_bn:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_intermediates(x, intermediates_only=True))
 
 
 # --------------------------------------------------------------------------------------------------------------

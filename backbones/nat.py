@@ -15,8 +15,8 @@ Variants (official names, official checkpoints load through `checkpoint_filter_f
   with a relative positional bias table (ViT-RPB).
 
 The dense-prediction backbones of the official det/seg code (`detection/nat.py:NAT`, `detection/dinat.py:DiNAT`,
-`detection/dinats.py:DiNAT_s` and their segmentation twins) are `NATDense` / `DiNATsDense`: no head or final norm,
-one LayerNorm per output, forward returns the NCHW maps. The same maps come from
+`detection/dinats.py:DiNAT_s` and their segmentation twins) are `visionattn.mm.dense.NATDense` / `DiNATsDense`:
+no head or final norm, one LayerNorm per output, forward returns the NCHW maps. The same maps come from
 `timm.create_model(name, features_only=True, out_norms=True)` (pass the det/seg config's `dilations=`: the dense
 configs use larger dilations than the classification ones, with the same weights).
 
@@ -68,7 +68,7 @@ from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from visionattn import register_zoo_model
-from visionattn.checkpoint import build_model_with_pretrained_file, load_pretrained_file, unwrap_state_dict
+from visionattn.checkpoint import build_model_with_pretrained_file, unwrap_state_dict
 from visionattn.kernels.na import BACKENDS as NA_BACKENDS
 from visionattn.layers.na import NeighborhoodAttention2D
 from visionattn.utils import (
@@ -85,8 +85,6 @@ __all__ = [
     "NAT",
     "DiNATs",
     "NATIsotropic",
-    "NATDense",
-    "DiNATsDense",
     "NATBlock",
     "NATStage",
     "ViTRPBBlock",
@@ -521,55 +519,6 @@ class DiNATs(NAT):
     @staticmethod
     def _make_downsample(dim, norm_layer) -> nn.Module:
         return PatchMerging(dim, norm_layer=norm_layer)
-
-
-class _DenseMixin:
-    """The official dense-prediction backbone: no head or final norm, a norm per output, forward returns the NCHW
-    maps of `out_indices`. frozen_stages: >= 0 freezes the stem, >= 2 also the official levels
-    0..frozen_stages-2 with their downsamplers (the Swin rule the official code intends). pretrained: a
-    checkpoint path, loaded through `checkpoint_filter_fn`; a file whose keys do not match raises RuntimeError."""
-
-    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 pretrained: str | None = None, **kwargs):
-        kwargs.update(num_classes=0, out_norms=tuple(out_indices))
-        super().__init__(**kwargs)
-        self.out_indices = tuple(out_indices)
-        self.norm = nn.Identity()
-        self.frozen_stages = frozen_stages
-        if pretrained is not None:
-            load_pretrained_file(self, pretrained, checkpoint_filter_fn, strict=True)
-        self._freeze_stages()
-
-    def _freeze_stages(self):
-        frozen = []
-        if self.frozen_stages >= 0:
-            frozen.append(self.patch_embed)
-        if self.frozen_stages >= 2:
-            # official level i ends with the downsampler that starts our stage i + 1
-            n = self.frozen_stages - 1
-            frozen.extend(self.stages[:n])
-            if n < len(self.stages):
-                frozen.append(self.stages[n].downsample)
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True))
-
-
-class NATDense(_DenseMixin, NAT):
-    """Official detection|segmentation/nat.py:NAT and dinat.py:DiNAT (mmdet/mmseg backbones)."""
-
-
-class DiNATsDense(_DenseMixin, DiNATs):
-    """Official detection|segmentation/dinats.py:DiNAT_s (mmdet/mmseg backbone)."""
 
 
 class NATIsotropic(LinearHeadMixin, nn.Module):

@@ -1,9 +1,10 @@
-"""The kernel layer: neighborhood attention and bi-level routing attention (reference, torch, triton).
+"""The kernel layer: neighborhood attention (``na.py``) and bi-level routing attention (``bra.py``).
 
-The public functions validate their arguments with Python control flow, so FX cannot trace into them: they are
-registered with timm's ``register_notrace_function`` (leaves for timm's FX feature extraction); modules traced
-with plain ``torch.fx.symbolic_trace`` mark their call sites with ``torch.fx.wrap`` (as ``visionattn.layers``
-does). ``torch.compile`` and ``torch.export`` trace through them into the ``visionattn::`` custom ops.
+Each op has a public API file, a reference beside its fast paths (``*_reference.py``, ``*_torch.py``,
+``*_triton.py``, ``_na_cpu.py``), the custom-op layer (``ops.py``), one backend policy (``dispatch.py``) and one
+module of argument checks (``checks.py``). The public functions validate with Python control flow, so FX cannot
+trace into them: they are registered with timm's ``register_notrace_function`` (leaves for timm's FX feature
+extraction); ``torch.compile`` and ``torch.export`` trace through them into the ``visionattn::`` custom ops.
 """
 from timm.layers import register_notrace_function
 

@@ -1,5 +1,5 @@
-"""The compiled CPU kernel of neighborhood attention (``csrc/na_cpu.cpp``): build, load, autograd, dispatch check,
-and whether ``auto`` should use it.
+"""The compiled CPU kernel of neighborhood attention (``csrc/na_cpu.cpp``): build, load, dispatch check, and whether
+``auto`` should use it.
 
 The C++ source is compiled on first use (or ahead of time with ``python -m visionattn.kernels._na_cpu``) by the C++
 compiler (``$CXX`` or ``c++``) into a cache folder, ``$VISIONATTN_CACHE`` or ``~/.cache/visionattn``, one build per
@@ -12,11 +12,12 @@ for the other targets (``TARGETS``: AVX2, AVX-512, aarch64 NEON and SVE, with a 
 that a build break on any of them is seen on one machine.
 
 It is optional: without a C++ compiler or OpenMP, NA runs on the ``torch`` backend and one warning says why.
-``VISIONATTN_NA_CPU=0`` turns it off.
+``VISIONATTN_NA_CPU=0`` turns it off. Every variable named here is read once, through ``visionattn._environment``.
 
-The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY) with fake
-implementations and autograd here; NA's ``cpu`` backend runs it inside the ``visionattn::na_forward`` /
-``na_backward`` ops through ``forward`` / ``backward``. float16 / bfloat16 inputs run in float32.
+The kernel is registered as ``torch.ops.visionattn_cpu.na_forward`` / ``na_backward`` (TORCH_LIBRARY, fake
+implementations here); NA's ``cpu`` backend runs it inside the ``visionattn::na_forward`` / ``na_backward`` ops
+(``ops.py``, which holds the autograd) through ``forward`` / ``backward``. float16 / bfloat16 inputs run in
+float32.
 
 ``preferred`` is what ``auto`` asks before running NA on this kernel: the kernel and the torch path are timed once
 per shape class on this machine (a fraction of a second, in a thread of its own, cached beside the build), and the
@@ -41,10 +42,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from visionattn._environment import settings
+
 from ._common import capturing, exporting
 
 __all__ = ["TARGETS", "available", "backward", "build", "build_info", "compile_check", "forward", "host_march",
-           "load_error", "na_cpu", "preferred", "shape_class", "unsupported"]
+           "load_error", "preferred", "shape_class", "unsupported"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "na_cpu.cpp"
 _LIB = "visionattn_na_cpu"
@@ -97,9 +100,9 @@ def _host_triplet() -> str:
 def host_march() -> str:
     """The -march of the build loaded here: ``VISIONATTN_NA_CPU_MARCH``, else the x86-64 level torch's own CPU
     dispatch uses (AVX-512 -> x86-64-v4, AVX2 -> x86-64-v3), armv8-a on ARM, the compiler's default elsewhere."""
-    env = os.environ.get("VISIONATTN_NA_CPU_MARCH")
-    if env is not None:
-        return env.strip()
+    march = settings().na_cpu_march
+    if march is not None:
+        return march
     arch = _host_triplet().split("-")[0]
     if arch == "x86_64":
         cap = torch.backends.cpu.get_cpu_capability()
@@ -134,7 +137,7 @@ def _compiler_id(cxx: str) -> str:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("VISIONATTN_CACHE") or Path.home() / ".cache" / "visionattn") / "na_cpu"
+    return settings().cache_dir / "na_cpu"
 
 
 def _build_dir(cxx: str, march: str, kind: str, source: bytes) -> Path:
@@ -203,7 +206,7 @@ def build(verbose: bool = False) -> Path:
     folder. Raises what the compiler raises; ``available()`` is the non-raising form."""
     if _state.get("info"):
         return Path(_state["info"]["folder"])
-    cxx, march = os.environ.get("CXX") or "c++", host_march()
+    cxx, march = settings().cxx, host_march()
     source = _SOURCE.read_bytes()
     folder = _build_dir(cxx, march, "lib", source)
     so = _compile(cxx, march, source, folder / f"{_LIB}.so", link=True, verbose=verbose)
@@ -222,7 +225,7 @@ def compile_check(target: str, verbose: bool = False) -> Path:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
     triplet, march, isa = TARGETS[target]
-    cxx = (os.environ.get("CXX") or "c++") if triplet == _host_triplet() else f"{triplet}-g++"
+    cxx = settings().cxx if triplet == _host_triplet() else f"{triplet}-g++"
     source = _SOURCE.read_bytes()
     obj = _compile(cxx, march, source, _build_dir(cxx, march, "obj", source) / "na_cpu.o", link=False,
                    verbose=verbose)
@@ -239,7 +242,7 @@ def available() -> bool:
     with _lock:
         if "ok" in _state:
             return _state["ok"]
-        if os.environ.get("VISIONATTN_NA_CPU", "1") == "0":
+        if not settings().na_cpu:
             _state.update(ok=False, error="disabled by VISIONATTN_NA_CPU=0")
             return False
         try:
@@ -289,24 +292,6 @@ def _register() -> None:
         return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
                 None if rpb is None else torch.empty_like(rpb))
 
-    def setup_context(ctx, inputs, output):
-        query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale = inputs
-        out, lse = output
-        ctx.save_for_backward(query, key, value, rpb, out, lse)
-        ctx.args = (kernel_size, stride, dilation, is_causal, scale)
-
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, rpb, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        delta = (grad_out * out).sum(-1)
-        if grad_lse is not None:
-            delta = delta - grad_lse
-        dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(grad_out, query, key, value, rpb, lse, delta,
-                                                                *ctx.args)
-        return dq, dk, dv, drpb, None, None, None, None, None
-
-    torch.library.register_autograd(f"{ns}::na_forward", backward, setup_context=setup_context)
     _state["registered"] = True
 
 
@@ -347,14 +332,6 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, 
                                                             _compute(rpb), lse, delta, *_args(cfg))
     drpb = drpb.to(rpb.dtype) if need_drpb and drpb is not None else None
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drpb
-
-
-def na_cpu(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, need_lse: bool = False):
-    """The compiled op on its own, differentiable in q, k, v, rpb through its registered autograd: the output, and
-    with ``need_lse`` also the natural logsumexp. (``na1d/2d/3d(..., backend="cpu")`` is the public way.)"""
-    out, lse = torch.ops.visionattn_cpu.na_forward(_compute(q), _compute(k), _compute(v), _compute(rpb), *_args(cfg))
-    out = out.to(q.dtype)
-    return (out, lse) if need_lse else out
 
 
 # ---------------------------------------------------------------------------------------------------- auto
@@ -487,20 +464,19 @@ def preferred(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, needs_gr
     """Whether ``auto`` runs this call on the kernel rather than the torch path: True when the kernel was measured
     at least as fast here for the call's ``shape_class`` (forward + backward when ``needs_grad``). Each class is timed
     once (``_measure``, a fraction of a second, in a thread of its own), kept in memory and in a file beside the
-    build, so later processes on this machine reuse it. Nothing is timed under graph capture (a class not measured
-    yet gets the kernel) or with ``VISIONATTN_NA_CPU_CALIBRATE=0`` (the kernel wherever it runs). False when the
-    kernel cannot run the call (``unsupported``)."""
+    build, so later processes on this machine reuse it. Under graph capture (``torch.compile``, ``torch.export``) and
+    with ``VISIONATTN_NA_CPU_CALIBRATE=0`` nothing is timed or looked up: the kernel runs wherever it can. False
+    when the kernel cannot run the call (``unsupported``)."""
     if unsupported(q, k, v, rpb, cfg) is not None:
         return False
-    if os.environ.get("VISIONATTN_NA_CPU_CALIBRATE", "1") == "0" or q.numel() == 0:
+    # dynamo traces this function: under capture no thread or table lookups
+    if not settings().na_cpu_calibrate or q.numel() == 0 or capturing():
         return True
     if threading.current_thread().name == _CAL_THREAD:  # the calibration's own calls time what they are told
         return True
     key = shape_class(q, k, v, rpb, cfg, needs_grad)
     timing = _cal.get(key)
     if timing is None:
-        if capturing():
-            return True
         with _cal_lock:
             _read_table()
             timing = _cal.get(key)

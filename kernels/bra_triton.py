@@ -1,23 +1,14 @@
 """Fused Triton kernels for routed (bi-level routing) attention: region-sparse flash attention by index.
 
-Called by ``routed_attention(..., backend="triton")`` in ``kernels/bra.py`` (validation lives there)::
-
-    routed_attention_triton(q, k, v, index, region_size, scale=scale) -> out
-
-``q, k: [B, H, W, heads, dq]``, ``v: [B, H, W, heads, dv]`` (any strides), ``index: [B, R, topk]`` int64.
-Nothing of size ``topk * K`` is materialised: the kernels compute the address of every routed key token
-from the index. The key sequence of a query region (its ``topk`` regions' tokens, concatenated) is tiled
-in blocks of ``BLOCK_N`` columns, so several small regions share one tile (no padding per region).
-
-Forward: one program per (query region, tile of its tokens, head), online softmax in fp32, saves the
-logsumexp. Backward: dQ recomputes the probabilities per query region; dK/dV runs one program per
-(key region, tile, head) over the (query region, slot) pairs that routed to it, an inverted index built
-on the host with sort/bincount, so no atomics are needed and the result is deterministic.
+Run by ``backend="triton"`` through the ``visionattn::routed_attention_*`` ops (``ops.py``) with validated
+``q, k: [B, H, W, heads, dq]``, ``v: [B, H, W, heads, dv]`` (any strides), ``index: [B, R, topk]`` int64. The
+kernels compute the address of every routed key token from the index (nothing of size ``topk * K``). Forward: one
+program per (query region, token tile, head), online softmax, logsumexp saved. Backward: dQ per query region; dK /
+dV per key region over the query regions routed to it (an inverted index, no atomics, deterministic).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import triton
@@ -26,7 +17,7 @@ from torch import Tensor
 
 from ._common import LOG2E, interpreting
 
-__all__ = ["routed_attention_triton", "forward", "backward", "unsupported"]
+__all__ = ["forward", "backward", "unsupported"]
 
 _MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -400,17 +391,3 @@ def unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
         return f"head_dim (query: {q.shape[-1]}, value: {v.shape[-1]}) must be <= {_MAX_HEAD_DIM} for triton"
     return None
-
-
-def routed_attention_triton(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, *, scale: float) -> Tensor:
-    """Fused routed attention (inputs validated by `routed_attention`) through the custom op; differentiable
-    w.r.t. q, k, v. Raises NotImplementedError for what the kernels do not cover (see ``unsupported``)."""
-    reason = unsupported(q, k, v)
-    if reason is not None:
-        raise NotImplementedError(reason)
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise NotImplementedError(f"scale must be finite, got {scale}")
-    from .bra import _run_op
-
-    return _run_op("triton", q, k, v, index, tuple(int(x) for x in region_size), scale)

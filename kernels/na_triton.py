@@ -1,22 +1,11 @@
 """Fused neighborhood attention in Triton (1-D / 2-D / 3-D, dilation, stride, causal, RPB), forward + backward.
 
-Called by ``na.py`` (``backend="triton"``) with validated arguments (``NAConfig``); layout is heads-last
-``[B, *spatial, heads, head_dim]``. Every rank runs through one 3-D kernel (missing leading axes have size 1,
-kernel 1), so the index rules exist once.
-
-Design (flash-attention style): a program owns a tile of positions of ONE dilation group (element ``g`` of
-group ``p`` lives at ``p + g * d`` on each axis), iterates over the blocks of the other side that the tile's
-windows can reach, and masks every (query, key) pair with the exact window rule of ``_na_index``:
-
-- forward / dQ: query tile, key blocks over the union of the tile's windows; online softmax in fp32 (log2
-  domain), the logsumexp is saved for the backward;
-- dK / dV: key tile, query blocks over the exact range of queries whose window can contain the tile;
-- dRPB: the dQ pass stores dLogits in window order ``[B, N, heads, prod(k)]`` (fp32, no atomics), which is
-  reduced over the batch and scattered into the table by torch.
-
-Non-finite inputs: a NaN / inf query, key or RPB entry reaches exactly the outputs whose windows hold it (every
-(query, key) pair is masked before the softmax). A non-finite *value* reaches every query of the tile that
-reads it (0 * inf in the P @ V product, as in flash-attention kernels); the torch path is exact there too.
+Run by ``backend="triton"`` through the ``visionattn::na_*`` ops (``ops.py``) with validated arguments
+(``NAConfig``), heads-last ``[B, *spatial, heads, head_dim]``. Every rank runs through one 3-D kernel (missing
+leading axes have size 1, kernel 1). A program owns a tile of positions of one dilation group and masks every
+(query, key) pair with the window rule of ``_na_index``: forward / dQ over the key blocks of the tile's windows
+(online softmax in the log2 domain, logsumexp saved), dK / dV over the queries that can reach a key tile, dRPB
+from the dQ pass. A non-finite *value* reaches every query of its tile (as in flash attention). docs/kernels.md.
 """
 from __future__ import annotations
 
@@ -29,6 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from visionattn._environment import settings
+
 from ._common import LOG2E, interpreting
 from ._na_index import axis_windows
 
@@ -36,8 +27,6 @@ __all__ = ["forward", "backward", "unsupported"]
 
 _LOG2E = tl.constexpr(LOG2E)
 _MAX_HEAD_DIM = 256
-TILES_2D = None  # ((1, tx, ty), (1, bx, by)) to override the 2-D tile shapes (benchmarking)
-DEVICE_TILES = False  # the GPU's tile shapes in the interpreter too (tests of the GPU's index arithmetic)
 
 
 @triton.jit
@@ -317,9 +306,10 @@ def _pow2(x: int, lo: int = 1) -> int:
 def _tiles(n: int, spatial3, ds3, interpret: bool) -> tuple[tuple, tuple]:
     """(owned tile, iterated block) shapes per axis, each 64 positions, fitted to the group lengths."""
     lg = [-(-L // d) for L, d in zip(spatial3, ds3)]
-    if n == 2 and TILES_2D is not None:
-        return TILES_2D
-    if interpret and not DEVICE_TILES:
+    env = settings()
+    if n == 2 and env.na_triton_tiles_2d is not None:  # benchmarks
+        return env.na_triton_tiles_2d
+    if interpret and not env.na_triton_device_tiles:  # tests of the GPU's index arithmetic set it
         # the interpreter's cost is per program and per op, not per element: few, large tiles
         t = [min(32, _pow2(x)) for x in lg]
         while math.prod(t) > 1024:  # [M, N] logits stay small

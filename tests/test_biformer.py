@@ -28,7 +28,8 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 import visionattn
-from visionattn.backbones.biformer import BiFormer, BiFormerDense, checkpoint_filter_fn
+from visionattn.backbones.biformer import BiFormer, checkpoint_filter_fn
+from visionattn.mm.dense import BiFormerDense
 
 FAMILY = "biformer"
 # the fixtures' small BiFormer-T-like configuration (official names -> ours)

@@ -5,7 +5,7 @@ from bra_cases import BRA_CASES, case_id, check_backend, make_inputs
 from parity_utils import case_names, load_case, max_abs_diff
 
 import visionattn
-from visionattn.kernels import bra
+from visionattn.kernels import bra_torch, dispatch, ops
 from visionattn.kernels.bra import (
     bi_level_routing_attention,
     region_mean,
@@ -32,14 +32,14 @@ def test_torch_matches_reference_fp32(case):
 @pytest.mark.parametrize("case", BRA_CASES[:5], ids=case_id)
 def test_torch_many_chunks(case, monkeypatch):
     # Force one query region per chunk so the chunk loop and the index_add accumulation are exercised.
-    monkeypatch.setattr(bra, "_CHUNK_ELEMS", 1)
+    monkeypatch.setattr(bra_torch, "_CHUNK_ELEMS", 1)
     check_backend("torch", case, dtype=torch.float64, atol=1e-10)
 
 
 @pytest.mark.parametrize("case", BRA_CASES[1::2], ids=case_id)
 def test_capture_path_matches_reference(case, monkeypatch):
     # The ONNX graph (single gather, plain autograd) is what the exporter sees.
-    monkeypatch.setattr(bra, "exporting", lambda: True)
+    monkeypatch.setattr(ops, "exporting", lambda: True)
     check_backend("torch", case, dtype=torch.float64, atol=1e-10)
 
 
@@ -60,12 +60,12 @@ def test_triton_dispatch(monkeypatch):
         seen.update(region_size=region_size, scale=scale)
         return "head_dim 8 is not supported"
 
-    monkeypatch.setitem(bra._BACKENDS, "triton", bra._BACKENDS["triton"]._replace(check=check))
+    monkeypatch.setitem(dispatch.BRA_CHECKS, "triton", check)
     with pytest.raises(ValueError, match="backend='triton': head_dim 8"):
         routed_attention(q, k, v, index, case["region"], backend="triton")
     assert seen == dict(region_size=(2, 2), scale=8 ** -0.5)
     # auto tries triton first on CUDA, and falls back to torch where the kernel declines.
-    monkeypatch.setattr(bra, "_auto_order", lambda q: ("triton", "torch"))
+    monkeypatch.setattr(dispatch, "_device", lambda q: "cuda")
     seen.clear()
     want = routed_attention(q, k, v, index, case["region"], backend="torch")
     assert torch.equal(routed_attention(q, k, v, index, case["region"]), want) and seen

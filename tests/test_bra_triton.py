@@ -2,17 +2,16 @@
 
 On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): tiny shapes only.
 """
-import os
-
 import pytest
 import torch
 from bra_cases import case_id, check_backend, make_inputs
 
+from visionattn._environment import override, settings
+from visionattn.kernels import bra_triton
 from visionattn.kernels.bra import routed_attention
-from visionattn.kernels.bra_triton import routed_attention_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETING = settings().triton_interpret
 
 
 def _case(B, grid, region, heads, dq, dv, topk):
@@ -53,7 +52,7 @@ def test_fp64_exact_and_gradcheck():
     q, k, v, index = make_inputs(case, dtype=torch.float64)
     ins = tuple(t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(
-        lambda a, b, c: routed_attention_triton(a, b, c, index, (1, 2), scale=0.7), ins, fast_mode=True
+        lambda a, b, c: routed_attention(a, b, c, index, (1, 2), scale=0.7, backend="triton"), ins, fast_mode=True
     )
 
 
@@ -96,20 +95,18 @@ def test_no_grad_forward_matches():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_unsupported_configs_raise(monkeypatch):
+def test_unsupported_configs_raise():
     q, k, v, index = make_inputs(CASES[0])
     big = torch.zeros(*q.shape[:4], 512)
-    with pytest.raises(NotImplementedError, match="head_dim"):
-        routed_attention_triton(big, big, v, index, (1, 1), scale=1.0)
-    with pytest.raises(NotImplementedError, match="dtype"):
-        routed_attention_triton(q.to(torch.complex64), k, v, index, (1, 1), scale=1.0)
-    with pytest.raises(ValueError, match="triton"):  # the public API names the backend
+    assert "head_dim" in bra_triton.unsupported(big, big, v)
+    assert "dtype" in bra_triton.unsupported(q.to(torch.complex64), k, v)
+    assert bra_triton.unsupported(q, k, v) is None
+    with pytest.raises(ValueError, match="backend='triton': head_dim"):  # the public API names the backend
         routed_attention(big, big, v, index, (1, 1), backend="triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(NotImplementedError, match="device"):
-        routed_attention_triton(q, k, v, index, (1, 1), scale=1.0)
-    with pytest.raises(ValueError, match="backend='triton': device cpu"):
-        routed_attention(q, k, v, index, (1, 1), backend="triton")
+    with override(triton_interpret=False):
+        assert "device" in bra_triton.unsupported(q, k, v)
+        with pytest.raises(ValueError, match="backend='triton': device cpu"):
+            routed_attention(q, k, v, index, (1, 1), backend="triton")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,5 +136,5 @@ def test_cuda_auto_backend_uses_triton():
     q, k, v, index = (t.to("cuda", torch.float16) if t.is_floating_point() else t.cuda()
                       for t in make_inputs(GPU_CASES[0]))
     a = routed_attention(q, k, v, index, (8, 8), backend="auto")
-    b = routed_attention_triton(q, k, v, index, (8, 8), scale=q.shape[-1] ** -0.5)
+    b = routed_attention(q, k, v, index, (8, 8), backend="triton")
     assert torch.equal(a, b)

@@ -12,8 +12,7 @@ import torch
 from bra_cases import make_inputs as bra_inputs
 from torch import nn
 
-import visionattn.kernels.na as na_mod
-from visionattn.kernels import bi_level_routing_attention, na1d, na2d, routed_attention
+from visionattn.kernels import bi_level_routing_attention, na, na1d, na2d, routed_attention
 
 OPS = torch.ops.visionattn
 
@@ -193,13 +192,18 @@ def test_autocast_runs_ops_in_low_precision(dtype):
     torch.testing.assert_close(out.float(), na2d(q, k, v, 3, rpb=rpb), atol=5e-2, rtol=5e-2)
 
 
-def test_op_backend_auto_and_errors():
+def test_ops_take_an_implementation_never_auto():
+    """The public functions resolve `auto` once; the ops run the implementation they are given."""
     q, k, v, rpb, _, _ = _na_inputs(1, (6, 6), 2, 2, 4, 4, 3, grad=False)
     args = [q, k, v, rpb, None, None, [3, 3], [1, 1], [1, 1], [False, False], 0.5]
-    auto = OPS.na_forward(*args, "auto", False, False)[0]
-    torch.testing.assert_close(auto, na2d(q, k, v, 3, rpb=rpb, scale=0.5, backend="reference"))
-    with pytest.raises(ValueError, match="backend"):
-        OPS.na_forward(*args, "cuda", False, False)
+    out = OPS.na_forward(*args, "torch", False, False)[0]
+    torch.testing.assert_close(out, na2d(q, k, v, 3, rpb=rpb, scale=0.5, backend="reference"))
+    for bad in ("auto", "cuda", "reference"):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            OPS.na_forward(*args, bad, False, False)
+    bq, bk, bv, index = bra_inputs(dict(B=1, grid=(2, 2), region=(2, 2), heads=1, dq=4, dv=4, topk=2))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        OPS.routed_attention_forward(bq, bk, bv, index, [2, 2], 0.5, "auto", False)
 
 
 def test_public_wrappers_are_fx_leaves_through_call_site_wrap():
@@ -209,10 +213,12 @@ def test_public_wrappers_are_fx_leaves_through_call_site_wrap():
 
     m = NeighborhoodAttention2D(16, 2, kernel_size=3).eval()
     gm = torch.fx.symbolic_trace(m)
-    assert any(getattr(n.target, "__name__", "") == "na2d" for n in gm.graph.nodes if n.op == "call_function")
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert na.na2d in calls, calls  # the public function itself, one leaf node
+    assert not any(getattr(t, "__module__", "").startswith("visionattn.kernels.") and t is not na.na2d
+                   for t in calls), calls  # nothing of the kernels' internals was traced into the graph
     x = torch.randn(1, 6, 7, 16)
     torch.testing.assert_close(gm(x), m(x))
-    assert na_mod.na2d is not None
 
 
 def test_timm_fx_feature_extraction_keeps_kernel_calls_as_leaves():

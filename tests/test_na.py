@@ -26,12 +26,13 @@ def test_gather_matches_reference(case):
 @pytest.mark.parametrize("tile", [(1, 1), (3, 5), (16, 16)])
 def test_torch_tile_sizes(tile):
     """Any tiling gives the same function (tiles overlapping at group ends, tiles larger than a group)."""
-    from visionattn.kernels.na import NAConfig, _na_torch_forward
+    from visionattn.kernels import na_torch
+    from visionattn.kernels.checks import NAConfig
 
     q, k, v, rpb = make_inputs((13, 17), 5, heads=2, dtype=torch.float64)
     ref = run_na("reference", q, k, v, rpb, 5, dilation=2, stride=2, is_causal=(False, True))
     cfg = NAConfig(kernel_size=(5, 5), stride=(2, 2), dilation=(2, 2), is_causal=(False, True), scale=8 ** -0.5)
-    out = _na_torch_forward(q, k, v, rpb, cfg, tile=tile)[0]
+    out = na_torch.forward(q, k, v, rpb, cfg, tile=tile)[0]
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
@@ -103,10 +104,12 @@ def test_logits():
         torch.testing.assert_close(logits[0, 1, 0, 0, n], want)
     out = na2d(q, k, v, 3, dilation=2, rpb=rpb, backend="reference")
     # the same attention rebuilt from the logits and the gathered values
-    from visionattn.kernels.na import NAConfig, _gather_index, _gather_windows
+    from visionattn.kernels._na_index import window_index
+    from visionattn.kernels.checks import NAConfig
+    from visionattn.kernels.na_torch import gather_windows
 
     cfg = NAConfig((3, 3), (1, 1), (2, 2), (False, False), 1.0)
-    vw = _gather_windows(v, _gather_index((9, 11), *cfg[:4], "cpu").pos)  # [B, H, W, h, K, D]
+    vw = gather_windows(v, window_index((9, 11), *cfg[:4], "cpu").pos)  # [B, H, W, h, K, D]
     rebuilt = (logits.movedim(1, -2).softmax(-1).unsqueeze(-2) @ vw).squeeze(-2)
     torch.testing.assert_close(rebuilt, out)
     causal = na_logits(q, k, 3, rpb=rpb, is_causal=True)
@@ -201,47 +204,60 @@ def test_bad_tensors():
 
 def test_triton_backend_errors(monkeypatch):
     """Configurations the Triton kernel does not run surface as ValueError naming the argument."""
-    import visionattn.kernels.na as na_mod
+    from visionattn.kernels import dispatch
 
-    be = na_mod._BACKENDS["triton"]
-    monkeypatch.setitem(na_mod._BACKENDS, "triton", be._replace(check=lambda *a: "is_causal is not supported"))
+    monkeypatch.setitem(dispatch.NA_CHECKS, "triton", lambda *a: "is_causal is not supported")
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="backend='triton': is_causal"):
         na2d(q, k, v, 3, is_causal=True, backend="triton")
 
 
-def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
+def test_triton_backend_needs_cuda_or_interpreter():
     import visionattn.kernels.na_triton  # noqa: F401  (decorated while the interpreter is on: triton.jit decides then)
+    from visionattn._environment import override
 
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match="device cpu"):
+    with override(triton_interpret=False), pytest.raises(ValueError, match="device cpu"):
         na2d(q, k, v, 3, backend="triton")
 
 
-def test_auto_falls_back_to_torch(monkeypatch):
-    """`auto` tries triton first where it may (CUDA, opted in); a configuration the kernel rejects runs on the
-    torch path instead."""
-    import visionattn.kernels.na as na_mod
+def _cfg(q, ks=3):
+    from visionattn.kernels.checks import na_args
+
+    return na_args(q.dim() - 3, q, q, q, ks, 1, 1, False, None, None)
+
+
+def test_auto_policy_on_cuda(monkeypatch):
+    """On CUDA `auto` runs triton only when opted in (VISIONATTN_NA_AUTO_TRITON=1) and the kernel runs the
+    arguments; a configuration the kernel rejects runs on the torch path."""
+    from visionattn._environment import override
+    from visionattn.kernels import dispatch
 
     seen = []
-    be = na_mod._BACKENDS["triton"]
-    monkeypatch.setitem(na_mod._BACKENDS, "triton", be._replace(check=lambda *a: seen.append(1) or "no"))
-    monkeypatch.setattr(na_mod, "_auto_order", lambda q: ("triton", "torch"))
+    monkeypatch.setattr(dispatch, "_device", lambda q: "cuda")
+    monkeypatch.setitem(dispatch.NA_CHECKS, "triton", lambda *a: seen.append(1) or "no")
     q, k, v = _qkv()
-    torch.testing.assert_close(na2d(q, k, v, 3), na2d(q, k, v, 3, backend="torch"))
-    assert seen == [1]
+    cfg = _cfg(q)
+    assert dispatch.na_backend("auto", q, k, v, None, cfg) == "torch" and seen == []  # not opted in: not asked
+    with override(na_auto_triton=True):
+        assert dispatch.na_backend("auto", q, k, v, None, cfg) == "torch" and seen == [1]
+        torch.testing.assert_close(na2d(q, k, v, 3), na2d(q, k, v, 3, backend="torch"))
+        monkeypatch.setitem(dispatch.NA_CHECKS, "triton", lambda *a: None)
+        assert dispatch.na_backend("auto", q, k, v, None, cfg) == "triton"
+        monkeypatch.setattr(dispatch, "exporting", lambda: True)  # ONNX export / jit.trace: the torch path
+        monkeypatch.setitem(dispatch.NA_CHECKS, "triton", dispatch._na_triton)
+        assert dispatch.na_backend("auto", q, k, v, None, cfg) == "torch"
 
 
 def test_auto_is_torch_on_cpu_without_the_compiled_kernel(monkeypatch):
-    import visionattn.kernels.na as na_mod
+    from visionattn.kernels import dispatch, na
 
     # auto prefers the compiled CPU kernel (tests/test_na_cpu.py); where it is unavailable, the torch path
-    monkeypatch.setitem(na_mod._BACKENDS, "cpu", na_mod._BACKENDS["cpu"]._replace(check=lambda *a: "unavailable"))
+    monkeypatch.setitem(dispatch.NA_CHECKS, "cpu", lambda *a: "unavailable")
     seen = []
-    be = na_mod._BACKENDS["torch"]
-    monkeypatch.setitem(na_mod._BACKENDS, "torch", be._replace(run=lambda *a, **kw: seen.append(1) or (a[0], None)))
+    monkeypatch.setitem(na._RUN, "torch", lambda *a: seen.append(1) or (a[0], None))
     q, k, v = _qkv()
+    assert dispatch.na_backend("auto", q, k, v, None, _cfg(q)) == "torch"
     na2d(q, k, v, 3)
     assert seen == [1]
 
@@ -415,7 +431,7 @@ def _poisoned(cfg, which, value, seed=0):
 
 def _window_set(cfg, pos):
     """Queries whose window contains key position `pos` (NATTEN's mask predicate, one axis at a time)."""
-    from visionattn.kernels._na_index import axis_dense
+    from visionattn.kernels.na_reference import axis_dense
 
     spatial = cfg["spatial"]
     n = len(spatial)

@@ -19,15 +19,16 @@ import pytest
 import torch
 from na_cases import NA_CASES, assert_matches_reference, case_id, make_inputs, run_na
 
-import visionattn.kernels.na as na_mod
-from visionattn.kernels import _na_cpu, na1d, na2d, na3d
+from visionattn._environment import override, settings
+from visionattn.kernels import _na_cpu, dispatch, na, na1d, na2d, na3d
+from visionattn.kernels.checks import NAConfig, na_args
 
 FNS = {1: na1d, 2: na2d, 3: na3d}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
-    if os.environ.get("VISIONATTN_NA_CPU") == "0":
+    if not settings().na_cpu:
         pytest.skip("the NA CPU kernel is disabled (VISIONATTN_NA_CPU=0)")
     if not _na_cpu.available():
         if shutil.which(os.environ.get("CXX", "c++")):
@@ -203,26 +204,47 @@ def test_results_do_not_depend_on_threads():
 
 
 def test_auto_picks_the_kernel_on_cpu_but_not_while_exporting(monkeypatch):
-    seen = []
-    be = na_mod._BACKENDS["cpu"]
-    monkeypatch.setitem(na_mod._BACKENDS, "cpu", be._replace(run=lambda *a, **kw: seen.append(1) or be.run(*a, **kw)))
-    q, k, v, _ = make_inputs((9, 10), 3)
-    want = na2d(q, k, v, 3, backend="reference")
-    torch.testing.assert_close(na2d(q, k, v, 3), want)
-    assert seen == [1]
-    # while exporting (ONNX, torch.export) the graph holds the torch path
-    monkeypatch.setattr(na_mod, "exporting", lambda: True)
-    monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
-    torch.testing.assert_close(na2d(q, k, v, 3), want)
-    assert seen == [1]
+    """Without calibration (VISIONATTN_NA_CPU_CALIBRATE=0) `auto` runs the kernel wherever it can: not while
+    exporting."""
+    with override(na_cpu_calibrate=False):
+        seen = []
+        run = na._RUN["cpu"]
+        monkeypatch.setitem(na._RUN, "cpu", lambda *a: seen.append(1) or run(*a))
+        q, k, v, _ = make_inputs((9, 10), 3)
+        want = na2d(q, k, v, 3, backend="reference")
+        torch.testing.assert_close(na2d(q, k, v, 3), want)
+        assert seen == [1]
+        # while exporting (ONNX, torch.jit.trace) the graph holds the torch path
+        monkeypatch.setattr(dispatch, "exporting", lambda: True)
+        monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
+        torch.testing.assert_close(na2d(q, k, v, 3), want)
+        assert seen == [1]
+
+
+def test_auto_asks_the_kernel_preference(monkeypatch):
+    """On CPU `auto` runs the kernel only where `_na_cpu.preferred` chooses it, told whether a gradient is needed."""
+    asked = []
+    monkeypatch.setattr(_na_cpu, "preferred", lambda q, k, v, rpb, cfg, needs_grad: asked.append(needs_grad) or False)
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    cfg = na_args(2, q, k, v, 3, 1, 1, False, None, rpb)
+    assert dispatch.na_backend("auto", q, k, v, rpb, cfg) == "torch"
+    rpb.requires_grad_()
+    assert dispatch.na_backend("auto", q, k, v, rpb, cfg) == "torch"
+    with torch.no_grad():
+        assert dispatch.na_backend("auto", q, k, v, rpb, cfg) == "torch"
+    assert asked == [False, True, False]
+    monkeypatch.setattr(_na_cpu, "preferred", lambda *a: True)
+    assert dispatch.na_backend("auto", q, k, v, rpb, cfg) == "cpu"
+    assert dispatch.na_backend("cpu", q, k, v, rpb, cfg) == "cpu"  # an explicit backend is never second-guessed
 
 
 def test_opcheck():
     ops = torch.ops.visionattn_cpu
     q, k, v, rpb = make_inputs((6, 19), 3, heads=2, head_dim=4, dtype=torch.float64)
     for stride in ([1, 1], [1, 2]):
-        args = (*(t.requires_grad_() for t in (q, k, v, rpb)), [3, 3], stride, [2, 1], [False, True], 0.5)
-        torch.library.opcheck(ops.na_forward.default, args)
+        args = (q, k, v, rpb, [3, 3], stride, [2, 1], [False, True], 0.5)
+        # the op has no autograd of its own (visionattn::na_forward's runs its backward op)
+        torch.library.opcheck(ops.na_forward.default, args, test_utils=("test_schema", "test_faketensor"))
         with torch.no_grad():
             out, lse = ops.na_forward(*args)
         bargs = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), rpb.detach(), lse,
@@ -230,6 +252,7 @@ def test_opcheck():
         torch.library.opcheck(ops.na_backward.default, bargs)
     # and the package's op running this kernel
     cfg = [[3, 3], [1, 1], [2, 1], [False, True], 0.5]
+    q, k, v, rpb = (t.requires_grad_() for t in (q, k, v, rpb))
     torch.library.opcheck(torch.ops.visionattn.na_forward.default, (q, k, v, rpb, None, None, *cfg, "cpu", True, True))
 
 
@@ -299,16 +322,16 @@ def test_flop_counter_counts_the_op():
 
 
 def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
-    """tools/bench_kernels.py: `cpu` rows verified against the reference, timed beside `torch`, with the GEMM rate of
-    the same run (`--gemm-rate`: gflops / pct_gemm per NA row, speedup_vs_torch)."""
+    """`python -m tools.bench kernels`: `cpu` rows verified against the reference, timed beside `torch`, with the
+    GEMM rate of the same run (`--gemm-rate`: gflops / pct_gemm per NA row, speedup_vs_torch)."""
     import json
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    jsonl = tmp_path / "rows.jsonl"
-    out = subprocess.run([sys.executable, str(repo / "tools" / "bench_kernels.py"), "--op", "na", "--device", "cpu",
+    jsonl = tmp_path / "kernels.jsonl"
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "kernels", "--op", "na", "--device", "cpu",
                           "--verify", "--cases", "quick_12x14_k5", "--na-backends", "cpu", "cpu_norpb", "torch",
-                          "--gemm-rate", "--iters", "1", "--warmup", "0", "--jsonl", str(jsonl)],
+                          "--gemm-rate", "--reps", "1", "--warmup", "0", "--out-dir", str(tmp_path)],
                          capture_output=True, text=True, cwd=repo, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -322,18 +345,18 @@ def test_kernel_benchmark_rows_with_gemm_rate(tmp_path):
 
 
 def test_bench_na_cpu_tool(tmp_path):
-    """tools/bench_na_cpu.py: kernel rows with pct_gemm, model rows with GMAC/s beside the yardstick; user errors
-    are one line and exit 2."""
+    """`python -m tools.bench na-cpu`: kernel rows with pct_gemm, model rows with GMAC/s beside the yardstick; user
+    errors are one line and exit 2."""
     import csv
     from pathlib import Path
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_na_cpu.py"
-    run = lambda *a: subprocess.run([sys.executable, str(tool), *a], capture_output=True, text=True,  # noqa: E731
-                                    timeout=900)
-    out = run("--threads", "1", "--cases", "quick_12x14_k5", "--iters", "1", "--models", "nat_mini", "--batch", "1",
-              "--reps", "1", "--model-modes", "infer", "--csv", str(tmp_path / "rows.csv"))
+    repo = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tools.bench", "na-cpu", *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=repo, timeout=900)
+    out = run("--threads", "1", "--cases", "quick_12x14_k5", "--reps", "1", "--models", "nat_mini", "--batch", "1",
+              "--model-reps", "1", "--model-modes", "infer", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    with open(tmp_path / "rows.csv") as f:
+    with open(tmp_path / "na_cpu.csv") as f:
         rows = list(csv.DictReader(f))
     na = [r for r in rows if r["op"] == "na"]
     assert {r["backend"] for r in na} == {"cpu", "cpu_norpb", "torch", "torch_norpb"}
@@ -363,7 +386,7 @@ def test_build_info_names_the_target_it_was_built_for():
 
 def test_build_folder_is_keyed_by_target():
     """One cache folder per target (and source, compiler, torch): builds for other targets never collide."""
-    cxx = os.environ.get("CXX") or "c++"
+    cxx = settings().cxx
     src = b"int x;"
     folders = {_na_cpu._build_dir(cxx, m, kind, src) for m in ("x86-64-v3", "x86-64-v4", "") for kind in ("lib", "obj")}
     assert len(folders) == 6
@@ -414,12 +437,12 @@ def calibration(monkeypatch, tmp_path):
     monkeypatch.setattr(_na_cpu, "_cal", {})
     monkeypatch.setattr(_na_cpu, "_cal_read", set())
     monkeypatch.setattr(_na_cpu, "_calibration_file", lambda: tmp_path / "calibration.json")
-    monkeypatch.delenv("VISIONATTN_NA_CPU_CALIBRATE", raising=False)
-    return measured
+    with override(na_cpu_calibrate=True):
+        yield measured
 
 
 def _cfg(ks, n=2, stride=1, dilation=1, causal=False):
-    return na_mod.NAConfig((ks,) * n, (stride,) * n, (dilation,) * n, (causal,) * n, 0.25)
+    return NAConfig((ks,) * n, (stride,) * n, (dilation,) * n, (causal,) * n, 0.25)
 
 
 def test_preferred_follows_the_measured_timings(calibration, monkeypatch, tmp_path):
@@ -488,9 +511,8 @@ def test_preferred_times_nothing_where_it_must_not(calibration, monkeypatch):
     monkeypatch.setattr(_na_cpu, "capturing", lambda: True)
     assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
     monkeypatch.setattr(_na_cpu, "capturing", lambda: False)
-    monkeypatch.setenv("VISIONATTN_NA_CPU_CALIBRATE", "0")
-    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
-    monkeypatch.delenv("VISIONATTN_NA_CPU_CALIBRATE")
+    with override(na_cpu_calibrate=False):
+        assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
     assert _na_cpu.preferred(q[:0], k[:0], v[:0], rpb, _cfg(3), False) is True
     assert calibration == []
     monkeypatch.setattr(_na_cpu, "exporting", lambda: True)

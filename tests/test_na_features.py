@@ -23,7 +23,7 @@ from visionattn.kernels import (
     na3d_av,
     na3d_logits,
 )
-from visionattn.kernels._na_index import axis_dense
+from visionattn.kernels.na_reference import axis_dense
 
 FNS = {1: na1d, 2: na2d, 3: na3d}
 

@@ -64,11 +64,10 @@ def test_na2d_fp32(shape, kernel_size, dilation, with_rpb):
 @pytest.fixture
 def gpu_tiles():
     """The GPU's 64-position tiles (several tiles per map, mixed owned / iterated shapes) in the interpreter."""
-    from visionattn.kernels import na_triton
+    from visionattn._environment import override
 
-    na_triton.TILES_2D = ((1, 8, 8), (1, 4, 16))
-    yield
-    na_triton.TILES_2D = None
+    with override(na_triton_tiles_2d=((1, 8, 8), (1, 4, 16))):
+        yield
 
 
 @pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal", [
@@ -240,6 +239,15 @@ class _GuardedTorch:
         return all(torch.isnan(b[:n]).all() and torch.isnan(b[2 * n:]).all() for b, n in self.buffers)
 
 
+@pytest.fixture
+def device_tiles():
+    """The GPU's tile shapes in the interpreter."""
+    from visionattn._environment import override
+
+    with override(na_triton_device_tiles=True):
+        yield
+
+
 @pytest.mark.parametrize("shape,kernel_size,dilation,stride,is_causal,kv_heads", [
     ((1, 13, 19, 1, 16), 5, 1, 1, False, 1),
     ((1, 20, 17, 1, 16), 3, (2, 1), (1, 2), (False, True), 1),
@@ -247,14 +255,14 @@ class _GuardedTorch:
     ((1, 5, 6, 7, 1, 16), (3, 3, 5), (1, 2, 1), 1, (False, False, True), 1),
     ((1, 11, 13, 3, 16), 3, (1, 2), 1, False, 1),  # MQA: the dK/dV programs loop over the query heads
 ])
-def test_no_out_of_bounds_access(monkeypatch, shape, kernel_size, dilation, stride, is_causal, kv_heads):
+def test_no_out_of_bounds_access(monkeypatch, device_tiles, shape, kernel_size, dilation, stride, is_causal,
+                                 kv_heads):
     """The GPU's tile shapes, every input, output and scratch buffer fenced by NaN guards: forward and backward
     read and write inside their tensors only, and cover every output element."""
     from visionattn.kernels import na_triton
 
     guard = _GuardedTorch()
     monkeypatch.setattr(na_triton, "torch", guard)
-    monkeypatch.setattr(na_triton, "DEVICE_TILES", True)
     rank = len(shape) - 3
     ks = (kernel_size,) * rank if isinstance(kernel_size, int) else kernel_size
     gen = torch.Generator().manual_seed(0)

@@ -17,7 +17,8 @@ from parity_utils import case_names, load_case, manifest_names, max_abs_diff, of
 from timm.layers import LayerScale
 
 import visionattn
-from visionattn.backbones.nat import NAT, NATDense, NATIsotropic, _rpb_index, checkpoint_filter_fn
+from visionattn.backbones.nat import NAT, NATIsotropic, _rpb_index, checkpoint_filter_fn
+from visionattn.mm.dense import NATDense
 from visionattn.official.nat import NATransformerLayer, VisionTransformerLayer
 
 FAMILIES = ("nat", "dinat")

@@ -214,10 +214,10 @@ def test_demo_reaches_95(tmp_path):
 
 def test_tools_are_thin_and_edit_no_sys_path():
     """The trainer lives in the package; the tools parse arguments and make one call."""
-    for name in ("train", "validate", "demo", "make_configs"):
+    for name in ("train", "validate", "demo", "make_configs", "convert_checkpoint"):
         text = (ROOT / "tools" / f"{name}.py").read_text()
         assert "sys.path" not in text, name
-    for name in ("train", "validate"):
+    for name in ("train", "validate", "convert_checkpoint"):
         code = [line for line in (ROOT / "tools" / f"{name}.py").read_text().split('"""')[-1].splitlines()
                 if line.strip()]
         assert len(code) <= 6, (name, code)

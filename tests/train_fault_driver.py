@@ -8,6 +8,10 @@ save just wrote before the kill), or from this process after a random delay. The
 final weights (model and EMA), best weights, step / epoch counters, log rows, leftovers.
 
     python tests/train_fault_driver.py --data DIR --work DIR [--points all|0,6,8] [--random N] [--seed S]
+    python tests/train_fault_driver.py --data DIR --work DIR --pick 6:write_safetensors:model.safetensors:torn,...
+
+`--pick` names single kill points instead of sweeping steps: STEP:OP[:PATH-SUBSTRING][:torn], the first operation of
+that name at that optimizer step whose path contains the substring.
 
 Prints one JSON object per run on stdout and a summary object last.
 """
@@ -186,6 +190,19 @@ def compare(ref: Path, run: Path) -> dict:
     return out
 
 
+def _pick(ops: list, spec: str) -> tuple[int, bool]:
+    """The kill point STEP:OP[:PATH-SUBSTRING][:torn] names: (1-based operation index, torn)."""
+    parts = spec.split(":")
+    torn = parts[-1] == "torn"
+    if torn:
+        parts = parts[:-1]
+    step, name, sub = int(parts[0]), parts[1], parts[2] if len(parts) > 2 else ""
+    for i, (s, n, path) in enumerate(ops):
+        if s == step and n == name and sub in os.path.basename(path):
+            return i + 1, torn
+    raise SystemExit(f"--pick {spec}: no such operation in the reference run")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -196,6 +213,7 @@ def main() -> int:
     p.add_argument("--random", type=int, default=0, help="random-time kills")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-points", type=int, default=0, help="0: all selected points")
+    p.add_argument("--pick", default="", help="comma-separated STEP:OP[:PATH-SUBSTRING][:torn] kill points")
     args = p.parse_args()
     _warm_imports()
     work = Path(args.work)
@@ -213,15 +231,18 @@ def main() -> int:
         print(json.dumps({"error": "reference run failed", "rc": rc, "signal": sig, "log": tail(work / "ref.log")}))
         return 1
     ops = json.loads((work / "ops.json").read_text())
-    steps = None if args.points == "all" else {int(x) for x in args.points.split(",")}
-    points = [i + 1 for i, (step, _, _) in enumerate(ops) if steps is None or step in steps]
-    points.append(len(ops) + 1)  # after the last operation: the run ends normally (no kill)
-    if args.max_points and len(points) > args.max_points:
-        points = sorted(random.Random(args.seed).sample(points, args.max_points))
-    variants = [(k, False) for k in points]
-    if args.torn:
-        variants += [(i + 1, True) for i, (step, name, _) in enumerate(ops)
-                     if (steps is None or step in steps) and name in ("write_safetensors", "torch.save")]
+    if args.pick:
+        variants = [_pick(ops, spec) for spec in args.pick.split(",")]
+    else:
+        steps = None if args.points == "all" else {int(x) for x in args.points.split(",")}
+        points = [i + 1 for i, (step, _, _) in enumerate(ops) if steps is None or step in steps]
+        points.append(len(ops) + 1)  # after the last operation: the run ends normally (no kill)
+        if args.max_points and len(points) > args.max_points:
+            points = sorted(random.Random(args.seed).sample(points, args.max_points))
+        variants = [(k, False) for k in points]
+        if args.torn:
+            variants += [(i + 1, True) for i, (step, name, _) in enumerate(ops)
+                         if (steps is None or step in steps) and name in ("write_safetensors", "torch.save")]
 
     for k, torn in variants:
         run = work / f"k{k}{'t' if torn else ''}"

@@ -2,10 +2,12 @@
 
     python tools/export_onnx.py biformer_t --img-size 224 --out out/biformer_t.onnx
 
-The last line printed is one JSON object: model, onnx, max_abs_diff, ort_ms, torch_ms, opset (the opset the
-file declares; --opset must be one the dynamo exporter writes, 18..25). The tool overwrites only ONNX files it
-wrote itself (marked in their metadata); any other existing file needs --overwrite. User errors: one line on
-stderr, exit 2; a parity failure (|ort - torch| > --atol): exit 1.
+The last line printed is one JSON object: model, onnx, max_abs_diff, opset (the opset the file declares; --opset
+must be one the dynamo exporter writes, 18..25), the latency of onnxruntime and of PyTorch eager on the exported
+module at --batch (`onnx_p50_ms`, p90, p99, mean; `eager_*`: the benchmarks' timer, --warmup calls then --reps
+timed ones) and what they were measured on (threads, CPU model and ISA, versions; tools/bench/env.py). The tool
+overwrites only ONNX files it wrote itself (marked in their metadata); any other existing file needs
+--overwrite. User errors: one line on stderr, exit 2; a parity failure (|ort - torch| > --atol): exit 1.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 import timm
 import torch
 from bench.cli import Parser, fail, int_in, nonneg_float, nonneg_int, positive_int
+from bench.env import environment
+from bench.timing import latency
 
 import visionattn
 from visionattn.export import ONNX_OPSETS, OnnxParityError, export_onnx, is_own_export
@@ -40,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--slim", action="store_true", help="run onnxslim on the exported graph")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for onnxruntime and PyTorch")
     p.add_argument("--atol", type=nonneg_float, default=1e-4, help="max allowed |onnxruntime - PyTorch| on logits")
-    p.add_argument("--reps", type=positive_int, default=20)
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed calls before timing")
+    p.add_argument("--reps", type=positive_int, default=20, help="timed calls: p50 / p90 / p99 / mean ms")
     args = p.parse_args(argv)
     if args.img_size is not None and len(args.img_size) > 2:
         p.error(f"argument --img-size: expected H or H W, got {len(args.img_size)} values")
@@ -87,15 +92,25 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         res = export_onnx(model, out, img_size=img, batch=args.batch, opset=args.opset, dynamic=args.dynamic,
                           fuse=not args.no_fuse, atol=args.atol, threads=args.threads, slim=args.slim,
-                          reps=args.reps)
+                          return_session=True)
     except OnnxParityError as err:
         return fail(str(err), code=1)
     except (ValueError, AssertionError) as err:
         # a size the model rejects, a checkpoint that does not fit, an opset the exporter cannot write here
         return fail(f"{args.model}: {type(err).__name__}: {err}")
-    res["model"] = args.model
+    sess, module, x = res.pop("session"), res.pop("module"), res.pop("input")
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    timing = dict(warmup=args.warmup, reps=args.reps)
+    with torch.no_grad():
+        res.update({f"onnx_{k}": v for k, v in latency(lambda: sess.run(None, feed), **timing).items()})
+        res.update({f"eager_{k}": v for k, v in latency(lambda: module(x), **timing).items()})
+    res.update(model=args.model, batch=args.batch, warmup=args.warmup, reps=args.reps,
+               onnx_threads=args.threads or "onnxruntime default",
+               **environment("cpu", ("onnx", "onnxruntime")))
     print(f"{args.model}: exported with the {res.pop('exporter')} exporter to {out}; "
-          f"max |ort - torch| = {res['max_abs_diff']:.2e}; ort {res['ort_ms']:.2f} ms, torch {res['torch_ms']:.2f} ms")
+          f"max |ort - torch| = {res['max_abs_diff']:.2e}; batch {args.batch}, p50 / p90 / p99 ms: onnxruntime "
+          f"{res['onnx_p50_ms']:.2f} / {res['onnx_p90_ms']:.2f} / {res['onnx_p99_ms']:.2f}, eager "
+          f"{res['eager_p50_ms']:.2f} / {res['eager_p90_ms']:.2f} / {res['eager_p99_ms']:.2f}")
     print(json.dumps(res))
     return 0
 

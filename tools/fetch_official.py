@@ -4,11 +4,11 @@
     python tools/fetch_official.py --mirror-root /path/to/mirrors    # from local mirrors (bare or not)
     python tools/fetch_official.py --family biformer --mirror rayleizhu/BiFormer=/srv/git/BiFormer.git
 
-Each repository lands in .cache/official/<name> (checked out at the pinned commit, detached), the cache tools/
-bench_official.py reads. Nothing of it is ever committed (.cache/ is git-ignored). Repositories and commits come
-from the fixtures' JSON (`official_repo`, `official_commit`; VISIONATTN_PARITY_DIR, default ../shared/parity).
-A folder already there is reused when it is a git checkout at that commit (or an export whose COMMIT file names
-it), and otherwise left as it is (exit 2): the tool never deletes or changes what it did not make.
+Each repository lands in .cache/official/<name> (checked out at the pinned commit, detached), the cache
+`python -m tools.bench official` reads. Nothing of it is ever committed (.cache/ is git-ignored). Repositories and
+commits come from the fixtures' JSON (`official_repo`, `official_commit`; VISIONATTN_PARITY_DIR, default
+../shared/parity). A folder already there is reused when it is a git checkout at that commit (or an export whose
+COMMIT file names it), and otherwise left as it is (exit 2): the tool never deletes or changes what it did not make.
 A mirror under --mirror-root is looked up as <owner>+<name>/repo, <owner>+<name>, <owner>/<name>, <name>.git
 or <name>. User errors: one line on stderr, exit 2.
 """

@@ -2,10 +2,16 @@
 
     python tools/train.py --config configs/imagenet/nat_mini.yaml data_dir=/data/imagenet [key=value ...]
 
-Every config key is listed with its default in `visionattn.train.DEFAULTS`; `key=value` overrides are parsed
-as YAML and dotted keys reach into mappings (`distill.type=hard`, `model_kwargs.embed_dim=32`; in a YAML flow
-mapping put a space after each colon: `model_kwargs={embed_dim: 32}`). `batch_size` is per process;
-`lr: null` means `lr_base * global_batch / lr_base_size`.
+Every config key is listed with its default and meaning in `visionattn.train.KEYS`; `key=value` overrides are
+parsed as YAML and dotted keys reach into mappings (`distill.type=hard`, `model_kwargs.embed_dim=32`; in a YAML
+flow mapping put a space after each colon: `model_kwargs={embed_dim: 32}`). `batch_size` is per process;
+`lr: null` means `lr_base * global_batch / lr_base_size`. `--print-recipe` prints the effective recipe for this
+number of processes (as under torchrun) and batch beside the official run's, and exits.
+
+Starting weights: `pretrained=true` (or a name such as dinat_large.in22k; `pretrained_path=FILE` for a local
+copy) or `initial_checkpoint=FILE` (official or ours), read through the model family's checkpoint filter: the
+classifier is re-initialised for another class count, anything else that does not fit stops the run (exit 2).
+Fine-tune recipes (configs/imagenet, `finetune_from`) refuse to start without their starting weights.
 
 Distributed (DDP; nccl on GPU, gloo on CPU): `torchrun --nproc_per_node=8 tools/train.py --config ...`; several
 nodes: the same command on every node with `--nnodes=N --node_rank=I --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT`.

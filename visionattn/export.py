@@ -1,10 +1,9 @@
-"""ONNX export (torch.onnx's dynamo exporter) with onnxruntime parity and CPU latency, for any zoo model."""
+"""ONNX export (torch.onnx's dynamo exporter) with onnxruntime parity, for any zoo model. Latency is measured by
+the benchmarks' one timer and protocol (tools/bench; tools/export_onnx.py reports it)."""
 from __future__ import annotations
 
 import contextlib
 import os
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -13,8 +12,7 @@ from torch import nn
 
 from .utils import attn_modules, fuse_for_inference, is_reparameterizable, set_attn_backend
 
-__all__ = ["ONNX_OPSETS", "OnnxParityError", "export_onnx", "save_onnx", "onnx_opset", "is_own_export", "ort_session",
-           "time_fn"]
+__all__ = ["ONNX_OPSETS", "OnnxParityError", "export_onnx", "save_onnx", "onnx_opset", "is_own_export", "ort_session"]
 
 # Opsets the dynamo exporter writes: it builds the graph at opset 18 (torch.onnx's torchlib opset) and
 # converts upward with onnxscript's version converter, which supports targets up to 25. Lower targets go
@@ -28,20 +26,6 @@ class OnnxParityError(AssertionError):
 
 # metadata key marking a file this module wrote (tools overwrite only their own files)
 _MARK = "visionattn.export"
-
-
-def time_fn(fn, warmup: int = 3, reps: int = 10) -> float:
-    """Median wall time of `fn()` in milliseconds after `warmup` calls."""
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None):
@@ -153,23 +137,23 @@ def export_onnx(
     atol: float = 1e-4,
     threads: int | None = None,
     slim: bool = False,
-    reps: int = 10,
     check: bool = True,
+    return_session: bool = False,
 ) -> dict:
     """Export `model` (a module or a zoo model name) to ONNX at `opset` and validate it with onnxruntime.
 
     Attention kernels switch to their exportable `torch` path; re-parameterisable models are fused first
-    (`fuse=False` keeps them as they are). Returns model / onnx / max_abs_diff / ort_ms / torch_ms / opset
-    (the opset in the file) and exporter; raises OnnxParityError (an AssertionError) when `check` and the logits
-    differ by more than `atol`, ValueError for bad arguments or when the exporter cannot write `opset`.
+    (`fuse=False` keeps them as they are). Returns model / onnx / max_abs_diff / opset (the opset in the file)
+    and exporter, with `return_session` also `session` (the onnxruntime session), `module` (the exported,
+    eval-mode module) and `input` (the example input), what a latency measurement needs; raises OnnxParityError
+    (an AssertionError) when `check` and the logits differ by more than `atol`, ValueError for bad arguments or
+    when the exporter cannot write `opset`.
     """
     import timm
 
     check_opset(opset)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
-        raise ValueError(f"reps must be an integer >= 1, got {reps!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
     if img_size is not None:
@@ -203,15 +187,9 @@ def export_onnx(
     feed = {in_name: x.numpy()}
     got = torch.from_numpy(sess.run(None, feed)[0])
     diff = (got.double() - ref.double()).abs().max().item()
-    result = {
-        "model": name,
-        "onnx": str(path),
-        "max_abs_diff": diff,
-        "ort_ms": time_fn(lambda: sess.run(None, feed), reps=reps),
-        "torch_ms": time_fn(lambda: model(x), reps=reps),
-        "opset": written,
-        "exporter": "dynamo",
-    }
+    result = {"model": name, "onnx": str(path), "max_abs_diff": diff, "opset": written, "exporter": "dynamo"}
     if check and not diff <= atol:
         raise OnnxParityError(f"{name}: onnxruntime differs from PyTorch by {diff:.3e} > atol {atol:.0e}")
+    if return_session:
+        result.update(session=sess, module=model, input=x)
     return result

@@ -1,22 +1,99 @@
-# RetinaNet 1x, BiFormer-S, official det/seg settings (n_win 16 det / 8 seg, auto_pad, extra_norms; spec biformer.md
-# s.6).
+# RetinaNet 1x (single-scale 1333x800), biformer_s; official README: box AP 45.9.
+# Official: github.com/rayleizhu/BiFormer@1697bbbeafb8 object_detection/configs/coco/retinanet.1x.biformer_small.py
+# (mixed precision there: add --amp); 2 images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official
+# file (values carried over as they are).
 _base_ = [
-    "./_base_/models/retinanet_fpn.py",
-    "./_base_/datasets/coco_detection.py",
-    "./_base_/schedules/schedule_1x.py",
-    "./_base_/default_runtime.py",
+    './_base_/models/retinanet_fpn.py',
+    './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(
         _delete_=True,
-        type="BiFormerMM",
-        model_name="biformer_s",
-        out_indices=(1, 2, 3),
+        type='BiFormerMM',
+        model_name='biformer_s',
+        out_indices=(0, 1, 2, 3),
+        depth=[4, 4, 18, 4],
+        embed_dim=[64, 128, 256, 512],
+        mlp_ratios=[3, 3, 3, 3],
         n_win=16,
+        kv_downsample_mode='identity',
+        kv_per_wins=[-1, -1, -1, -1],
+        topks=[1, 4, 16, -2],
+        side_dwconv=5,
+        before_attn_dwconv=3,
+        layer_scale_init_value=-1,
+        qk_dims=[64, 128, 256, 512],
+        head_dim=32,
+        param_routing=False,
+        diff_routing=False,
+        soft_routing=False,
+        pre_norm=True,
+        pe=None,
+        auto_pad=True,
         drop_path_rate=0.2,
-        norm_eval=True,
-        init_cfg=dict(type="Pretrained", checkpoint=None),
+        disable_bn_grad=False,
+        init_cfg=dict(type='Pretrained', checkpoint=None),
     ),
-    neck=dict(in_channels=[128, 256, 512]),
+    neck=dict(
+        type='FPN',
+        in_channels=[64, 128, 256, 512],
+        out_channels=256,
+        start_level=1,
+        add_extra_convs='on_input',
+        num_outs=5,
+    ),
+    bbox_head=dict(
+        type='RetinaHead',
+        num_classes=80,
+        in_channels=256,
+        stacked_convs=4,
+        feat_channels=256,
+        anchor_generator=dict(
+            type='AnchorGenerator',
+            octave_base_scale=4,
+            scales_per_octave=3,
+            ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32, 64, 128],
+        ),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[0.0, 0.0, 0.0, 0.0],
+            target_stds=[1.0, 1.0, 1.0, 1.0],
+        ),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=1.0),
+    ),
+    train_cfg=dict(
+        assigner=dict(
+            type='MaxIoUAssigner',
+            pos_iou_thr=0.5,
+            neg_iou_thr=0.4,
+            min_pos_iou=0,
+            ignore_iof_thr=-1,
+        ),
+        allowed_border=-1,
+        pos_weight=-1,
+        debug=False,
+    ),
+    test_cfg=dict(
+        nms_pre=1000,
+        min_bbox_size=0,
+        score_thr=0.05,
+        nms=dict(type='nms', iou_threshold=0.5),
+        max_per_img=100,
+    ),
 )
-optim_wrapper = dict(optimizer=dict(lr=0.0001, weight_decay=0.0001))
+train_dataloader = dict(batch_size=2)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=0.0001, weight_decay=0.0001),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

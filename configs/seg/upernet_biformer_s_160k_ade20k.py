@@ -1,22 +1,107 @@
-# UPerNet 160k ADE20K, BiFormer-S, official det/seg settings (n_win 16 det / 8 seg, auto_pad, extra_norms; spec
-# biformer.md s.6).
+# UPerNet 160k ADE20K 512x512, biformer_s; official README: mIoU single-scale / multi-scale 49.8 / 50.8.
+# Official: github.com/rayleizhu/BiFormer@1697bbbeafb8 semantic_segmentation/configs/ade20k/upernet.biformer_small.py
+# (mixed precision there: add --amp); 2 images per GPU x 8 GPUs. Written by tools/make_mm_configs.py from the official
+# file (values carried over as they are). Multi-scale + flip test: tools/seg_test.py --tta (ratios [0.5, 0.75, 1.0,
+# 1.25, 1.5, 1.75]).
 _base_ = [
-    "./_base_/models/upernet.py",
-    "./_base_/datasets/ade20k.py",
-    "./_base_/schedules/schedule_160k.py",
-    "./_base_/default_runtime.py",
+    './_base_/models/upernet.py',
+    './_base_/datasets/ade20k.py',
+    './_base_/schedules/schedule_160k.py',
+    './_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(
         _delete_=True,
-        type="BiFormerMM",
-        model_name="biformer_s",
+        type='BiFormerMM',
+        model_name='biformer_s',
         out_indices=(0, 1, 2, 3),
+        depth=[4, 4, 18, 4],
+        embed_dim=[64, 128, 256, 512],
+        mlp_ratios=[3, 3, 3, 3],
         n_win=8,
+        kv_downsample_mode='identity',
+        kv_per_wins=[-1, -1, -1, -1],
+        topks=[1, 4, 16, -2],
+        side_dwconv=5,
+        before_attn_dwconv=3,
+        layer_scale_init_value=-1,
+        qk_dims=[64, 128, 256, 512],
+        head_dim=32,
+        param_routing=False,
+        diff_routing=False,
+        soft_routing=False,
+        pre_norm=True,
+        pe=None,
+        auto_pad=True,
         drop_path_rate=0.3,
-        init_cfg=dict(type="Pretrained", checkpoint=None),
+        init_cfg=dict(type='Pretrained', checkpoint=None),
     ),
-    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
-    auxiliary_head=dict(in_channels=256, num_classes=150),
+    decode_head=dict(
+        type='UPerHead',
+        in_channels=[64, 128, 256, 512],
+        in_index=[0, 1, 2, 3],
+        pool_scales=(1, 2, 3, 6),
+        channels=512,
+        dropout_ratio=0.1,
+        num_classes=150,
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+    ),
+    auxiliary_head=dict(
+        type='FCNHead',
+        in_channels=256,
+        in_index=2,
+        channels=256,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=150,
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4),
+    ),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'),
+    data_preprocessor=dict(size=(512, 512)),
 )
-optim_wrapper = dict(optimizer=dict(lr=6e-05, weight_decay=0.01))
+train_dataloader = dict(batch_size=2)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-05, weight_decay=0.01, betas=(0.9, 0.999)),
+    paramwise_cfg=dict(
+        custom_keys=dict(
+            absolute_pos_embed=dict(decay_mult=0.0),
+            relative_position_bias_table=dict(decay_mult=0.0),
+            norm=dict(decay_mult=0.0),
+        ),
+    ),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-06, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [
+                dict(type='Resize', scale_factor=0.5, keep_ratio=True),
+                dict(type='Resize', scale_factor=0.75, keep_ratio=True),
+                dict(type='Resize', scale_factor=1.0, keep_ratio=True),
+                dict(type='Resize', scale_factor=1.25, keep_ratio=True),
+                dict(type='Resize', scale_factor=1.5, keep_ratio=True),
+                dict(type='Resize', scale_factor=1.75, keep_ratio=True),
+            ],
+            [
+                dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+            ],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')],
+        ],
+    ),
+]

@@ -1,3 +1,4 @@
+# No official segmentation recipe (the official repository has no segmentation code or config): ours, Swin-style.
 # UPerNet 160k ADE20K, EfficientViM-M4; TransConvFPN with pre_norm (det); Semantic FPN on the 3 maps + max-pool level
 # (official).
 _base_ = [

@@ -1,3 +1,4 @@
+# No official segmentation recipe (the official repository has no segmentation code or config): ours, Swin-style.
 # UPerNet 160k ADE20K, SHViT-S4; strides 16/32/64 -> TransConvFPN (transposed convs make strides 8 and 4), BN frozen
 # for det.
 _base_ = [

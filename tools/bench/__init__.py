@@ -1,7 +1,9 @@
-"""The benchmark runner shared by tools/benchmark.py, tools/bench_kernels.py and tools/gpu_check.py.
+"""The benchmarks: one front door (`python -m tools.bench <suite>`, `__main__.py`) over a registry of suites
+(`suites/`), one timer (`timing`), one latency protocol with presets (`protocol`), the runtime modes a model is
+timed in (`runtimes`), what a figure was measured on (`env`), every report rendered in one place (`report`), the
+kernel cases and baselines (`na`, `bra`, `gemm`), model-level measurements (`models`, `gmacs`), the official-code
+worker (`official`) and argument helpers (`cli`: one-line errors, exit code 2).
 
-Not part of the installed package: the tools put this folder's parent (tools/) on the path by being run
-as scripts (`python tools/<tool>.py`). `timing` holds the one timing / sync / peak-memory helper,
-`na` / `bra` the kernel cases and their baselines, `models` the model-level measurements, `report` the
-table writers, `cli` the argument helpers (one-line errors, exit code 2).
+Not part of the installed package. Importing this package imports no torch (the GPU check's orchestrator and
+`--render` run without it).
 """

@@ -7,14 +7,13 @@ mask built from the routing index (CUDA). Layout `[B, H, W, heads, head_dim]`, r
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from visionattn.kernels.bra import region_mean, region_topk, routed_attention
 
 from .report import row_id
-from .timing import Deadline, TimeUp, error_text, measure, sync
+from .timing import Deadline, TimeUp, error_text, first_call_s, measure
 
 # BiFormer-S routed stages: (stride, dim, heads, topk); n_win 7, qk_dim = dim, scale dim ** -0.5.
 BIFORMER_S_STAGES = ((4, 64, 2, 1), (8, 128, 4, 4), (16, 256, 8, 16))
@@ -114,9 +113,10 @@ def verify(impls, sizes=(56,), device="cpu", dtype=torch.float32, *, compile_fle
 
 
 def rows(sizes, impls, *, device="cpu", dtype=torch.float32, batch: int = 1, stages=(0, 1, 2),
-         modes=("fwd", "fwdbwd"), warmup: int = 2, iters: int = 5, max_s: float | None = None,
-         deadline: Deadline | None = None, emit=None, done=frozenset()) -> list[dict]:
-    """One row per (input size, stage, impl, mode): time_ms, peak_mb, and ratios to the gather `reference`.
+         modes=("fwd", "fwdbwd"), warmup: int = 2, iters: int = 5, timer: str = "wall",
+         max_s: float | None = None, deadline: Deadline | None = None, emit=None, done=frozenset()) -> list[dict]:
+    """One row per (input size, stage, impl, mode): p50_ms / p90_ms / p99_ms / mean_ms, peak_mb, and ratios (of p50
+    times, of peaks) to the gather `reference`.
 
     Rows whose `row_id` is in `done` (measured by an earlier, interrupted run) are left out."""
     device = torch.device(device)
@@ -148,22 +148,19 @@ def rows(sizes, impls, *, device="cpu", dtype=torch.float32, batch: int = 1, sta
                             def call(fn=fn, leaves=leaves):
                                 with torch.no_grad():
                                     fn(*leaves)
-                        t0 = time.perf_counter()
-                        call()
-                        sync(device)
-                        first = time.perf_counter() - t0
+                        first = first_call_s(call, device)
                         if impl == "flex":
                             row["compile_s"] = first
-                        row.update(measure(call, device, warmup=max(0, warmup - 1), iters=iters if first < 2 else 1,
-                                           max_s=max_s, deadline=deadline))
+                        row.update(measure(call, device, warmup=max(0, warmup - 1), reps=iters if first < 2 else 1,
+                                           timer=timer, max_s=max_s, deadline=deadline))
                     except TimeUp as err:
                         row["note"] = f"skipped: {err}"
                     except Exception as err:  # noqa: BLE001 - a backend unavailable here (e.g. triton without CUDA)
                         row["error"] = error_text(err)
-                    if impl == "reference" and "time_ms" in row:
+                    if impl == "reference" and "p50_ms" in row:
                         ref[mode] = row
-                    elif mode in ref and "time_ms" in row:
-                        row["speedup_vs_gather"] = ref[mode]["time_ms"] / row["time_ms"]
+                    elif mode in ref and "p50_ms" in row:
+                        row["speedup_vs_gather"] = ref[mode]["p50_ms"] / row["p50_ms"]
                         if row.get("peak_mb", 0) > 0:
                             row["mem_ratio_vs_gather"] = ref[mode]["peak_mb"] / row["peak_mb"]
                     out.append(row)

@@ -112,3 +112,50 @@ def device_arg(text: str):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def prog(suite: str) -> str:
+    """The program name a suite's messages start with."""
+    return f"python -m tools.bench {suite}"
+
+
+def check_out_dir(parser: argparse.ArgumentParser, path, flag: str = "--out-dir") -> None:
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        parser.error(f"argument {flag}: {path} exists and is not a directory")
+
+
+def add_timing_args(p: argparse.ArgumentParser, *, warmup: int, reps: int, reps_flag: str = "--reps") -> None:
+    """`--warmup`, the timed-calls count and `--timer` of the kernel-level suites."""
+    p.add_argument("--warmup", type=nonneg_int, default=warmup, help=f"untimed calls first (default {warmup})")
+    p.add_argument(reps_flag, type=positive_int, default=reps, help=f"timed calls (default {reps}): p50 / p90 / p99")
+    p.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time (steadier on a shared machine; use with one thread)")
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """`--protocol` (a preset of tools/bench/protocol.py) and the fields an explicit argument overrides."""
+    from .protocol import PRESETS
+
+    p.add_argument("--protocol", choices=sorted(PRESETS), default="default",
+                   help="latency protocol preset: default (3 warm-up, 10 timed, bs1 latency, bs8 throughput), timm "
+                        "(timm's benchmark.py: 10 warm-up, 40 timed, batch 256), shvit (SHViT's speed_test.py: 10 s "
+                        "warm-up, 60 s timed, CPU 1 thread batch 16, GPU batch 256 fp16 autocast)")
+    p.add_argument("--warmup", type=nonneg_int, default=None, help="untimed calls first (default: the preset's)")
+    p.add_argument("--warmup-s", type=nonneg_float, default=None, help="warm-up goes on for at least this many s")
+    p.add_argument("--reps", type=positive_int, default=None, help="timed calls (default: the preset's)")
+    p.add_argument("--min-time-s", type=nonneg_float, default=None,
+                   help="timed calls go on until they sum to this many seconds")
+    p.add_argument("--batch", type=positive_int, default=None, help="throughput batch (default: the preset's)")
+    p.add_argument("--latency-batch", type=positive_int, default=None,
+                   help="latency batch (default: the preset's; 1 in default)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the preset's, else all)")
+
+
+def resolve_protocol(args, device: str):
+    from .protocol import resolve
+
+    return resolve(args.protocol, device, warmup=args.warmup, warmup_s=args.warmup_s, reps=args.reps,
+                   min_time_s=args.min_time_s, batch=args.batch, latency_batch=args.latency_batch,
+                   threads=args.threads)

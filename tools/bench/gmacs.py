@@ -7,22 +7,21 @@ A model with NA / BRA modules gets one row per attention backend.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import timm
 import torch
 
 from visionattn.utils import attn_modules, set_attn_backend
 
 from .models import flops_per_image
+from .timing import clock, summarize
 
 
 def gmac_rate_rows(names, backends=("torch", "cpu"), *, batch: int = 8, img_size: int = 224, reps: int = 7,
                    warmup: int = 1, mode: str = "infer", timer: str = "wall") -> list[dict]:
-    """One row per (model, backend): GMACs/img, median ms per batch, img/s, GMAC/s and `vs_yardstick`, the
-    GMAC/s ratio to the first model of `names`. `timer="cpu"`: process CPU time (one thread only)."""
-    clock = time.process_time if timer == "cpu" else time.perf_counter
+    """One row per (model, backend): GMACs/img, p50 / p90 / p99 / mean ms per batch, img/s and GMAC/s (of the p50
+    time) and `vs_yardstick`, the GMAC/s ratio to the first model of `names`. `timer="cpu"`: process CPU time (one
+    thread only)."""
+    tick = clock(timer)
     x = torch.randn(batch, 3, img_size, img_size)
     variants, models, gmacs = [], {}, {}
     for name in names:
@@ -50,14 +49,15 @@ def gmac_rate_rows(names, backends=("torch", "cpu"), *, batch: int = 8, img_size
     times = {v: [] for v in variants}
     for _ in range(reps):
         for v in variants:
-            t0 = clock()
+            t0 = tick()
             run(v)
-            times[v].append(clock() - t0)
+            times[v].append(tick() - t0)
     rows, base = [], None
     for name, be in variants:
-        t = statistics.median(times[(name, be)])
+        stats = summarize(times[(name, be)])
+        t = stats["p50_ms"] / 1e3
         rate = (3 if mode == "train" else 1) * gmacs[name] * batch / t
         base = base or rate
-        rows.append(dict(model=name, backend=be or "-", mode=mode, batch=batch, gmacs=gmacs[name], ms=1e3 * t,
+        rows.append(dict(model=name, backend=be or "-", mode=mode, batch=batch, gmacs=gmacs[name], **stats,
                          img_s=batch / t, gmac_s=rate, vs_yardstick=rate / base))
     return rows

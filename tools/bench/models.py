@@ -1,23 +1,23 @@
-"""Model-level measurements: inference latency / throughput (eager, torch.compile, onnxruntime, AMP), and the
-training step (forward + backward + AdamW, bf16 autocast) in img/s, each with its peak memory.
+"""Model-level measurements: inference latency / throughput per runtime mode (tools/bench/runtimes.py) under a
+latency protocol (protocol.py), and the GPU check's training step (forward + backward + AdamW, bf16 autocast) and
+inference throughput in img/s, each with its peak memory.
 
 Models come from timm by name (zoo models registered by `import visionattn`, or timm's own as yardsticks);
 `attn_backend` switches the kernels of the models that have NA / BRA modules (others have one row, "-").
 """
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import timm
 import torch
 
 import visionattn
-from visionattn.export import ort_session, save_onnx
 from visionattn.utils import attn_modules, fuse_for_inference, is_reparameterizable, set_attn_backend
 
-from .timing import Deadline, TimeUp, error_text, peak_mb, sync, time_ms
+from .protocol import Protocol
+from .runtimes import RUNTIMES, Context
+from .timing import Deadline, TimeUp, error_text, first_call_s, latency, peak_mb, sync
 
 # conv-heavy NCHW models whose convolutions run faster in channels-last on GPU
 CHANNELS_LAST = ("convnext_*", "biformer_*", "efficientvim_*", "shvit_*")
@@ -52,74 +52,69 @@ def backends_of(model) -> tuple[str, ...]:
     return tuple(b for b in type(mods[0]).backends if all(b in type(m).backends for m in mods))
 
 
-@torch.no_grad()
-def inference_row(name: str, *, device, modes, img_size=None, batch: int = 8, warmup: int = 3, reps: int = 10,
-                  fuse: bool = True, threads=None, compare_reference: bool = False, fullgraph: bool = False) -> dict:
-    """The zoo benchmark's row: params, GMACs at batch 1, latency (batch 1) and img/s (`batch`) per mode.
+def input_size(model, test_size: bool = False) -> int:
+    """The model's input side: its cfg's `test_input_size` where asked and present (timm's benchmark default),
+    else `input_size`."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = (test_size and cfg.get("test_input_size")) or cfg.get("input_size") or (3, 224, 224)
+    return int(size[-1])
 
-    Modes: eager, compile (torch.compile, `fullgraph` as given, steady state; compile time in compile_s: the
-    first batch-1 and batch-`batch` calls), onnx (onnxruntime CPU,
-    exported with a dynamic batch), amp (bf16 autocast, CUDA). `compare_reference` adds eager img/s with the
-    attention on the `reference` backend and our speed-up over it.
+
+@torch.no_grad()
+def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None, fuse: bool = True,
+                  compare_reference: bool = False, fullgraph: bool = False) -> dict:
+    """The models suite's row: params, GMACs at batch 1, then per runtime mode (runtimes.RUNTIMES) latency at the
+    protocol's latency batch (`<mode>_p50_ms`, p90, p99, mean, iters), throughput at its throughput batch
+    (`<mode>_ips` = batch / mean, `<mode>_ms_per_img`), the set-up time (`<mode>_setup_s`: compiling, exporting
+    and the first calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
+    `compare_reference` adds eager img/s with the attention on the `reference` backend and our speed-up over it.
     """
     device = torch.device(device)
     model = timm.create_model(name).eval()
     if fuse and is_reparameterizable(model):
         model = fuse_for_inference(model)
-    size = img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    size = img_size or input_size(model, protocol.test_size)
     model = model.to(device)
-    x1 = torch.randn(1, 3, size, size, device=device)
-    xb = torch.randn(batch, 3, size, size, device=device)
+    tput_batch = protocol.throughput_batch(device.type)
+    lat_batch = protocol.latency_batch or tput_batch
+    inputs = {b: torch.randn(b, 3, size, size, device=device) for b in dict.fromkeys((lat_batch, tput_batch))}
     row = {"model": name, "family": family(name), "img_size": size, "device": device.type,
-           "threads": torch.get_num_threads() if device.type == "cpu" else "",
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
-    row["gmacs"] = round(flops_per_image(model, x1) / 2e9, 3)
-    few = dict(warmup=max(1, warmup // 2), iters=max(3, reps // 2))
-
-    def measure(fn, key, dev=device):
-        row[f"{key}_ms"] = round(time_ms(lambda: fn(x1), dev, warmup=warmup, iters=reps)[0], 3)
-        t = time_ms(lambda: fn(xb), dev, **few)[0]
-        row[f"{key}_ips"] = round(batch / (t / 1e3), 1)
-
-    if "eager" in modes:
-        measure(model, "eager")
+    row["gmacs"] = round(flops_per_image(model, inputs[lat_batch][:1]) / 2e9, 3)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    for mode in modes:
+        ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph)
+        try:
+            with ctx.stack:
+                t0 = time.perf_counter()
+                bind = RUNTIMES[mode].prepare(model, ctx)
+                calls = {b: bind(x) for b, x in inputs.items()}
+                for call in calls.values():
+                    call()
+                sync(device)
+                row[f"{mode}_setup_s"] = round(time.perf_counter() - t0, 2)
+                lat = latency(calls[lat_batch], device, **protocol.timing())
+                row.update({f"{mode}_{k}": round(v, 3) for k, v in lat.items()})
+                tput = lat if tput_batch == lat_batch else latency(calls[tput_batch], device, **protocol.timing())
+                row[f"{mode}_ips"] = round(tput_batch / (tput["mean_ms"] / 1e3), 1)
+                row[f"{mode}_ms_per_img"] = round(tput["mean_ms"] / tput_batch, 3)
+                row.update(ctx.extras)
+        except Exception as err:  # noqa: BLE001 - one mode failing (an export, a compile) must not hide the others
+            row[f"{mode}_error"] = error_text(err)
+    for mode in modes:
+        if mode != "eager" and row.get(f"{mode}_p50_ms") and row.get("eager_p50_ms"):
+            row[f"{mode}_vs_eager"] = round(row[f"{mode}_p50_ms"] / row["eager_p50_ms"], 3)
     if compare_reference and attn_modules(model):
         saved = {m: m.backend for m in attn_modules(model)}
         set_attn_backend(model, "reference")
         try:
-            t = time_ms(lambda: model(xb), device, **few)[0]
+            t = latency(lambda: model(inputs[tput_batch]), device, **protocol.timing())["mean_ms"]
         finally:
             for m, backend in saved.items():
                 m.backend = backend
-        row["reference_ips"] = round(batch / (t / 1e3), 1)
+        row["reference_ips"] = round(tput_batch / (t / 1e3), 1)
         if row.get("eager_ips"):
             row["vs_reference"] = round(row["eager_ips"] / row["reference_ips"], 2)
-    if "amp" in modes and device.type == "cuda":
-        def amp_fn(x):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(x)
-        measure(amp_fn, "amp")
-    if "compile" in modes:
-        compiled = torch.compile(model, fullgraph=fullgraph)
-        t0 = time.perf_counter()
-        compiled(x1)
-        compiled(xb)
-        sync(device)
-        row["compile_s"] = round(time.perf_counter() - t0, 1)
-        measure(compiled, "compile")
-        if row.get("eager_ms"):
-            row["compile_vs_eager"] = round(row["compile_ms"] / row["eager_ms"], 3)
-    if "onnx" in modes and device.type == "cpu":
-        if attn_modules(model):
-            set_attn_backend(model, "torch")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.onnx"
-            save_onnx(model, torch.randn(2, 3, size, size), path, opset=18, dynamic=True)
-            sess = ort_session(path, threads)
-            iname = sess.get_inputs()[0].name
-            measure(lambda x: sess.run(None, {iname: x.cpu().numpy()}), "ort", torch.device("cpu"))
-        if row.get("eager_ms"):
-            row["ort_vs_eager"] = round(row["ort_ms"] / row["eager_ms"], 3)
     return row
 
 
@@ -141,7 +136,9 @@ def _input(batch, size, device, channels_last):
 def train_row(name: str, *, device, backend: str | None = None, compile: bool = False, batch: int = 64,
               img_size: int = 224, amp: str | None = "bfloat16", channels_last: bool | None = None, warmup: int = 3,
               iters: int = 10, deadline: Deadline | None = None) -> dict:
-    """Training-step throughput: forward + cross-entropy + backward + AdamW step, under `amp` autocast."""
+    """Training-step throughput: forward + cross-entropy + backward + AdamW step, under `amp` autocast; `warmup`
+    untimed steps (the first, timed apart as `first_step_s`, included), then `iters` timed: p50 / p90 / p99 / mean
+    ms, img/s = batch / mean."""
     device = torch.device(device)
     channels_last = wants_channels_last(name) if channels_last is None else channels_last
     row = dict(op="model", model=name, family=family(name), mode="train", backend=backend or "-", compile=compile,
@@ -162,12 +159,9 @@ def train_row(name: str, *, device, backend: str | None = None, compile: bool = 
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        row["first_step_s"] = round(time.perf_counter() - t0, 2)
-        t, n = time_ms(step, device, warmup=warmup, iters=iters, deadline=deadline)
-        row.update(time_ms=t, iters=n, img_s=batch / (t / 1e3), peak_mb=peak_mb(step, device))
+        row["first_step_s"] = round(first_call_s(step, device), 2)
+        row.update(latency(step, device, warmup=max(0, warmup - 1), reps=iters, deadline=deadline))
+        row.update(img_s=batch / (row["mean_ms"] / 1e3), peak_mb=peak_mb(step, device))
     except TimeUp as err:
         row["note"] = f"skipped: {err}"
     except Exception as err:  # noqa: BLE001 - one model failing must not hide the others
@@ -179,7 +173,7 @@ def train_row(name: str, *, device, backend: str | None = None, compile: bool = 
 def infer_row(name: str, *, device, backend: str | None = None, compile: bool = False, batch: int = 256,
               img_size: int = 224, amp: str | None = "bfloat16", channels_last: bool | None = None, warmup: int = 3,
               iters: int = 10, deadline: Deadline | None = None) -> dict:
-    """Inference throughput (eval mode, `amp` autocast) in img/s at `batch`."""
+    """Inference throughput (eval mode, `amp` autocast) in img/s at `batch`; warm-up and timing as `train_row`."""
     device = torch.device(device)
     channels_last = wants_channels_last(name) if channels_last is None else channels_last
     row = dict(op="model", model=name, family=family(name), mode="infer", backend=backend or "-", compile=compile,
@@ -195,12 +189,9 @@ def infer_row(name: str, *, device, backend: str | None = None, compile: bool = 
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 fwd(x)
 
-        t0 = time.perf_counter()
-        call()
-        sync(device)
-        row["first_step_s"] = round(time.perf_counter() - t0, 2)
-        t, n = time_ms(call, device, warmup=warmup, iters=iters, deadline=deadline)
-        row.update(time_ms=t, iters=n, img_s=batch / (t / 1e3), peak_mb=peak_mb(call, device))
+        row["first_step_s"] = round(first_call_s(call, device), 2)
+        row.update(latency(call, device, warmup=max(0, warmup - 1), reps=iters, deadline=deadline))
+        row.update(img_s=batch / (row["mean_ms"] / 1e3), peak_mb=peak_mb(call, device))
     except TimeUp as err:
         row["note"] = f"skipped: {err}"
     except Exception as err:  # noqa: BLE001

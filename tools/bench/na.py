@@ -9,7 +9,6 @@ mask, RPB as a clamped score_mod; the builder is checked against the reference b
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 from visionattn.kernels.na import na1d, na2d
 
 from .report import row_id
-from .timing import Deadline, TimeUp, error_text, measure, sync
+from .timing import Deadline, TimeUp, error_text, first_call_s, measure
 
 
 @dataclass(frozen=True)
@@ -219,7 +218,9 @@ def verify(impls, cases, device="cpu", dtype=torch.float32, *, compile_flex: boo
 def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, modes=("fwd", "fwdbwd"),
          warmup: int = 2, iters: int = 5, timer: str = "wall", max_s: float | None = None,
          deadline: Deadline | None = None, skip=None, emit=None, done=frozenset()) -> list[dict]:
-    """One row per (case, impl, mode): time_ms, peak_mb, compile_s (flex), speed-ups; `emit(row)` as measured.
+    """One row per (case, impl, mode): p50_ms / p90_ms / p99_ms / mean_ms, peak_mb, compile_s (flex), speed-ups
+    (of p50 times); `emit(row)` as measured. `warmup` calls (the first one included), then `iters` timed calls
+    (1 when the first call took over 2 s).
 
     `skip(case, impl, mode)` returns a reason to skip or None; rows whose `row_id` is in `done` (measured by an
     earlier, interrupted run) are left out. When `deadline` runs out, the remaining rows are reported as skipped.
@@ -257,14 +258,11 @@ def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, mod
                         def call(fn=fn, leaves=leaves):
                             with torch.no_grad():
                                 fn(*leaves)
-                    t0 = time.perf_counter()
-                    call()  # first call: compiles (flex), caches, autograd threads
-                    sync(device)
-                    first = time.perf_counter() - t0
+                    first = first_call_s(call, device)  # compiles (flex), caches, autograd threads
                     if impl.startswith("flex"):
                         row["compile_s"] = first
-                    row.update(measure(call, device, warmup=1, iters=iters if first < 2.0 else 1, timer=timer,
-                                       max_s=max_s, deadline=deadline))
+                    row.update(measure(call, device, warmup=max(0, warmup - 1), reps=iters if first < 2.0 else 1,
+                                       timer=timer, max_s=max_s, deadline=deadline))
                 except TimeUp as err:
                     row["note"] = f"skipped: {err}"
                 except Exception as err:  # noqa: BLE001 - report and go on with the other rows
@@ -278,32 +276,32 @@ def rows(cases, impls, *, device="cpu", dtype=torch.float32, batch: int = 8, mod
 
 
 def add_speedups(rows) -> None:
-    """`speedup_vs_<impl>` = that implementation's time / this row's time, same case, dtype and mode.
+    """`speedup_vs_<impl>` = that implementation's p50 time / this row's, same case, dtype and mode.
 
     Against natten / flex / sdpa_dense (no RPB) the like-for-like row of ours is the `_norpb` one; against
     gather / flex_rpb it is the one with RPB; `cpu` rows against `torch` (same RPB). The `rpb_cost` column is
     ours with RPB / ours without.
     """
-    by = {(r["case"], r["dtype"], r["mode"], r["backend"]): r for r in rows if "time_ms" in r}
+    by = {(r["case"], r["dtype"], r["mode"], r["backend"]): r for r in rows if "p50_ms" in r}
     for r in rows:
-        if "time_ms" not in r or r["backend"] not in OURS:
+        if "p50_ms" not in r or r["backend"] not in OURS:
             continue
         key = (r["case"], r["dtype"], r["mode"])
         ours_rpb = not r["backend"].endswith("_norpb")
         for other, kind in _BASE_OF.items():
             o = by.get((*key, other))
             if o is not None and (kind == "rpb") == ours_rpb:
-                r[f"speedup_vs_{other}"] = o["time_ms"] / r["time_ms"]
+                r[f"speedup_vs_{other}"] = o["p50_ms"] / r["p50_ms"]
         if r["backend"].startswith("cpu"):
             o = by.get((*key, r["backend"].replace("cpu", "torch")))
             if o is not None:
-                r["speedup_vs_torch"] = o["time_ms"] / r["time_ms"]
+                r["speedup_vs_torch"] = o["p50_ms"] / r["p50_ms"]
         if ours_rpb:
             o = by.get((*key, r["backend"] + "_norpb"))
             if o is not None:
-                r["rpb_cost"] = r["time_ms"] / o["time_ms"]
+                r["rpb_cost"] = r["p50_ms"] / o["p50_ms"]
         if r["backend"] == "triton":
             # the issue-20 target: triton with RPB against compiled flex *without* RPB
             o = by.get((*key, "flex"))
             if o is not None:
-                r["speedup_vs_flex_norpb"] = o["time_ms"] / r["time_ms"]
+                r["speedup_vs_flex_norpb"] = o["p50_ms"] / r["p50_ms"]

@@ -13,9 +13,7 @@ import importlib
 import json
 import math
 import os
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -163,17 +161,20 @@ def load_official(spec: dict):
 
 
 def compare_timing(ours, official, x, warmup: int, reps: int, timer: str = "wall") -> dict:
-    """Alternating calls (the order flips every pair), medians of `reps` pairs after `warmup` pairs.
+    """Alternating calls (the order flips every pair) after `warmup` pairs: p50 / p90 / p99 / mean ms of each side
+    (`ours_*`, `official_*`), `ratio` of the p50 times and the quartiles of the per-pair ratios.
 
     `timer="cpu"`: process CPU time, steadier than wall time on a shared machine (with one thread)."""
     import torch
 
-    clock = time.process_time if timer == "cpu" else time.perf_counter
+    from .timing import clock, percentile, summarize
+
+    tick = clock(timer)
 
     def _timed(fn) -> float:
-        t0 = clock()
+        t0 = tick()
         fn()
-        return clock() - t0
+        return tick() - t0
 
     with torch.no_grad():
         for _ in range(warmup):
@@ -187,10 +188,10 @@ def compare_timing(ours, official, x, warmup: int, reps: int, timer: str = "wall
             else:
                 t_off.append(_timed(lambda: official(x)))
                 t_ours.append(_timed(lambda: ours(x)))
-    pair = sorted(a / b for a, b in zip(t_ours, t_off))
-    q = statistics.quantiles(pair, n=4) if len(pair) >= 2 else [pair[0]] * 3
-    return dict(ours_ms=1e3 * statistics.median(t_ours), official_ms=1e3 * statistics.median(t_off),
-                ratio=statistics.median(t_ours) / statistics.median(t_off), ratio_q1=q[0], ratio_q3=q[2], reps=reps)
+    pair = [a / b for a, b in zip(t_ours, t_off)]
+    row = {**summarize(t_ours, "ours_"), **summarize(t_off, "official_")}
+    return dict(row, ratio=row["ours_p50_ms"] / row["official_p50_ms"], ratio_q1=percentile(pair, 25),
+                ratio_q3=percentile(pair, 75), reps=reps)
 
 
 def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | None, emit, timer: str = "wall",
@@ -201,7 +202,7 @@ def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     base = dict(model=spec["model"], family=spec["family"], repo=spec["repo"], commit=spec["commit"],
-                builder=spec["builder"], threads=torch.get_num_threads(), torch=torch.__version__, timer=timer)
+                builder=spec["builder"], threads=torch.get_num_threads(), timer=timer, warmup=warmup, reps=reps)
     if spec["family"] in NATTEN_FAMILIES:
         import visionattn.compat as compat
 
@@ -212,11 +213,7 @@ def run_worker(spec: dict, configs, *, warmup: int, reps: int, threads: int | No
         compat.install_natten_legacy()
         base["official_runs_on"] = "visionattn.compat.natten_legacy (NATTEN 0.17 API on our kernels)"
     base["shims"] = install_shims()
-    import timm
-
     import visionattn
-
-    base["timm"] = timm.__version__
     builder = load_official(spec)
     pairs = {}
 

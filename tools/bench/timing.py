@@ -1,19 +1,21 @@
-"""The one timing, synchronisation, peak-memory and time-budget helper of every benchmark.
+"""The one timer of every benchmark: warm-up, timed calls, percentiles, peak memory, time budgets.
 
-Times are medians of wall-clock (or process CPU) time per call after warm-up, with the device synchronised
-around each call. Peak memory is what one call allocates above what existed before it: the CUDA caching
-allocator's peak on GPU, torch's own allocations (profiler memory events) on CPU, so inputs are excluded
-in both and the two columns mean the same thing.
+`latency` runs `fn` after a warm-up (a number of calls and, optionally, a minimum time), then a fixed number of
+timed calls (optionally continued until they sum to a minimum time), the device synchronised around each, and
+returns p50 / p90 / p99 / mean in ms. Peak memory is what one call allocates above what existed before it: the
+CUDA caching allocator's peak on GPU, torch's own allocations (profiler memory events) on CPU.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import statistics
 import sys
 import time
 
 import torch
+
+STAT_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "iters")
 
 
 class TimeUp(RuntimeError):
@@ -40,32 +42,62 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn, device, *, warmup: int = 2, iters: int = 5, timer: str = "wall", max_s: float | None = None,
-            deadline: Deadline | None = None) -> tuple[float, int]:
-    """(median ms of `fn()`, number of timed calls) after `warmup` calls, the device synchronised around each.
+def clock(timer: str = "wall", device="cpu"):
+    """`time.perf_counter`, or process CPU time (`timer="cpu"`, CPU only: steadier on a shared machine, meaningful
+    with one thread)."""
+    if timer not in ("wall", "cpu"):
+        raise ValueError(f"timer must be 'wall' or 'cpu', got {timer!r}")
+    return time.process_time if timer == "cpu" and torch.device(device).type == "cpu" else time.perf_counter
 
-    `max_s` bounds the timed part: the count drops (to 1 at least) when one call is slow. `timer="cpu"`
-    uses process CPU time (steadier on a shared CPU; meaningful with one thread only).
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0..100), linear between the closest ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("percentile of no values")
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(seconds, prefix: str = "") -> dict:
+    """`{prefix}p50_ms`, p90, p99, mean (ms) and `{prefix}iters` of per-call times in seconds."""
+    ms = [1e3 * t for t in seconds]
+    return {f"{prefix}p50_ms": percentile(ms, 50), f"{prefix}p90_ms": percentile(ms, 90),
+            f"{prefix}p99_ms": percentile(ms, 99), f"{prefix}mean_ms": sum(ms) / len(ms), f"{prefix}iters": len(ms)}
+
+
+def latency(fn, device="cpu", *, warmup: int = 2, reps: int = 5, warmup_s: float = 0.0, min_time_s: float = 0.0,
+            timer: str = "wall", max_s: float | None = None, deadline: Deadline | None = None) -> dict:
+    """Time `fn()`: `warmup` calls (continued until `warmup_s` seconds passed), then `reps` timed calls (continued
+    until they sum to `min_time_s`), the device synchronised around each. Returns `summarize` of the timed calls.
+
+    `max_s` and `deadline` bound the timed part: the count drops (to 1 at least) when one call is slow.
     """
     device = torch.device(device)
-    clock = time.process_time if timer == "cpu" and device.type == "cpu" else time.perf_counter
-    for _ in range(warmup):
+    tick = clock(timer, device)
+    start = time.perf_counter()
+    n = 0
+    while n < warmup or time.perf_counter() - start < warmup_s:
         fn()
-    sync(device)
+        n += 1
+        sync(device)
     times = []
     start = time.perf_counter()
-    for i in range(max(1, iters)):
-        t0 = clock()
+    while True:
+        t0 = tick()
         fn()
         sync(device)
-        times.append(clock() - t0)
+        times.append(tick() - t0)
+        i = len(times)
+        if i >= reps and sum(times) >= min_time_s:
+            break
         spent = time.perf_counter() - start
-        if i + 1 < iters:
-            if max_s is not None and spent * (i + 2) / (i + 1) > max_s:
-                break
-            if deadline is not None and deadline.left() < spent / (i + 1):
-                break
-    return 1e3 * statistics.median(times), len(times)
+        if max_s is not None and spent * (i + 1) / i > max_s:
+            break
+        if deadline is not None and deadline.left() < spent / i:
+            break
+    return summarize(times)
 
 
 @contextlib.contextmanager
@@ -105,14 +137,20 @@ def peak_mb(fn, device) -> float:
     return peak / 2**20
 
 
-def measure(fn, device, *, warmup: int = 2, iters: int = 5, timer: str = "wall", memory: bool = True,
-            max_s: float | None = None, deadline: Deadline | None = None) -> dict:
-    """`time_ms`, `iters` (timed calls) and, with `memory`, `peak_mb` of one more call."""
-    t, n = time_ms(fn, device, warmup=warmup, iters=iters, timer=timer, max_s=max_s, deadline=deadline)
-    row = {"time_ms": t, "iters": n}
+def measure(fn, device, *, memory: bool = True, **kw) -> dict:
+    """`latency(fn, device, **kw)` and, with `memory`, `peak_mb` of one more call."""
+    row = latency(fn, device, **kw)
     if memory:
         row["peak_mb"] = peak_mb(fn, device)
     return row
+
+
+def first_call_s(fn, device) -> float:
+    """Seconds of one call with the device synchronised (compiles, caches, first-touch allocations)."""
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def error_text(err: BaseException, limit: int = 200) -> str:

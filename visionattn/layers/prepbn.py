@@ -135,6 +135,7 @@ class LinearNorm(nn.Module):
         self.skip_finished_ln = False
         # Host-side hint: the warm-up branch needs a host check only while `warm` may be > 0.
         self._maybe_warm = warm > 0
+        self.warm_steps = warm  # LN-only steps before the blend, when a trainer drives it (set_train_step)
         dd = {} if device is None and dtype is None else {"device": device, "dtype": dtype}
         self.norm1 = norm1(dim, **dd)
         self.norm2 = norm2(dim, **dd)
@@ -142,6 +143,11 @@ class LinearNorm(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         return self.norm2.weight
+
+    def set_train_step(self, step: int) -> None:
+        """Trainer hook (any module may define it): the blend at optimizer step `step`; the trainer calls it before
+        the forwards of every step, so forwards no longer count."""
+        set_prepbn_step(self, step, warm_steps=self.warm_steps, auto_step=False)
 
     @property
     def ratio(self) -> float:
@@ -228,6 +234,7 @@ def set_prepbn_step(
             m.total_step.fill_(total_steps)
         total = int(m.total_step)
         m.warm.fill_(max(warm_steps - step, 0))
+        m.warm_steps = warm_steps
         m.iter.fill_(max(total - max(step - warm_steps, 0), 0))
         m._maybe_warm = True
         if auto_step is not None:

@@ -36,6 +36,10 @@ from torch import nn
 import visionattn
 from visionattn.checkpoint import load_state_dict_file, strip_prefix, unwrap_state_dict
 
+from .checkpoint import mm_checkpoint_globals
+from .dense import DENSE_VARIANTS, build_dense, filter_for
+from .dense.loading import check_filtered, load_filtered
+
 __all__ = [
     "ZooBackboneMM", "BiFormerMM", "NATMM", "DiNATMM", "AgentAttentionMM", "SLABMM", "GCViTMM", "SHViTMM",
     "EfficientViMMM",
@@ -103,12 +107,18 @@ class ZooBackboneMM(BaseModule):
             raise ValueError(f"out_norm must be 'auto', 'ln' or 'none', got {out_norm!r}")
         self.model_name, self.model_family = model_name, family
         kwargs = dict(model_kwargs)
-        if family in self._own_norm_families:
-            kwargs.setdefault("out_norms", tuple(out_indices))
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        # the official dense backbone of this variant (official arguments), else the zoo / timm model
+        self.dense = model_name in DENSE_VARIANTS
+        if self.dense:
+            kwargs.pop("pretrained", None)  # the official `pretrained=` path: use init_cfg here
+            self.model = build_dense(model_name, out_indices=tuple(out_indices), **kwargs)
+        else:
+            if family in self._own_norm_families:
+                kwargs.setdefault("out_norms", tuple(out_indices))
+            self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
         # what a checkpoint of this model may hold beyond the pruned backbone (load_checkpoint)
         self._unpruned_keys = set(self.model.state_dict())
-        classifier = self.model.pretrained_cfg.get("classifier") or ()
+        classifier = getattr(self.model, "pretrained_cfg", {}).get("classifier") or ()
         self._classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         n_stages = len(self.model.feature_info)
         out_indices = tuple(int(i) for i in out_indices)
@@ -122,9 +132,19 @@ class ZooBackboneMM(BaseModule):
         self.channels = [self.model.feature_info[i]["num_chs"] for i in out_indices]
         # Stage membership comes from the unpruned model (the matcher names the modules pruning keeps).
         self._stage_params = self._stage_param_names(n_stages)
-        self.model.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
+        if not self.dense:
+            self.model.prune_intermediate_layers(list(out_indices), prune_norm=True, prune_head=True)
 
-        if out_norm == "auto":
+        if self.dense:
+            norms = getattr(self.model, "out_norms", None)  # BiFormer_mm keeps 4 norms whatever is returned
+            for i, norm in enumerate(norms or ()):
+                if i not in out_indices:
+                    norm.requires_grad_(False)  # unused: no gradient (DDP without find_unused_parameters)
+            if out_norm == "ln":
+                raise ValueError(f"out_norm='ln': the official dense {model_name} has its own output norms (or "
+                                 "none); leave out_norm at 'auto'")
+            out_norm = "none"
+        elif out_norm == "auto":
             out_norm = "ln" if family in self._ln_families else "none"
         if family in self._own_norm_families and out_norm == "ln":
             out_norm = "none"  # the model's own per-output norms already apply
@@ -132,15 +152,16 @@ class ZooBackboneMM(BaseModule):
         if out_norm == "ln":
             for i, c in zip(out_indices, self.channels):
                 self.add_module(f"norm{i}", LayerNorm2d(c, eps=1e-5))
-        if pad_multiple is None and family in self._pad_families:
+        if pad_multiple is None and family in self._pad_families and not self.dense:
             pad_multiple = max(self.reductions)
         if pad_multiple is not None and pad_multiple < 1:
             raise ValueError(f"pad_multiple must be >= 1 or None, got {pad_multiple}")
         self.pad_multiple = pad_multiple
         self.fixed_size = None
-        if family in self._fixed_size_families:
+        if family in self._fixed_size_families and not self.dense:
             self.fixed_size = tuple(timm.layers.to_2tuple(kwargs.get("img_size", 224)))
         self._freeze_stages()
+        self.register_load_state_dict_pre_hook(_map_backbone_keys_on_load)
 
     # ----------------------------------------------------------------------------------------------------------
     def _stage_param_names(self, n_stages: int) -> list[set[str]]:
@@ -210,9 +231,12 @@ class ZooBackboneMM(BaseModule):
         and missing per-output norms (a classification file has none: they keep their init). Anything else
         raises RuntimeError naming the keys (e.g. another architecture's file).
         """
-        sd = unwrap_state_dict(load_state_dict_file(path))
+        with mm_checkpoint_globals():
+            sd = unwrap_state_dict(load_state_dict_file(path))
         if prefix:
             sd = strip_prefix({k: v for k, v in sd.items() if k.startswith(prefix)}, prefix)
+        if self.dense:
+            return self._load_dense(sd, path)
         # `unwrap_state_dict` already dropped mmdet's `backbone.`; this wrapper's own files nest the model in `model.`
         sd = strip_prefix(sd, "model.")
         own = {}
@@ -249,8 +273,38 @@ class ZooBackboneMM(BaseModule):
                   f"at their init: {missing[:8]}", logger="current")
         return missing, []
 
+    def map_state_dict(self, sd: dict) -> dict:
+        """Backbone keys of a checkpoint (without `backbone.`) -> this module's: ours (`model.*`, `norm{i}`) as they
+        are, official ones through the family's filter."""
+        if sd and all(k.startswith("model.") or (k.startswith("norm") and k.split(".", 1)[0][4:].isdigit()
+                                                 and not self.dense) for k in sd):
+            return dict(sd)
+        if self.dense:
+            return {f"model.{k}": v for k, v in filter_for(self.model)(strip_prefix(sd, "model."),
+                                                                      self.model).items()}
+        own = {k: sd[k] for k in list(sd) if k.split(".", 1)[0][:4] == "norm" and k.split(".", 1)[0][4:].isdigit()
+               and self.out_norm == "ln"}
+        rest = {k: v for k, v in sd.items() if k not in own}
+        filt = _filter_fn(self.model)
+        rest = filt(rest, self.model) if filt is not None else rest
+        model_sd = self.model.state_dict()
+        rest = {k: _resize_rel_table(k, v, model_sd[k]) if k in model_sd else v for k, v in rest.items()}
+        return {**{f"model.{k}": v for k, v in rest.items()}, **own}
+
+    def _load_dense(self, sd: dict, path: str) -> tuple[list[str], list[str]]:
+        sd = filter_for(self.model)(strip_prefix(sd, "model."), self.model)
+        missing, _ = load_filtered(self.model, sd, str(path), optional=("out_norms.",))
+        print_log(f"{type(self).__name__}: loaded {path} into the official dense {self.model_name}; output norms "
+                  f"kept at their init: {missing[:8]}", logger="current")
+        return missing, []
+
     # ----------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.dense:
+            outs = self.model(x)
+            if len(outs) == len(self.out_indices):
+                return tuple(outs)
+            return tuple(outs[i] for i in self.out_indices)  # Agent-PVT returns every stage, as the official
         h, w = x.shape[-2:]
         if self.fixed_size is not None:
             fh, fw = self.fixed_size
@@ -273,6 +327,25 @@ class ZooBackboneMM(BaseModule):
                 y = getattr(self, f"norm{i}")(y)
             outs.append(y.contiguous())
         return tuple(outs)
+
+
+def _map_backbone_keys_on_load(module: ZooBackboneMM, state_dict, prefix, local_metadata, strict, missing_keys,
+                               unexpected_keys, error_msgs):
+    """Whole-detector / segmentor checkpoints (mmengine `load_from`, `tools/det_test.py`): the backbone keys under
+    `prefix` are mapped onto this module (official mmdet 2.x / mmseg 0.x names through the family's filter). A
+    backbone key that cannot be mapped, a backbone tensor the file lacks, or a file without backbone weights is a
+    RuntimeError naming them, never a silently random backbone."""
+    if not prefix:
+        return  # the backbone loaded on its own: its caller checks
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if not keys:
+        raise RuntimeError(f"{type(module).__name__} ({module.model_name}): the checkpoint has no `{prefix}*` "
+                           "weights; the backbone would stay randomly initialised")
+    sub = {k[len(prefix):]: state_dict.pop(k) for k in keys}
+    mapped = module.map_state_dict(sub)
+    check_filtered(module, mapped, f"(loaded under `{prefix}`)")
+    for k, v in mapped.items():
+        state_dict[prefix + k] = v
 
 
 def _family_class(name: str, family, doc: str):

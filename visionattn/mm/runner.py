@@ -91,7 +91,10 @@ def train_main(argv=None, scope: str = "mmdet"):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     runner = _build_runner(cfg)
-    return runner.train()
+    from .checkpoint import mm_checkpoint_globals
+
+    with mm_checkpoint_globals():  # `load_from` / `--resume` may be mmcv 1.x checkpoints (numpy in `meta`)
+        return runner.train()
 
 
 def test_main(argv=None, scope: str = "mmdet") -> dict:
@@ -117,4 +120,7 @@ def test_main(argv=None, scope: str = "mmdet") -> dict:
             cfg.test_evaluator["output_dir"] = osp.splitext(args.out)[0]
             cfg.test_evaluator["keep_results"] = True
     runner = _build_runner(cfg)
-    return runner.test()
+    from .checkpoint import mm_checkpoint_globals
+
+    with mm_checkpoint_globals():  # official mmdet 2.x / mmseg 0.x checkpoints: numpy values in `meta`
+        return runner.test()

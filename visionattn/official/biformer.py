@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from visionattn.backbones.biformer import BiFormer, BiFormerDense, _per_stage, checkpoint_filter_fn
+from visionattn.backbones.biformer import BiFormer, _per_stage, checkpoint_filter_fn
 from visionattn.checkpoint import load_pretrained_file
 from visionattn.layers.bra import BiLevelRoutingAttention, NchwBiLevelRoutingAttention
+from visionattn.mm.dense.biformer import BiFormerDense
 
 from . import register_official
 

@@ -17,14 +17,13 @@ from torch import nn
 from visionattn.backbones.nat import (
     NAT,
     DiNATs,
-    DiNATsDense,
     NATBlock,
-    NATDense,
     NATIsotropic,
     ViTRPBBlock,
     checkpoint_filter_fn,
 )
 from visionattn.layers.na import NeighborhoodAttention2D
+from visionattn.mm.dense.nat import DiNATsDense, NATDense
 
 from . import register_official
 

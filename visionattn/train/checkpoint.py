@@ -158,11 +158,9 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, files: Mapping[str, 
     `RunDir.clean_stale` removes), never one made of two steps."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    n = 0
-    while final.exists():  # the same step written twice (never by the trainer): keep both, the newer wins
-        n += 1
-        final = root / f"step-{step:08d}-{n}"
+    # the same step written again (BN recalibration passes take no optimizer step): a higher suffix, the newer wins
+    same = [_step_key(p)[1] for p in root.iterdir() if _STEP_DIR.match(p.name) and _step_key(p)[0] == step]
+    final = root / (f"step-{step:08d}-{max(same) + 1}" if same else f"step-{step:08d}")
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         _remove_checkpoint_dir(tmp)

@@ -16,6 +16,7 @@ from .checkpoint import latest_checkpoint, write_text_atomic
 from .config import ConfigError, load_config
 from .dist import dist_env
 from .loop import NonFiniteLoss, Trainer
+from .recipe import format_recipe
 from .validate import validate
 
 __all__ = ["train_main", "validate_main", "EXIT_CONFIG", "EXIT_NAN"]
@@ -39,15 +40,23 @@ def train_main(argv=None, prog: str = "train.py") -> int:
     """Train from a YAML config and `key=value` overrides; returns the exit code."""
     p = _Parser(prog=prog, description="Train a visionattn / timm model from a YAML config.",
                 epilog="Overrides: key=value (YAML values, dotted keys for nested mappings; every key with its "
-                       "default: visionattn.train.DEFAULTS).")
-    p.add_argument("--config", "-c", default=None, help="YAML config (keys: visionattn.train.DEFAULTS)")
+                       "default and meaning: visionattn.train.KEYS).")
+    p.add_argument("--config", "-c", default=None, help="YAML config (keys: visionattn.train.KEYS)")
     p.add_argument("--resume", default=None, help="same as resume=<value>: auto, a run or checkpoint directory")
+    p.add_argument("--print-recipe", action="store_true",
+                   help="print the effective recipe for this number of processes (WORLD_SIZE, as under torchrun) "
+                        "and batch beside the official run's, then exit (nothing is read or written)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     args = p.parse_args(argv)
     trainer = None
     try:
         overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-        trainer = Trainer(load_config(args.config, overrides))
+        cfg = load_config(args.config, overrides)
+        if args.print_recipe:
+            if dist_env()[1] == 0:
+                print(format_recipe(cfg, dist_env()[0], args.config), flush=True)
+            return 0
+        trainer = Trainer(cfg)
         trainer.setup()
         summary = trainer.fit()
         if trainer.main:

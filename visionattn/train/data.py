@@ -165,11 +165,14 @@ def resolve_data(cfg: dict, model: nn.Module) -> dict:
 
 
 def train_transform(cfg: dict, data_cfg: dict):
+    """timm's training transform; `train_interpolation` (e.g. random, as timm's trainer) applies to it only."""
+    interpolation = data_cfg["interpolation"] if cfg["no_aug"] else (cfg["train_interpolation"]
+                                                                      or data_cfg["interpolation"])
     try:
         return create_transform(
             data_cfg["input_size"], is_training=True, no_aug=cfg["no_aug"], scale=tuple(cfg["scale"]),
             ratio=tuple(cfg["ratio"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], auto_augment=cfg["aa"],
-            interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"],
+            interpolation=interpolation, mean=data_cfg["mean"], std=data_cfg["std"],
             re_prob=cfg["reprob"], re_mode=cfg["remode"], re_count=cfg["recount"],
         )
     except (AssertionError, ValueError, KeyError, IndexError) as e:

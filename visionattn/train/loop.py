@@ -1,58 +1,46 @@
-"""The training loop: `Trainer(cfg).setup()` builds data, model, optimizer and losses on timm's utilities, resumes
-and opens the run directory; `fit()` trains, validates, checkpoints and returns the run's summary.
+"""The training loop: `Trainer(cfg).setup()` builds data, model, optimizer and losses on timm's utilities and
+opens the run (`run.Run`: plan, resume, output_dir); `fit()` trains, validates, checkpoints and returns the
+run's summary.
 
 Determinism: with `workers: 0` (or `no_aug`), a run stopped (`max_steps`) or killed at any moment and resumed
 is bit-identical to an uninterrupted one (every rank's RNG states are in the checkpoint; the data order is a
 function of seed, epoch and rank). With worker processes and random augmentation, the images after a
 mid-epoch resume are augmented with other random numbers.
+
+Models that follow the optimizer step (SLAB's PRepBN blend) expose `set_train_step(step)` on a module; the
+trainer calls it before the forwards of every step.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import timm
 import torch
-import yaml
 from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import model_parameters
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import load_state_dict_file
-from ..layers.prepbn import prepbn_modules, set_prepbn_step
-from .checkpoint import (
-    get_rng_state,
-    latest_checkpoint,
-    load_weights,
-    plain,
-    read_checkpoint,
-    save_weights,
-    set_rng_state,
-    weights_metadata,
-    write_checkpoint,
-    write_text_atomic,
-)
+from .checkpoint import get_rng_state, latest_checkpoint, load_weights, set_rng_state
 from .config import ConfigError
 from .data import build_dataset, check_num_classes, class_names, eval_loader, resolve_data, train_transform
 from .dist import agree, all_finite, autocast, dist_env, init_distributed, resolve_device, unwrap
 from .distill import DistillationLoss
-from .model import build_model, check_model_name
-from .rundir import RUN_RECORD, RunDir, config_changes, now_iso, plan_run
+from .model import build_model, check_model_name, step_hooks
+from .recipe import effective
+from .run import Run
 from .validate import evaluate
+from .weights import check_starting_weights, describe, load_starting_weights
 
-__all__ = ["Trainer", "NonFiniteLoss"]
+__all__ = ["Trainer", "NonFiniteLoss", "param_group_fn"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,6 +58,20 @@ class _SkipSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return max(len(self.sampler) - self.skip, 0)
+
+
+def param_group_fn(cfg: dict):
+    """timm's parameter grouping for the optimizer: None leaves it to timm (1-D params, biases and the model's
+    no_weight_decay() undecayed); with `no_weight_decay` given, timm's grouping with that list (fnmatch patterns)
+    instead of the model's, as the official trainers that ignore the model's list."""
+    names = cfg["no_weight_decay"]
+    if names is None or not cfg["weight_decay"]:
+        return None
+    names, wd = list(names), cfg["weight_decay"]
+    if cfg["layer_decay"] is not None:
+        return lambda m: param_groups_layer_decay(m, weight_decay=wd, layer_decay=cfg["layer_decay"],
+                                                  no_weight_decay_list=names)
+    return lambda m: param_groups_weight_decay(m, weight_decay=wd, no_weight_decay_list=names)
 
 
 def _seed_all(seed: int) -> None:
@@ -90,17 +92,14 @@ class Trainer:
         self.device = resolve_device(cfg, self.local_rank)
         if cfg["amp"] == "fp16" and self.device.type != "cuda":
             raise ConfigError("amp: fp16 needs a CUDA device (use amp: bf16 on CPU)")
-        self.out = Path(cfg["output_dir"] or Path("output") / cfg["model"])
-        self.run_dir = RunDir(self.out)
-        self.writer = None
+        self.run = Run(cfg, self.main)
+        self.out = self.run.out
         # counters and bests (restored on resume)
         self.step = self.epoch = self.micro_in_epoch = 0
         self.best_top1 = self.best_top1_ema = self.best_step = self.best_ema_step = None
         self.last_metrics: dict = {}
         self.wall_before = 0.0
-        self.resumed_from: str | None = None
-        self.resume_state: dict = {}
-        self.config_changes: dict = {}
+        self.starting_weights: dict | None = None
 
     def _agree(self, fn):
         return agree(fn, self.main, self.distributed)
@@ -108,11 +107,12 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Everything a user can get wrong is checked before the first write: data and classes, the plan for
-        output_dir, model, optimizer, the checkpoint to resume; then rank 0 opens the run directory."""
+        output_dir, model and its starting weights, optimizer, the checkpoint to resume; then rank 0 opens the
+        run."""
         self._setup_data()
         if self.distributed:
             init_distributed(self.cfg, self.device)
-        self.plan = self._agree(lambda: plan_run(self.out, self.cfg))  # read only
+        self.run.plan = self._agree(self.run.make_plan)  # read only
         self._setup_runtime()
         self._setup_model()
         self._setup_loader()
@@ -120,7 +120,8 @@ class Trainer:
         self._setup_losses()
         self._maybe_resume()
         self._wrap()
-        self._agree(self._open_run)
+        self._agree(lambda: self.run.open(step=self.step, epoch=self.epoch, world=self.world, classes=self.classes,
+                                          class_source=self.class_source, starting_weights=self.starting_weights))
 
     def _setup_data(self) -> None:
         """One class mapping for the run; val is checked against it before the first step."""
@@ -142,7 +143,14 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
+        fresh = not self.run.plan.get("checkpoint")  # a resumed run takes its weights from the checkpoint
+        if fresh:
+            check_starting_weights(cfg)
         model = build_model(cfg, self.num_classes)
+        if fresh:
+            self.starting_weights = load_starting_weights(model, cfg)
+            if self.main:
+                print(describe(self.starting_weights), flush=True)
         if cfg["grad_checkpointing"]:
             model.set_grad_checkpointing(True)
         self.data_cfg = resolve_data(cfg, model)
@@ -155,11 +163,12 @@ class Trainer:
         if self.distributed and cfg["sync_bn"]:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        # SLAB: the trainer's optimizer step drives the PRepBN LN->BN blend (saved with the model buffers)
-        self.has_prepbn = bool(prepbn_modules(model))
-        if self.has_prepbn:
-            set_prepbn_step(model, 0, total_steps=cfg["prepbn_steps"], warm_steps=cfg["prepbn_warm"],
-                            auto_step=False)
+        self.step_hooks = step_hooks(model)
+        self._step_hooks()  # before the EMA copy is made: its modules see the same step
+
+    def _step_hooks(self) -> None:
+        for m in self.step_hooks:
+            m.set_train_step(self.step)
 
     def _setup_loader(self) -> None:
         cfg = self.cfg
@@ -176,8 +185,8 @@ class Trainer:
 
     def _setup_optim(self) -> None:
         cfg = self.cfg
-        self.global_batch = cfg["batch_size"] * self.world * cfg["accum_steps"]
-        self.lr = cfg["lr"] if cfg["lr"] is not None else cfg["lr_base"] * self.global_batch / cfg["lr_base_size"]
+        eff = effective(cfg, self.world)
+        self.global_batch, self.lr = eff["global_batch"], eff["lr"]
         opt_kwargs = {}
         if cfg["opt_eps"] is not None:
             opt_kwargs["eps"] = cfg["opt_eps"]
@@ -186,19 +195,20 @@ class Trainer:
         try:
             self.optimizer = create_optimizer_v2(
                 self.model, opt=cfg["opt"], lr=self.lr, weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],
-                layer_decay=cfg["layer_decay"], **opt_kwargs)
+                layer_decay=cfg["layer_decay"], param_group_fn=param_group_fn(cfg), **opt_kwargs)
         except (AssertionError, ValueError) as e:
             raise ConfigError(f"config key 'opt': {e}") from None
         try:
             self.scheduler, self.num_epochs = create_scheduler_v2(
                 self.optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"], cooldown_epochs=cfg["cooldown_epochs"],
-                min_lr=cfg["min_lr"], warmup_lr=cfg["warmup_lr"], warmup_epochs=cfg["warmup_epochs"],
+                min_lr=eff["min_lr"], warmup_lr=eff["warmup_lr"], warmup_epochs=cfg["warmup_epochs"],
                 warmup_prefix=cfg["warmup_prefix"], step_on_epochs=not cfg["sched_on_updates"],
                 updates_per_epoch=self.updates_per_epoch)
         except (AssertionError, ValueError) as e:
             raise ConfigError(f"config key 'sched': {e}") from None
         if self.scheduler is None:
-            raise ConfigError(f"config key 'sched' must name a timm scheduler, got {cfg['sched']!r}")
+            raise ConfigError(f"config key 'sched' must name a timm scheduler (cosine, step, constant, ...), got "
+                              f"{cfg['sched']!r}")
         self.scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
         self.ema = ModelEmaV3(self.model, decay=cfg["model_ema_decay"], use_warmup=cfg["model_ema_warmup"]) \
             if cfg["model_ema"] else None
@@ -222,7 +232,15 @@ class Trainer:
             self.loss_fn = base
             return
         check_model_name(d["teacher"])
-        teacher = timm.create_model(d["teacher"], num_classes=self.num_classes, **d["teacher_kwargs"])
+        if not d["teacher_checkpoint"] and not d["teacher_pretrained"]:
+            raise ConfigError(f"distillation needs the teacher's weights: pass distill.teacher_checkpoint=FILE or "
+                              f"distill.teacher_pretrained=true (downloads {d['teacher']})")
+        try:
+            teacher = timm.create_model(d["teacher"], pretrained=d["teacher_pretrained"] and not
+                                        d["teacher_checkpoint"], num_classes=self.num_classes, **d["teacher_kwargs"])
+        except (RuntimeError, OSError) as e:
+            raise ConfigError(f"distill.teacher {d['teacher']!r}: {str(e).splitlines()[0][:200]}; pass "
+                              "distill.teacher_checkpoint=FILE") from None
         if d["teacher_checkpoint"]:
             load_weights(teacher, d["teacher_checkpoint"])
         teacher.to(self.device).eval().requires_grad_(False)
@@ -239,27 +257,14 @@ class Trainer:
         if cfg["compile"]:
             self.model = torch.compile(self.model)
         # different augmentation / drop-path streams per rank (the weights are already equal)
-        if self.resumed_from is None:
+        if self.run.resumed_from is None:
             _seed_all(cfg["seed"] + self.rank)
 
     def _maybe_resume(self) -> None:
-        """Restore the checkpoint the plan names (verified whole), after checking the config and classes."""
-        cfg = self.cfg
-        ckpt = self.plan["checkpoint"]
-        if not ckpt:
+        """Restore the checkpoint the plan names into the model, optimizer, schedule, EMA and counters."""
+        state = self.run.read_resume_state(self.classes, self.world)
+        if state is None:
             return
-        state = read_checkpoint(ckpt)
-        applied, refused = config_changes(state.get("config", {}), cfg)
-        if refused:
-            diff = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in sorted(refused.items()))
-            raise ConfigError(f"resume from {ckpt}: config keys differ from the checkpoint's and cannot be applied "
-                              f"to the running optimizer / schedule / data: {diff}; put the checkpoint's values "
-                              "back, or start a new run from its weights (initial_checkpoint=...)")
-        if state.get("classes") is not None and list(state["classes"]) != list(self.classes):
-            raise ConfigError(f"resume from {ckpt}: the classes ({len(self.classes)}, from {self.class_source}) "
-                              f"differ from the checkpoint's ({len(state['classes'])}): the labels would change")
-        if state.get("world_size", self.world) != self.world:
-            applied["world_size"] = [state["world_size"], self.world]
         load_weights(self.model, state["weights_path"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -273,84 +278,9 @@ class Trainer:
         self.last_metrics = state.get("last_metrics", {})
         self.wall_before = state.get("wall_s", 0.0)
         set_rng_state(state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0])
-        self.resumed_from = str(ckpt)
-        self.resume_state = {k: state.get(k) for k in ("step", "best_step", "best_ema_step", "weights_path",
-                                                       "ema_path")}
-        self.config_changes = applied
-        if self.main:
-            print(f"resumed from {ckpt} at step {self.step} (epoch {self.epoch})", flush=True)
-            if applied:
-                diff = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in sorted(applied.items()))
-                print(f"resume: config changes applied (recorded in {RUN_RECORD}): {diff}", flush=True)
-
-    def _open_run(self) -> None:
-        """Rank 0, once everything is built: lock output_dir, check the plan still holds, replace or clean up, and
-        write the run record and config (the first writes of the run)."""
-        cfg, d = self.cfg, self.run_dir
-        d.path.mkdir(parents=True, exist_ok=True)
-        d.lock()
-        if plan_run(self.out, cfg) != self.plan:
-            raise ConfigError(f"output_dir {self.out} changed while this run was starting; start it again")
-        if self.plan["replace"]:
-            d.remove_run()
-        cleaned = d.clean_stale()
-        src = Path(self.resumed_from) if self.resumed_from else None
-        in_place = src is not None and src.parent.parent.resolve() == self.out.resolve()
-        history = d.record().get("history", []) if in_place else []
-        entry = {"event": "resume" if src else "start", "time": now_iso(), "step": self.step, "epoch": self.epoch,
-                 "world_size": self.world}
-        if src:
-            entry.update({"from": str(src), "config_changes": self.config_changes})
-        if cleaned:
-            entry["cleaned"] = cleaned
-        history.append(entry)
-        record = {"format": "visionattn.run", "version": 1, "model": cfg["model"], "classes": self.classes,
-                  "class_source": self.class_source, "history": history}
-        write_text_atomic(self.out / RUN_RECORD, json.dumps(record, indent=1) + "\n")
-        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        if src is not None and not in_place:
-            # continuing another run's checkpoint: this run starts with its own copy, so it resumes by itself
-            write_checkpoint(self.out, self.step, {
-                f.name: (lambda p, f=f: shutil.copyfile(f, p)) for f in src.iterdir()
-                if f.name in ("model.safetensors", "model_ema.safetensors", "state.pt")})
-        if src is not None:
-            d.truncate_log(self.step)  # rows of steps the checkpoint does not hold (a kill came in between)
-            self._restore_best(src.parent.parent)
-        if cfg["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency
-
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if src else None)
-
-    def _restore_best(self, src_run: Path) -> None:
-        """best(_ema).safetensors must hold the weights of the step the checkpoint calls best. A kill between the
-        checkpoint and the best export leaves them older: write them again from the checkpoint's weights (the
-        best step is the checkpoint's own step then), or from the source run when resuming into a new folder."""
-        st = self.resume_state
-        for step_key, name, weights_key, top1 in (
-                ("best_step", "best.safetensors", "weights_path", self.best_top1),
-                ("best_ema_step", "best_ema.safetensors", "ema_path", self.best_top1_ema)):
-            best = st.get(step_key)
-            if best is None:
-                continue
-            target = self.out / name
-            if _weights_step(target) == str(best):
-                continue
-            src = None
-            if best == st["step"] and st.get(weights_key) is not None:
-                src = st[weights_key]
-            elif _weights_step(src_run / name) == str(best):
-                src = src_run / name
-            if src is None:
-                print(f"resume: warning: the best weights (step {best}) are not available to write {target}",
-                      flush=True)
-                continue
-            save_weights(load_state_dict_file(src), target, {"model": self.cfg["model"], "step": best, "top1": top1})
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        self.run_dir.unlock()
+        self.run.close()
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save(self) -> None:
@@ -365,12 +295,10 @@ class Trainer:
         if not self.main:
             return
         model = unwrap(self.model)
-        meta = {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
-        files = {"model.safetensors": lambda p: save_weights(model.state_dict(), p, meta, atomic=False)}
+        weights = {"model.safetensors": model.state_dict}
         if self.ema is not None:
-            files["model_ema.safetensors"] = lambda p: save_weights(self.ema.module.state_dict(), p, meta,
-                                                                     atomic=False)
-        state = plain({
+            weights["model_ema.safetensors"] = self.ema.module.state_dict
+        state = {
             "format": "visionattn.train_state",
             "model": self.cfg["model"],
             "optimizer": self.optimizer.state_dict(),
@@ -389,21 +317,22 @@ class Trainer:
             "rng": rng,
             "config": self.cfg,
             "classes": self.classes,
-        })
-        files["state.pt"] = lambda p: torch.save(state, p)
-        write_checkpoint(self.out, self.step, files)
+        }
+        self.run.save(self.step, weights, state, self._meta())
+
+    def _meta(self) -> dict:
+        return {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
 
     def _export_best(self, model: bool, ema: bool) -> None:
-        """best(_ema).safetensors, after the checkpoint that records them as best (see `_restore_best`)."""
+        """best(_ema).safetensors, after the checkpoint that records them as best (see `Run._restore_best`)."""
         if not self.main:
             return
-        meta = {"model": self.cfg["model"], "step": self.step, "epoch": self.epoch}
         if model:
-            save_weights(unwrap(self.model).state_dict(), self.out / "best.safetensors",
-                         {**meta, "top1": self.best_top1})
+            self.run.export_best("best.safetensors", unwrap(self.model).state_dict(),
+                                 {**self._meta(), "top1": self.best_top1})
         if ema:
-            save_weights(self.ema.module.state_dict(), self.out / "best_ema.safetensors",
-                         {**meta, "top1": self.best_top1_ema})
+            self.run.export_best("best_ema.safetensors", self.ema.module.state_dict(),
+                                 {**self._meta(), "top1": self.best_top1_ema})
 
     # ------------------------------------------------------------------------------------------------- training
     def _loader(self, epoch: int):
@@ -415,6 +344,12 @@ class Trainer:
             self.train_ds, batch_size=cfg["batch_size"], sampler=_SkipSampler(self.sampler, skip),
             num_workers=cfg["workers"], pin_memory=cfg["pin_memory"] and self.device.type == "cuda",
             drop_last=True, generator=g, persistent_workers=False)
+
+    def _clip_params(self, model: nn.Module):
+        exclude = self.cfg["clip_exclude_head"]
+        if exclude is None:
+            exclude = self.cfg["clip_mode"] == "agc"  # timm's trainer
+        return model_parameters(model, exclude_head=exclude)
 
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
@@ -436,8 +371,7 @@ class Trainer:
                 x, y = self.mixup(x, y)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.has_prepbn:
-                set_prepbn_step(unwrapped, self.step, warm_steps=cfg["prepbn_warm"])
+            self._step_hooks()
             last_micro = (self.micro_in_epoch + 1) % accum == 0
             sync = last_micro or not self.distributed
             ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
@@ -465,8 +399,7 @@ class Trainer:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             if cfg["clip_grad"] is not None:
-                dispatch_clip_grad(model_parameters(unwrapped, exclude_head=cfg["clip_mode"] == "agc"),
-                                   value=cfg["clip_grad"], mode=cfg["clip_mode"])
+                dispatch_clip_grad(self._clip_params(unwrapped), value=cfg["clip_grad"], mode=cfg["clip_mode"])
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -480,9 +413,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{lr:.2e}")
-            if self.writer is not None and self.step % cfg["log_interval"] == 0:
-                self.writer.add_scalar("train/loss", loss.item(), self.step)
-                self.writer.add_scalar("train/lr", lr, self.step)
+            if self.main and self.step % cfg["log_interval"] == 0:
+                self.run.scalar("train/loss", loss.item(), self.step)
+                self.run.scalar("train/lr", lr, self.step)
             if cfg["max_steps"] is not None and self.step >= cfg["max_steps"]:
                 break
             if cfg["checkpoint_interval"] and self.step % cfg["checkpoint_interval"] == 0 \
@@ -502,53 +435,49 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def recalibrate_bn(self) -> None:
-        """SLAB: passes over the training data with only the BatchNorm layers in train mode."""
-        model = self.model
-        model.eval()
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train()
-        for _ in range(self.cfg["bn_recalib_epochs"]):
-            self.micro_in_epoch = 0
-            for x, _y in self._loader(self.num_epochs):
-                x = x.to(self.device)
-                if self.cfg["channels_last"]:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(self.cfg["amp"], self.device):
+    def recalibrate_bn(self, epoch: int) -> None:
+        """SLAB: one pass over the training data with only the BatchNorm layers in train mode (the model's and the
+        EMA's), refreshing their running statistics."""
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        for model in models:
+            model.eval()
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        for x, _y in self._loader(epoch):
+            x = x.to(self.device)
+            if self.cfg["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.cfg["amp"], self.device):
+                for model in models:
                     model(x)
 
-    def log(self, row: dict) -> None:
-        if not self.main:
-            return
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if self.writer is not None:
-            for k, v in row.items():
-                if isinstance(v, float) and k not in ("epoch", "step"):
-                    self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
-
     def fit(self) -> dict:
+        """Train `epochs` (+ cooldown) epochs, then `bn_recalib_epochs` BN recalibration passes; every epoch and
+        pass ends with its log row, a checkpoint and the best weights."""
         cfg = self.cfg
+        total = self.num_epochs + cfg["bn_recalib_epochs"]
         stopped = cfg["max_steps"] is not None and self.step >= cfg["max_steps"] and self.epoch < self.num_epochs
-        while self.epoch < self.num_epochs and not stopped:
+        while self.epoch < total and not stopped:
             epoch = self.epoch
             t_epoch = time.time()
-            row = self.train_epoch(epoch)
-            if self.micro_in_epoch < self.micro_per_epoch:  # max_steps reached mid-epoch
-                self.save()
-                stopped = True
-                break
+            recalib = epoch >= self.num_epochs
+            if recalib:
+                self.recalibrate_bn(epoch)
+                row = {"bn_recalib": epoch - self.num_epochs + 1}
+            else:
+                row = self.train_epoch(epoch)
+                if self.micro_in_epoch < self.micro_per_epoch:  # max_steps reached mid-epoch
+                    self.save()
+                    stopped = True
+                    break
             self.epoch += 1
             self.micro_in_epoch = 0
-            self.scheduler.step(self.epoch)
-            last = self.epoch == self.num_epochs
-            if last and cfg["bn_recalib_epochs"]:
-                self.recalibrate_bn()
+            if not recalib:
+                self.scheduler.step(self.epoch)
+            last = self.epoch == total
             improved = ema_improved = False
-            if self.epoch % cfg["eval_interval"] == 0 or last:
+            if recalib or self.epoch % cfg["eval_interval"] == 0 or last or self.epoch == self.num_epochs:
                 metrics = self.validate()
                 row.update(metrics)
                 self.last_metrics = metrics
@@ -562,23 +491,26 @@ class Trainer:
             row.update({"epoch": self.epoch, "step": self.step, "epoch_s": time.time() - t_epoch})
             # the row first, then the checkpoint, then best: a kill in between resumes from the previous
             # checkpoint (its row dropped again) or from this one (best written again from it)
-            self.log(row)
+            if self.main:
+                self.run.log(row)
             self.save()
             self._export_best(improved, ema_improved)
             if self.main:
                 msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                 print(msg, flush=True)
-            if cfg["max_steps"] is not None and self.step >= cfg["max_steps"]:
+            if cfg["max_steps"] is not None and self.step >= cfg["max_steps"] and not recalib:
                 stopped = self.epoch < self.num_epochs
-                break
-        return self._summary(completed=not stopped)
+                if stopped:
+                    break
+        return self._summary(completed=not stopped and self.epoch >= total)
 
     def _summary(self, completed: bool) -> dict:
         latest = latest_checkpoint(self.out) if self.main else None
         summary = {
             "model": self.cfg["model"],
-            "epochs": self.epoch,
+            "epochs": min(self.epoch, self.num_epochs),
             "epochs_planned": self.num_epochs,
+            "bn_recalib_passes": max(self.epoch - self.num_epochs, 0),
             "steps": self.step,
             "completed": completed,
             "best_top1": self.best_top1,
@@ -596,15 +528,5 @@ class Trainer:
             "checkpoint": str(latest) if latest is not None else None,
         }
         if self.main:
-            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
+            self.run.finish(summary)
         return summary
-
-
-def _weights_step(path: Path) -> str | None:
-    """The step in a weights file's metadata (None when absent or unreadable)."""
-    if not path.is_file():
-        return None
-    try:
-        return weights_metadata(path).get("step")
-    except Exception:  # unreadable (safetensors raises its own error type): treated as absent
-        return None

@@ -28,7 +28,7 @@ from .checkpoint import (
     remove_checkpoints,
     write_text_atomic,
 )
-from .config import ConfigError
+from .config import RESUME_MUTABLE, ConfigError, flat
 
 __all__ = ["RUN_RECORD", "RUN_FILES", "RESUME_MUTABLE", "RunDir", "plan_run", "config_changes", "now_iso"]
 
@@ -233,29 +233,12 @@ def _plan_run(out: str | os.PathLike, cfg: Mapping) -> dict:
     return _fresh_into(d, cfg["overwrite"])
 
 
-# config keys a resumed run may change (run control, I/O, devices); any other change is refused, since the
-# restored optimizer / scheduler / data order would silently keep the checkpoint's value
-RESUME_MUTABLE = frozenset({
-    "resume", "overwrite", "output_dir", "data_dir", "workers", "pin_memory", "threads", "val_batch_size", "device",
-    "dist_backend", "find_unused_parameters", "compile", "channels_last", "deterministic", "max_steps",
-    "checkpoint_interval", "eval_interval", "log_interval", "tensorboard",
-})
-
-
-def _flat(d: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and k == "distill":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def config_changes(old: Mapping, new: Mapping) -> tuple[dict, dict]:
     """(applied, refused): {key: [checkpoint value, new value]} for the keys that differ between the config a
     checkpoint was written with and the config of the run resuming it."""
-    a, b = _flat(plain(old)), _flat(plain(new))
+    a, b = flat(plain(old)), flat(plain(new))
     changed = {k: [a[k], b[k]] for k in a.keys() & b.keys() if a[k] != b[k]}
     applied = {k: v for k, v in changed.items() if k in RESUME_MUTABLE}
     refused = {k: v for k, v in changed.items() if k not in RESUME_MUTABLE}

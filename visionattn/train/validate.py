@@ -11,6 +11,7 @@ from .checkpoint import load_weights
 from .data import check_num_classes, eval_classes, eval_loader, resolve_data
 from .dist import autocast, dist_env, init_distributed, resolve_device
 from .model import build_model, check_model_name
+from .weights import load_starting_weights
 
 __all__ = ["evaluate", "validate"]
 
@@ -45,7 +46,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str | None = N
 
 
 def validate(cfg: dict, checkpoint: str | None, ema: bool = False, split: str | None = None) -> dict:
-    """Evaluate `cfg["model"]` with `checkpoint`'s weights on `<data_dir>/<split>` (default: val_split).
+    """Evaluate `cfg["model"]` with `checkpoint`'s weights (else the config's starting weights: pretrained=...,
+    initial_checkpoint=...) on `<data_dir>/<split>` (default: val_split).
 
     Labels follow the run's class list (run.json) when the checkpoint belongs to a run, else `class_map`,
     else the split's own folders. Under torchrun the split is sharded and the counts all-reduced."""
@@ -62,6 +64,8 @@ def validate(cfg: dict, checkpoint: str | None, ema: bool = False, split: str | 
     model = build_model(cfg, check_num_classes(cfg, classes))
     if checkpoint:
         load_weights(model, checkpoint, ema=ema)
+    else:  # released weights (pretrained=...) or a checkpoint of another layout (initial_checkpoint=...)
+        load_starting_weights(model, cfg)
     model.to(device).eval()
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)

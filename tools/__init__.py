@@ -1,0 +1,1 @@
+"""The project's scripts; `tools.bench` is the benchmark front door (`python -m tools.bench <suite>`)."""

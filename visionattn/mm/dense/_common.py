@@ -1,0 +1,52 @@
+"""Pieces the official dense backbones share: right/bottom padding and the mmdet Swin window routine.
+
+The official mmdet / mmseg Swin-style backbones zero-pad a block's normalised map to a multiple of the window
+*before* the cyclic shift and build the shift mask on the padded grid (timm and the classification models shift
+first and pad after): at sizes that are no multiple of the window the two differ, so the dense backbones use
+`official_window_attention`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import window_partition, window_reverse
+
+from visionattn.backbones._swin import shift_window_mask
+
+__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra"]
+
+
+def pad_right_bottom(x: torch.Tensor, multiple: int, channels_last: bool = False) -> torch.Tensor:
+    """Zero-pad an NCHW (or NHWC) map at the right / bottom to multiples of `multiple`."""
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if not ph and not pw:
+        return x
+    return F.pad(x, (0, 0, 0, pw, 0, ph)) if channels_last else F.pad(x, (0, pw, 0, ph))
+
+
+def official_window_attention(x: torch.Tensor, window: int, shift: int,
+                              attn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                              masked: bool = True) -> torch.Tensor:
+    """mmdet Swin order on a normalised NHWC map: pad to the window, roll by -shift, (mask on the padded grid),
+    windows -> `attn(windows (nW*B, ws*ws, C), mask)` -> merge, roll back, crop. `masked=False`: no mask (SLA)."""
+    b, h, w, c = x.shape
+    x = pad_right_bottom(x, window, channels_last=True)
+    hp, wp = x.shape[1], x.shape[2]
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    mask = shift_window_mask(x, (window, window), (shift, shift)) if shift and masked else None
+    win = window_partition(x, (window, window)).reshape(-1, window * window, c)
+    win = attn(win, mask).reshape(-1, window, window, c)
+    x = window_reverse(win, (window, window), hp, wp)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x[:, :h, :w]
+
+
+def check_no_extra(owner: str, kwargs: dict) -> None:
+    """ValueError naming arguments a dense backbone does not know (the official classes swallow them silently)."""
+    if kwargs:
+        raise ValueError(f"{owner}: unknown arguments {sorted(kwargs)} (the official backbone's arguments only)")
