@@ -13,11 +13,15 @@ from visionattn import _environment as env
 
 def test_from_environ_reads_every_variable(tmp_path):
     s = env.from_environ({"VISIONATTN_CACHE": str(tmp_path), "VISIONATTN_NA_CPU": "0",
-                          "VISIONATTN_NA_AUTO_TRITON": "1", "TRITON_INTERPRET": "1"})
-    assert (s.cache_dir, s.na_cpu, s.na_auto_triton, s.triton_interpret) == (tmp_path, False, True, True)
+                          "VISIONATTN_NA_CPU_MARCH": " x86-64-v3 ", "VISIONATTN_NA_CPU_CALIBRATE": "0",
+                          "CXX": "g++-12", "VISIONATTN_NA_AUTO_TRITON": "1", "TRITON_INTERPRET": "1"})
+    assert (s.cache_dir, s.na_cpu, s.na_cpu_march, s.na_cpu_calibrate, s.cxx, s.na_auto_triton,
+            s.triton_interpret) == (tmp_path, False, "x86-64-v3", False, "g++-12", True, True)
     d = env.from_environ({"TRITON_INTERPRET": "0"})
-    assert (d.cache_dir, d.na_cpu, d.na_auto_triton, d.triton_interpret) == \
-        (Path.home() / ".cache" / "visionattn", True, False, False)
+    assert (d.cache_dir, d.na_cpu, d.na_cpu_march, d.na_cpu_calibrate, d.cxx, d.na_auto_triton,
+            d.triton_interpret) == (Path.home() / ".cache" / "visionattn", True, None, True, "c++", False, False)
+    assert env.from_environ({"VISIONATTN_NA_CPU_MARCH": ""}).na_cpu_march == ""  # the compiler's default target
+    assert env.from_environ({"CXX": ""}).cxx == "c++"
     assert env.from_environ({"TRITON_INTERPRET": ""}).triton_interpret is False
 
 

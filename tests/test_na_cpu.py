@@ -8,6 +8,7 @@ Where a C++ compiler exists (CI), a kernel that does not build fails these tests
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +19,9 @@ import pytest
 import torch
 from na_cases import NA_CASES, assert_matches_reference, case_id, make_inputs, run_na
 
-from visionattn._environment import settings
+from visionattn._environment import override, settings
 from visionattn.kernels import _na_cpu, dispatch, na, na1d, na2d, na3d
-from visionattn.kernels.checks import na_args
+from visionattn.kernels.checks import NAConfig, na_args
 
 FNS = {1: na1d, 2: na2d, 3: na3d}
 
@@ -35,9 +36,9 @@ def kernel():
         pytest.skip(f"no C++ compiler: {_na_cpu.load_error()}")
 
 
-# the lane path's own corners: rows longer than one vector block (16 fp32 / 8 fp64 lanes) with a partial last
-# block, dilation groups of unequal length along the last axis, causal + dilation there, even kernels, a window
-# as long as the axis, kernel 1 on the last axis, wide head_dim
+# the lane path's own corners: rows longer than one vector block (4 to 16 fp32 lanes by target) with a partial
+# last block, dilation groups of unequal length along the last axis, causal + dilation there, even kernels, a
+# window as long as the axis, kernel 1 on the last axis, wide head_dim, long rows with wide windows
 LANE_CASES = [
     dict(spatial=(70,), kernel_size=9, dilation=3, heads=2),
     dict(spatial=(70,), kernel_size=9, dilation=3, is_causal=True, heads=2),
@@ -49,6 +50,10 @@ LANE_CASES = [
     dict(spatial=(4, 5, 19), kernel_size=(3, 3, 5), dilation=(1, 1, 3), is_causal=(False, True, True), heads=2,
          batch=2),
     dict(spatial=(30, 33), kernel_size=7, heads=2, head_dim=40),
+    # long rows / wide windows: the backward's second pass gathers key blocks straight from the first pass's rows
+    dict(spatial=(200,), kernel_size=31, heads=2, head_dim=32),
+    dict(spatial=(150,), kernel_size=21, dilation=2, is_causal=True, heads=2, head_dim=32),
+    dict(spatial=(5, 120), kernel_size=(3, 31), dilation=(1, 2), heads=2, head_dim=16),
 ]
 # the generic path (stride > 1 on the last axis), with every other feature
 GENERIC_CASES = [
@@ -178,39 +183,42 @@ def test_nonfinite_stays_in_windows(cfg, which, value):
 
 
 def test_results_do_not_depend_on_threads():
-    """Fixed summation order: outputs and q/k/v gradients are bitwise equal at 1 and 2 threads (the RPB gradient
-    sums per-thread partial tables)."""
+    """Fixed summation order: outputs and q / k / v / RPB gradients are bitwise equal at 1 and 2 threads, and from
+    run to run at 2 threads (the work is handed to the threads dynamically), on both paths."""
     g = torch.Generator().manual_seed(0)
     leaves = [torch.randn(3, 19, 37, 4, 16, generator=g).requires_grad_() for _ in range(3)]
     rpb = torch.randn(4, 9, 9, generator=g).requires_grad_()
     threads = torch.get_num_threads()
-    res = []
+    res = {}
     try:
-        for n in (1, 2):
+        for run, n in enumerate((1, 2, 2)):
             torch.set_num_threads(n)
             for stride in (1, 2):
                 out = na2d(*leaves, 5, stride=(1, stride), dilation=(1, 2), rpb=rpb, backend="cpu")
-                res.append((n, out, *torch.autograd.grad(out.square().sum(), [*leaves, rpb])))
+                res[run, stride] = (out, *torch.autograd.grad(out.square().sum(), [*leaves, rpb]))
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(res[:2], res[2:]):
-        assert all(torch.equal(x, y) for x, y in zip(a[1:5], b[1:5]))
-        torch.testing.assert_close(a[5], b[5], rtol=1e-5, atol=1e-5)
+    for stride in (1, 2):
+        for run in (1, 2):
+            assert all(torch.equal(x, y) for x, y in zip(res[0, stride], res[run, stride])), (stride, run)
 
 
 def test_auto_picks_the_kernel_on_cpu_but_not_while_exporting(monkeypatch):
-    seen = []
-    run = na._RUN["cpu"]
-    monkeypatch.setitem(na._RUN, "cpu", lambda *a: seen.append(1) or run(*a))
-    q, k, v, _ = make_inputs((9, 10), 3)
-    want = na2d(q, k, v, 3, backend="reference")
-    torch.testing.assert_close(na2d(q, k, v, 3), want)
-    assert seen == [1]
-    # while exporting (ONNX, torch.jit.trace) the graph holds the torch path
-    monkeypatch.setattr(dispatch, "exporting", lambda: True)
-    monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
-    torch.testing.assert_close(na2d(q, k, v, 3), want)
-    assert seen == [1]
+    """Without calibration (VISIONATTN_NA_CPU_CALIBRATE=0) `auto` runs the kernel wherever it can: not while
+    exporting."""
+    with override(na_cpu_calibrate=False):
+        seen = []
+        run = na._RUN["cpu"]
+        monkeypatch.setitem(na._RUN, "cpu", lambda *a: seen.append(1) or run(*a))
+        q, k, v, _ = make_inputs((9, 10), 3)
+        want = na2d(q, k, v, 3, backend="reference")
+        torch.testing.assert_close(na2d(q, k, v, 3), want)
+        assert seen == [1]
+        # while exporting (ONNX, torch.jit.trace) the graph holds the torch path
+        monkeypatch.setattr(dispatch, "exporting", lambda: True)
+        monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
+        torch.testing.assert_close(na2d(q, k, v, 3), want)
+        assert seen == [1]
 
 
 def test_auto_asks_the_kernel_preference(monkeypatch):
@@ -360,3 +368,169 @@ def test_bench_na_cpu_tool(tmp_path):
     for args in (["--threads", "0"], ["--models", "no_such_model"], ["--timer", "cpu", "--threads", "2"]):
         bad = run(*args)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------ builds per target
+
+
+def test_build_info_names_the_target_it_was_built_for():
+    """The loaded build: the -march chosen for this machine and the vectors the compiled code uses (read from it)."""
+    info = _na_cpu.build_info()
+    assert info["march"] == (_na_cpu.host_march() or None)
+    expected = {"x86-64-v4": ("avx512", 512), "x86-64-v3": ("avx2", 256), "x86-64-v2": ("sse2", 128),
+                "x86-64": ("sse2", 128), "armv8-a": ("neon", 128)}.get(info["march"])
+    if expected is not None:
+        assert (info["isa"], info["vector_bits"]) == expected, info
+    assert info["compiler"] and info["cpu"] and info["march"] in info["folder"]
+
+
+def test_build_folder_is_keyed_by_target():
+    """One cache folder per target (and source, compiler, torch): builds for other targets never collide."""
+    cxx = settings().cxx
+    src = b"int x;"
+    folders = {_na_cpu._build_dir(cxx, m, kind, src) for m in ("x86-64-v3", "x86-64-v4", "") for kind in ("lib", "obj")}
+    assert len(folders) == 6
+    assert _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src) == _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src)
+    assert _na_cpu._build_dir(cxx, "x86-64-v3", "lib", src) != _na_cpu._build_dir(cxx, "x86-64-v3", "lib", b"int y;")
+    assert "x86-64-v4" in _na_cpu._build_dir(cxx, "x86-64-v4", "lib", src).name
+
+
+@pytest.mark.parametrize("target", list(_na_cpu.TARGETS))
+def test_kernel_compiles_for_target(target):
+    """AVX2, AVX-512 and aarch64 (NEON, SVE) builds compile on any machine (object files; a cross compiler for the
+    other architecture: Debian's g++-aarch64-linux-gnu), each with that target's vectors. CI installs the cross
+    compiler and sets VISIONATTN_REQUIRE_CROSS=1: a missing compiler fails there instead of skipping."""
+    triplet, march, _ = _na_cpu.TARGETS[target]
+    info = _na_cpu.build_info()
+    if triplet == _na_cpu._host_triplet() and march == info["march"]:
+        pytest.skip(f"the kernel loaded here is the {target} build: this file's tests ran on it")
+    try:
+        obj = _na_cpu.compile_check(target)
+    except RuntimeError as e:
+        if "no C++ compiler" in str(e) and os.environ.get("VISIONATTN_REQUIRE_CROSS") != "1":
+            pytest.skip(str(e))
+        raise
+    assert obj.stat().st_size > 0
+
+
+def test_kernel_tests_pass_on_the_x86_64_v3_build():
+    """Where the loaded build is not the AVX2 one (an AVX-512 machine), this file's numerical tests run again in a
+    process that builds and loads the x86-64-v3 kernel."""
+    if _na_cpu._host_triplet() != "x86_64-linux-gnu":
+        pytest.skip("x86-64 only")
+    if _na_cpu.build_info()["march"] == "x86-64-v3":
+        pytest.skip("the kernel loaded here is the x86-64-v3 build: this file's tests ran on it")
+    env = dict(os.environ, VISIONATTN_NA_CPU_MARCH="x86-64-v3")
+    keep = "matches_reference or gradcheck or gqa or strided or nonfinite or threads or low_precision or build_info"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "0", __file__,
+                          "-k", keep], env=env, capture_output=True, text=True, timeout=3000)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ auto's choice
+
+
+@pytest.fixture
+def calibration(monkeypatch, tmp_path):
+    """An empty timing table written to tmp_path; `measured` lists the shape classes timed."""
+    measured = []
+    monkeypatch.setattr(_na_cpu, "_cal", {})
+    monkeypatch.setattr(_na_cpu, "_cal_read", set())
+    monkeypatch.setattr(_na_cpu, "_calibration_file", lambda: tmp_path / "calibration.json")
+    with override(na_cpu_calibrate=True):
+        yield measured
+
+
+def _cfg(ks, n=2, stride=1, dilation=1, causal=False):
+    return NAConfig((ks,) * n, (stride,) * n, (dilation,) * n, (causal,) * n, 0.25)
+
+
+def test_preferred_follows_the_measured_timings(calibration, monkeypatch, tmp_path):
+    """auto's choice per shape class is the faster of the timed backends; each class is timed once, kept in
+    memory and in the file, which a fresh table reads instead of timing again."""
+    speeds = {}  # (needs_grad, rpb) -> (cpu seconds, torch seconds)
+
+    def fake(q, k, v, rpb, cfg, needs_grad):
+        calibration.append(_na_cpu.shape_class(q, k, v, rpb, cfg, needs_grad))
+        cpu, tor = speeds[needs_grad, rpb is not None]
+        return {"cpu": cpu, "torch": tor}
+
+    monkeypatch.setattr(_na_cpu, "_measure", fake)
+    speeds.update({(False, True): (1.0, 2.0), (True, True): (3.0, 2.0), (False, False): (2.0, 2.0)})
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    cfg = _cfg(3)
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=False) is True
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False  # slower in training: the torch path
+    assert _na_cpu.preferred(q, k, v, None, cfg, needs_grad=False) is True  # a tie keeps the kernel
+    for _ in range(3):
+        assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False
+    assert len(calibration) == 3 == len(set(calibration))
+    # the same class at another size bucket or thread count is another class
+    big = make_inputs((40, 40), 3, batch=4)
+    speeds[False, True] = (5.0, 1.0)
+    assert _na_cpu.preferred(*big[:3], big[3], cfg, needs_grad=False) is False
+    assert len(calibration) == 4
+    # a new process (empty table) reads the file
+    saved = json.loads((tmp_path / "calibration.json").read_text())["classes"]
+    assert set(saved) == set(calibration)
+    monkeypatch.setattr(_na_cpu, "_cal", {})
+    monkeypatch.setattr(_na_cpu, "_cal_read", set())
+    assert _na_cpu.preferred(q, k, v, rpb, cfg, needs_grad=True) is False
+    assert len(calibration) == 4
+
+
+def test_shape_class_separates_what_changes_the_speed():
+    q, k, v, rpb = make_inputs((9, 10), 3, heads=4)
+    base = _na_cpu.shape_class(q, k, v, rpb, _cfg(3), False)
+    others = [
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3), True),
+        _na_cpu.shape_class(q, k, v, None, _cfg(3), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(5), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, stride=2), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, dilation=2), False),
+        _na_cpu.shape_class(q, k, v, rpb, _cfg(3, causal=True), False),
+        _na_cpu.shape_class(q.double(), k.double(), v.double(), rpb.double(), _cfg(3), False),
+        _na_cpu.shape_class(q, k[..., :2, :], v[..., :2, :], rpb, _cfg(3), False),  # GQA
+        _na_cpu.shape_class(q.repeat(16, 1, 1, 1, 1), k, v, rpb, _cfg(3), False),  # 16x the queries
+    ]
+    assert len({base, *others}) == len(others) + 1
+    assert _na_cpu.shape_class(q[..., :9, :, :], k, v, rpb, _cfg(3), False) == base  # 10% fewer: same bucket
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert _na_cpu.shape_class(q, k, v, rpb, _cfg(3), False) != base
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_preferred_times_nothing_where_it_must_not(calibration, monkeypatch):
+    """No timing under graph capture (the kernel), with VISIONATTN_NA_CPU_CALIBRATE=0 (the kernel), for an empty
+    batch; False where the kernel cannot run the call (exporting)."""
+    monkeypatch.setattr(_na_cpu, "_measure", lambda *a: calibration.append(a) or {"cpu": 1.0, "torch": 0.5})
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    monkeypatch.setattr(_na_cpu, "capturing", lambda: True)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
+    monkeypatch.setattr(_na_cpu, "capturing", lambda: False)
+    with override(na_cpu_calibrate=False):
+        assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is True
+    assert _na_cpu.preferred(q[:0], k[:0], v[:0], rpb, _cfg(3), False) is True
+    assert calibration == []
+    monkeypatch.setattr(_na_cpu, "exporting", lambda: True)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is False
+    assert calibration == []
+    monkeypatch.setattr(_na_cpu, "exporting", lambda: False)
+    assert _na_cpu.preferred(q, k, v, rpb, _cfg(3), False) is False  # measured: the torch path is faster
+    assert len(calibration) == 1
+
+
+def test_calibration_runs_apart_from_the_callers_state(calibration):
+    """A real timing from inside no_grad / inference mode / autocast still times forward + backward in the call's
+    dtype, leaves the global RNG alone, and gives a decision."""
+    q, k, v, rpb = make_inputs((11, 13), 3, heads=2, head_dim=8, batch=2)
+    state = torch.random.get_rng_state()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        timing = _na_cpu._in_fresh_thread(_na_cpu._measure, q, k, v, rpb, _cfg(3), True)
+        choice = _na_cpu.preferred(q, k, v, rpb, _cfg(3), needs_grad=True)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert all(0 < t < 60 for t in timing.values()), timing
+    assert isinstance(choice, bool)

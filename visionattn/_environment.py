@@ -1,9 +1,14 @@
 """The settings visionattn takes from environment variables, read once at import (as NATTEN's ``_environment``).
 
-    VISIONATTN_CACHE=DIR         cache_dir        where the NA CPU kernel is built (default ~/.cache/visionattn)
-    VISIONATTN_NA_CPU=0          na_cpu           never build or run the compiled NA CPU kernel
-    VISIONATTN_NA_AUTO_TRITON=1  na_auto_triton   backend="auto" runs NA on CUDA with the fused Triton kernel
-    TRITON_INTERPRET=1           triton_interpret Triton kernels run in Triton's CPU interpreter (Triton reads it too)
+    VISIONATTN_CACHE=DIR           cache_dir         where the NA CPU kernel is built (default ~/.cache/visionattn)
+    VISIONATTN_NA_CPU=0            na_cpu            never build or run the compiled NA CPU kernel
+    VISIONATTN_NA_CPU_MARCH=M      na_cpu_march      the -march the NA CPU kernel is built for (default None: chosen
+                                                     per machine, x86-64-v4 / v3 / v2 or armv8-a; "": the compiler's)
+    VISIONATTN_NA_CPU_CALIBRATE=0  na_cpu_calibrate  backend="auto" on CPU runs the NA CPU kernel wherever it can,
+                                                     without timing it against the torch path once per shape class
+    CXX=PATH                       cxx               the C++ compiler that builds the NA CPU kernel (default c++)
+    VISIONATTN_NA_AUTO_TRITON=1    na_auto_triton    backend="auto" runs NA on CUDA with the fused Triton kernel
+    TRITON_INTERPRET=1             triton_interpret  Triton kernels run in Triton's CPU interpreter (Triton reads it)
 
 Two more settings have no variable: ``na_triton_tiles_2d`` (2-D tile shapes of the fused NA kernel, for benchmarks)
 and ``na_triton_device_tiles`` (the GPU's tile shapes in the interpreter, for tests). Change a setting with
@@ -24,6 +29,9 @@ __all__ = ["Settings", "from_environ", "override", "settings", "update"]
 class Settings:
     cache_dir: Path
     na_cpu: bool = True
+    na_cpu_march: str | None = None
+    na_cpu_calibrate: bool = True
+    cxx: str = "c++"
     na_auto_triton: bool = False
     triton_interpret: bool = False
     na_triton_tiles_2d: tuple | None = None  # ((1, tx, ty), (1, bx, by)): owned tile, iterated block
@@ -35,6 +43,9 @@ def from_environ(env: Mapping[str, str]) -> Settings:
     return Settings(
         cache_dir=Path(env.get("VISIONATTN_CACHE") or Path.home() / ".cache" / "visionattn"),
         na_cpu=env.get("VISIONATTN_NA_CPU", "1") != "0",
+        na_cpu_march=None if env.get("VISIONATTN_NA_CPU_MARCH") is None else env["VISIONATTN_NA_CPU_MARCH"].strip(),
+        na_cpu_calibrate=env.get("VISIONATTN_NA_CPU_CALIBRATE", "1") != "0",
+        cxx=env.get("CXX") or "c++",
         na_auto_triton=env.get("VISIONATTN_NA_AUTO_TRITON", "0") == "1",
         triton_interpret=env.get("TRITON_INTERPRET", "0") not in ("", "0"),
     )

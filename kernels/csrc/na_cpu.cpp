@@ -12,11 +12,11 @@
 // VL queries of a row at once, one per vector lane; the generic path (any geometry) one query at a time.
 // Forward: logits of each query's window, softmax, weighted sum of values; the natural log-sum-exp is returned
 // for the backward. Backward (from lse and delta = sum(dO * O) - dlse, so a softmax merged with extra keys
-// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ, dRPB (per-thread partial tables)
-// and stores P and dS per window slot; pass 2 per key walks the queries whose window holds it (per-axis inverse
-// tables), giving dK and dV without atomics. Every sum runs in a fixed order: results do not depend on the
-// thread count, except dRPB's reduction over threads. Non-finite values reach exactly the queries (and, in the
-// backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
+// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ and stores P and dS per window
+// slot; dRPB sums the stored dS per head; pass 2 per key walks the queries whose window holds it (per-axis inverse
+// tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
+// are the same, bit for bit, at any thread count and from run to run. Non-finite values reach exactly the queries
+// (and, in the backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
 //
 // Registered as visionattn_cpu::na_forward / na_backward (TORCH_LIBRARY): torch.compile and torch.export see
 // opaque ops; the Python side (visionattn.kernels._na_cpu) adds the fake implementations and autograd.
@@ -26,12 +26,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -191,6 +194,180 @@ at::Tensor unit_last(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.con
 
 // ------------------------------------------------------------------------------------------------ math
 
+// exp in plain arithmetic, so that it vectorises (std::exp is a scalar libm call), for scalars (V = T) and
+// vectors (V = vec<T>, below): x = n ln2 + r (Cody-Waite: ln2 split into a high part, exact when multiplied by
+// n, and a low part), |r| <= ln2 / 2, exp(r) by its Taylor polynomial (fp32: degree 7, fp64: degree 13; the
+// truncation error is far below an ulp), times 2^n built in the exponent field. The integer n is read from the
+// rounding constant's mantissa (no float -> int64 conversion: AVX2 has none). Results below the smallest normal
+// number flush to 0, x above 88 (fp32) / 709 (fp64) gives inf; -inf -> 0, +inf -> inf, NaN -> NaN.
+template <typename T>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  static constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693145751953125f,
+                         ln2_lo = 1.42860682030941723e-6f;
+  static constexpr float round = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer held in the mantissa
+  static constexpr float lo = -87.f, hi = 88.f;
+  static constexpr int degree = 7, mant = 23, bias = 127;
+};
+template <>
+struct ExpConst<double> {
+  static constexpr double log2e = 1.44269504088896341, ln2_hi = 6.93147180369123816490e-01,
+                          ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double round = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr int degree = 13, mant = 52, bias = 1023;
+};
+
+template <typename T, int N>
+struct Taylor {  // 1 / i! for i <= N
+  T c[N + 1];
+  constexpr Taylor() : c{} {
+    c[0] = 1;
+    for (int i = 1; i <= N; ++i) c[i] = c[i - 1] / T(i);
+  }
+};
+
+// T: float / double; V: T or a vector of T; I: the integer type (vector) of V's shape
+template <typename T, typename V, typename I>
+inline V exp_poly(V x) {
+  using C = ExpConst<T>;
+  static constexpr Taylor<T, C::degree> taylor{};
+  const V zero{};
+  const auto nan = x != x;
+  const auto under = x < C::lo;
+  const auto over = x > C::hi;
+  V t = under ? zero + C::lo : x;
+  t = over ? zero + C::hi : t;
+  const V shifted = t * C::log2e + C::round;
+  const V n = shifted - C::round;
+  const V r = (t - n * C::ln2_hi) - n * C::ln2_lo;
+  V p = zero + taylor.c[C::degree];
+#pragma GCC unroll 16
+  for (int i = C::degree - 1; i >= 0; --i) p = p * r + taylor.c[i];
+  I ni, round_bits;
+  std::memcpy(&ni, &shifted, sizeof(ni));
+  const V round = zero + C::round;
+  std::memcpy(&round_bits, &round, sizeof(round_bits));
+  const I e = (ni - round_bits + C::bias) << C::mant;
+  V scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  V res = p * scale;
+  res = under ? zero : res;
+  res = over ? zero + std::numeric_limits<T>::infinity() : res;
+  return nan ? x : res;
+}
+
+inline float exp_approx(float x) { return exp_poly<float, float, int32_t>(x); }
+inline double exp_approx(double x) { return exp_poly<double, double, int64_t>(x); }
+
+// Vector types one machine register wide, chosen by the target the file is compiled for: 64 bytes with AVX-512
+// (16 fp32 lanes), 32 with AVX2 (8), 16 bytes otherwise (SSE2, ARM NEON, and SVE machines through NEON; other
+// targets lower them to what they have). A wider type than the registers would be split by the compiler, and its
+// accumulators would no longer fit the register file (the spills that made an AVX-512-sized kernel slow on AVX2).
+// GCC / Clang vector extensions, no intrinsics: every target builds the same source.
+#if defined(__AVX512F__)
+#define NA_VEC_BYTES 64
+#define NA_ISA "avx512"
+#elif defined(__AVX2__)
+#define NA_VEC_BYTES 32
+#define NA_ISA "avx2"
+#elif defined(__AVX__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "avx"
+#elif defined(__SSE2__)
+#define NA_VEC_BYTES 16
+#define NA_ISA "sse2"
+#elif defined(__ARM_FEATURE_SVE)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon+sve"  // SVE machines run the NEON-width vectors
+#elif defined(__ARM_NEON)
+#define NA_VEC_BYTES 16
+#define NA_ISA "neon"
+#else
+#define NA_VEC_BYTES 16
+#define NA_ISA "generic"
+#endif
+constexpr int kVecBytes = NA_VEC_BYTES;
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+using vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t lanes() {
+  return kVecBytes / sizeof(T);
+}
+// integer vectors of the same shape (exponent arithmetic of vexp)
+template <typename T>
+struct IntVecOf;
+template <>
+struct IntVecOf<float> {
+  typedef int32_t type __attribute__((vector_size(kVecBytes)));
+};
+template <>
+struct IntVecOf<double> {
+  typedef int64_t type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+using ivec = typename IntVecOf<T>::type;
+
+template <typename T>
+inline vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store(T* p, const vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline vec<T> splat(T x) {
+  return vec<T>{} + x;
+}
+template <typename T>
+inline vec<T> vmax(const vec<T>& a, const vec<T>& b) {
+  return a > b ? a : b;  // NaN in a lane: keeps b unless b is NaN; a NaN score still reaches the sum below
+}
+
+inline vec<float> vexp(vec<float> x) { return exp_poly<float, vec<float>, ivec<float>>(x); }
+inline vec<double> vexp(vec<double> x) { return exp_poly<double, vec<double>, ivec<double>>(x); }
+
+// log for the softmax sums (x >= 1, or NaN / inf, which pass through): x = 2^e m with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(z), z = (m - 1) / (m + 1), |z| < 0.172, by its odd series (fp32 to z^9, fp64 to z^21)
+template <typename T>
+inline vec<T> vlog_ge1(vec<T> x) {
+  using C = ExpConst<T>;
+  using I = ivec<T>;
+  constexpr int terms = sizeof(T) == 4 ? 5 : 11;
+  I bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const I one_exp = I{} + (I{} + C::bias) << C::mant;
+  I e = (bits >> C::mant) - C::bias;  // x >= 1: the sign bit is clear
+  I mbits = (bits & ((I{} + 1) << C::mant) - 1) | one_exp;
+  vec<T> m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const auto big = m > T(1.4142135623730951);
+  m = big ? m * T(0.5) : m;
+  e = big ? e + 1 : e;
+  const vec<T> z = (m - T(1)) / (m + T(1)), z2 = z * z;
+  vec<T> p = splat<T>(T(1) / T(2 * terms - 1));
+  for (int k = terms - 2; k >= 0; --k) p = p * z2 + T(1) / T(2 * k + 1);
+  vec<T> ef;
+  for (int64_t t = 0; t < lanes<T>(); ++t) ef[t] = static_cast<T>(e[t]);
+  const vec<T> res = ef * C::ln2_hi + (T(2) * z * p + ef * C::ln2_lo);
+  return x != x || x == std::numeric_limits<T>::infinity() ? x : res;
+}
+
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   T s = 0;
@@ -204,34 +381,6 @@ inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
-
-// exp for float in a form the compiler vectorises (std::exp is a scalar libm call): 2^n * 2^f, degree-7
-// Taylor polynomial of 2^f on |f| <= 1/2 (relative error < 1e-8); -inf -> 0, +inf -> inf, NaN -> NaN.
-inline float exp_approx(float x) {
-  float t = x * 1.4426950408889634f;
-  const bool nan = t != t;
-  t = t < -150.f ? -150.f : (t > 150.f ? 150.f : t);
-  const float n = std::floor(t + 0.5f);
-  const float f = t - n;
-  float p = 1.5252734e-05f;
-  p = p * f + 1.5403530e-04f;
-  p = p * f + 1.3333558e-03f;
-  p = p * f + 9.6181291e-03f;
-  p = p * f + 5.5504109e-02f;
-  p = p * f + 2.4022651e-01f;
-  p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
-  const int32_t ni = static_cast<int32_t>(n);
-  const int32_t bits = (std::min(std::max(ni, -126), 127) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float r = p * scale;
-  r = ni < -126 ? 0.f : r;
-  r = ni > 127 ? std::numeric_limits<float>::infinity() : r;
-  return nan ? x : r;
-}
-
-inline double exp_approx(double x) { return std::exp(x); }
 
 // p[i] = exp(s[i] - shift); returns the sum
 template <typename T>
@@ -358,14 +507,11 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   const T scale = static_cast<T>(scale_d);
   // P and dS per (query, head, window slot); only valid slots are written and read
   std::unique_ptr<T[]> P(new T[items * K]), dS(new T[items * K]);
-  const int64_t n_threads = at::get_num_threads();
-  std::vector<T> drpb_part(drpb ? n_threads * H * R : 0, T(0));
 
   // pass 1, per query: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
   parallel_rows(items, K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> qs(D), acc(D), s(K), p(K);
-    std::vector<int64_t> koff(K), slot(K), ridx(K);
-    T* dr = drpb ? drpb_part.data() + at::get_thread_num() * H * R : nullptr;
+    std::vector<int64_t> koff(K), slot(K);
     int64_t y[kAxes];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t hh = item % H, pos = (item / H) % N, b = item / (H * N);
@@ -386,7 +532,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
         // dP, kept in p[] until the probabilities are known
         p[n] = dot(grow, vp + vv.at(b, x, hk), Dv);
         slot[n] = sl;
-        ridx[n] = r;
         ++n;
       });
       T* Prow = P.get() + item * K;
@@ -398,7 +543,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
         Prow[slot[i]] = pr;
         dSrow[slot[i]] = ds;
         axpy(ds, kp + koff[i], acc.data(), D);
-        if (dr) dr[hh * R + ridx[i]] += ds;
       }
       T* dqrow = dqp + vdq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) dqrow[i] = acc[i] * scale;
@@ -439,101 +583,41 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
     }
   });
 
+  // dRPB from the stored dS, one head per task and its queries in order: the same sums at any thread count
   if (drpb) {
     T* out_rpb = drpb->data_ptr<T>();
-    for (int64_t i = 0; i < H * R; ++i) {
-      T total = 0;
-      for (int64_t t = 0; t < n_threads; ++t) total += drpb_part[t * H * R + i];
-      out_rpb[i] = total;
-    }
+    std::fill(out_rpb, out_rpb + H * R, T(0));
+    at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+      int64_t y[kAxes];
+      for (int64_t hh = h0; hh < h1; ++hh)
+        for (int64_t b = 0; b < g.B; ++b)
+          for (int64_t pos = 0; pos < N; ++pos) {
+            g.unflat(pos, y);
+            const T* dSrow = dS.get() + ((b * N + pos) * H + hh) * K;
+            for_window(g, y, [&](int64_t sl, const int64_t*, int64_t r) { out_rpb[hh * R + r] += dSrow[sl]; });
+          }
+    });
   }
 }
 
 // ------------------------------------------------------------------------------------------------ lane path
 //
 // When the last axis has stride 1, the queries of one row (every axis but the last fixed) run VL at a time, one
-// query per vector lane, columns in their natural order. Keys and values are first transposed per row to
-// [dim][column] with ghost columns on each side; lane t of a block starting at column j0 then finds its window
+// query per vector lane, columns in their natural order. Key and value rows are transposed to [dim][column] with
+// ghost columns on each side (per thread, as the query rows reach them: RowCache); lane t of a block starting at
+// column j0 then finds its window
 // slot u at column j0 + t + d * (u - off) (d: dilation of the last axis): one contiguous vector load per (slot,
 // dim) serves all VL queries, and the head_dim loops become plain vector FMAs without horizontal sums. The
 // ghost columns make this exact at the borders: a border query's window is shifted inward by as many group
 // columns as its diagonal read runs past the border, so the column k * d to the right (left) of a left (right)
-// ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB (and the causal mask) per (row offset,
-// slot, lane) comes from a table built per call. Scores, values and gradients use GCC/Clang vector types
-// (64 bytes: one AVX-512 register, two AVX2 ones): no intrinsics, any x86-64 or ARM target.
-
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <typename T>
-using vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t lanes() {
-  return 64 / sizeof(T);
-}
-
-template <typename T>
-inline vec<T> load(const T* p) {
-  vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, const vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline vec<T> splat(T x) {
-  return vec<T>{} + x;
-}
-template <typename T>
-inline vec<T> vmax(const vec<T>& a, const vec<T>& b) {
-  return a > b ? a : b;  // NaN in a lane: keeps b unless b is NaN; a NaN score still reaches the sum below
-}
-
-inline vec<float> vexp(vec<float> x) {
-  typedef int32_t ivec __attribute__((vector_size(64)));
-  const auto nan = x != x;
-  vec<float> t = x * 1.4426950408889634f;
-  t = t < -150.f ? splat(-150.f) : t;
-  t = t > 150.f ? splat(150.f) : t;
-  const vec<float> magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const vec<float> n = (t + magic) - magic;
-  const vec<float> f = t - n;
-  vec<float> p = splat(1.5252734e-05f);
-  p = p * f + 1.5403530e-04f;
-  p = p * f + 1.3333558e-03f;
-  p = p * f + 9.6181291e-03f;
-  p = p * f + 5.5504109e-02f;
-  p = p * f + 2.4022651e-01f;
-  p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
-  const ivec ni = __builtin_convertvector(n, ivec);
-  ivec e = ni < -126 ? ivec{} - 126 : ni;
-  e = e > 127 ? ivec{} + 127 : e;
-  vec<float> scale;
-  const ivec bits = (e + 127) << 23;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  vec<float> r = p * scale;
-  r = ni < -126 ? vec<float>{} : r;
-  r = ni > 127 ? splat(std::numeric_limits<float>::infinity()) : r;
-  return nan ? x : r;
-}
-
-inline vec<double> vexp(vec<double> x) {
-  for (int64_t i = 0; i < lanes<double>(); ++i) x[i] = std::exp(x[i]);
-  return x;
-}
+// ghost is exactly the key its window holds instead; causal windows read zeros there and mask them. The RPB
+// (and the causal mask) per (row offset, slot, lane) comes from a table built per call. Vector width and register
+// blocking follow the target (kVecBytes, kVecRegs above), so each ISA runs its natural width: 16 fp32 lanes and
+// 32 registers with AVX-512, 8 lanes and 16 registers with AVX2, 4 lanes with NEON (32 registers) or SSE.
 
 // In-register transpose of a VL x VL tile: stage H swaps bit H of the row index with bit H of the column index
-// (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512).
+// (log2(VL) stages of VL two-source shuffles: one vpermt2ps each with AVX-512; with AVX2 the stages map to
+// vperm2f128 / vunpck / vshufps+vblend, with NEON to zip / trn).
 template <int H, int N, bool High>
 constexpr int swap_index(int c) {
   return High ? ((c & H) ? N + c : (c ^ H)) : ((c & H) ? N + (c ^ H) : c);
@@ -554,12 +638,12 @@ inline void transpose_stage(vec<T>* r) {
     r[i ^ H] = hi;
   }
 }
-template <typename T>
+template <typename T, int H = 1>
 inline void transpose_tile(vec<T>* r) {
-  transpose_stage<T, 1>(r);
-  transpose_stage<T, 2>(r);
-  transpose_stage<T, 4>(r);
-  if constexpr (lanes<T>() == 16) transpose_stage<T, 8>(r);
+  if constexpr (H < lanes<T>()) {
+    transpose_stage<T, H>(r);
+    transpose_tile<T, 2 * H>(r);
+  }
 }
 
 // dst[i * ds + t] = scale * src[t * ss + i] for i < D, t < VL; rows t >= nt read as zeros
@@ -569,7 +653,11 @@ inline void to_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale, T
   int64_t i0 = 0;
   for (; i0 + VL <= D; i0 += VL) {
     vec<T> r[VL];
-    for (int64_t t = 0; t < VL; ++t) r[t] = t < nt ? load(src + t * ss + i0) * scale : vec<T>{};
+    if (nt == VL) {  // a full block: no per-row test
+      for (int64_t t = 0; t < VL; ++t) r[t] = load(src + t * ss + i0) * scale;
+    } else {
+      for (int64_t t = 0; t < VL; ++t) r[t] = t < nt ? load(src + t * ss + i0) * scale : vec<T>{};
+    }
     transpose_tile<T>(r);
     for (int64_t i = 0; i < VL; ++i) store(dst + (i0 + i) * ds, r[i]);
   }
@@ -592,6 +680,14 @@ inline void from_lanes(const T* src, int64_t ss, int64_t nt, int64_t D, T scale,
     for (int64_t t = 0; t < nt; ++t) dst[t * ds + i0] = src[i0 * ss + t] * scale;
 }
 
+// Vector registers of the target: how many accumulators a register-blocked loop may hold.
+#if defined(__AVX512F__) || defined(__aarch64__)
+#define NA_VEC_REGS 32
+#else
+#define NA_VEC_REGS 16
+#endif
+constexpr int kVecRegs = NA_VEC_REGS;
+
 // Up to 8 independent accumulators per call: one chain per FMA latency would leave the FMA units idle.
 constexpr int64_t kChunk = 8;
 
@@ -603,6 +699,7 @@ inline void diag_dots_n(const T* a, int64_t as, const T* b, int64_t bs, int64_t 
   vec<T> acc[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = init ? load(init + c * init_stride) : vec<T>{};
+#pragma GCC unroll 2
   for (int64_t i = 0; i < D; ++i) {
     const vec<T> av = load(a + i * as);
     const T* bi = b + i * bs;
@@ -631,16 +728,17 @@ inline void diag_dots(const T* a, int64_t as, const T* b, int64_t bs, int64_t du
   }
 }
 
-// out[c] = sum_{n, u} w[n * kk + u] * rows[n][(i0 + c) * ld + u * du] for c < C: weights (P or dS) times the
-// diagonals of value or key rows, for dims i0 .. i0 + C
+// out[c] = sum_{n, u} w[n * kk + u] * rows[n][off + (i0 + c) * ld + u * du] for c < C: weights (P or dS) times
+// the diagonals of value or key rows, for dims i0 .. i0 + C
 template <typename T, int C>
-inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
-                       int64_t i0, vec<T>* out) {
+inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t off, int64_t n_rows, int64_t kk, int64_t ld,
+                       int64_t du, int64_t i0, vec<T>* out) {
   vec<T> acc[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
   for (int64_t n = 0; n < n_rows; ++n) {
-    const T* row = rows[n] + i0 * ld;
+    const T* row = rows[n] + off + i0 * ld;
+#pragma GCC unroll 2
     for (int64_t u = 0; u < kk; ++u) {
       const vec<T> wv = w[n * kk + u];
       const T* ru = row + u * du;
@@ -652,57 +750,145 @@ inline void diag_mix_n(const vec<T>* w, const T* const* rows, int64_t n_rows, in
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
+// diag_mix_n for dims i0 .. i0 + min(kChunk, D - i0)
 template <typename T>
-inline void diag_mix(const vec<T>* w, const T* const* rows, int64_t n_rows, int64_t kk, int64_t ld, int64_t du,
-                     int64_t D, vec<T>* out) {
-  for (int64_t i0 = 0; i0 < D; i0 += kChunk) {
-    switch (std::min(kChunk, D - i0)) {
-      case 8: diag_mix_n<T, 8>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 7: diag_mix_n<T, 7>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 6: diag_mix_n<T, 6>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 5: diag_mix_n<T, 5>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 4: diag_mix_n<T, 4>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 3: diag_mix_n<T, 3>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      case 2: diag_mix_n<T, 2>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-      default: diag_mix_n<T, 1>(w, rows, n_rows, kk, ld, du, i0, out + i0); break;
-    }
+inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, int64_t n_rows, int64_t kk,
+                           int64_t ld, int64_t du, int64_t i0, int64_t D, vec<T>* out) {
+  switch (std::min(kChunk, D - i0)) {
+    case 8: diag_mix_n<T, 8>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 7: diag_mix_n<T, 7>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 6: diag_mix_n<T, 6>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 5: diag_mix_n<T, 5>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 4: diag_mix_n<T, 4>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 3: diag_mix_n<T, 3>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    case 2: diag_mix_n<T, 2>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
+    default: diag_mix_n<T, 1>(w, rows, off, n_rows, kk, ld, du, i0, out + i0); break;
   }
 }
 
-// out[c] = sum_y a[y][a_off] * b[y][b_off + c * b_stride] for c < n (vectors): one key row's gradient
-// contributions summed over the query rows whose windows hold it
-template <typename T, int C>
-inline void row_sums_n(const T* const* a, const T* const* b, int64_t ny, int64_t a_off, int64_t b_stride,
-                       int64_t b_off, vec<T>* out) {
-  vec<T> acc[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) acc[c] = vec<T>{};
+// part[(i * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
+// i0 <= i < i0 + IB (VL lanes: one block of query columns): P or dS (w) times transposed dO or q (a), summed over
+// the query rows that hold one key row; UB x IB accumulators stay in registers, UB + IB loads per y
+template <typename T, int UB, int IB>
+__attribute__((always_inline)) inline void lane_outer_n(const T* const* w, const T* const* a, int64_t ny, int64_t ls,
+                                                        int64_t j0, int64_t u0, int64_t i0, int64_t kk, int64_t pw,
+                                                        T* part) {
+  vec<T> acc[UB][IB];
+  for (int u = 0; u < UB; ++u)
+    for (int i = 0; i < IB; ++i) acc[u][i] = vec<T>{};
   for (int64_t y = 0; y < ny; ++y) {
-    const vec<T> av = load(a[y] + a_off);
-    const T* by = b[y] + b_off;
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[c] += av * load(by + c * b_stride);
-  }
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) out[c] = acc[c];
-}
-
-template <typename T>
-inline void row_sums(const T* const* a, const T* const* b, int64_t ny, int64_t a_off, int64_t b_stride, int64_t b_off,
-                     int64_t n, vec<T>* out) {
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t off = b_off + c0 * b_stride;
-    switch (std::min(kChunk, n - c0)) {
-      case 8: row_sums_n<T, 8>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 7: row_sums_n<T, 7>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 6: row_sums_n<T, 6>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 5: row_sums_n<T, 5>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 4: row_sums_n<T, 4>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 3: row_sums_n<T, 3>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      case 2: row_sums_n<T, 2>(a, b, ny, a_off, b_stride, off, out + c0); break;
-      default: row_sums_n<T, 1>(a, b, ny, a_off, b_stride, off, out + c0); break;
+    vec<T> wv[UB];
+    for (int u = 0; u < UB; ++u) wv[u] = load(w[y] + (u0 + u) * ls + j0);
+    const T* ay = a[y] + i0 * ls + j0;
+    for (int i = 0; i < IB; ++i) {  // one dim's vector at a time: UB x IB + UB + 1 registers
+      const vec<T> av = load(ay + i * ls);
+      for (int u = 0; u < UB; ++u) acc[u][i] += wv[u] * av;
     }
   }
+  for (int u = 0; u < UB; ++u)
+    for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
+}
+
+constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;
+
+// lane_outer_n for slots u0 .. u0 + UB and every dim
+template <typename T, int UB>
+inline void lane_outer_slots(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
+                             int64_t kk, int64_t D, int64_t pw, T* part) {
+  int64_t i0 = 0;
+  for (; i0 + kOuterI <= D; i0 += kOuterI) lane_outer_n<T, UB, kOuterI>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  for (; i0 < D; ++i0) lane_outer_n<T, UB, 1>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+}
+
+// lane_outer_n over all u < kk, i < D for the query block at column j0
+template <typename T>
+inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t kk,
+                       int64_t D, int64_t pw, T* part) {
+  int64_t u0 = 0;
+  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(w, a, ny, ls, j0, u0, kk, D, pw, part);
+  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(w, a, ny, ls, j0, u0, kk, D, pw, part);
+}
+
+// dst[i * ld + e ..] = sum_u part[(i * kk + u) * pw + e - base - d u ..] for i < D, e < Le (blocks of VL): each key
+// column gathers its window slots' sums (lane_outer's output); two column blocks and two partial sums at a time, so
+// that the additions do not wait on one another
+template <typename T>
+inline void fold_slots(const T* part, int64_t pw, int64_t kk, int64_t d, int64_t base, int64_t D, int64_t Le, T* dst,
+                       int64_t ld) {
+  constexpr int64_t VL = lanes<T>();
+  const int64_t step = pw - d;
+  for (int64_t i = 0; i < D; ++i) {
+    const T* src = part + i * kk * pw - base;
+    T* out = dst + i * ld;
+    int64_t e = 0;
+    for (; e + 2 * VL <= Le; e += 2 * VL) {
+      vec<T> a0{}, a1{}, b0{}, b1{};
+      int64_t u = 0;
+      for (; u + 1 < kk; u += 2) {
+        a0 += load(src + e + u * step);
+        b0 += load(src + e + VL + u * step);
+        a1 += load(src + e + (u + 1) * step);
+        b1 += load(src + e + VL + (u + 1) * step);
+      }
+      if (u < kk) {
+        a0 += load(src + e + u * step);
+        b0 += load(src + e + VL + u * step);
+      }
+      store(out + e, a0 + a1);
+      store(out + e + VL, b0 + b1);
+    }
+    for (; e < Le; e += VL) {
+      vec<T> a0{}, a1{};
+      int64_t u = 0;
+      for (; u + 1 < kk; u += 2) {
+        a0 += load(src + e + u * step);
+        a1 += load(src + e + (u + 1) * step);
+      }
+      if (u < kk) a0 += load(src + e + u * step);
+      store(out + e, a0 + a1);
+    }
+  }
+}
+
+// out[i] = sum_y sum_u w[y][u * ls + j - d u] * a[y][(i0 + i) * ls + j - d u] for i < IB (vectors of VL key
+// columns; j: the block's first column minus base0): one block of one key row's gradient (dK from dS and the scaled
+// q, dV from P and dO), gathered from every query row y and window slot u that reaches it. The weight load serves
+// IB dims: 1 + IB loads per IB FMAs, accumulators in registers, no intermediate buffer.
+template <typename T, int IB>
+inline void key_lane_n(const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d, int64_t ls,
+                       int64_t j, int64_t i0, vec<T>* out) {
+  vec<T> acc[IB];
+  for (int i = 0; i < IB; ++i) acc[i] = vec<T>{};
+  for (int64_t y = 0; y < ny; ++y) {
+    const T* wy = w[y] + j;
+    const T* ay = a[y] + i0 * ls + j;
+    for (int64_t u = 0; u < kk; ++u) {
+      const vec<T> wv = load(wy + u * (ls - d));
+      const T* au = ay - u * d;
+#pragma GCC unroll 16
+      for (int i = 0; i < IB; ++i) acc[i] += wv * load(au + i * ls);
+    }
+  }
+  for (int i = 0; i < IB; ++i) out[i] = acc[i];
+}
+
+template <typename T, int IB>
+inline void key_lane_tail(int64_t ib, const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d,
+                          int64_t ls, int64_t j, int64_t i0, vec<T>* out) {
+  if constexpr (IB > 1) {
+    if (ib < IB) return key_lane_tail<T, IB - 1>(ib, w, a, ny, kk, d, ls, j, i0, out);
+  }
+  key_lane_n<T, IB>(w, a, ny, kk, d, ls, j, i0, out);
+}
+
+constexpr int64_t kKeyDims = kVecRegs >= 32 ? 16 : 8;
+
+// key_lane_n over all dims i < D (out[i])
+template <typename T>
+inline void key_lane(const T* const* w, const T* const* a, int64_t ny, int64_t kk, int64_t d, int64_t ls, int64_t j,
+                     int64_t D, vec<T>* out) {
+  for (int64_t i0 = 0; i0 < D; i0 += kKeyDims)
+    key_lane_tail<T, kKeyDims>(std::min(kKeyDims, D - i0), w, a, ny, kk, d, ls, j, i0, out + i0);
 }
 
 // Geometry of the lane axis (the last one) and of the rows. Lanes are consecutive columns of one row in their
@@ -779,44 +965,123 @@ inline int64_t ghost_source(const LaneGeom& lg, int64_t c) {
   return from >= 0 && from < lg.L ? from : -1;
 }
 
-// k and v [b, x0, x1, column, h, :] transposed into kt / vt [row][dim][PL + column] (+ ghosts) per key / value
-// row, both in one parallel region
-template <typename T>
-void transpose_rows(const Geometry& g, const LaneGeom& lg, const at::Tensor& k, const at::Tensor& v, T* kt, T* vt) {
-  constexpr int64_t VL = lanes<T>();
-  const int64_t Lext = lg.Lext, PL = lg.PL, L = lg.L;
-  // ghosts: only the columns real queries read need their keys, (index, source index or -1 for zero); the rest
-  // (read by padding lanes only, whose results are dropped or masked) get zeros so no lane reads stale memory
-  const int64_t lo = PL - lg.off * lg.d, hi = PL + L + (lg.k - 1 - lg.off) * lg.d;
-  std::vector<std::pair<int64_t, int64_t>> ghosts;
-  for (int64_t e = lo; e < hi; ++e) {
-    if (e >= PL && e < PL + L) continue;
-    const int64_t from = ghost_source(lg, e - PL);
-    ghosts.emplace_back(e, from >= 0 ? PL + from : -1);
-  }
-  const View vk = view_of(k), vv = view_of(v);
-  parallel_rows(2 * lg.kv_rows, k.size(-1) * Lext, [&](int64_t begin, int64_t end) {
-    for (int64_t it = begin; it < end; ++it) {
-      const bool is_v = it >= lg.kv_rows;
-      const int64_t item = is_v ? it - lg.kv_rows : it;
-      const at::Tensor& x = is_v ? v : k;
-      const View& vx = is_v ? vv : vk;
-      const int64_t D = x.size(-1);
-      const RowItem r = row_item(g, item, g.kv_heads);
-      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-      const T* src = x.data_ptr<T>() + vx.at(r.b, y, r.h);
-      const int64_t cs = vx.x[2];
-      T* out = (is_v ? vt : kt) + item * D * Lext;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) to_lanes(src + j0 * cs, cs, std::min(VL, L - j0), D, T(1), out + PL + j0, Lext);
-      for (int64_t i = 0; i < D; ++i) {
-        T* row = out + i * Lext;
-        std::fill(row, row + lo, T(0));
-        std::fill(row + hi, row + Lext, T(0));
-        for (const auto& gs : ghosts) row[gs.first] = gs.second >= 0 ? row[gs.second] : T(0);
-      }
+// The ghost columns of a transposed row: only the columns real queries read, [lo, hi), need their keys; the rest
+// (read by padding lanes only, whose results are dropped or masked) get zeros so that no lane reads stale memory.
+// col[e]: the key column that extended column e holds (-1: zeros); runs: consecutive ghosts with consecutive
+// sources (first ghost column, first source column or -1, length).
+struct Ghosts {
+  int64_t lo = 0, hi = 0;
+  std::vector<int64_t> col;
+  std::vector<std::array<int64_t, 3>> runs;
+};
+
+inline Ghosts make_ghosts(const LaneGeom& lg) {
+  Ghosts gh;
+  gh.lo = lg.PL - lg.off * lg.d;
+  gh.hi = lg.PL + lg.L + (lg.k - 1 - lg.off) * lg.d;
+  gh.col.assign(lg.Lext, -1);
+  for (int64_t e = gh.lo; e < gh.hi; ++e) {
+    if (e >= lg.PL && e < lg.PL + lg.L) {
+      gh.col[e] = e - lg.PL;
+      continue;
     }
-  });
+    const int64_t from = ghost_source(lg, e - lg.PL), src = from >= 0 ? lg.PL + from : -1;
+    gh.col[e] = from;
+    auto* last = gh.runs.empty() ? nullptr : &gh.runs.back();
+    if (last && (*last)[0] + (*last)[2] == e && ((*last)[1] < 0 ? src < 0 : src == (*last)[1] + (*last)[2]))
+      ++(*last)[2];
+    else
+      gh.runs.push_back({e, src, 1});
+  }
+  return gh;
 }
+
+// dst[i * ds + t] = rows[t][i] for i < D, t < VL: VL columns (each D contiguous values) to lanes
+template <typename T>
+inline void rows_to_lanes(const T* const* rows, int64_t D, T* dst, int64_t ds) {
+  constexpr int64_t VL = lanes<T>();
+  int64_t i0 = 0;
+  for (; i0 + VL <= D; i0 += VL) {
+    vec<T> r[VL];
+    for (int64_t t = 0; t < VL; ++t) r[t] = load(rows[t] + i0);
+    transpose_tile<T>(r);
+    for (int64_t i = 0; i < VL; ++i) store(dst + (i0 + i) * ds, r[i]);
+  }
+  for (; i0 < D; ++i0)
+    for (int64_t t = 0; t < VL; ++t) dst[i0 * ds + t] = rows[t][i0];
+}
+
+// one key or value row, [column][dim] at src (column stride cs), transposed into out [dim][extended column]: real
+// columns at PL + column, ghosts holding their keys, zeros elsewhere; every block of VL columns in one transpose
+template <typename T>
+void transpose_row(const LaneGeom& lg, const Ghosts& gh, const T* src, int64_t cs, int64_t D, const T* zeros,
+                   T* out) {
+  constexpr int64_t VL = lanes<T>();
+  const T* rows[VL];
+  for (int64_t e0 = 0; e0 < lg.Lext; e0 += VL) {
+    for (int64_t t = 0; t < VL; ++t) {
+      const int64_t c = gh.col[e0 + t];
+      rows[t] = c >= 0 ? src + c * cs : zeros;
+    }
+    rows_to_lanes(rows, D, out + e0, lg.Lext);
+  }
+}
+
+// the gradient a ghost column collected, added to the key it stands for ([dim][column] rows, ld apart)
+template <typename T>
+void fold_ghosts(const Ghosts& gh, int64_t D, T* rows, int64_t ld) {
+  for (const auto& r : gh.runs) {
+    if (r[1] < 0) continue;  // causal ghosts only ever got zeros
+    for (int64_t i = 0; i < D; ++i) {
+      T* __restrict dst = rows + i * ld + r[1];
+      const T* __restrict src = rows + i * ld + r[0];
+      for (int64_t t = 0; t < r[2]; ++t) dst[t] += src[t];
+    }
+  }
+}
+
+// Transposed key and value rows, made when a query row first needs them and kept (per thread) while the window
+// moves on: consecutive query rows share all but one key row of their windows. Direct-mapped by row position
+// modulo k * d per axis, so the rows of one window never evict each other; a few rows per thread, hot in cache,
+// instead of a transposed copy of the whole key and value tensors.
+template <typename T>
+class RowCache {
+ public:
+  RowCache(const Geometry& g, const LaneGeom& lg, const Ghosts& gh, const at::Tensor& k, const at::Tensor& v)
+      : g_(g), lg_(lg), gh_(gh), kp_(k.data_ptr<T>()), vp_(v.data_ptr<T>()), vk_(view_of(k)), vv_(view_of(v)),
+        D_(k.size(-1)), Dv_(v.size(-1)) {
+    m0_ = std::min(g.S[0], g.ax[0].k * g.ax[0].d);
+    m1_ = std::min(g.S[1], g.ax[1].k * g.ax[1].d);
+    tag_.assign(m0_ * m1_, -1);
+    buf_.resize(m0_ * m1_ * (D_ + Dv_) * lg.Lext);
+    zeros_.assign(std::max(D_, Dv_), T(0));
+  }
+
+  // the transposed key row and value row of (batch b, kv head hk, row x0, x1)
+  std::pair<const T*, const T*> get(int64_t b, int64_t hk, int64_t x0, int64_t x1) {
+    const int64_t slot = (x0 % m0_) * m1_ + x1 % m1_;
+    T* kt = buf_.data() + slot * (D_ + Dv_) * lg_.Lext;
+    T* vt = kt + D_ * lg_.Lext;
+    const int64_t id = row_index(g_, g_.kv_heads, b, hk, x0, x1);
+    if (tag_[slot] != id) {
+      const int64_t x[kAxes] = {x0, x1, 0};
+      transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, zeros_.data(), kt);
+      transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, zeros_.data(), vt);
+      tag_[slot] = id;
+    }
+    return {kt, vt};
+  }
+
+ private:
+  const Geometry& g_;
+  const LaneGeom& lg_;
+  const Ghosts& gh_;
+  const T *kp_, *vp_;
+  View vk_, vv_;
+  int64_t D_, Dv_, m0_ = 1, m1_ = 1;
+  std::vector<T> buf_, zeros_;
+  std::vector<int64_t> tag_;
+};
 
 // bias[(h * bias_rows + rel01) * k + u][j]: RPB of (row offset rel01, lane slot u, query column j), -inf where
 // causal-invalid; valid[u][j]: 1 for a real slot of a real query (j < L), else 0
@@ -856,15 +1121,45 @@ inline int64_t row_slots(const Geometry& g, const int64_t* y, RowSlot* out) {
   return n;
 }
 
-// logits S[n][u] (VL lanes each) of a block's queries (qT: [dim][qs]) against the key rows `kt`
+// A row's blocks of VL queries run in tiles: the scores of a tile stay in L1 beside one transposed key row,
+// which every block of the tile reads before the next row is touched (blocks of one tile share most of the
+// cache lines they read).
 template <typename T>
-inline void block_scores(const LaneGeom& lg, const T* qT, int64_t qs, const T* const* kt, const RowSlot* slots,
-                         int64_t n_slots, const T* bias_h, int64_t j0, int64_t D, vec<T>* S) {
+int64_t tile_blocks(const LaneGeom& lg, int64_t K, int64_t arrays) {
+  const int64_t blocks = lg.Lp / lanes<T>();
+  const int64_t fit = std::max<int64_t>(1, 12288 / (arrays * K * static_cast<int64_t>(sizeof(vec<T>))));
+  const int64_t tiles = (blocks + fit - 1) / fit;
+  return (blocks + tiles - 1) / tiles;
+}
+
+// S[blk * K + n * k + u] (VL lanes each) = bias + a . key diagonals, for the nb blocks of a tile starting at column
+// t0 (a: the blocks' transposed queries, block blk at a + blk * a_blk, dims a_dim apart), key rows row by row
+template <typename T>
+inline void tile_dots(const LaneGeom& lg, const T* a, int64_t a_blk, int64_t a_dim, const T* const* rows,
+                      const RowSlot* slots, int64_t n_slots, const T* bias_h, int64_t t0, int64_t nb, int64_t D,
+                      int64_t K, vec<T>* S) {
+  constexpr int64_t VL = lanes<T>();
   const int64_t k = lg.k;
   for (int64_t n = 0; n < n_slots; ++n) {
-    const T* bt = bias_h ? bias_h + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lp + j0 : nullptr;
-    diag_dots(qT, qs, kt[n], lg.Lext, lg.d, D, bt, lg.Lp, k, S + n * k);
+    const T* bt = bias_h ? bias_h + (lg.has_rpb ? slots[n].rel01 : 0) * k * lg.Lp : nullptr;
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t j0 = t0 + blk * VL;
+      diag_dots(a + blk * a_blk, a_dim, rows[n] + lg.PL + j0 - lg.off * lg.d, lg.Lext, lg.d, D,
+                bt ? bt + j0 : nullptr, lg.Lp, k, S + blk * K + n * k);
+    }
   }
+}
+
+// out[blk * D + i] = sum_{n, u} w[blk * K + n * k + u] * (diagonal u of rows[n], dim i) for the nb blocks of a tile:
+// dims in chunks of accumulators, every block of the tile per chunk
+template <typename T>
+inline void tile_mix(const LaneGeom& lg, const vec<T>* w, const T* const* rows, int64_t n_slots, int64_t t0,
+                     int64_t nb, int64_t D, int64_t K, vec<T>* out) {
+  constexpr int64_t VL = lanes<T>();
+  for (int64_t i0 = 0; i0 < D; i0 += kChunk)
+    for (int64_t blk = 0; blk < nb; ++blk)
+      diag_mix_chunk(w + blk * K, rows, lg.PL + t0 + blk * VL - lg.off * lg.d, n_slots, lg.k, lg.Lext, lg.d, i0, D,
+                     out + blk * D);
 }
 
 template <typename T>
@@ -872,23 +1167,21 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
                   double scale_d, at::Tensor& out, at::Tensor& lse) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
-  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, kk = lg.k, L = lg.L;
-  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
+  const Ghosts gh = make_ghosts(lg);
+  const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), K = g.K, kk = lg.k, L = lg.L;
+  const int64_t NB = tile_blocks<T>(lg, K, 1);
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
   const View vq = view_of(q), vo = view_of(out);
   const T* qp = q.data_ptr<T>();
-  const T* ktp = KT.data_ptr<T>();
-  const T* vtp = VT.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
-  parallel_rows(lg.rows, lg.Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
+  parallel_rows(lg.rows, lg.Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
+    RowCache<T> cache(g, lg, gh, k, v);
     std::vector<RowSlot> slots(lg.K01);
-    std::vector<T> qT(D * VL);
-    std::vector<vec<T>> S(g.K), acc(Dv);
+    std::vector<T> qT(NB * D * VL);
+    std::vector<vec<T>> S(NB * K), acc(NB * Dv), inv(NB);
     std::vector<const T*> kt(lg.K01), vt(lg.K01);
     for (int64_t item = begin; item < end; ++item) {
       const RowItem r = row_item(g, item, H);
@@ -899,180 +1192,243 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
       const int64_t qcs = vq.x[2], ocs = vo.x[2];
       const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * lg.Lp : nullptr;
       const int64_t nS = n_slots * kk;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        to_lanes(qsrc + j0 * qcs, qcs, nl, D, scale, qT.data(), VL);
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        for (int64_t n = 0; n < n_slots; ++n) {
-          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-          kt[n] = ktp + kr * D * Lext + base;
-          vt[n] = vtp + kr * Dv * Lext + base;
+      T* lrow = lp + (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
+      for (int64_t n = 0; n < n_slots; ++n)
+        std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+      for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+        const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          to_lanes(qsrc + j0 * qcs, qcs, std::min(VL, L - j0), D, scale, qT.data() + blk * D * VL, VL);
         }
-        block_scores(lg, qT.data(), VL, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
-        vec<T> mx = splat(-std::numeric_limits<T>::infinity());
-        for (int64_t n = 0; n < nS; ++n) mx = vmax<T>(S[n], mx);
-        vec<T> sum{};
-        for (int64_t n = 0; n < nS; ++n) {
-          S[n] = vexp(S[n] - mx);
-          sum += S[n];
+        tile_dots(lg, qT.data(), D * VL, VL, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          vec<T>* Sb = S.data() + blk * K;
+          vec<T> mx = splat(-std::numeric_limits<T>::infinity());
+          for (int64_t n = 0; n < nS; ++n) mx = vmax<T>(Sb[n], mx);
+          vec<T> sum{};
+          for (int64_t n = 0; n < nS; ++n) {
+            Sb[n] = vexp(Sb[n] - mx);
+            sum += Sb[n];
+          }
+          inv[blk] = T(1) / sum;
+          const int64_t j0 = t0 + blk * VL;
+          const vec<T> lse_b = mx + vlog_ge1<T>(sum);
+          for (int64_t t = 0; t < std::min(VL, L - j0); ++t) lrow[(j0 + t) * H] = lse_b[t];
         }
-        const vec<T> inv = T(1) / sum;
-        diag_mix(S.data(), vt.data(), n_slots, kk, Lext, lg.d, Dv, acc.data());
-        for (int64_t i = 0; i < Dv; ++i) acc[i] *= inv;
-        from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, Dv, T(1), odst + j0 * ocs, ocs);
-        T* lrow = lp + (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
-        for (int64_t t = 0; t < nl; ++t) lrow[t * H] = mx[t] + std::log(sum[t]);
+        tile_mix(lg, S.data(), vt.data(), n_slots, t0, nb, Dv, K, acc.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          vec<T>* ab = acc.data() + blk * Dv;
+          for (int64_t i = 0; i < Dv; ++i) ab[i] *= inv[blk];
+          from_lanes(reinterpret_cast<const T*>(ab), VL, std::min(VL, L - j0), Dv, T(1), odst + j0 * ocs, ocs);
+        }
       }
     }
   });
 }
 
+// Backward in groups of (batch, kv head) planes (a plane holds every query row whose windows reach its key rows):
+// pass 1 over the group's query rows, then pass 2 over its key rows, with per-query-row buffers for one group
+// (up to 16 MB, mostly still cached for pass 2, allocated once instead of for the whole batch; few groups, so few
+// parallel regions: on a shared CPU each region's end waits for its slowest thread).
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
+  const Ghosts gh = make_ghosts(lg);
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lp = lg.Lp, kk = lg.k;
-  const int64_t L = lg.L, rows = lg.rows, K01 = lg.K01, du = lg.d;
-  at::Tensor KT = at::empty({lg.kv_rows * D * Lext}, q.options());
-  at::Tensor VT = at::empty({lg.kv_rows * Dv * Lext}, q.options());
-  transpose_rows<T>(g, lg, k, v, KT.data_ptr<T>(), VT.data_ptr<T>());
-  // per query row: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
-  at::Tensor Pb = at::empty({rows * K01 * kk * Lp}, q.options());
-  at::Tensor dSb = at::empty({rows * K01 * kk * Lp}, q.options());
-  at::Tensor QTb = at::empty({rows * D * Lp}, q.options());
-  at::Tensor GTb = at::empty({rows * Dv * Lp}, q.options());
+  const int64_t L = lg.L, K01 = lg.K01, K = g.K;
+  const int64_t NB = tile_blocks<T>(lg, K, 2);
+  // planes and their rows: query rows (b, h, y0, y1) of the group's heads are contiguous, as are key rows
+  const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
+  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums fit in L2, they are products in the
+  // query lanes (lane_outer, few loads per FMA) folded onto key columns; on longer rows / larger windows each
+  // block of key columns gathers its slots straight from the pass-1 rows (key_lane, no intermediate buffer),
+  // which then are Ls long: the Lp query columns between zero margins, so that any diagonal is a plain load.
+  const int64_t Dm = std::max(D, Dv), base0 = lg.PL - lg.off * lg.d;  // query j, slot u: key column base0 + j + d u
+  const int64_t fmargin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = fmargin + Lp + fmargin;
+  const bool fold = kk * Dm * pw * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 18);
+  const int64_t margin = fold ? 0 : (lg.d * kk + VL + VL - 1) / VL * VL, Ls = margin + Lp + margin;
+  const int64_t qrow_size = (K01 * kk * 2 + D + Dv) * Ls;
+  const int64_t threads = at::get_num_threads();
+  int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 24) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
+  per_group = std::max(per_group, (8 * threads + plane_qrows - 1) / plane_qrows);  // rows enough for the threads
+  per_group = std::min(per_group, planes);
+  const int64_t grp_rows = per_group * plane_qrows;
+  // per query row of a group: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
+  at::Tensor Pb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
+  at::Tensor dSb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
+  at::Tensor QTb = at::empty({grp_rows * D * Ls}, q.options());
+  at::Tensor GTb = at::empty({grp_rows * Dv * Ls}, q.options());
+  for (at::Tensor* t : {&Pb, &dSb, &QTb, &GTb}) {  // margins: zero once, pass 1 writes the columns between
+    T* x = t->data_ptr<T>();
+    for (int64_t r = 0, n = t->numel() / Ls; r < n; ++r) {
+      std::fill(x + r * Ls, x + r * Ls + margin, T(0));
+      std::fill(x + r * Ls + margin + Lp, x + (r + 1) * Ls, T(0));
+    }
+  }
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
-  const int64_t n_threads = at::get_num_threads();
-  const int64_t bias_size = H * lg.R01 * kk * Lp;
-  std::vector<T> dbias(drpb ? n_threads * bias_size : 0, T(0));
+  // dRPB per (head, row offset, lane slot, query column), summed from the stored dS (see below)
+  std::vector<T> dbias(drpb ? H * lg.R01 * kk * Lp : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
   const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
-  const T *ktp = KT.data_ptr<T>(), *vtp = VT.data_ptr<T>();
-  T *Pp = Pb.data_ptr<T>(), *dSp = dSb.data_ptr<T>(), *QTp = QTb.data_ptr<T>(), *GTp = GTb.data_ptr<T>();
+  // the column data of the pass-1 rows (row r of a buffer at r * Ls)
+  T *Pp = Pb.data_ptr<T>() + margin, *dSp = dSb.data_ptr<T>() + margin, *QTp = QTb.data_ptr<T>() + margin;
+  T* GTp = GTb.data_ptr<T>() + margin;
   const T scale = static_cast<T>(scale_d);
-
-  // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-  parallel_rows(rows, Lp * g.K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
-    std::vector<RowSlot> slots(K01);
-    std::vector<vec<T>> S(g.K), dP(g.K), acc(D);
-    std::vector<const T*> kt(K01), vt(K01);
-    T* dbias_t = drpb ? dbias.data() + at::get_thread_num() * bias_size : nullptr;
-    for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, item, H);
-      const int64_t n_slots = row_slots(g, r.y, slots.data());
-      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-      const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
-      const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
-      T* QT = QTp + item * D * Lp;
-      T* GT = GTp + item * Dv * Lp;
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
-        T* qblk = QT + j0;
-        to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, qblk, Lp);
-        T* gblk = GT + j0;
-        to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), gblk, Lp);
-        vec<T> m = splat(std::numeric_limits<T>::infinity()), dl{};
-        const int64_t at0 = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2] + j0) * H + r.h;
-        for (int64_t t = 0; t < nl; ++t) {
-          m[t] = lp[at0 + t * H];
-          dl[t] = dlp[at0 + t * H];
-        }
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        for (int64_t n = 0; n < n_slots; ++n) {
-          const int64_t kr = row_index(g, g.kv_heads, r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-          kt[n] = ktp + kr * D * Lext + base;
-          vt[n] = vtp + kr * Dv * Lext + base;
-        }
-        block_scores(lg, qblk, Lp, kt.data(), slots.data(), n_slots, bias_h, j0, D, S.data());
-        for (int64_t n = 0; n < n_slots; ++n) diag_dots<T>(gblk, Lp, vt[n], Lext, du, Dv, nullptr, 0, kk, dP.data() + n * kk);
-        for (int64_t n = 0; n < n_slots; ++n) {
-          T* Pd = Pp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-          T* dSd = dSp + ((item * K01 + slots[n].slot01) * kk) * Lp + j0;
-          T* db = dbias_t ? dbias_t + ((r.h * lg.R01 + slots[n].rel01) * kk) * Lp + j0 : nullptr;
-          for (int64_t u = 0; u < kk; ++u) {
-            const vec<T> ok = load(valid.data() + u * Lp + j0);
-            const vec<T> p = ok != T(0) ? vexp(S[n * kk + u] - m) : vec<T>{};
-            const vec<T> ds = ok != T(0) ? p * (dP[n * kk + u] - dl) : vec<T>{};
-            store(Pd + u * Lp, p);
-            store(dSd + u * Lp, ds);
-            S[n * kk + u] = ds;
-            if (db) store(db + u * Lp, load(db + u * Lp) + ds);
-          }
-        }
-        diag_mix(S.data(), kt.data(), n_slots, kk, Lext, du, D, acc.data());
-        from_lanes(reinterpret_cast<const T*>(acc.data()), VL, nl, D, scale,
-                   dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
-      }
-    }
-  });
-
-  // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
-  // heads sharing the kv head) whose windows hold it, accumulated along the diagonals into [dim][column] with
-  // ghosts, then the ghosts folded onto the keys they stand for
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
-  parallel_rows(lg.kv_rows, g.group * Lp * g.K * (D + Dv), [&](int64_t begin, int64_t end) {
-    std::vector<T> dKT(D * Lext), dVT(Dv * Lext);
-    std::vector<vec<T>> part(std::max(D, Dv) * kk);
-    std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
-    for (int64_t item = begin; item < end; ++item) {
-      const RowItem r = row_item(g, item, g.kv_heads);  // r.y is the key row, r.h the kv head
-      qt.clear();
-      gt.clear();
-      dsr.clear();
-      pr.clear();
-      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
-        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
-          for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
-            const int64_t qitem = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]);
-            const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-            pr.push_back(Pp + (qitem * K01 + slot01) * kk * Lp);
-            dsr.push_back(dSp + (qitem * K01 + slot01) * kk * Lp);
-            qt.push_back(QTp + qitem * D * Lp);
-            gt.push_back(GTp + qitem * Dv * Lp);
+
+  for (int64_t p0 = 0; p0 < planes; p0 += per_group) {
+    const int64_t row0 = p0 * plane_qrows, n_rows = std::min(planes - p0, per_group) * plane_qrows;
+    const int64_t krow0 = p0 * plane_rows, n_krows = std::min(planes - p0, per_group) * plane_rows;
+
+    // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
+    parallel_rows(n_rows, Lp * K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
+      RowCache<T> cache(g, lg, gh, k, v);
+      std::vector<RowSlot> slots(K01);
+      std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
+      std::vector<const T*> kt(K01), vt(K01);
+      for (int64_t local = begin; local < end; ++local) {
+        const int64_t item = row0 + local;
+        const RowItem r = row_item(g, item, H);
+        const int64_t n_slots = row_slots(g, r.y, slots.data());
+        const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
+        const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
+        const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
+        const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
+        T* QT = QTp + local * D * Ls;
+        T* GT = GTp + local * Dv * Ls;
+        for (int64_t n = 0; n < n_slots; ++n)
+          std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+        for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+          const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
+            // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
+            to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Ls);
+            to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
+            m[blk] = splat(std::numeric_limits<T>::infinity());
+            dl[blk] = vec<T>{};
+            for (int64_t t = 0; t < nl; ++t) {
+              m[blk][t] = lp[at_row + (j0 + t) * H];
+              dl[blk][t] = dlp[at_row + (j0 + t) * H];
+            }
           }
-      const int64_t nq = static_cast<int64_t>(qt.size());
-      std::fill(dKT.begin(), dKT.end(), T(0));
-      std::fill(dVT.begin(), dVT.end(), T(0));
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t base = lg.PL + j0 - lg.off * lg.d;
-        // sums over the query rows stay in registers; the overlapping diagonal updates of the [dim][column]
-        // buffers then go dim-major, so no store is read back by the next update
-        for (int64_t i = 0; i < D; ++i) row_sums(qt.data(), dsr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
-        for (int64_t u = 0; u < kk; ++u)
-          for (int64_t i = 0; i < D; ++i) {
-            T* dst = dKT.data() + i * Lext + base + u * du;
-            store(dst, load(dst) + part[i * kk + u]);
+          tile_dots(lg, QT + t0, VL, Ls, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+          tile_dots<T>(lg, GT + t0, VL, Ls, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL;
+            vec<T>* Sb = S.data() + blk * K;
+            const vec<T>* dPb = dP.data() + blk * K;
+            for (int64_t n = 0; n < n_slots; ++n) {
+              T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+              T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+              for (int64_t u = 0; u < kk; ++u) {
+                const vec<T> ok = load(valid.data() + u * Lp + j0);
+                const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
+                const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
+                store(Pd + u * Ls, p);
+                store(dSd + u * Ls, ds);
+                Sb[n * kk + u] = ds;
+              }
+            }
           }
-        for (int64_t i = 0; i < Dv; ++i) row_sums(gt.data(), pr.data(), nq, i * Lp + j0, Lp, j0, kk, part.data() + i * kk);
-        for (int64_t u = 0; u < kk; ++u)
-          for (int64_t i = 0; i < Dv; ++i) {
-            T* dst = dVT.data() + i * Lext + base + u * du;
-            store(dst, load(dst) + part[i * kk + u]);
+          tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t j0 = t0 + blk * VL;
+            from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
+                       dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
           }
+        }
       }
-      for (int64_t e = 0; e < Lext; ++e) {  // ghosts back onto their keys (causal ghosts only ever got zeros)
-        const int64_t c = e - lg.PL;
-        if (c >= 0 && c < L) continue;
-        const int64_t from = ghost_source(lg, c);
-        if (from < 0) continue;
-        for (int64_t i = 0; i < D; ++i) dKT[i * Lext + lg.PL + from] += dKT[i * Lext + e];
-        for (int64_t i = 0; i < Dv; ++i) dVT[i * Lext + lg.PL + from] += dVT[i * Lext + e];
+    });
+
+    // dRPB from the group's dS, one query head per task and its rows in order: the same sums at any thread count
+    if (drpb)
+      at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+        std::vector<RowSlot> slots(K01);
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t p = p0; p < p0 + n_rows / plane_qrows; ++p) {
+            const int64_t b = p / g.kv_heads;
+            if (p % g.kv_heads != h / g.group) continue;
+            for (int64_t y0 = 0; y0 < g.S[0]; ++y0)
+              for (int64_t y1 = 0; y1 < g.S[1]; ++y1) {
+                const int64_t yy[2] = {y0, y1}, local = row_index(g, H, b, h, y0, y1) - row0;
+                const int64_t n_slots = row_slots(g, yy, slots.data());
+                for (int64_t n = 0; n < n_slots; ++n) {
+                  const T* src = dSp + (local * K01 + slots[n].slot01) * kk * Ls;
+                  T* dst = dbias.data() + (h * lg.R01 + slots[n].rel01) * kk * Lp;
+                  for (int64_t u = 0; u < kk; ++u)
+                    for (int64_t j0 = 0; j0 < Lp; j0 += VL)
+                      store(dst + u * Lp + j0, load(dst + u * Lp + j0) + load(src + u * Ls + j0));
+                }
+              }
+          }
+      });
+
+    // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
+    // heads sharing the kv head) whose windows hold it. Slot u of query column j is extended key column
+    // base0 + j + d u: per block of query columns the sums over query rows are products in the lanes (lane_outer)
+    // and each key column gathers its slots' sums with shifted loads, or (long rows) blocks of key columns gather
+    // their slots' diagonals from the query rows' buffers (key_lane); then the ghosts fold onto their keys.
+    const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
+    parallel_rows(n_krows, g.group * Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
+      std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
+      std::vector<vec<T>> col(Dm);
+      std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
+      for (int64_t local = begin; local < end; ++local) {
+        const RowItem r = row_item(g, krow0 + local, g.kv_heads);  // r.y is the key row, r.h the kv head
+        qt.clear();
+        gt.clear();
+        dsr.clear();
+        pr.clear();
+        for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
+          for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
+            for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
+              const int64_t qlocal = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]) - row0;
+              const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
+              pr.push_back(Pp + (qlocal * K01 + slot01) * kk * Ls);
+              dsr.push_back(dSp + (qlocal * K01 + slot01) * kk * Ls);
+              qt.push_back(QTp + qlocal * D * Ls);
+              gt.push_back(GTp + qlocal * Dv * Ls);
+            }
+        const int64_t nq = static_cast<int64_t>(qt.size());
+        for (int pass = 0; fold && pass < 2; ++pass) {
+          const int64_t Dx = pass == 0 ? D : Dv;
+          T* dst = pass == 0 ? dKT.data() : dVT.data();
+          for (int64_t j0 = 0; j0 < L; j0 += VL)
+            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
+                       part.data() + fmargin);
+          fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
+        }
+        if (!fold) {
+          std::fill(dKT.begin(), dKT.end(), T(0));
+          std::fill(dVT.begin(), dVT.end(), T(0));
+        }
+        for (int64_t e0 = e_lo; !fold && e0 < gh.hi; e0 += VL) {
+          key_lane(dsr.data(), qt.data(), nq, kk, lg.d, Ls, e0 - base0, D, col.data());
+          for (int64_t i = 0; i < D; ++i) store(dKT.data() + i * Lext + e0, col[i]);
+          key_lane(pr.data(), gt.data(), nq, kk, lg.d, Ls, e0 - base0, Dv, col.data());
+          for (int64_t i = 0; i < Dv; ++i) store(dVT.data() + i * Lext + e0, col[i]);
+        }
+        fold_ghosts(gh, D, dKT.data(), Lext);
+        fold_ghosts(gh, Dv, dVT.data(), Lext);
+        const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
+        T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
+        T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
+        const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
+        for (int64_t j0 = 0; j0 < L; j0 += VL) {
+          const int64_t nl = std::min(VL, L - j0);
+          from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
+          from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
+        }
       }
-      const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
-      T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
-      T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
-      const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
-      for (int64_t j0 = 0; j0 < L; j0 += VL) {
-        const int64_t nl = std::min(VL, L - j0);
-        from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
-        from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
-      }
-    }
-  });
+    });
+  }
 
   if (drpb) {  // fold the per-lane tables onto the RPB table
     std::fill(drpb, drpb + H * g.R, T(0));
@@ -1082,10 +1438,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           for (int64_t j = 0; j < L; ++j) {
             int64_t rel = 0;
             if (lane_key(lg, j, u, &rel) < 0) continue;
-            const int64_t at = ((h * lg.R01 + r01) * kk + u) * Lp + j;
-            T total = 0;
-            for (int64_t t = 0; t < n_threads; ++t) total += dbias[t * bias_size + at];
-            drpb[h * g.R + r01 * lg.R2 + rel] += total;
+            drpb[h * g.R + r01 * lg.R2 + rel] += dbias[((h * lg.R01 + r01) * kk + u) * Lp + j];
           }
   }
 }
@@ -1165,6 +1518,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
   return {dq, dk, dv, drpb};
 }
 
+// What this build of the file was compiled for (visionattn.kernels._na_cpu.build_info): the instruction set whose
+// vectors the lane path uses, their width, the vector registers assumed for register blocking. One string literal,
+// so that a compile-only check can find it in the object file.
+#define NA_STR2(x) #x
+#define NA_STR(x) NA_STR2(x)
+std::string build_info() {
+  return "isa=" NA_ISA " vector_bytes=" NA_STR(NA_VEC_BYTES) " vector_regs=" NA_STR(NA_VEC_REGS);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(visionattn_cpu, m) {
@@ -1175,6 +1537,7 @@ TORCH_LIBRARY(visionattn_cpu, m) {
       "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor delta, "
       "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale) "
       "-> (Tensor, Tensor, Tensor, Tensor?)");
+  m.def("build_info() -> str", &build_info);
 }
 
 TORCH_LIBRARY_IMPL(visionattn_cpu, CPU, m) {

@@ -193,11 +193,11 @@ def measure(args, emit) -> list[dict]:
                   emit=emit)
     if args.op in ("na", "all"):
         impls = args.na_backends or (na_bench.CUDA_IMPLS if cuda else na_bench.CPU_IMPLS)
-        gemm = gemm_bench.rate_rows(args.device, when="before") if args.gemm_rate else []
+        gemm = gemm_bench.rate_rows(args.device, when="before", timer=args.timer) if args.gemm_rate else []
         na_rows = na_bench.rows(na_cases(args), impls, device=args.device, dtype=dtype, batch=8, modes=args.modes,
                                 skip=_cpu_skip(args), **timing)
         if args.gemm_rate:
-            gemm += gemm_bench.rate_rows(args.device, when="after")
+            gemm += gemm_bench.rate_rows(args.device, when="after", timer=args.timer)
             square = [r["gflops"] for r in gemm if r["case"].startswith("matmul")]
             gemm_bench.add_gemm_fraction(na_rows, sum(square) / len(square))
             for r in gemm:

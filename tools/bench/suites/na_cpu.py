@@ -58,10 +58,10 @@ def kernel_rows(args) -> list[dict]:
     from .. import na as na_bench
 
     cases = [na_bench.ALL_CASES[c] for c in args.cases]
-    rows = gemm_bench.rate_rows("cpu", when="before")
+    rows = gemm_bench.rate_rows("cpu", when="before", timer=args.timer)
     na_rows = na_bench.rows(cases, ("cpu", "cpu_norpb", "torch", "torch_norpb"), device="cpu", batch=8,
                             warmup=args.warmup, iters=args.reps, timer=args.timer)
-    rows += gemm_bench.rate_rows("cpu", when="after")
+    rows += gemm_bench.rate_rows("cpu", when="after", timer=args.timer)
     square = [r["gflops"] for r in rows if r["case"].startswith("matmul")]
     gemm_bench.add_gemm_fraction(na_rows, sum(square) / len(square))
     return rows + na_rows
