@@ -11,7 +11,7 @@ NATMM / DiNATMM    nat / dinat            the model's own `out_norms.i` (the off
 AgentAttentionMM   agent_attention        `norm{i}` LayerNorm2d added here (Swin/PVT mmdet style)
 SLABMM             slab                   `norm{i}` LayerNorm2d added here (official `norm0..norm3`)
 GCViTMM            gcvit                  `norm{i}` LayerNorm2d added here (official GC ViT det)
-SHViTMM            shvit                  none (BN model; the neck `TransConvFPN` adapts 3 levels)
+SHViTMM            shvit                  none (BN model; the neck `EfficientViTFPN` adapts 3 levels)
 EfficientViMMM     efficientvim           none (the neck's `pre_norm=True`, as the official config)
 =================  =====================  ===============================================================
 
@@ -362,8 +362,8 @@ DiNATMM = _family_class("DiNATMM", "dinat", "DiNAT / DiNAT_s (pass the dense con
 AgentAttentionMM = _family_class("AgentAttentionMM", "agent_attention", "Agent-PVT / Agent-Swin / Agent-CSwin.")
 SLABMM = _family_class("SLABMM", "slab", "SLAB / PRepBN PVT, Swin, CSwin (RepBN kept in eval with norm_eval).")
 GCViTMM = _family_class("GCViTMM", "gcvit", "GC ViT (timm); built for `img_size`, smaller inputs are padded.")
-SHViTMM = _family_class("SHViTMM", "shvit", "SHViT (timm): 3 maps, strides 16/32/64; pair with `TransConvFPN`.")
+SHViTMM = _family_class("SHViTMM", "shvit", "SHViT (timm): 3 maps, strides 16/32/64; pair with `EfficientViTFPN`.")
 EfficientViMMM = _family_class("EfficientViMMM", "efficientvim",
-                               "EfficientViM (timm): 3 maps, strides 16/32/64; pair with `TransConvFPN`.")
+                               "EfficientViM (timm): 3 maps, strides 16/32/64; pair with `EfficientViTFPN`.")
 
 _ALL = [ZooBackboneMM, BiFormerMM, NATMM, DiNATMM, AgentAttentionMM, SLABMM, GCViTMM, SHViTMM, EfficientViMMM]
