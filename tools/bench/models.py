@@ -197,3 +197,49 @@ def infer_row(name: str, *, device, backend: str | None = None, compile: bool = 
     except Exception as err:  # noqa: BLE001
         row["error"] = error_text(err)
     return row
+
+
+@torch.no_grad()
+def onnx_row(name: str, *, provider: str, batch: int = 256, img_size: int = 224, warmup: int = 3, iters: int = 10,
+             deadline: Deadline | None = None) -> dict:
+    """Inference throughput of the model exported to ONNX (fp32, dynamic batch, attention on its `torch` path) in
+    onnxruntime on `provider` (cuda, tensorrt; visionattn.export.PROVIDERS), img/s at `batch`. A provider that is
+    not installed leaves a `note` (skipped), not an error."""
+    import tempfile
+    from pathlib import Path
+
+    from visionattn.export import ExportUnsupported, ort_session, save_onnx
+
+    row = dict(op="model", model=name, family=family(name), mode="onnx", backend=provider, compile=False,
+               batch=batch, img_size=img_size, amp="fp32", device="cuda" if provider != "cpu" else "cpu")
+    try:
+        (deadline or Deadline(None)).check(f"{name} onnx {provider}")
+        import onnxruntime as ort
+
+        from visionattn.export import PROVIDERS
+
+        if PROVIDERS[provider][0] not in ort.get_available_providers():
+            row["note"] = (f"skipped: onnxruntime {ort.__version__} has no {PROVIDERS[provider][0]} "
+                           "(install onnxruntime-gpu)")
+            return row
+        model = timm.create_model(name).eval()
+        if is_reparameterizable(model):
+            model = fuse_for_inference(model)
+        if attn_modules(model):
+            set_attn_backend(model, "torch")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_onnx(model, torch.randn(2, 3, img_size, img_size), path, dynamic="batch")
+            sess = ort_session(path, provider=provider)
+        feed = {sess.get_inputs()[0].name: torch.randn(batch, 3, img_size, img_size).numpy()}
+        call = lambda: sess.run(None, feed)  # noqa: E731
+        row["first_step_s"] = round(first_call_s(call, "cpu"), 2)
+        row.update(latency(call, "cpu", warmup=max(0, warmup - 1), reps=iters, deadline=deadline))
+        row["img_s"] = batch / (row["mean_ms"] / 1e3)
+    except ExportUnsupported as err:
+        row["note"] = f"skipped: {err}"
+    except TimeUp as err:
+        row["note"] = f"skipped: {err}"
+    except Exception as err:  # noqa: BLE001
+        row["error"] = error_text(err)
+    return row

@@ -7,7 +7,8 @@
 
 Each model in eval mode (re-parameterisable models fused unless --no-fuse), attention on the backend `auto`
 picks. Modes (tools/bench/runtimes.py): eager, compile (torch.compile; --fullgraph), onnx (onnxruntime, CPU),
-openvino (the same ONNX file in OpenVINO, CPU), amp (autocast, CUDA); default eager,compile,onnx on CPU, eager,compile,amp on CUDA. Protocol
+openvino (the same ONNX file in OpenVINO, CPU), amp (autocast, CUDA); default eager,compile,onnx on CPU,
+eager,compile,amp on CUDA. Protocol
 (tools/bench/protocol.py): warm-up, a fixed number of timed calls (device synchronised around each), latency at
 the latency batch as p50 / p90 / p99 / mean ms, throughput at the throughput batch as batch / mean time; presets
 default, timm and shvit, any field overridden by its argument. FLOPs from torch.utils.flop_counter at batch 1
