@@ -18,7 +18,8 @@ crop_mode) as metadata `preprocess.*`; tools/validate_onnx.py reads it.
 
 The last line printed is one JSON object: model, onnx, max_abs_diff (and per runtime), opset, exporter, dtype,
 dynamic, provider, preprocess, and the latency of each runtime and of PyTorch eager (fp32) at --batch
-(`<runtime>_p50_ms`, p90, p99, mean: the benchmarks' timer and protocol, tools/bench/timing.py and protocol.py),
+(`onnx_p50_ms` for onnxruntime, `openvino_p50_ms`, `eager_p50_ms`; p90, p99, mean: the benchmarks' timer and
+protocol, tools/bench/timing.py and protocol.py),
 with what it was measured on (protocol, threads, CPU model and ISA, versions - the onnx package's as
 `onnx_version`; tools/bench/env.py). The tool
 overwrites only ONNX files it wrote itself (marked in their metadata); any other existing file needs --overwrite.
@@ -52,10 +53,13 @@ from visionattn.export import (
     TORCHSCRIPT_OPSETS,
     ExportUnsupported,
     OnnxParityError,
+    check_provider,
     export_onnx,
     is_own_export,
 )
 
+# timing keys: the runtime modes' names in tools/bench (onnx = onnxruntime)
+_KEY = {"onnxruntime": "onnx", "openvino": "openvino"}
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 
 
@@ -148,6 +152,10 @@ def main(argv=None) -> int:
         return fail(why)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         return fail(f"--checkpoint {args.checkpoint} is not a file")
+    try:
+        check_provider(args.provider)
+    except ExportUnsupported as err:
+        return fail(str(err))
     proto = resolve(args.protocol, "cpu", warmup=args.warmup, reps=args.reps, threads=args.threads)
     if proto.threads:
         torch.set_num_threads(proto.threads)
@@ -169,7 +177,8 @@ def main(argv=None) -> int:
         res = export_onnx(model, out, img_size=img, batch=args.batch, opset=args.opset, dynamic=args.dynamic,
                           fuse=not args.no_fuse, atol=args.atol, threads=proto.threads, slim=args.slim,
                           exporter=args.exporter, dtype=args.dtype, runtimes=args.runtimes, provider=args.provider,
-                          check_size=tuple(args.check_size) if args.check_size else None, return_session=True)
+                          check_size=tuple(args.check_size) if args.check_size else None, return_session=True,
+                          name=args.model)
     except OnnxParityError as err:
         return fail(str(err), code=1)
     except (ValueError, AssertionError) as err:
@@ -191,8 +200,9 @@ def main(argv=None) -> int:
         feed = x.numpy()
         with torch.no_grad():
             for rt, run in runners.items():
-                res.update({f"{rt}_{k}": v for k, v in latency(lambda run=run: run(feed), **proto.timing()).items()})
-                timed.append(rt)
+                key = _KEY[rt]
+                res.update({f"{key}_{k}": v for k, v in latency(lambda run=run: run(feed), **proto.timing()).items()})
+                timed.append(key)
             xf = x.float()
             res.update({f"eager_{k}": v for k, v in latency(lambda: module(xf), **proto.timing()).items()})
             timed.append("eager")

@@ -22,8 +22,8 @@ from torch import nn
 from .utils import attn_modules, fuse_for_inference, is_reparameterizable, set_attn_backend
 
 __all__ = ["ONNX_OPSETS", "EXPORTERS", "DYNAMIC", "DTYPES", "PROVIDERS", "RUNTIMES", "FP16_RTOL", "OnnxParityError",
-           "ExportUnsupported", "export_onnx", "save_onnx", "onnx_opset", "is_own_export", "ort_session",
-           "onnx_runner", "read_metadata", "preprocessing", "dynamic_axes"]
+           "ExportUnsupported", "check_provider", "export_onnx", "save_onnx", "onnx_opset", "is_own_export",
+           "ort_session", "onnx_runner", "read_metadata", "preprocessing", "dynamic_axes"]
 
 # Opsets the dynamo exporter writes: it builds the graph at opset 18 (torch.onnx's torchlib opset) and
 # converts upward with onnxscript's version converter, which supports targets up to 25. Lower targets go
@@ -63,9 +63,9 @@ _PRE = "preprocess."
 # ------------------------------------------------------------------------------------------------ runtimes
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, provider: str = "cpu"):
-    """An onnxruntime session on `provider` (cpu, cuda, tensorrt) at ORT_ENABLE_ALL; ExportUnsupported when the
-    provider is not available in the installed onnxruntime or fails to load."""
+def check_provider(provider: str) -> tuple[str, ...]:
+    """The onnxruntime providers (in order) of `provider` (cpu, cuda, tensorrt); ExportUnsupported when the
+    installed onnxruntime does not have it."""
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
@@ -76,12 +76,21 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, provider: s
         raise ExportUnsupported(f"onnxruntime provider {provider!r} ({wanted[0]}) is not available: onnxruntime "
                                 f"{ort.__version__} here has {', '.join(have)}"
                                 + ("; install onnxruntime-gpu" if provider != "cpu" else ""))
+    return tuple(p for p in wanted if p in have)
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, provider: str = "cpu"):
+    """An onnxruntime session on `provider` (cpu, cuda, tensorrt) at ORT_ENABLE_ALL; ExportUnsupported when the
+    provider is not available in the installed onnxruntime or fails to load."""
+    import onnxruntime as ort
+
+    wanted = check_provider(provider)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in have])
+    sess = ort.InferenceSession(str(path), opts, providers=list(wanted))
     if sess.get_providers()[0] != wanted[0]:  # onnxruntime falls back to CPU silently when a GPU library is missing
         raise ExportUnsupported(f"onnxruntime provider {provider!r} ({wanted[0]}) failed to load (session runs on "
                                 f"{sess.get_providers()[0]}); check the CUDA / TensorRT libraries")
@@ -222,6 +231,24 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs its failures and shape guesses on stderr as it goes; the exporter's error is reported
+    instead (tools: one line)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch._dynamo", "torch.onnx",
+                                             "torch.fx.experimental.symbolic_shapes", "torch._subclasses")]
+    saved = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
 def _export_dynamo(model, x, path: Path, opset: int, dynamic: str) -> None:
     dims = {}
     if dynamic in ("batch", "all"):
@@ -229,7 +256,7 @@ def _export_dynamo(model, x, path: Path, opset: int, dynamic: str) -> None:
     if dynamic in ("hw", "all"):
         # AUTO: a model that fixes its size specializes instead of failing; the file is checked afterwards
         dims[2] = dims[3] = torch.export.Dim.AUTO
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_torch_logs():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset,
                                  dynamic_shapes=(dims,) if dims else None, verbose=False,
@@ -334,6 +361,7 @@ def export_onnx(
     runtimes=("onnxruntime",),
     provider: str = "cpu",
     check_size: tuple[int, int] | None = None,
+    name: str | None = None,
 ) -> dict:
     """Export `model` (a module or a zoo model name) to ONNX and check it in `runtimes` against fp32 eager.
 
@@ -343,7 +371,7 @@ def export_onnx(
     `atol` absolute (default 1e-4). `dynamic` (none / batch / hw / all): the file is also run at a second batch
     and / or at `check_size` (default: one stride more in H, two in W) against eager, and is written only when
     those agree (else ExportUnsupported, nothing written). The file carries timm's data config of the model
-    (`preprocessing(path)`).
+    (`preprocessing(path)`); `name` is the model's name in messages and metadata.
 
     Returns model / onnx / max_abs_diff (the largest over runtimes and checks) / `<runtime>_max_abs_diff` / opset
     / exporter / dtype / dynamic / provider / preprocess, with `return_session` also `session` (the onnxruntime
@@ -361,8 +389,10 @@ def export_onnx(
     dynamic = _dynamic(dynamic)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if provider not in PROVIDERS:
-        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    if "onnxruntime" in runtimes:
+        check_provider(provider)  # before the (slow) export
+    elif provider != "cpu":
+        raise ValueError(f"provider {provider!r} is an onnxruntime provider; OpenVINO runs on CPU")
     runtimes = tuple(dict.fromkeys(runtimes))
     if not runtimes or any(r not in RUNTIMES for r in runtimes):
         raise ValueError(f"runtimes must be a non-empty selection of {', '.join(RUNTIMES)}, got {runtimes!r}")
@@ -377,7 +407,7 @@ def export_onnx(
             size = (val, val) if isinstance(val, int) else tuple(val)
             if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
                 raise ValueError(f"{what} must be None, an integer >= 1 or (H, W) of integers >= 1, got {val!r}")
-    name = model if isinstance(model, str) else type(model).__name__
+    name = name or (model if isinstance(model, str) else type(model).__name__)
     if isinstance(model, str):
         model = timm.create_model(model, pretrained=False)
     model = model.eval()
@@ -435,8 +465,9 @@ def export_onnx(
                 ref = model(inp)
             except Exception as err:  # noqa: BLE001 - the model itself refuses the size: not a graph problem
                 raise ExportUnsupported(f"{name}: the eager model does not run at {tuple(inp.shape)} "
-                                        f"({_first_line(err)}): the model is built for one size (export one "
-                                        "graph per size), or give a check size it accepts (--check-size)") from err
+                                        f"({_first_line(err)}): the model is built for one size: export "
+                                        f"without --dynamic {dynamic} (one graph per size), or give a --check-size "
+                                        "it accepts") from err
             ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).double()
             bound = tol * max(1.0, ref.abs().max().item()) if dtype == "fp16" else tol
             for rt, run in runners.items():
