@@ -7,6 +7,7 @@ Models come from timm by name (zoo models registered by `import visionattn`, or 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import timm
@@ -66,7 +67,8 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
     """The models suite's row: params, GMACs at batch 1, then per runtime mode (runtimes.RUNTIMES) latency at the
     protocol's latency batch (`<mode>_p50_ms`, p90, p99, mean, iters), throughput at its throughput batch
     (`<mode>_ips` = batch / mean, `<mode>_ms_per_img`), the set-up time (`<mode>_setup_s`: compiling, exporting
-    and the first calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
+    (once per row: the ONNX modes share the file, the first one's set-up includes the export) and the first
+    calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
     `compare_reference` adds eager img/s with the attention on the `reference` backend and our speed-up over it.
     """
     device = torch.device(device)
@@ -82,8 +84,10 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
     row["gmacs"] = round(flops_per_image(model, inputs[lat_batch][:1]) / 2e9, 3)
     threads = torch.get_num_threads() if device.type == "cpu" else None
+    shared, row_stack = {}, contextlib.ExitStack()
     for mode in modes:
-        ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph)
+        ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph,
+                      shared=shared, shared_stack=row_stack)
         try:
             with ctx.stack:
                 t0 = time.perf_counter()
@@ -101,6 +105,7 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
                 row.update(ctx.extras)
         except Exception as err:  # noqa: BLE001 - one mode failing (an export, a compile) must not hide the others
             row[f"{mode}_error"] = error_text(err)
+    row_stack.close()
     for mode in modes:
         if mode != "eager" and row.get(f"{mode}_p50_ms") and row.get("eager_p50_ms"):
             row[f"{mode}_vs_eager"] = round(row[f"{mode}_p50_ms"] / row["eager_p50_ms"], 3)

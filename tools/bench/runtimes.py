@@ -32,6 +32,10 @@ class Context:
     fullgraph: bool = False
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     extras: dict = field(default_factory=dict)
+    # shared by the modes of one model's row (e.g. the ONNX file the onnx and openvino modes both run), with the
+    # stack its resources live on (the row's, closed after its last mode)
+    shared: dict = field(default_factory=dict)
+    shared_stack: contextlib.ExitStack | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,15 @@ def _amp(model, ctx):
 
 
 def _export(model, ctx) -> Path:
-    """The model exported once per mode into a temporary folder with a dynamic batch (the dynamo exporter, opset
-    18, attention on its exportable `torch` path)."""
+    """The model exported into a temporary folder with a dynamic batch (the dynamo exporter, opset 18, attention on
+    its exportable `torch` path), once per row: the ONNX modes share the file."""
     from visionattn.export import save_onnx
     from visionattn.utils import attn_modules
 
-    path = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory())) / "model.onnx"
+    if ctx.shared.get("onnx_file"):
+        return ctx.shared["onnx_file"]
+    stack = ctx.shared_stack or ctx.stack
+    path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "model.onnx"
     saved = {m: m.backend for m in attn_modules(model)}
     try:
         for m in saved:
@@ -99,6 +106,7 @@ def _export(model, ctx) -> Path:
     finally:
         for m, backend in saved.items():
             m.backend = backend
+    ctx.shared["onnx_file"] = path
     return path
 
 
