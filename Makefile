@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip "setuptools>=68,<80" wheel
 	# torch first, pinned to the releases this project is tested with (they install from local disk here)
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[dev,onnx]"
+	$(PIP) install -q -e ".[dev,onnx,openvino]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,6 +7,7 @@ Models come from timm by name (zoo models registered by `import visionattn`, or 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import timm
@@ -66,7 +67,8 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
     """The models suite's row: params, GMACs at batch 1, then per runtime mode (runtimes.RUNTIMES) latency at the
     protocol's latency batch (`<mode>_p50_ms`, p90, p99, mean, iters), throughput at its throughput batch
     (`<mode>_ips` = batch / mean, `<mode>_ms_per_img`), the set-up time (`<mode>_setup_s`: compiling, exporting
-    and the first calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
+    (once per row: the ONNX modes share the file, the first one's set-up includes the export) and the first
+    calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
     `compare_reference` adds eager img/s with the attention on the `reference` backend and our speed-up over it.
     """
     device = torch.device(device)
@@ -82,8 +84,10 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
     row["gmacs"] = round(flops_per_image(model, inputs[lat_batch][:1]) / 2e9, 3)
     threads = torch.get_num_threads() if device.type == "cpu" else None
+    shared, row_stack = {}, contextlib.ExitStack()
     for mode in modes:
-        ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph)
+        ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph,
+                      shared=shared, shared_stack=row_stack)
         try:
             with ctx.stack:
                 t0 = time.perf_counter()
@@ -101,6 +105,7 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
                 row.update(ctx.extras)
         except Exception as err:  # noqa: BLE001 - one mode failing (an export, a compile) must not hide the others
             row[f"{mode}_error"] = error_text(err)
+    row_stack.close()
     for mode in modes:
         if mode != "eager" and row.get(f"{mode}_p50_ms") and row.get("eager_p50_ms"):
             row[f"{mode}_vs_eager"] = round(row[f"{mode}_p50_ms"] / row["eager_p50_ms"], 3)
@@ -192,6 +197,52 @@ def infer_row(name: str, *, device, backend: str | None = None, compile: bool = 
         row["first_step_s"] = round(first_call_s(call, device), 2)
         row.update(latency(call, device, warmup=max(0, warmup - 1), reps=iters, deadline=deadline))
         row.update(img_s=batch / (row["mean_ms"] / 1e3), peak_mb=peak_mb(call, device))
+    except TimeUp as err:
+        row["note"] = f"skipped: {err}"
+    except Exception as err:  # noqa: BLE001
+        row["error"] = error_text(err)
+    return row
+
+
+@torch.no_grad()
+def onnx_row(name: str, *, provider: str, batch: int = 256, img_size: int = 224, warmup: int = 3, iters: int = 10,
+             deadline: Deadline | None = None) -> dict:
+    """Inference throughput of the model exported to ONNX (fp32, dynamic batch, attention on its `torch` path) in
+    onnxruntime on `provider` (cuda, tensorrt; visionattn.export.PROVIDERS), img/s at `batch`. A provider that is
+    not installed leaves a `note` (skipped), not an error."""
+    import tempfile
+    from pathlib import Path
+
+    from visionattn.export import ExportUnsupported, ort_session, save_onnx
+
+    row = dict(op="model", model=name, family=family(name), mode="onnx", backend=provider, compile=False,
+               batch=batch, img_size=img_size, amp="fp32", device="cuda" if provider != "cpu" else "cpu")
+    try:
+        (deadline or Deadline(None)).check(f"{name} onnx {provider}")
+        import onnxruntime as ort
+
+        from visionattn.export import PROVIDERS
+
+        if PROVIDERS[provider][0] not in ort.get_available_providers():
+            row["note"] = (f"skipped: onnxruntime {ort.__version__} has no {PROVIDERS[provider][0]} "
+                           "(install onnxruntime-gpu)")
+            return row
+        model = timm.create_model(name).eval()
+        if is_reparameterizable(model):
+            model = fuse_for_inference(model)
+        if attn_modules(model):
+            set_attn_backend(model, "torch")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_onnx(model, torch.randn(2, 3, img_size, img_size), path, dynamic="batch")
+            sess = ort_session(path, provider=provider)
+        feed = {sess.get_inputs()[0].name: torch.randn(batch, 3, img_size, img_size).numpy()}
+        call = lambda: sess.run(None, feed)  # noqa: E731
+        row["first_step_s"] = round(first_call_s(call, "cpu"), 2)
+        row.update(latency(call, "cpu", warmup=max(0, warmup - 1), reps=iters, deadline=deadline))
+        row["img_s"] = batch / (row["mean_ms"] / 1e3)
+    except ExportUnsupported as err:
+        row["note"] = f"skipped: {err}"
     except TimeUp as err:
         row["note"] = f"skipped: {err}"
     except Exception as err:  # noqa: BLE001

@@ -357,6 +357,8 @@ def bra_summary(rows) -> list[str]:
 
 
 def models_summary(rows) -> list[str]:
+    onnx = [r for r in rows if r.get("mode") == "onnx"]
+    rows = [r for r in rows if r.get("mode") != "onnx"]
     by = {}
     for r in rows:
         by.setdefault((r["model"], r.get("backend", "-"), bool(r.get("compile"))), {})[r.get("mode")] = r
@@ -380,6 +382,13 @@ def models_summary(rows) -> list[str]:
                     if r["model"] == "swin_tiny_patch4_window7_224" and r.get("mode") == "train"), default=None)
         if nat and swin:
             lines += ["", f"nat_tiny / swin_tiny training img/s (best of each): {nat / swin:.2f} (target >= 0.8)"]
+    if onnx:
+        table = [{"model": r["model"], "onnxruntime provider": r.get("backend"), "batch": r.get("batch"),
+                  "img/s": _fmt(_ms(r, "img_s"), 1), "p50 / p90 / p99 ms":
+                      f"{_fmt(_ms(r))} / {_fmt(_ms(r, 'p90_ms'))} / {_fmt(_ms(r, 'p99_ms'))}",
+                  "note": (r.get("error") or r.get("note") or "")[:100]} for r in onnx]
+        lines += ["", "ONNX (fp32, dynamic batch, the dynamo exporter) in onnxruntime's GPU providers:", "",
+                  markdown_table(table, list(table[0]))]
     return lines
 
 

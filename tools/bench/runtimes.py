@@ -1,5 +1,5 @@
 """The runtime modes a model is timed in, registered by name: `eager`, `compile` (torch.compile), `amp` (autocast,
-CUDA) and `onnx` (exported, run by onnxruntime on CPU).
+CUDA), `onnx` (exported, run by onnxruntime on CPU) and `openvino` (the same ONNX file, run by OpenVINO on CPU).
 
 A mode is a `Runtime`: the devices it runs on, the packages whose versions go into the report, and `prepare`,
 which turns an eval-mode model into `bind(x) -> call`, a zero-argument callable the timer runs (inputs converted
@@ -32,6 +32,10 @@ class Context:
     fullgraph: bool = False
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     extras: dict = field(default_factory=dict)
+    # shared by the modes of one model's row (e.g. the ONNX file the onnx and openvino modes both run), with the
+    # stack its resources live on (the row's, closed after its last mode)
+    shared: dict = field(default_factory=dict)
+    shared_stack: contextlib.ExitStack | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,16 @@ def _amp(model, ctx):
     return bind
 
 
-def _onnx(model, ctx):
-    """Exported once with a dynamic batch (the dynamo exporter, opset 18, attention on its exportable `torch`
-    path), run by onnxruntime's CPU provider at ORT_ENABLE_ALL with the same threads as torch."""
-    from visionattn.export import ort_session, save_onnx
+def _export(model, ctx) -> Path:
+    """The model exported into a temporary folder with a dynamic batch (the dynamo exporter, opset 18, attention on
+    its exportable `torch` path), once per row: the ONNX modes share the file."""
+    from visionattn.export import save_onnx
     from visionattn.utils import attn_modules
 
-    path = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory())) / "model.onnx"
+    if ctx.shared.get("onnx_file"):
+        return ctx.shared["onnx_file"]
+    stack = ctx.shared_stack or ctx.stack
+    path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "model.onnx"
     saved = {m: m.backend for m in attn_modules(model)}
     try:
         for m in saved:
@@ -99,19 +106,33 @@ def _onnx(model, ctx):
     finally:
         for m, backend in saved.items():
             m.backend = backend
-    sess = ort_session(path, ctx.threads)
-    ctx.extras["onnx_threads"] = ctx.threads or "onnxruntime default"
-    name = sess.get_inputs()[0].name
+    ctx.shared["onnx_file"] = path
+    return path
 
-    def bind(x):
-        feed = {name: x.detach().cpu().numpy()}
-        return lambda: sess.run(None, feed)
 
-    return bind
+def _onnx_runtime(runtime: str):
+    """`prepare` of an ONNX runtime (visionattn.export.onnx_runner): the exported file run with the same threads as
+    torch; inputs converted to numpy once, outside the timed call."""
+
+    def prepare(model, ctx):
+        from visionattn.export import onnx_runner
+
+        run = onnx_runner(_export(model, ctx), runtime, threads=ctx.threads)
+        ctx.extras[f"{'onnx' if runtime == 'onnxruntime' else runtime}_threads"] = ctx.threads or f"{runtime} default"
+
+        def bind(x):
+            feed = x.detach().cpu().numpy()
+            return lambda: run(feed)
+
+        return bind
+
+    return prepare
 
 
 register(Runtime("eager", "PyTorch eager", _eager))
 register(Runtime("compile", "torch.compile (inductor); --fullgraph makes a graph break an error", _compile))
 register(Runtime("amp", "eager under autocast (the protocol's dtype; bfloat16 by default)", _amp, devices=("cuda",)))
-register(Runtime("onnx", "ONNX (dynamo exporter, opset 18) on onnxruntime's CPU provider", _onnx, devices=("cpu",),
-                 packages=("onnx", "onnxruntime")))
+register(Runtime("onnx", "ONNX (dynamo exporter, opset 18) on onnxruntime's CPU provider", _onnx_runtime("onnxruntime"),
+                 devices=("cpu",), packages=("onnx", "onnxruntime")))
+register(Runtime("openvino", "the same ONNX file on OpenVINO's CPU plugin (f32 inference precision)",
+                 _onnx_runtime("openvino"), devices=("cpu",), packages=("onnx", "openvino")))

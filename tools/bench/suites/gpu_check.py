@@ -210,9 +210,13 @@ def model_plan(quick: bool, device: str) -> list[dict]:
     plan += [dict(model=n, backend="torch", compile=True, mode="train") for n in second]
     plan += [dict(model=n, backend=first[n], compile=True, mode="infer") for n in names]
     plan += [dict(model=n, backend="torch", compile=True, mode="infer") for n in second]
+    if device == "cuda":
+        plan += [dict(model=n, backend=p, compile=False, mode="onnx") for p in ONNX_PROVIDERS for n in ONNX_MODELS]
     return plan
 
 
+ONNX_MODELS = ("nat_tiny", "agent_swin_t")
+ONNX_PROVIDERS = ("cuda", "tensorrt")
 COMPILE_RESERVE_S = 75  # a training-step compile of one model takes about this long: do not start it with less left
 
 
@@ -232,7 +236,11 @@ def section_models(args, out: Path, deadline) -> None:
         else:
             kw.update(batch=64 if item["mode"] == "train" else 256, img_size=224, amp="bfloat16",
                       warmup=_timing(False)["warmup"], iters=_timing(False)["reps"])
-        fn = models.train_row if item["mode"] == "train" else models.infer_row
+        fn = {"train": models.train_row, "infer": models.infer_row}.get(item["mode"])
+        if item["mode"] == "onnx":
+            kw = dict(provider=item["backend"], batch=256, img_size=224, warmup=_timing(False)["warmup"],
+                      iters=_timing(False)["reps"])
+            fn = models.onnx_row
         probe = dict(op="model", model=item["model"], backend=item["backend"], compile=item["compile"],
                      mode=item["mode"])
         if row_id(probe) in done:

@@ -2,11 +2,13 @@
 
     python -m tools.bench models --filter 'biformer_t,nat_mini' --out-dir out/bench/models
     python -m tools.bench models --filter shvit_s1 --modes eager,onnx --protocol shvit    # as SHViT's speed script
+    python -m tools.bench models --filter 'nat_mini,biformer_t' --modes eager,onnx,openvino   # two ONNX runtimes
     python -m tools.bench models --filter 'nat_*' --protocol timm --device cuda           # as timm's benchmark.py
 
 Each model in eval mode (re-parameterisable models fused unless --no-fuse), attention on the backend `auto`
 picks. Modes (tools/bench/runtimes.py): eager, compile (torch.compile; --fullgraph), onnx (onnxruntime, CPU),
-amp (autocast, CUDA); default eager,compile,onnx on CPU, eager,compile,amp on CUDA. Protocol
+openvino (the same ONNX file in OpenVINO, CPU), amp (autocast, CUDA); default eager,compile,onnx on CPU,
+eager,compile,amp on CUDA. Protocol
 (tools/bench/protocol.py): warm-up, a fixed number of timed calls (device synchronised around each), latency at
 the latency batch as p50 / p90 / p99 / mean ms, throughput at the throughput batch as batch / mean time; presets
 default, timm and shvit, any field overridden by its argument. FLOPs from torch.utils.flop_counter at batch 1
