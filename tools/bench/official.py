@@ -25,7 +25,6 @@ MODELS = {
     "biformer_t": ("biformer", "biformer_t"),
     "agent_swin_t": ("agent_attention", "agent_swin_t"),
     "agent_pvt_t": ("agent_attention", "agent_pvt_t"),
-    "agent_deit_t": ("agent_attention", "agent_deit_t"),
     "slab_deit_t": ("slab", "slab_deit_t"),
     "slab_swin_t": ("slab", "slab_swin_t"),
     "nat_mini": ("nat", "nat_mini"),
