@@ -236,14 +236,31 @@ def test_bias_cache_follows_parameter_changes():
         torch.testing.assert_close(fresh(x), c)
 
 
-def test_fused_linear_fast_path():
+def test_fused_linear_takes_onednn_where_it_is_faster():
+    """oneDNN's matmul only on AVX-512 CPUs (on AVX2 MKL's F.linear is faster); F.linear elsewhere."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from visionattn.layers import fused
+
+    assert fused.USE_ONEDNN == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    lin = fused.FusedLinear(8, 4).eval()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        lin(torch.randn(3, 8))
+    names = {e.name for e in prof.events()}
+    assert ("mkldnn::_linear_pointwise" in names) == (fused.USE_ONEDNN and fused._LINEAR_POINTWISE is not None)
+
+
+def test_fused_linear_fast_path(monkeypatch):
     """The entrypoint's model runs its Linear layers and MLPs (GELU fused) through oneDNN's matmul in fp32 CPU
-    inference; the result equals the plain modules to fp32 rounding; training, autograd, autocast and hooks keep
-    the plain forward; the state dict and every parameter are the plain model's."""
+    inference (forced on here, whatever the CPU); the result equals the plain modules to fp32 rounding; training,
+    autograd, autocast and hooks keep the plain forward; the state dict and every parameter are the plain
+    model's."""
     from torch.profiler import ProfilerActivity, profile
 
     from visionattn.layers import fused
     from visionattn.layers.fused import FusedLinear, FusedMlp, set_fused_linear
+
+    monkeypatch.setattr(fused, "USE_ONEDNN", True)
 
     torch.manual_seed(0)
     model = timm.create_model("agent_swin_b", num_classes=5, **TINY["agent_swin_b"]).eval()
