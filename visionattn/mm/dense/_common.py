@@ -12,10 +12,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition, window_reverse
+from torch import nn
 
 from visionattn.backbones._swin import shift_window_mask
 
-__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra"]
+__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra", "FrozenBatchNormMixin"]
 
 
 def pad_right_bottom(x: torch.Tensor, multiple: int, channels_last: bool = False) -> torch.Tensor:
@@ -50,3 +51,22 @@ def check_no_extra(owner: str, kwargs: dict) -> None:
     """ValueError naming arguments a dense backbone does not know (the official classes swallow them silently)."""
     if kwargs:
         raise ValueError(f"{owner}: unknown arguments {sorted(kwargs)} (the official backbone's arguments only)")
+
+
+class FrozenBatchNormMixin:
+    """The official SHViT / EfficientViM dense `train()`: every BatchNorm stays in eval mode, and
+    `frozen_stages >= 0` freezes the stem (`patch_embed`) only."""
+
+    def _freeze_stages(self):
+        if self.frozen_stages >= 0:
+            self.patch_embed.eval()
+            self.patch_embed.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

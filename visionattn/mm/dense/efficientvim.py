@@ -20,14 +20,14 @@ from torch import nn
 
 from visionattn.checkpoint import unwrap_state_dict
 
-from ._common import check_no_extra
+from ._common import FrozenBatchNormMixin, check_no_extra
 
 __all__ = ["EfficientViMDense", "checkpoint_filter_fn"]
 
 _HEAD = ("norm.", "heads.", "heads_dist.", "weights", "weights_dist")
 
 
-class EfficientViMDense(nn.Module):
+class EfficientViMDense(FrozenBatchNormMixin, nn.Module):
     """Official dense `EfficientViM`: official arguments (`in_dim`, `embed_dim`, `depths`, `mlp_ratio`,
     `ssd_expand`, `state_dim`; `distillation` accepted without effect, as the official); forward returns the NCHW
     maps of `out_indices` (default: the three stages, as the official)."""
@@ -70,20 +70,6 @@ class EfficientViMDense(nn.Module):
     def no_weight_decay(self) -> set:
         return {n for n, _ in self.named_parameters() if n.endswith(".D")}
 
-    def _freeze_stages(self):
-        if self.frozen_stages >= 0:  # the official rule: the stem only
-            self.patch_embed.eval()
-            self.patch_embed.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        """The official `train()`: BatchNorms stay in eval mode (and a frozen stem)."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(x)

@@ -21,12 +21,12 @@ from torch import nn
 from visionattn.adopted import shvit_checkpoint_filter_fn
 from visionattn.checkpoint import unwrap_state_dict
 
-from ._common import check_no_extra
+from ._common import FrozenBatchNormMixin, check_no_extra
 
 __all__ = ["SHViTDense", "checkpoint_filter_fn"]
 
 
-class SHViTDense(nn.Module):
+class SHViTDense(FrozenBatchNormMixin, nn.Module):
     """Official `Partial_ViT_Exp`: official arguments (`embed_dim`, `partial_dim`, `qk_dim`, `depth`, `types`;
     `img_size`, `patch_size`, `down_ops`, `distillation` accepted as the official class does, without effect on the
     backbone); forward returns the NCHW maps of `out_indices` (default: the three stages, as the official)."""
@@ -76,20 +76,6 @@ class SHViTDense(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return self._group_matcher(coarse)
 
-    def _freeze_stages(self):
-        if self.frozen_stages >= 0:  # the official rule: the stem only
-            self.patch_embed.eval()
-            self.patch_embed.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        """The official `train()`: BatchNorms stay in eval mode (and a frozen stem)."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(x)
