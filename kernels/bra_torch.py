@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import acc_dtype
+from ._common import acc_dtype, untraced
 
 __all__ = ["forward", "backward", "plain", "uses_flash"]
 
@@ -63,7 +63,9 @@ def _chunk_len(n_rows: int, nh: int, hw: int, L: int, d: int, device: torch.devi
 
 def _attend(qc: Tensor, kg: Tensor, vg: Tensor, scale: float) -> Tensor:
     """4-D attention ``[n, nh, hw, d]`` x ``[n, nh, L, d]`` -> ``[n, nh, hw, dv]`` (flash SDPA when it applies)."""
-    if qc.shape[-1] == vg.shape[-1]:
+    with untraced():  # head dims are fixed by the model
+        same_dims = qc.shape[-1] == vg.shape[-1]
+    if same_dims:
         return F.scaled_dot_product_attention(qc, kg, vg, scale=scale)
     attn = torch.softmax((qc * scale) @ kg.transpose(-2, -1), dim=-1)
     return attn @ vg
