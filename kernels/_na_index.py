@@ -248,13 +248,16 @@ class GraphTiles(NamedTuple):
     Lm = ceil(L / d) positions, each cut in n = ceil(Lm / t) tiles of t query slots (slots past the end of a
     group repeat its last query; their results are never read) and a region of r consecutive keys per tile.
     Tiles are ordered (groups of every axis, tiles of every axis), slots and region keys row-major over the axes.
+    Window masks and RPB indices stay per axis (``[d * n * t * r]`` each; the neighbourhood is their product):
+    an exported graph holds no ``[tiles, T, R]`` table, whatever its exporter folds.
     """
 
     qflat: Tensor  # [NT * T] flat query position of each slot
     kflat: Tensor  # [NT * R] flat key position of each region slot
     inv: Tensor  # [N] slot holding each position's result
-    inside: Tensor  # [NT, T, R] key in the query's window
-    rel: Tensor  # [NT, T, R] flat RPB-table index
+    inside: tuple  # per axis [d * n * t * r] key in the query's window (bool)
+    rel: tuple  # per axis [d * n * t * r] RPB index along the axis
+    sizes: tuple  # per axis (d, n, t, r)
     tile: int  # T
     region: int  # R
 
@@ -291,17 +294,23 @@ def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
 
 
 def _bcast(parts: list[Tensor], lead: int) -> list[Tensor]:
-    """Per-axis tensors [*lead dims, x_a, ...] viewed so they broadcast over the axes: the first `lead` dims
-    of every part interleave as (axis 0, axis 1, ...) per dim."""
+    """Per-axis tensors [x_a, y_a, ...] viewed so they broadcast into [x_1..x_n, y_1..y_n, ...]."""
     n = len(parts)
     out = []
     for a, x in enumerate(parts):
         shape = []
-        for i in range(x.dim()):
+        for i in range(lead):
             block = [1] * n
             block[a] = x.shape[i]
             shape += block
         out.append(x.reshape(shape))
+    return out
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out = out * x
     return out
 
 
@@ -316,38 +325,54 @@ def graph_tiles(spatial, ks, ss, ds, cs, tile, device) -> GraphTiles:
     for a in range(n - 2, -1, -1):
         strides[a] = strides[a + 1] * spatial[a + 1]
 
-    def combine(parts, dims: int, fn):
+    def flat(parts):  # per-axis [d, n, x] positions -> [d_1..d_n, n_1..n_n, x_1..x_n] flat spatial index
         out = None
-        for x in _bcast(parts, dims):
-            out = x if out is None else fn(out, x)
-        return out
+        for x in _bcast([p * strides[a] for a, p in enumerate(parts)], 3):
+            out = x if out is None else out + x
+        return out.reshape(-1)
 
-    # [d_1..d_n, n_1..n_n, t_1..t_n]
-    qflat = combine([x[3] * strides[a] for a, x in enumerate(axes)], 3, torch.add).reshape(-1)
-    kflat = combine([x[4] * strides[a] for a, x in enumerate(axes)], 3, torch.add).reshape(-1)
-    inside = combine([x[5] for x in axes], 4, torch.logical_and)
-    rst = [math.prod(2 * k - 1 for k in ks[a + 1:]) for a in range(n)]
-    rel = combine([x[6] * rst[a] for a, x in enumerate(axes)], 4, torch.add)
-    T, R = math.prod(t), math.prod(r)
-    inside, rel = inside.reshape(-1, T, R), rel.reshape(-1, T, R)
+    qflat = flat([x[3] for x in axes])
+    kflat = flat([x[4] for x in axes])
     # each position's slot: tile (groups of every axis, then tiles of every axis) * T + slot (row-major)
+    T, R = _prod(t), _prod(r)
     all_tiles = _prod(nt)
     tile_id = slot_id = None
     for a, x in enumerate(axes):
         g, c = x[7]
         tid = g * (math.prod(ds[a + 1:]) * all_tiles) + c[0] * _prod(nt[a + 1:])
-        sid = c[1] * math.prod(t[a + 1:])
+        sid = c[1] * _prod(t[a + 1:])
         shape = [1] * n
         shape[a] = -1
         tid, sid = tid.reshape(shape), sid.reshape(shape)
         tile_id = tid if tile_id is None else tile_id + tid
         slot_id = sid if slot_id is None else slot_id + sid
     inv = (tile_id * T + slot_id).reshape(-1)
-    return GraphTiles(qflat, kflat, inv, inside, rel, T, R)
+    return GraphTiles(qflat, kflat, inv, tuple(x[5].reshape(-1) for x in axes), tuple(x[6].reshape(-1) for x in axes),
+                      tuple((ds[a], nt[a], t[a], r[a]) for a in range(n)), T, R)
 
 
-def _prod(xs):
-    out = 1
-    for x in xs:
-        out = out * x
-    return out
+def graph_bias(ix: GraphTiles, rpb: Tensor | None, heads: int, dtype) -> Tensor:
+    """The additive logit bias ``[heads or 1, NT, T, R]`` of ``ix``: RPB inside each window, -inf outside. Built by
+    one gather per axis of the RPB table (``[heads, 2k_1 - 1, ...]``) and per-axis masks, then one permutation
+    into tile order (constant work per call, independent of the batch; onnxruntime folds it at load)."""
+    n = len(ix.sizes)
+    neg = torch.tensor(float("-inf"), dtype=dtype, device=ix.qflat.device)
+    zero = torch.tensor(0.0, dtype=dtype, device=ix.qflat.device)
+    if rpb is None:
+        bias = None
+        for a, m in enumerate(ix.inside):
+            shape = [1] * (n + 1)
+            shape[1 + a] = -1
+            term = torch.where(m, zero, neg).reshape(shape)
+            bias = term if bias is None else bias + term
+    else:
+        bias = rpb.reshape(heads, *rpb.shape[1:])
+        for a, (rel, m) in enumerate(zip(ix.rel, ix.inside)):
+            shape = [1] * (n + 1)
+            shape[1 + a] = -1
+            bias = bias.index_select(1 + a, rel) + torch.where(m, zero, neg).reshape(shape)
+    # [hb, P_1, ..., P_n] with P_a = (d_a, n_a, t_a, r_a) -> [hb, d_1..d_n, n_1..n_n, t_1..t_n, r_1..r_n]
+    hb = bias.shape[0]
+    bias = bias.reshape(hb, *[s for sz in ix.sizes for s in sz])
+    perm = [0] + [1 + 4 * a + j for j in range(4) for a in range(n)]
+    return bias.permute(perm).reshape(hb, -1, ix.tile, ix.region)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._common import acc_dtype, capturing, untraced
-from ._na_index import TileIndex, WindowIndex, graph_tiles, tile_index, window_index
+from ._na_index import TileIndex, WindowIndex, graph_bias, graph_tiles, tile_index, window_index
 
 __all__ = ["TILE", "forward", "backward", "gather", "qk", "av", "window_logits", "window_av", "gather_windows", "merge"]
 
@@ -291,34 +291,34 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
     input's shape (no per-call constants in an exported graph; sizes may be symbolic: dynamic batch, height and
     width). Queries in tiles, each attending densely to the key region its windows cover, masked."""
     n = q.dim() - 3
-    B = q.shape[0]
     spatial = tuple(q.shape[1:1 + n])
     with untraced():  # heads, head dims and extra tokens are fixed by the model: ints, not traced sizes
-        h, D, hk, Dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+        h, hk = q.shape[-2], k.shape[-2]
         ne = 0 if ak is None else ak.shape[1]
     g = h // hk
     ix = graph_tiles(spatial, *cfg[:4], tuple(tile or GRAPH_TILE[n]), q.device)
     T, R = ix.tile, ix.region
+    # the batch is never read as a size (reshapes keep it as a dimension): exporters keep it dynamic
 
     def heads_first(x, flat, rows):  # [B, *S, hx, C] -> [B, hx, tiles, rows, C]
-        x = x.reshape(B, -1, x.shape[-2], x.shape[-1]).index_select(1, flat)
-        return x.reshape(B, -1, rows, x.shape[-2], x.shape[-1]).permute(0, 3, 1, 2, 4)
+        x = x.flatten(1, n).index_select(1, flat)
+        return x.unflatten(1, (-1, rows)).permute(0, 3, 1, 2, 4)
 
-    qt = heads_first(q * cfg.scale, ix.qflat, T)  # [B, h, NT, T, D]
-    if g > 1:  # query heads of one key/value head on the rows
-        qt = qt.reshape(B, hk, g, -1, T, D).transpose(2, 3).reshape(B, hk, -1, g * T, D)
+    def rows_of_heads(x):  # [B, h, NT, T, C] -> [B, hk, NT, gT, C] (query heads of a key/value head on the rows)
+        return x if g == 1 else x.unflatten(1, (hk, g)).transpose(2, 3).flatten(3, 4)
+
+    def to_positions(x):  # [B, hk, NT, gT, *C] -> [B, *S, h, *C]: each position's result from its slot
+        if g > 1:
+            x = x.unflatten(3, (g, -1)).transpose(2, 3).flatten(1, 2)
+        return x.flatten(2, 3).transpose(1, 2).index_select(1, ix.inv).unflatten(1, spatial)
+
+    qt = rows_of_heads(heads_first(q * cfg.scale, ix.qflat, T))  # [B, hk, NT, gT, D]
     kt = heads_first(k, ix.kflat, R)  # [B, hk, NT, R, D]
     vt = heads_first(v, ix.kflat, R)
-    logits = qt @ kt.transpose(-1, -2)  # [B, hk, NT, gT, R]
-    if rpb is not None:  # [h, NT, T, R] -> [hk, NT, gT, R]
-        bias = torch.where(ix.inside, rpb.reshape(h, -1)[:, ix.rel], float("-inf"))
-        if g > 1:
-            bias = bias.reshape(hk, g, -1, T, R).transpose(1, 2).reshape(hk, -1, g * T, R)
-    else:  # [NT, T, R] -> [NT, gT, R]
-        bias = torch.where(ix.inside, 0.0, float("-inf")).to(q.dtype)
-        if g > 1:
-            bias = bias.unsqueeze(1).expand(-1, g, -1, -1).reshape(-1, g * T, R)
-    logits = logits + bias
+    bias = graph_bias(ix, rpb, h, q.dtype)  # [h or 1, NT, T, R]
+    if g > 1:  # -> [hk, NT, gT, R]
+        bias = bias.expand(h, -1, -1, -1).unflatten(0, (hk, g)).transpose(1, 2).flatten(2, 3)
+    logits = qt @ kt.transpose(-1, -2) + bias  # [B, hk, NT, gT, R]
     if ak is not None:
         logits = torch.cat([logits, qt @ ak.permute(0, 2, 3, 1).unsqueeze(2)], -1)
     p = logits.softmax(-1)
@@ -326,15 +326,6 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
         out = p @ vt
     else:
         out = p[..., :-ne] @ vt + p[..., -ne:] @ av.transpose(1, 2).unsqueeze(2)
-    # [B, hk, NT, gT, Dv] -> [B, N_slots, h, Dv] -> each position's slot
-    if g > 1:
-        out = out.reshape(B, hk, -1, g, T, Dv).transpose(2, 3)
-    out = out.reshape(B, h, -1, Dv).transpose(1, 2).index_select(1, ix.inv)
-    out = out.reshape(B, *spatial, h, Dv)
-    lse = None
-    if need_lse:
-        lse = _lse(logits)
-        if g > 1:
-            lse = lse.reshape(B, hk, -1, g, T).transpose(2, 3)
-        lse = lse.reshape(B, h, -1).transpose(1, 2).index_select(1, ix.inv).reshape(B, *spatial, h)
+    out = to_positions(out)
+    lse = to_positions(_lse(logits).unsqueeze(-1)).squeeze(-1) if need_lse else None
     return out, lse
