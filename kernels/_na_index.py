@@ -356,21 +356,23 @@ def graph_bias(ix: GraphTiles, rpb: Tensor | None, heads: int, dtype) -> Tensor:
     one gather per axis of the RPB table (``[heads, 2k_1 - 1, ...]``) and per-axis masks, then one permutation
     into tile order (constant work per call, independent of the batch; onnxruntime folds it at load)."""
     n = len(ix.sizes)
-    neg = torch.tensor(float("-inf"), dtype=dtype, device=ix.qflat.device)
-    zero = torch.tensor(0.0, dtype=dtype, device=ix.qflat.device)
+
+    def outside(m):  # 0 inside the window, -inf outside
+        return torch.zeros_like(m, dtype=dtype).masked_fill(~m, float("-inf"))
+
     if rpb is None:
         bias = None
         for a, m in enumerate(ix.inside):
             shape = [1] * (n + 1)
             shape[1 + a] = -1
-            term = torch.where(m, zero, neg).reshape(shape)
+            term = outside(m).reshape(shape)
             bias = term if bias is None else bias + term
     else:
         bias = rpb.reshape(heads, *rpb.shape[1:])
         for a, (rel, m) in enumerate(zip(ix.rel, ix.inside)):
             shape = [1] * (n + 1)
             shape[1 + a] = -1
-            bias = bias.index_select(1 + a, rel) + torch.where(m, zero, neg).reshape(shape)
+            bias = bias.index_select(1 + a, rel) + outside(m).reshape(shape)
     # [hb, P_1, ..., P_n] with P_a = (d_a, n_a, t_a, r_a) -> [hb, d_1..d_n, n_1..n_n, t_1..t_n, r_1..r_n]
     hb = bias.shape[0]
     bias = bias.reshape(hb, *[s for sz in ix.sizes for s in sz])
