@@ -266,18 +266,22 @@ _SCRIPT_MODELS = ["nat_mini", "biformer_t"]
 
 @pytest.mark.parametrize("name", _SCRIPT_MODELS)
 def test_timm_onnx_export_default_exporter(name, tmp_path):
-    """timm's onnx_export.py without --dynamo (TorchScript-based export, i.e. torch.jit.trace), then
-    timm.utils.onnx's check; the library call when the script is not fetched."""
+    """timm's onnx_export.py without --dynamo (the TorchScript-based exporter, i.e. torch.jit.trace) with its
+    --check-forward; timm.utils.onnx.onnx_export (what the script calls) when the script is not fetched."""
     pytest.importorskip("onnx")
     out = tmp_path / f"{name}.onnx"
     if (SCRIPTS / "onnx_export.py").is_file():
-        res = _run_timm_script("onnx_export.py", str(out), "--model", name, "-b", "1", "--img-size", "224",
+        from safetensors.torch import save_file
+
+        ckpt = tmp_path / f"{name}.safetensors"  # the script loads pretrained weights unless given a checkpoint
+        save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, str(ckpt))
+        res = _run_timm_script("onnx_export.py", str(out), "--model", name, "-b", "1", "--checkpoint", str(ckpt),
                                "--check-forward")
         assert res.returncode == 0, res.stderr[-3000:]
     else:
         from timm.utils.onnx import onnx_export
 
-        model = timm.create_model(name, num_classes=5).eval()
+        model = timm.create_model(name, num_classes=5, depths=(1, 1, 1, 1)).eval()
         onnx_export(model, str(out), input_size=(3, 224, 224), batch_size=1, check_forward=True)
     assert out.is_file()
 
@@ -287,9 +291,9 @@ def test_timm_benchmark_both(tmp_path):
     if not (SCRIPTS / "benchmark.py").is_file():
         pytest.skip("timm's benchmark.py not fetched (tools/fetch_timm_scripts.py); fvcore is tested above")
     for name in _SCRIPT_MODELS:
-        res = _run_timm_script("benchmark.py", "--model", name, "--bench", "both", "-b", "2", "--img-size", "224",
-                               "--num-warm-iter", "1", "--num-bench-iter", "5", "--device", "cpu", "--results-file",
-                               str(tmp_path / f"{name}.csv"))
+        res = _run_timm_script("benchmark.py", "--model", name, "--bench", "both", "-b", "1", "--img-size", "224",
+                               "--num-warm-iter", "1", "--num-bench-iter", "5", "--device", "cpu",
+                               "--model-kwargs", "depths=(1,1,1,1)")
         assert res.returncode == 0, res.stderr[-3000:]
         assert '"error"' not in res.stdout, res.stdout[-2000:]
         assert "infer_gmacs" in res.stdout and "train_samples_per_sec" in res.stdout, res.stdout[-2000:]
