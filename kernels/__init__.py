@@ -8,6 +8,7 @@ extraction); ``torch.compile`` and ``torch.export`` trace through them into the 
 """
 from timm.layers import register_notrace_function
 
+from ._traced import install_fvcore_handles
 from .bra import bi_level_routing_attention, region_mean, region_topk, routed_attention
 from .na import (
     merge_attentions,
@@ -31,3 +32,5 @@ for _fn in (na1d, na2d, na3d, na_logits, na1d_logits, na2d_logits, na3d_logits, 
             merge_attentions, routed_attention, bi_level_routing_attention, region_topk, region_mean):
     register_notrace_function(_fn)
 del _fn
+
+install_fvcore_handles()

@@ -1,13 +1,14 @@
 """What the kernel files share: log constants, the accumulation dtype, graph-capture predicates, the index cache."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from visionattn._environment import settings
 
-__all__ = ["LOG2E", "LN2", "acc_dtype", "interpreting", "exporting", "capturing", "cached"]
+__all__ = ["LOG2E", "LN2", "acc_dtype", "interpreting", "exporting", "capturing", "untraced", "concrete", "cached"]
 
 LOG2E = math.log2(math.e)  # kernels work in the log2 domain (exp2 is the fast instruction)
 LN2 = math.log(2.0)
@@ -34,6 +35,33 @@ def capturing() -> bool:
     """Any graph capture (dynamo, ``torch.export``, ONNX, ``torch.jit.trace``): no data-dependent checks, no
     Python-side caches."""
     return exporting() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+@contextlib.contextmanager
+def untraced():
+    """Pause ``torch.jit.trace`` recording: argument checks read concrete shapes (ints, not traced size tensors),
+    record nothing and warn nothing. Only for code whose tensors do not reach the graph."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        yield
+        return
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def concrete(x):
+    """A size argument as a Python int where ``torch.jit.trace`` made it a 0-dim integer tensor (a model computing
+    it from a traced shape), else unchanged. Call inside ``untraced()``: the value is fixed in the trace, like the
+    shape it came from."""
+    if isinstance(x, torch.Tensor) and x.dim() == 0 and not (x.is_floating_point() or x.is_complex()
+                                                            or x.dtype == torch.bool):
+        return int(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(concrete(v) for v in x)
+    return x
 
 
 _CACHE: dict = {}

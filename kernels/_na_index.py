@@ -223,3 +223,158 @@ def tile_shape(spatial, ks, ss, ds, cs, tile) -> tuple[int, int, int]:
     """(tiles, queries per tile, keys per tile region) of ``tile_index``, without building tensors (fake impls)."""
     tl = [axis_tiles(spatial[a], ks[a], ds[a], ss[a], cs[a], tile[a]) for a in range(len(spatial))]
     return math.prod(x.qpos.shape[0] for x in tl), math.prod(x.t for x in tl), math.prod(x.r for x in tl)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same tiles computed in the graph (torch ops on the shape): exports and traces hold no index constants
+
+
+def _min(a, b):
+    """min of two sizes that may be ints, SymInts (torch.export) or 0-dim traced tensors (torch.jit.trace): the
+    result stays symbolic, so a graph built at one size is right at every size."""
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    if isinstance(a, Tensor):
+        return torch.minimum(a, b) if isinstance(b, Tensor) else a.clamp(max=b)
+    if isinstance(b, Tensor):
+        return b.clamp(max=a)
+    return torch.sym_min(a, b)
+
+
+class GraphTiles(NamedTuple):
+    """Tiles of the exported / traced formulation (``na_torch.plain``), index tensors computed from the shape.
+
+    Per axis of length L, dilation d: d groups (position p: group p % d, coordinate p // d) of at most
+    Lm = ceil(L / d) positions, each cut in n = ceil(Lm / t) tiles of t query slots (slots past the end of a
+    group repeat its last query; their results are never read) and a region of r consecutive keys per tile.
+    Tiles are ordered (groups of every axis, tiles of every axis), slots and region keys row-major over the axes.
+    Window masks and RPB indices stay per axis (``[d * n * t * r]`` each; the neighbourhood is their product):
+    an exported graph holds no ``[tiles, T, R]`` table, whatever its exporter folds.
+    """
+
+    qflat: Tensor  # [NT * T] flat query position of each slot
+    kflat: Tensor  # [NT * R] flat key position of each region slot
+    inv: Tensor  # [N] slot holding each position's result
+    inside: tuple  # per axis [d * n * t * r] key in the query's window (bool)
+    rel: tuple  # per axis [d * n * t * r] RPB index along the axis
+    sizes: tuple  # per axis (d, n, t, r)
+    tile: int  # T
+    region: int  # R
+
+
+def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
+    """One axis in torch ops on its (possibly symbolic) length: t, r, n and per-axis tensors
+    qpos [d, n, t], kpos [d, n, r], inside [d, n, t, r], rel [d, n, t, r], inv [L] as (group, (tile, slot))."""
+    Lm = (L + d - 1) // d
+    t = _min(t, Lm)  # tiles and regions no larger than a group
+    r = _min(t + k - 1 if causal else t + k + s - 2, Lm)  # the union of the windows of t consecutive queries
+    n = (Lm + t - 1) // t
+    g = torch.arange(d, device=device)
+    lg = ((L - g + d - 1) // d).view(d, 1, 1)  # group lengths
+    gq = (torch.arange(n, device=device) * t).view(1, n, 1) + torch.arange(t, device=device).view(1, 1, t)
+    qc = torch.minimum(gq, lg - 1)  # [d, n, t] slots past the group's end repeat its last query
+    if causal:
+        leader = torch.minimum(qc // s * s + (s - 1), lg - 1)
+        start, end = (leader - (k - 1)).clamp_min(0), qc
+    else:
+        leader = torch.minimum(qc // s * s + s // 2, lg - 1)
+        start = torch.minimum((leader - k // 2).clamp_min(0), lg - k)
+        end = start + (k - 1)
+    rs = torch.minimum(start[:, :, :1], lg - r).clamp_min(0)  # [d, n, 1] region start (windows are monotone)
+    kc = rs + torch.arange(r, device=device)  # [d, n, r] key group coordinates (past the group's end: masked)
+    inside = (kc.unsqueeze(2) >= start.unsqueeze(3)) & (kc.unsqueeze(2) <= end.unsqueeze(3))
+    rel = (kc.unsqueeze(2) - qc.unsqueeze(3) + (k - 1)).clamp(0, 2 * k - 2)
+    gd = g.view(d, 1, 1)
+    kpos = torch.minimum(kc, lg - 1) * d + gd
+    qpos = qc * d + gd
+    p = torch.arange(L, device=device)
+    c = p // d
+    inv = (p % d, (c // t, c % t))  # group, (tile in the group, slot)
+    return t, r, n, qpos, kpos, inside, rel, inv
+
+
+def _bcast(parts: list[Tensor], lead: int) -> list[Tensor]:
+    """Per-axis tensors [x_a, y_a, ...] viewed so they broadcast into [x_1..x_n, y_1..y_n, ...]."""
+    n = len(parts)
+    out = []
+    for a, x in enumerate(parts):
+        shape = []
+        for i in range(lead):
+            block = [1] * n
+            block[a] = x.shape[i]
+            shape += block
+        out.append(x.reshape(shape))
+    return out
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out = out * x
+    return out
+
+
+def graph_tiles(spatial, ks, ss, ds, cs, tile, device) -> GraphTiles:
+    """``GraphTiles`` of one call, computed with torch ops on ``spatial`` (ints, SymInts or traced sizes)."""
+    n = len(spatial)
+    axes = [_axis_graph(spatial[a], ks[a], ds[a], ss[a], cs[a], tile[a], device) for a in range(n)]
+    t = [x[0] for x in axes]
+    r = [x[1] for x in axes]
+    nt = [x[2] for x in axes]
+    strides = [1] * n
+    for a in range(n - 2, -1, -1):
+        strides[a] = strides[a + 1] * spatial[a + 1]
+
+    def flat(parts):  # per-axis [d, n, x] positions -> [d_1..d_n, n_1..n_n, x_1..x_n] flat spatial index
+        out = None
+        for x in _bcast([p * strides[a] for a, p in enumerate(parts)], 3):
+            out = x if out is None else out + x
+        return out.reshape(-1)
+
+    qflat = flat([x[3] for x in axes])
+    kflat = flat([x[4] for x in axes])
+    # each position's slot: tile (groups of every axis, then tiles of every axis) * T + slot (row-major)
+    T, R = _prod(t), _prod(r)
+    all_tiles = _prod(nt)
+    tile_id = slot_id = None
+    for a, x in enumerate(axes):
+        g, c = x[7]
+        tid = g * (math.prod(ds[a + 1:]) * all_tiles) + c[0] * _prod(nt[a + 1:])
+        sid = c[1] * _prod(t[a + 1:])
+        shape = [1] * n
+        shape[a] = -1
+        tid, sid = tid.reshape(shape), sid.reshape(shape)
+        tile_id = tid if tile_id is None else tile_id + tid
+        slot_id = sid if slot_id is None else slot_id + sid
+    inv = (tile_id * T + slot_id).reshape(-1)
+    return GraphTiles(qflat, kflat, inv, tuple(x[5].reshape(-1) for x in axes), tuple(x[6].reshape(-1) for x in axes),
+                      tuple((ds[a], nt[a], t[a], r[a]) for a in range(n)), T, R)
+
+
+def graph_bias(ix: GraphTiles, rpb: Tensor | None, heads: int, dtype) -> Tensor:
+    """The additive logit bias ``[heads or 1, NT, T, R]`` of ``ix``: RPB inside each window, -inf outside. Built by
+    one gather per axis of the RPB table (``[heads, 2k_1 - 1, ...]``) and per-axis masks, then one permutation
+    into tile order (constant work per call, independent of the batch; onnxruntime folds it at load)."""
+    n = len(ix.sizes)
+
+    def outside(m):  # 0 inside the window, -inf outside
+        return torch.zeros_like(m, dtype=dtype).masked_fill(~m, float("-inf"))
+
+    if rpb is None:
+        bias = None
+        for a, m in enumerate(ix.inside):
+            shape = [1] * (n + 1)
+            shape[1 + a] = -1
+            term = outside(m).reshape(shape)
+            bias = term if bias is None else bias + term
+    else:
+        bias = rpb.reshape(heads, *rpb.shape[1:])
+        for a, (rel, m) in enumerate(zip(ix.rel, ix.inside)):
+            shape = [1] * (n + 1)
+            shape[1 + a] = -1
+            bias = bias.index_select(1 + a, rel) + outside(m).reshape(shape)
+    # [hb, P_1, ..., P_n] with P_a = (d_a, n_a, t_a, r_a) -> [hb, d_1..d_n, n_1..n_n, t_1..t_n, r_1..r_n]
+    hb = bias.shape[0]
+    bias = bias.reshape(hb, *[s for sz in ix.sizes for s in sz])
+    perm = [0] + [1 + 4 * a + j for j in range(4) for a in range(n)]
+    return bias.permute(perm).reshape(hb, -1, ix.tile, ix.region)

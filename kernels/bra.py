@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import checks, dispatch, ops
+from ._common import concrete, untraced
 from .bra_reference import routed_attention_reference
 
 __all__ = ["region_topk", "region_mean", "routed_attention", "routed_attention_reference",
@@ -29,7 +30,8 @@ def region_mean(x: Tensor, region_grid) -> Tensor:
 
     Returns ``[B, R, prod(C)]`` with regions row-major. H and W must be multiples of the grid.
     """
-    gh, gw = checks.region_mean_args(x, region_grid)
+    with untraced():
+        gh, gw = checks.region_mean_args(x, concrete(region_grid))
     B, H, W = x.shape[:3]
     C = math.prod(x.shape[3:])
     x = x.reshape(B, gh, H // gh, gw, W // gw, C)
@@ -45,7 +47,8 @@ def region_topk(q_region: Tensor, k_region: Tensor, topk: int, *, scale: float |
     (descending affinity). ``scale`` defaults to ``C ** -0.5`` (legacy BRA); pass ``1.0`` for nchwBRA's
     unscaled logits. Returns the index ``[B, Rq, topk]`` (int64), and the logits ``[B, Rq, Rk]`` if asked.
     """
-    scale = checks.region_topk_args(q_region, k_region, topk, scale)
+    with untraced():
+        scale = checks.region_topk_args(q_region, k_region, concrete(topk), concrete(scale))
     # Routing is not differentiable in BiFormer: only the integer indices leave this function.
     q_region, k_region = q_region.detach(), k_region.detach()
     logits = (q_region * scale) @ k_region.transpose(-2, -1)
@@ -65,9 +68,10 @@ def routed_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, r
         backend: one of ``BRA_BACKENDS``.
     Returns: ``[B, H, W, heads, dv]``.
     """
-    checks.check_choice("backend", backend, BRA_BACKENDS)
-    region_size = checks.routed_args(query, key, value, index, region_size)
-    scale = checks.check_scale(scale, query.shape[-1] ** -0.5)
+    with untraced():  # concrete shapes (a traced model may pass region_size as traced sizes): nothing recorded
+        checks.check_choice("backend", backend, BRA_BACKENDS)
+        region_size = checks.routed_args(query, key, value, index, concrete(region_size))
+        scale = checks.check_scale(concrete(scale), query.shape[-1] ** -0.5)
     impl = dispatch.bra_backend(backend, query, key, value, index, region_size, scale)
     if impl == "reference":
         return routed_attention_reference(query, key, value, index, region_size, scale=scale)
@@ -81,9 +85,10 @@ def bi_level_routing_attention(query: Tensor, key: Tensor, value: Tensor, n_win,
     ``n_win`` is the region grid (regions per side, an int or ``(rows, cols)``); ``scale`` (default
     ``(heads * dq) ** -0.5``, BiFormer's full-qk-dim quirk) is used for routing and attention alike.
     """
-    gh, gw = checks.bra_args(query, n_win)
-    H, W, nh, dq = query.shape[1:]
-    scale = checks.check_scale(scale, (nh * dq) ** -0.5)
+    with untraced():
+        gh, gw = checks.bra_args(query, concrete(n_win))
+        H, W, nh, dq = query.shape[1:]
+        scale = checks.check_scale(concrete(scale), (nh * dq) ** -0.5)
     index = region_topk(region_mean(query, (gh, gw)), region_mean(key, (gh, gw)), topk, scale=scale)
     out = routed_attention(query, key, value, index, (H // gh, W // gw), scale=scale, backend=backend)
     return (out, index) if return_index else out

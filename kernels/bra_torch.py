@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import acc_dtype
+from ._common import acc_dtype, untraced
 
 __all__ = ["forward", "backward", "plain", "uses_flash"]
 
@@ -28,23 +28,25 @@ _CHUNK_ELEMS_ACCEL = 1 << 26
 # ---------------------------------------------------------------------------------------------------------
 
 
+# The batch is never read as a size (-1 in the reshapes): exported graphs keep it dynamic.
+
+
 def _to_regions(x: Tensor, rh: int, rw: int) -> Tensor:
-    B, H, W, nh, d = x.shape
+    H, W, nh, d = x.shape[1:]
     gh, gw = H // rh, W // rw
-    x = x.reshape(B, gh, rh, gw, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
-    return x.reshape(B * gh * gw, rh * rw, nh, d)
+    x = x.reshape(-1, gh, rh, gw, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
+    return x.reshape(-1, rh * rw, nh, d)
 
 
 def _from_regions(x: Tensor, B: int, H: int, W: int, rh: int, rw: int) -> Tensor:
     nh, d = x.shape[-2:]
-    x = x.reshape(B, H // rh, W // rw, rh, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
-    return x.reshape(B, H, W, nh, d)
+    x = x.reshape(-1, H // rh, W // rw, rh, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
+    return x.reshape(-1, H, W, nh, d)
 
 
 def _flat_index(index: Tensor, R: int) -> Tensor:
     """Per-image region indices -> rows of the ``[B*R, ...]`` region tensors, ``[B*R*topk]``."""
-    B = index.shape[0]
-    offs = torch.arange(B, device=index.device, dtype=index.dtype).view(B, 1, 1) * R
+    offs = (torch.ones_like(index[:, :1, :1]).cumsum(0) - 1) * R  # [B, 1, 1]: b * R
     return (index + offs).reshape(-1)
 
 
@@ -63,7 +65,9 @@ def _chunk_len(n_rows: int, nh: int, hw: int, L: int, d: int, device: torch.devi
 
 def _attend(qc: Tensor, kg: Tensor, vg: Tensor, scale: float) -> Tensor:
     """4-D attention ``[n, nh, hw, d]`` x ``[n, nh, L, d]`` -> ``[n, nh, hw, dv]`` (flash SDPA when it applies)."""
-    if qc.shape[-1] == vg.shape[-1]:
+    with untraced():  # head dims are fixed by the model
+        same_dims = qc.shape[-1] == vg.shape[-1]
+    if same_dims:
         return F.scaled_dot_product_attention(qc, kg, vg, scale=scale)
     attn = torch.softmax((qc * scale) @ kg.transpose(-2, -1), dim=-1)
     return attn @ vg
@@ -173,11 +177,11 @@ def _backward_regions(gout, qr, kr, vr, fidx, out, lse, topk, scale, need_q, nee
 
 def _plain_regions(qr: Tensor, kr: Tensor, vr: Tensor, fidx: Tensor, topk: int, scale: float) -> Tensor:
     """Single-graph version (ONNX export): one gather of every routed region, 4-D attention."""
-    N, hw, nh, dq = qr.shape
+    hw, nh, dq = qr.shape[1:]
     dv = vr.shape[-1]
     L = topk * hw
-    kg = kr.index_select(0, fidx).reshape(N, L, nh, dq).transpose(1, 2)
-    vg = vr.index_select(0, fidx).reshape(N, L, nh, dv).transpose(1, 2)
+    kg = kr.index_select(0, fidx).reshape(-1, L, nh, dq).transpose(1, 2)
+    vg = vr.index_select(0, fidx).reshape(-1, L, nh, dv).transpose(1, 2)
     return _attend(qr.transpose(1, 2), kg, vg, scale).transpose(1, 2)
 
 

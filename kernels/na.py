@@ -17,6 +17,7 @@ from functools import partial
 from torch import Tensor
 
 from . import checks, dispatch, na_natten, na_torch, ops
+from ._common import untraced
 from .na_reference import na_reference
 
 __all__ = ["na1d", "na2d", "na3d", "na_logits", "na1d_logits", "na2d_logits", "na3d_logits", "na1d_av",
@@ -37,9 +38,10 @@ _RUN = {
 
 def _na(n, query, key, value, kernel_size, stride, dilation, is_causal, scale, rpb, additional_keys,
         additional_values, return_lse, backend):
-    cfg = checks.na_args(n, query, key, value, kernel_size, stride, dilation, is_causal, scale, rpb,
-                         additional_keys, additional_values)
-    checks.check_bool("return_lse", return_lse)
+    with untraced():  # concrete shapes: the checks leave nothing in a torch.jit.trace
+        cfg = checks.na_args(n, query, key, value, kernel_size, stride, dilation, is_causal, scale, rpb,
+                             additional_keys, additional_values)
+        checks.check_bool("return_lse", return_lse)
     impl = dispatch.na_backend(backend, query, key, value, rpb, cfg, additional_keys, additional_values)
     out, lse = _RUN[impl](query, key, value, rpb, cfg, additional_keys, additional_values, return_lse)
     return (out, lse) if return_lse else out
@@ -120,7 +122,8 @@ def merge_attentions(outputs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor,
 
 
 def _logits(n, query, key, kernel_size, stride, dilation, is_causal, scale, rpb) -> Tensor:
-    cfg = checks.na_args(n, query, key, None, kernel_size, stride, dilation, is_causal, scale, rpb)
+    with untraced():
+        cfg = checks.na_args(n, query, key, None, kernel_size, stride, dilation, is_causal, scale, rpb)
     return na_torch.qk(query, key, rpb, cfg)
 
 

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import acc_dtype, capturing
-from ._na_index import TileIndex, WindowIndex, tile_index, window_index
+from ._common import acc_dtype, capturing, untraced
+from ._na_index import TileIndex, WindowIndex, graph_bias, graph_tiles, tile_index, window_index
 
 __all__ = ["TILE", "forward", "backward", "gather", "qk", "av", "window_logits", "window_av", "gather_windows", "merge"]
 
@@ -277,3 +277,55 @@ def av(attn: Tensor, v: Tensor, cfg) -> Tensor:
     if index.valid is not None:  # slots before a causal window's start hold no key
         p = p.masked_fill(~index.valid.unsqueeze(-2), 0)
     return window_av(p, v, index)
+
+
+# ---------------------------------------------------------------------------------------------------
+# plain: the exported / traced formulation (index tensors computed in the graph from the shape)
+
+# queries per tile along each axis of the exported graph (measured with onnxruntime on CPU, NAT / DiNAT shapes)
+GRAPH_TILE = {1: (32,), 2: (8, 8), 3: (2, 4, 8)}
+
+
+def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
+    """(out, natural lse or None): NA as plain differentiable torch ops whose index tensors are computed from the
+    input's shape (no per-call constants in an exported graph; sizes may be symbolic: dynamic batch, height and
+    width). Queries in tiles, each attending densely to the key region its windows cover, masked."""
+    n = q.dim() - 3
+    spatial = tuple(q.shape[1:1 + n])
+    with untraced():  # heads, head dims and extra tokens are fixed by the model: ints, not traced sizes
+        h, hk = q.shape[-2], k.shape[-2]
+        ne = 0 if ak is None else ak.shape[1]
+    g = h // hk
+    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or GRAPH_TILE[n]), q.device)
+    T, R = ix.tile, ix.region
+    # the batch is never read as a size (reshapes keep it as a dimension): exporters keep it dynamic
+
+    def heads_first(x, flat, rows):  # [B, *S, hx, C] -> [B, hx, tiles, rows, C]
+        x = x.flatten(1, n).index_select(1, flat)
+        return x.unflatten(1, (-1, rows)).permute(0, 3, 1, 2, 4)
+
+    def rows_of_heads(x):  # [B, h, NT, T, C] -> [B, hk, NT, gT, C] (query heads of a key/value head on the rows)
+        return x if g == 1 else x.unflatten(1, (hk, g)).transpose(2, 3).flatten(3, 4)
+
+    def to_positions(x):  # [B, hk, NT, gT, *C] -> [B, *S, h, *C]: each position's result from its slot
+        if g > 1:
+            x = x.unflatten(3, (g, -1)).transpose(2, 3).flatten(1, 2)
+        return x.flatten(2, 3).transpose(1, 2).index_select(1, ix.inv).unflatten(1, spatial)
+
+    qt = rows_of_heads(heads_first(q * cfg.scale, ix.qflat, T))  # [B, hk, NT, gT, D]
+    kt = heads_first(k, ix.kflat, R)  # [B, hk, NT, R, D]
+    vt = heads_first(v, ix.kflat, R)
+    bias = graph_bias(ix, rpb, h, q.dtype)  # [h or 1, NT, T, R]
+    if g > 1:  # -> [hk, NT, gT, R]
+        bias = bias.expand(h, -1, -1, -1).unflatten(0, (hk, g)).transpose(1, 2).flatten(2, 3)
+    logits = qt @ kt.transpose(-1, -2) + bias  # [B, hk, NT, gT, R]
+    if ak is not None:
+        logits = torch.cat([logits, qt @ ak.permute(0, 2, 3, 1).unsqueeze(2)], -1)
+    p = logits.softmax(-1)
+    if ak is None:
+        out = p @ vt
+    else:
+        out = p[..., :-ne] @ vt + p[..., -ne:] @ av.transpose(1, 2).unsqueeze(2)
+    out = to_positions(out)
+    lse = to_positions(_lse(logits).unsqueeze(-1)).squeeze(-1) if need_lse else None
+    return out, lse

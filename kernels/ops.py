@@ -4,7 +4,8 @@
 ``visionattn::routed_attention_forward`` / ``_backward`` (``torch``, ``triton``): fake implementations, registered
 autograd and autocast, FLOP formulas, so ``torch.compile`` (fullgraph) and ``torch.export`` keep one op per call.
 The ops take the implementation the public functions chose (``dispatch.py``), never ``"auto"``. While exporting to
-ONNX or tracing with ``torch.jit.trace`` the ``torch`` implementation runs as plain torch ops instead of the op.
+ONNX the ``torch`` implementation runs as plain torch ops instead of the op; under ``torch.jit.trace`` as one
+traced node holding those ops (``_traced.py``: fvcore counts it).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from . import bra_torch, na_torch
+from . import _traced, bra_torch, na_torch
 from ._common import LN2, LOG2E, acc_dtype, exporting
 from ._na_index import tile_shape
 from .checks import NAConfig
@@ -273,8 +274,11 @@ def _na_backward_flops(dout, dlse, q, k, v, rpb, ak, av, out, aux, kernel_size, 
 def na(impl: str, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg: NAConfig, ak: Tensor | None,
        av: Tensor | None, need_lse: bool) -> tuple[Tensor, Tensor | None]:
     """NA of validated arguments on ``impl`` (one of ``NA_IMPLS``): (out, natural logsumexp or None)."""
-    if impl == "torch" and exporting():  # ONNX / jit.trace: plain torch ops, the index tensors become constants
-        return na_torch.forward(q, k, v, rpb, cfg, ak, av, need_lse)[:2]
+    if impl == "torch" and exporting():  # ONNX / jit.trace: plain torch ops, indices computed from the shape
+        if torch.onnx.is_in_onnx_export():
+            return na_torch.plain(q, k, v, rpb, cfg, ak, av, need_lse)
+        out, lse = _traced.NeighborhoodAttention.apply(q, k, v, rpb, ak, av, cfg, need_lse)  # one traced node
+        return out, (lse if need_lse else None)
     need_aux = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb, ak, av))
     out, lse, _ = torch.ops.visionattn.na_forward(q, k, v, rpb, ak, av, list(cfg.kernel_size), list(cfg.stride),
                                                   list(cfg.dilation), list(cfg.is_causal), cfg.scale, impl,
@@ -370,7 +374,9 @@ def routed_attention(impl: str, q: Tensor, k: Tensor, v: Tensor, index: Tensor, 
                      scale: float) -> Tensor:
     """Routed attention of validated arguments on ``impl`` (one of ``BRA_IMPLS``)."""
     if impl == "torch" and exporting():  # ONNX / jit.trace: one plain graph of 4-D ops
-        return bra_torch.plain(q, k, v, index, region_size, scale)
+        if torch.onnx.is_in_onnx_export():
+            return bra_torch.plain(q, k, v, index, region_size, scale)
+        return _traced.RoutedAttention.apply(q, k, v, index, tuple(region_size), float(scale))  # one traced node
     need_aux = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     out, _ = torch.ops.visionattn.routed_attention_forward(q, k, v, index, list(region_size), float(scale), impl,
                                                            need_aux)
