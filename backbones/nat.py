@@ -64,6 +64,12 @@ __all__ = [
 # stems and downsamplers (NHWC out)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # the stem's convs then write channels-last maps, so the NHWC permute after them is a free view: from NCHW,
+    # LayerNorm copied it to contiguous (and its backward and the conv backward copied the gradients back)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class ConvTokenizer(nn.Module):
     """NAT stem: two 3x3 stride-2 convs (no activation between them), then LayerNorm on NHWC."""
 
@@ -76,7 +82,7 @@ class ConvTokenizer(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return self.norm(self.proj(_channels_last(x)).permute(0, 2, 3, 1))
 
 
 class ConvDownsampler(nn.Module):
@@ -104,7 +110,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.patch_size
         x = F.pad(x, (0, (-x.shape[-1]) % pw, 0, (-x.shape[-2]) % ph))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return self.norm(self.proj(_channels_last(x)).permute(0, 2, 3, 1))
 
 
 # --------------------------------------------------------------------------------------------------------------
