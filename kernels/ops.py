@@ -100,7 +100,7 @@ def _extra_backward(dout, q, ak, av, lse, delta, scale):
 def _delta(dout, dlse, out, q):
     """rowsum(dout * out) - dlse: the softmax backward's row term (natural-log units)."""
     acc = acc_dtype(q.dtype)
-    delta = (dout.to(acc) * out.to(acc)).sum(-1)
+    delta = torch.linalg.vecdot(dout.to(acc), out.to(acc))  # one pass, no dout * out temporary
     return delta if dlse is None else delta - dlse.to(acc)
 
 
