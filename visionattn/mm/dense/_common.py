@@ -16,7 +16,8 @@ from torch import nn
 
 from visionattn.backbones._swin import shift_window_mask
 
-__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra", "FrozenBatchNormMixin"]
+__all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra", "FrozenBatchNormMixin",
+           "filter_with_out_norms"]
 
 
 def pad_right_bottom(x: torch.Tensor, multiple: int, channels_last: bool = False) -> torch.Tensor:
@@ -70,3 +71,22 @@ class FrozenBatchNormMixin:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+
+def filter_with_out_norms(sd: dict, model: nn.Module, family_filter) -> dict:
+    """Official mmdet-style backbone keys -> a dense model's: the output norms (`norm{i}.*`) become `out_norms.i.*`,
+    the rest goes through the family's classification filter, and a classifier the model lacks is dropped."""
+    out_norms, rest = {}, {}
+    for k, v in sd.items():
+        head, _, tail = k.partition(".")
+        if head.startswith("norm") and head[4:].isdigit():
+            out_norms[f"out_norms.{head[4:]}.{tail}"] = v
+        elif k.startswith("out_norms."):
+            out_norms[k] = v
+        else:
+            rest[k] = v
+    sd = family_filter(rest, model)
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not (k.startswith(("head.", "norm.")) and k not in own)}
+    sd.update(out_norms)
+    return sd

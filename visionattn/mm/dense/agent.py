@@ -31,7 +31,7 @@ from visionattn.backbones._common import to_nhwc
 from visionattn.backbones._swin import WindowBlock
 from visionattn.checkpoint import unwrap_state_dict
 
-from ._common import check_no_extra, official_window_attention, pad_right_bottom
+from ._common import check_no_extra, filter_with_out_norms, official_window_attention, pad_right_bottom
 
 __all__ = ["AgentSwinDense", "AgentPVTDense", "DenseAgentAttention", "checkpoint_filter_fn"]
 
@@ -197,20 +197,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     norms) -> the dense model's keys. The classifier (`head`, final `norm`) is dropped; tables tied to another
     input size are resized by the family filter."""
     sd = unwrap_state_dict(state_dict)
-    out_norms = {}
-    rest = {}
-    for k, v in sd.items():
-        head, _, tail = k.partition(".")
-        if head.startswith("norm") and head[4:].isdigit():
-            out_norms[f"out_norms.{head[4:]}.{tail}"] = v
-        elif k.startswith("out_norms."):
-            out_norms[k] = v
-        else:
-            rest[k] = v
-    sd = _agent.checkpoint_filter_fn(rest, model)
-    own = model.state_dict()
-    sd = {k: v for k, v in sd.items() if not (k.startswith(("head.", "norm.")) and k not in own)}
-    sd.update(out_norms)
+    sd = filter_with_out_norms(sd, model, _agent.checkpoint_filter_fn)
     return sd
 
 

@@ -24,7 +24,7 @@ from visionattn.backbones import slab as _slab
 from visionattn.checkpoint import unwrap_state_dict
 from visionattn.layers.prepbn import LinearNorm, linear_norm
 
-from ._common import check_no_extra, official_window_attention, pad_right_bottom
+from ._common import check_no_extra, filter_with_out_norms, official_window_attention, pad_right_bottom
 
 __all__ = ["SLABSwinDense", "checkpoint_filter_fn"]
 
@@ -128,20 +128,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     """Official SLAB-Swin / Swin-PRepBN classification or dense checkpoints (mmdet `backbone.*`, `norm{i}`) ->
     `SLABSwinDense`. Counters the official `LinearNorm` lacks (`warm`) are set to 0; the classifier is dropped."""
     sd = unwrap_state_dict(state_dict)
-    out_norms, rest = {}, {}
-    for k, v in sd.items():
-        head, _, tail = k.partition(".")
-        if head.startswith("norm") and head[4:].isdigit():
-            out_norms[f"out_norms.{head[4:]}.{tail}"] = v
-        elif k.startswith("out_norms."):
-            out_norms[k] = v
-        else:
-            rest[k] = v
-    sd = _slab.checkpoint_filter_fn(rest, model)
-    own = model.state_dict()
-    sd = {k: v for k, v in sd.items() if not (k.startswith(("head.", "norm.")) and k not in own)}
+    sd = filter_with_out_norms(sd, model, _slab.checkpoint_filter_fn)
     for name, m in model.named_modules():
         if isinstance(m, LinearNorm) and f"{name}.iter" in sd and f"{name}.warm" not in sd:
             sd[f"{name}.warm"] = torch.zeros_like(m.warm)
-    sd.update(out_norms)
     return sd
