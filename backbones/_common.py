@@ -6,7 +6,7 @@ reuses tensors derived from parameters while nothing can change them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from timm.models import checkpoint
 from timm.models._features import feature_take_indices  # timm exports no public name for it
 from torch import nn
 
-from visionattn.utils import is_graph_capture as _traced
+from visionattn.utils import inference_cached
 
 __all__ = ["StagedModelMixin", "check_divisible", "resize_token_grid", "inference_cached", "to_nhwc", "in1k_cfg",
            "run_blocks"]
@@ -63,29 +63,6 @@ def resize_token_grid(
 def to_nhwc(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(B, H*W, C) tokens -> (B, H, W, C) (a view)."""
     return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2])
-
-
-def inference_cached(
-        module: nn.Module, key: tuple, params: Sequence[torch.Tensor], fn: Callable[[], torch.Tensor],
-) -> torch.Tensor:
-    """`fn()`, computed once per (key, parameter state) while no gradient can flow into `params`.
-
-    In training, under autograd with trainable `params`, or while tracing / compiling, `fn()` runs every time
-    (so gradients, FX graphs and compiled graphs see the computation). Otherwise the result is kept on
-    `module` and reused until a parameter is replaced (new storage), changed in place (its version counter:
-    `load_state_dict`, optimizer steps), or moved to another device / dtype.
-    """
-    if (module.training or _traced() or any(not isinstance(p, torch.Tensor) for p in params)
-            or (torch.is_grad_enabled() and any(p.requires_grad for p in params))):
-        return fn()
-    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cache = module.__dict__.setdefault("_inference_cache", {})
-    hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    out = fn()
-    cache[key] = (stamp, out)
-    return out
 
 
 class StagedModelMixin:

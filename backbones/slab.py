@@ -113,15 +113,22 @@ def sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
     q, k must already be non-negative (ReLU'd). Picks the cheaper product order as the official code does.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
-        i, j, c, d = q.shape[-2], k.shape[-2], k.shape[-1], v.shape[-1]
-        z = 1.0 / (torch.einsum("bic,bc->bi", q, k.sum(dim=1)) + _SLA_EPS)
-        if i * j * (c + d) > c * d * (i + j):
-            out = torch.einsum("bic,bcd->bid", q, torch.einsum("bjc,bjd->bcd", k, v))
-        else:
-            out = torch.einsum("bij,bjd->bid", torch.einsum("bic,bjc->bij", q, k), v)
-        return out * z.unsqueeze(-1)
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return _sla_core(q.float(), k.float(), v.float())
+    return _sla_core(q.float(), k.float(), v.float())
+
+
+def _sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # plain bmm rather than einsum: at batch 1 the per-op overhead is a visible part of an SLA block
+    i, j, c, d = q.shape[-2], k.shape[-2], k.shape[-1], v.shape[-1]
+    # the in-place steps act on fresh matmul results whose backward does not need them
+    z = torch.bmm(q, k.sum(dim=1).unsqueeze(-1)).add_(_SLA_EPS).reciprocal_()
+    if i * j * (c + d) > c * d * (i + j):
+        out = torch.bmm(q, torch.bmm(k.transpose(1, 2), v))
+    else:
+        out = torch.bmm(torch.bmm(q, k.transpose(1, 2)), v)
+    return out * z
 
 
 class SimplifiedLinearAttention(nn.Module):
@@ -180,7 +187,7 @@ class SimplifiedLinearAttention(nn.Module):
             q = self.q(x)
             k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
         q = F.relu(q)
-        k = F.relu(k + self.positional_encoding)
+        k = F.relu(k + self.positional_encoding, inplace=True)  # in place on the fresh sum
         h, d = self.num_heads, self.head_dim
         q, k, v = (t.reshape(B, N, h, d).transpose(1, 2).reshape(B * h, N, d) for t in (q, k, v))
         out = sla_core(q, k, v)

@@ -403,3 +403,22 @@ def test_swin_window_table_resize_and_own_format():
     headless = timm.create_model("agent_swin_b", num_classes=0, **TINY["agent_swin_b"])
     own = headless.state_dict()
     assert A.checkpoint_filter_fn(own, headless).keys() == own.keys()
+
+
+def test_token_major_inference_path_matches_heads_first(monkeypatch):
+    """The per-head token-major inference path (many tokens, no autograd) equals the heads-first path."""
+    torch.manual_seed(0)
+    model = timm.create_model("agent_pvt_t", depths=(1, 1, 1, 1), num_classes=5).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    x = torch.randn(2, 3, 96, 128)
+    calls = []
+    orig = A._agent_attention_tokens
+    monkeypatch.setattr(A, "_agent_attention_tokens", lambda *a: calls.append(1) or orig(*a))
+    with torch.no_grad():
+        monkeypatch.setattr(A, "_TOKEN_MAJOR_MIN_TOKENS", 1)
+        fast = model(x)
+        monkeypatch.setattr(A, "_TOKEN_MAJOR_MIN_TOKENS", 10**9)
+        ref = model(x)
+    assert calls
+    assert max_abs_diff(fast, ref) <= 1e-5

@@ -526,3 +526,41 @@ def test_recalibrate_bn_only_touches_bn_statistics():
     for k, v in before.items():
         changed = not torch.equal(v, after[k])
         assert changed == (k.endswith(("running_mean", "running_var", "num_batches_tracked"))), k
+
+
+def test_repbn_eval_affine_cache_follows_parameters():
+    """Eval RepBN runs a cached a*x+b: equal to BN + alpha*x, refreshed after in-place changes, loads and dtype
+    moves, bypassed when a gradient can reach the parameters and in BN recalibration; no state-dict entry."""
+    torch.manual_seed(0)
+    m = RepBN(8)
+    with torch.no_grad():
+        m.bn.running_mean.normal_()
+        m.bn.running_var.uniform_(0.5, 2)
+        m.bn.weight.normal_()
+        m.alpha.fill_(0.7)
+    m.eval()
+    x = torch.randn(2, 5, 8)
+
+    def ref(mod, t):
+        return mod.bn(t.reshape(-1, 8)).reshape(t.shape) + mod.alpha * t
+
+    keys = set(m.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(m, x))
+        m.alpha.fill_(0.2)  # in place: the version counter invalidates the cache
+        torch.testing.assert_close(m(x), ref(m, x))
+    m.load_state_dict({k: v * 2 if v.is_floating_point() else v for k, v in m.state_dict().items()})
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(m, x))
+    y = m(x).sum()  # grad enabled: the gradient reaches alpha and the BN affine
+    y.backward()
+    assert m.alpha.grad is not None and m.bn.weight.grad is not None
+    m.double()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x.double()), ref(m, x.double()))
+    assert set(m.state_dict()) == keys
+    bn_recalibration_mode(m)  # eval RepBN, training BatchNorm: statistics must still update
+    before = m.bn.running_mean.clone()
+    with torch.no_grad():
+        m(x.double() + 3)
+    assert not torch.equal(before, m.bn.running_mean)

@@ -4,13 +4,14 @@
 attention modules that declare `backends`; `init_weights_` / `trunc_normal_unless_meta` are the own families'
 meta-safe init; `is_reparameterizable` / `fuse_for_inference` fold re-parameterisable models; `LinearHeadMixin` /
 `ClassifierHeadMixin` are timm's classifier API of models ending in a Linear `head` / a `ClassifierHead`;
-`is_graph_capture` is True under torch.compile, torch.export and jit tracing. The fused CPU inference Linear / Mlp
+`is_graph_capture` is True under torch.compile, torch.export and jit tracing; `inference_cached` keeps a
+parameter-derived tensor between inference calls. The fused CPU inference Linear / Mlp
 live in `visionattn.layers.fused`.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from timm.layers import trunc_normal_
@@ -27,6 +28,7 @@ __all__ = [
     "LinearHeadMixin",
     "ClassifierHeadMixin",
     "is_graph_capture",
+    "inference_cached",
 ]
 
 
@@ -155,3 +157,26 @@ class ClassifierHeadMixin:
 def is_graph_capture() -> bool:
     """True while torch.compile / torch.export (dynamo) or torch.jit tracing runs the code."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def inference_cached(
+        module: nn.Module, key: tuple, params: Sequence[torch.Tensor], fn: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """`fn()`, computed once per (key, parameter state) while no gradient can flow into `params`.
+
+    In training, under autograd with trainable `params`, or while tracing / compiling, `fn()` runs every time
+    (so gradients, FX graphs and compiled graphs see the computation). Otherwise the result is kept on
+    `module` and reused until a parameter is replaced (new storage), changed in place (its version counter:
+    `load_state_dict`, optimizer steps), or moved to another device / dtype.
+    """
+    if (module.training or is_graph_capture() or any(not isinstance(p, torch.Tensor) for p in params)
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in params))):
+        return fn()
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cache = module.__dict__.setdefault("_inference_cache", {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    out = fn()
+    cache[key] = (stamp, out)
+    return out

@@ -25,6 +25,7 @@ MODELS = {
     "biformer_t": ("biformer", "biformer_t"),
     "agent_swin_t": ("agent_attention", "agent_swin_t"),
     "agent_pvt_t": ("agent_attention", "agent_pvt_t"),
+    "agent_deit_t": ("agent_attention", "agent_deit_t"),
     "slab_deit_t": ("slab", "slab_deit_t"),
     "slab_swin_t": ("slab", "slab_swin_t"),
     "nat_mini": ("nat", "nat_mini"),
@@ -144,6 +145,27 @@ def install_shims() -> list[str]:
                 cfg.setdefault("hf_hub_id", cfg.pop("hf_hub"))
             cfgs[fn.__name__] = {k: v for k, v in cfg.items() if k in fields}
         return timm_register_model(fn)
+
+    # timm 0.4's build_model_with_cfg took `default_cfg` (and `pretrained_custom_load`) and built
+    # `model_cls(**kwargs)`; timm 1.0's passes unknown keywords on to the model class, which refuses them (the
+    # official agent_deit_* builders). The benchmark never loads pretrained weights, so the 0.4 behaviour is just
+    # that: build, then attach the cfg.
+    def build_model_with_cfg(model_cls, variant, pretrained, default_cfg=None, feature_cfg=None,
+                             pretrained_strict=True, pretrained_filter_fn=None, pretrained_custom_load=False,
+                             **kwargs):
+        if pretrained:
+            raise NotImplementedError(f"{variant}: the benchmark builds official models without pretrained weights")
+        if kwargs.pop("features_only", False) or kwargs.pop("pruned", False):
+            raise NotImplementedError(f"{variant}: features_only / pruned are not shimmed")
+        model = model_cls(**kwargs)
+        model.default_cfg = dict(default_cfg or {})
+        return model
+
+    helpers = _module("timm.models.helpers", build_model_with_cfg=build_model_with_cfg)
+    helpers.__dict__.update({k: v for k, v in vars(importlib.import_module("timm.models")).items()
+                             if not k.startswith("_") and k != "build_model_with_cfg"})
+    sys.modules["timm.models.helpers"] = helpers
+    shimmed.append("timm.models.helpers.build_model_with_cfg (timm 0.4 default_cfg keyword)")
 
     legacy = _module("timm.models.registry", register_model=register_model)
     legacy.__dict__.update({k: v for k, v in vars(importlib.import_module("timm.models")).items()
