@@ -55,8 +55,26 @@ def check_no_extra(owner: str, kwargs: dict) -> None:
 
 
 class FrozenBatchNormMixin:
-    """The official SHViT / EfficientViM dense `train()`: every BatchNorm stays in eval mode, and
-    `frozen_stages >= 0` freezes the stem (`patch_embed`) only."""
+    """A dense backbone on a timm BN model's stem and stages (SHViT, EfficientViM), with the official dense `train()`:
+    every BatchNorm stays in eval mode, and `frozen_stages >= 0` freezes the stem (`patch_embed`) only."""
+
+    def _adopt(self, net: nn.Module, frozen_stages: int, pretrained, filter_fn) -> None:
+        """Take `net`'s stem and stages, freeze as asked, then load `pretrained` through `filter_fn`."""
+        self.patch_embed, self.stages = net.patch_embed, net.stages
+        self.feature_info = net.feature_info
+        self._group_matcher = net.group_matcher
+        self.frozen_stages = frozen_stages
+        self._freeze_stages()
+        if pretrained:
+            from visionattn.checkpoint import load_state_dict_file
+
+            from .loading import load_filtered
+
+            load_filtered(self, filter_fn(load_state_dict_file(pretrained), self), pretrained)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self._group_matcher(coarse)
 
     def _freeze_stages(self):
         if self.frozen_stages >= 0:

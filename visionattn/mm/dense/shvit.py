@@ -60,22 +60,7 @@ class SHViTDense(FrozenBatchNormMixin, nn.Module):
             raise ValueError(f"out_indices must be stage indices in [0, {n - 1}], got {out_indices}")
         net = SHViT(in_chans=in_chans, num_classes=0, embed_dim=tuple(embed_dim), partial_dim=tuple(partial_dim),
                     qk_dim=tuple(qk_dim), depth=tuple(depth), types=tuple(types))
-        self.patch_embed, self.stages = net.patch_embed, net.stages
-        self.feature_info = net.feature_info
-        self._group_matcher = net.group_matcher
-        self.frozen_stages = frozen_stages
-        self._freeze_stages()
-        if pretrained:
-            from visionattn.checkpoint import load_state_dict_file
-
-            from .loading import load_filtered
-
-            load_filtered(self, checkpoint_filter_fn(load_state_dict_file(pretrained), self), pretrained)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return self._group_matcher(coarse)
-
+        self._adopt(net, frozen_stages, pretrained, checkpoint_filter_fn)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(x)
