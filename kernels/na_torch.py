@@ -282,8 +282,43 @@ def av(attn: Tensor, v: Tensor, cfg) -> Tensor:
 # ---------------------------------------------------------------------------------------------------
 # plain: the exported / traced formulation (index tensors computed in the graph from the shape)
 
-# queries per tile along each axis of the exported graph (measured with onnxruntime on CPU, NAT / DiNAT shapes)
+# queries per tile along each axis of the exported graph where the sizes are symbolic (dynamic height / width)
 GRAPH_TILE = {1: (32,), 2: (8, 8), 3: (2, 4, 8)}
+# graph tile cost per tile and (batch x head): tile rows x region keys x (D + Dv) multiply-adds plus this fixed
+# cost, fitted to onnxruntime on CPU (1 thread, AMD EPYC Zen 3 AVX2) over NAT / DiNAT shapes, k = 7, tiles 4..14
+_TILE_COST = 112_000
+
+
+def graph_tile(spatial, cfg, dims: int) -> tuple[int, ...]:
+    """Queries per tile along each axis for concrete ``spatial`` sizes: the tiling of least modelled onnxruntime
+    cost (masked QK / AV work over the tiles' key regions plus a fixed cost per tile; ``dims`` = D + Dv);
+    ``GRAPH_TILE`` where a size is symbolic."""
+    n = len(spatial)
+    if not all(type(s) is int for s in spatial):
+        return GRAPH_TILE[n]
+    ks, ss, ds, cs = cfg[:4]
+    per_axis = []
+    for L, k, s, d, c in zip(spatial, ks, ss, ds, cs):
+        lm = -(-L // d)
+        opts = []
+        for t in range(1, min(lm, 128 if n == 1 else 32) + 1):
+            r = min(t + k - 1 if c else t + k + s - 2, lm)
+            opts.append((t, r, d * -(-lm // t)))
+        per_axis.append(opts)
+    best, best_cost = None, None
+
+    def search(a, t, T, R, NT):
+        nonlocal best, best_cost
+        if a == n:
+            cost = NT * (T * R * dims + _TILE_COST)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = t, cost
+            return
+        for ta, ra, na in per_axis[a]:
+            search(a + 1, t + (ta,), T * ta, R * ra, NT * na)
+
+    search(0, (), 1, 1, 1)
+    return best
 
 
 def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
@@ -295,14 +330,15 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
     with untraced():  # heads, head dims and extra tokens are fixed by the model: ints, not traced sizes
         h, hk = q.shape[-2], k.shape[-2]
         ne = 0 if ak is None else ak.shape[1]
+        dims = q.shape[-1] + v.shape[-1]
     g = h // hk
-    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or GRAPH_TILE[n]), q.device)
+    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or graph_tile(spatial, cfg, dims)), q.device)
     T, R = ix.tile, ix.region
     # the batch is never read as a size (reshapes keep it as a dimension): exporters keep it dynamic
 
+    # heads first before the gathers: the layout copies move N rows, not the NT * R rows of the key regions
     def heads_first(x, flat, rows):  # [B, *S, hx, C] -> [B, hx, tiles, rows, C]
-        x = x.flatten(1, n).index_select(1, flat)
-        return x.unflatten(1, (-1, rows)).permute(0, 3, 1, 2, 4)
+        return x.flatten(1, n).transpose(1, 2).index_select(2, flat).unflatten(2, (-1, rows))
 
     def rows_of_heads(x):  # [B, h, NT, T, C] -> [B, hk, NT, gT, C] (query heads of a key/value head on the rows)
         return x if g == 1 else x.unflatten(1, (hk, g)).transpose(2, 3).flatten(3, 4)
@@ -310,7 +346,7 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
     def to_positions(x):  # [B, hk, NT, gT, *C] -> [B, *S, h, *C]: each position's result from its slot
         if g > 1:
             x = x.unflatten(3, (g, -1)).transpose(2, 3).flatten(1, 2)
-        return x.flatten(2, 3).transpose(1, 2).index_select(1, ix.inv).unflatten(1, spatial)
+        return x.flatten(2, 3).index_select(2, ix.inv).transpose(1, 2).unflatten(1, spatial)
 
     qt = rows_of_heads(heads_first(q * cfg.scale, ix.qflat, T))  # [B, hk, NT, gT, D]
     kt = heads_first(k, ix.kflat, R)  # [B, hk, NT, R, D]

@@ -19,6 +19,7 @@ from model_checks import (
 from parity_utils import case_names, load_case, manifest_names, max_abs_diff, official_kwargs
 
 import visionattn
+from visionattn._environment import override
 from visionattn.backbones import agent as A
 
 FAMILY = "agent_attention"
@@ -242,15 +243,21 @@ def test_fused_linear_takes_onednn_where_it_is_faster():
 
     from visionattn.layers import fused
 
-    assert fused.USE_ONEDNN == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert fused.use_onednn() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     lin = fused.FusedLinear(8, 4).eval()
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         lin(torch.randn(3, 8))
     names = {e.name for e in prof.events()}
-    assert ("mkldnn::_linear_pointwise" in names) == (fused.USE_ONEDNN and fused._LINEAR_POINTWISE is not None)
+    assert ("mkldnn::_linear_pointwise" in names) == (fused.use_onednn() and fused._LINEAR_POINTWISE is not None)
 
 
-def test_fused_linear_fast_path(monkeypatch):
+@pytest.fixture
+def onednn_forced():
+    with override(onednn_linear=True):
+        yield
+
+
+def test_fused_linear_fast_path(onednn_forced):
     """The entrypoint's model runs its Linear layers and MLPs (GELU fused) through oneDNN's matmul in fp32 CPU
     inference (forced on here, whatever the CPU); the result equals the plain modules to fp32 rounding; training,
     autograd, autocast and hooks keep the plain forward; the state dict and every parameter are the plain
@@ -259,8 +266,6 @@ def test_fused_linear_fast_path(monkeypatch):
 
     from visionattn.layers import fused
     from visionattn.layers.fused import FusedLinear, FusedMlp, set_fused_linear
-
-    monkeypatch.setattr(fused, "USE_ONEDNN", True)
 
     torch.manual_seed(0)
     model = timm.create_model("agent_swin_b", num_classes=5, **TINY["agent_swin_b"]).eval()

@@ -25,6 +25,13 @@ def test_from_environ_reads_every_variable(tmp_path):
     assert env.from_environ({"TRITON_INTERPRET": ""}).triton_interpret is False
 
 
+def test_onednn_linear_setting():
+    assert [env.from_environ(e).onednn_linear for e in ({}, {"VISIONATTN_ONEDNN_LINEAR": "0"},
+                                                         {"VISIONATTN_ONEDNN_LINEAR": "1"})] == [None, False, True]
+    with pytest.raises(ValueError, match="VISIONATTN_ONEDNN_LINEAR must be 0 or 1"):
+        env.from_environ({"VISIONATTN_ONEDNN_LINEAR": "yes"})
+
+
 def test_override_restores_and_update_names_unknown_settings():
     before = env.settings()
     with env.override(na_auto_triton=not before.na_auto_triton, na_triton_tiles_2d=((1, 8, 8), (1, 4, 16))) as s:

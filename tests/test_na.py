@@ -36,6 +36,47 @@ def test_torch_tile_sizes(tile):
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("case", NA_CASES, ids=case_id)
+def test_exported_formulation_matches_reference(case):
+    """``na_torch.plain`` (what ONNX export and torch.jit.trace record) at the tiling it picks for the shape and at
+    the fixed tiling it uses for symbolic sizes: forward and gradients equal the reference."""
+    from visionattn.kernels import na_torch
+    from visionattn.kernels.checks import na_args
+
+    q, k, v, rpb = make_inputs(case["spatial"], case["kernel_size"], case.get("heads", 2), 8, case.get("batch", 1),
+                               case.get("rpb", True), torch.float64)
+    args = {a: case[a] for a in ("dilation", "stride", "is_causal") if a in case}
+    ref = run_na("reference", q, k, v, rpb, case["kernel_size"], **args)
+    n = len(case["spatial"])
+    cfg = na_args(n, q, k, v, case["kernel_size"], args.get("stride", 1), args.get("dilation", 1),
+                  args.get("is_causal", False), None, rpb)
+    picked = na_torch.graph_tile(case["spatial"], cfg, 16)
+    assert len(picked) == n and all(1 <= t for t in picked)
+    for tile in (None, na_torch.GRAPH_TILE[n]):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb) if t is not None]
+        out = na_torch.plain(*leaves[:3], leaves[3] if rpb is not None else None, cfg, tile=tile)[0]
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+        out.sum().backward()
+        ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb) if t is not None]
+        run_na("reference", *ref_leaves[:3], ref_leaves[3] if rpb is not None else None, case["kernel_size"],
+               **args).sum().backward()
+        for a, b in zip(leaves, ref_leaves):
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_graph_tile_choice():
+    """The exported graph's tiling follows the shape (NAT's 56 / 28 / 14 maps at k7 get smaller tiles than the
+    symbolic-size default) and falls back to ``GRAPH_TILE`` when a size is not an int."""
+    from visionattn.kernels import na_torch
+    from visionattn.kernels.checks import NAConfig
+
+    cfg = NAConfig((7, 7), (1, 1), (1, 1), (False, False), 1.0)
+    for side in (56, 28, 14):
+        t = na_torch.graph_tile((side, side), cfg, 64)
+        assert t != na_torch.GRAPH_TILE[2] and t[0] * t[1] < 64, (side, t)
+    assert na_torch.graph_tile((torch.tensor(56), 56), cfg, 64) == na_torch.GRAPH_TILE[2]
+
+
 def test_torch_large_map_matches_reference():
     """The NAT stage-1 window (k7) on a map with many full tiles, fp32, with RPB."""
     assert_matches_reference("torch", spatial=(30, 33), kernel_size=7, dilation=1, heads=2, head_dim=16,

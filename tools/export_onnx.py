@@ -43,6 +43,7 @@ from bench.timing import latency
 
 import visionattn
 from visionattn.export import (
+    DEFAULT_OPSET,
     DTYPES,
     DYNAMIC,
     EXPORTERS,
@@ -82,7 +83,7 @@ def parse_args(argv=None):
                    help="dynamo (torch.export-based, default) or torchscript (trace-based)")
     p.add_argument("--opset", type=int_in(sorted({*ONNX_OPSETS, *TORCHSCRIPT_OPSETS}), "opset",
                                           "dynamo 18..25, torchscript 14..20"), default=None,
-                   help=f"ONNX opset: dynamo {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]} (default 18), torchscript "
+                   help=f"ONNX opset: dynamo {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]} (default 20), torchscript "
                         f"{TORCHSCRIPT_OPSETS[0]}..{TORCHSCRIPT_OPSETS[-1]} (default 17)")
     p.add_argument("--dynamic", type=_dynamic_arg, nargs="?", const="batch", default="none", metavar="AXES",
                    help="symbolic axes: batch (also a bare --dynamic), hw (height and width), all; none (default)")
@@ -117,7 +118,7 @@ def parse_args(argv=None):
         p.error(f"argument --img-size: expected H or H W, got {len(args.img_size)} values")
     allowed = ONNX_OPSETS if args.exporter == "dynamo" else TORCHSCRIPT_OPSETS
     if args.opset is None:
-        args.opset = 18 if args.exporter == "dynamo" else 17
+        args.opset = DEFAULT_OPSET if args.exporter == "dynamo" else 17
     elif args.opset not in allowed:
         p.error(f"argument --opset: the {args.exporter} exporter writes opsets {allowed[0]}..{allowed[-1]}, "
                 f"got {args.opset}")
@@ -199,12 +200,14 @@ def main(argv=None) -> int:
     if not args.no_timing:
         feed = x.numpy()
         with torch.no_grad():
+            # eager first: a runtime's worker threads still spinning after its last call would slow eager (measured
+            # 2.3x on nat_mini at 2 threads when onnxruntime ran before it)
+            xf = x.float()
+            res.update({f"eager_{k}": v for k, v in latency(lambda: module(xf), **proto.timing()).items()})
             for rt, run in runners.items():
                 key = _KEY[rt]
                 res.update({f"{key}_{k}": v for k, v in latency(lambda run=run: run(feed), **proto.timing()).items()})
                 timed.append(key)
-            xf = x.float()
-            res.update({f"eager_{k}": v for k, v in latency(lambda: module(xf), **proto.timing()).items()})
             timed.append("eager")
     times = "; ".join(f"{rt} {res[f'{rt}_p50_ms']:.2f} / {res[f'{rt}_p90_ms']:.2f} / {res[f'{rt}_p99_ms']:.2f}"
                       for rt in timed)

@@ -9,6 +9,9 @@
     CXX=PATH                       cxx               the C++ compiler that builds the NA CPU kernel (default c++)
     VISIONATTN_NA_AUTO_TRITON=1    na_auto_triton    backend="auto" runs NA on CUDA with the fused Triton kernel
     TRITON_INTERPRET=1             triton_interpret  Triton kernels run in Triton's CPU interpreter (Triton reads it)
+    VISIONATTN_ONEDNN_LINEAR=0|1   onednn_linear     FusedLinear / FusedMlp take oneDNN's fused matmul in fp32 CPU
+                                                     inference (default None: only on AVX-512 CPUs, where it is the
+                                                     faster matmul; on AVX2 MKL's F.linear is)
 
 Two more settings have no variable: ``na_triton_tiles_2d`` (2-D tile shapes of the fused NA kernel, for benchmarks)
 and ``na_triton_device_tiles`` (the GPU's tile shapes in the interpreter, for tests). Change a setting with
@@ -36,6 +39,7 @@ class Settings:
     triton_interpret: bool = False
     na_triton_tiles_2d: tuple | None = None  # ((1, tx, ty), (1, bx, by)): owned tile, iterated block
     na_triton_device_tiles: bool = False
+    onednn_linear: bool | None = None
 
 
 def from_environ(env: Mapping[str, str]) -> Settings:
@@ -48,7 +52,15 @@ def from_environ(env: Mapping[str, str]) -> Settings:
         cxx=env.get("CXX") or "c++",
         na_auto_triton=env.get("VISIONATTN_NA_AUTO_TRITON", "0") == "1",
         triton_interpret=env.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        onednn_linear=_tristate(env, "VISIONATTN_ONEDNN_LINEAR"),
     )
+
+
+def _tristate(env: Mapping[str, str], name: str) -> bool | None:
+    value = env.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name} must be 0 or 1 (or unset for the default), got {value!r}")
+    return None if not value else value == "1"
 
 
 _current = from_environ(os.environ)

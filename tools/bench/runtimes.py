@@ -89,9 +89,9 @@ def _amp(model, ctx):
 
 
 def _export(model, ctx) -> Path:
-    """The model exported into a temporary folder with a dynamic batch (the dynamo exporter, opset 18, attention on
+    """The model exported into a temporary folder with a dynamic batch (the dynamo exporter, opset 20, attention on
     its exportable `torch` path), once per row: the ONNX modes share the file."""
-    from visionattn.export import save_onnx
+    from visionattn.export import DEFAULT_OPSET, save_onnx
     from visionattn.utils import attn_modules
 
     if ctx.shared.get("onnx_file"):
@@ -102,7 +102,7 @@ def _export(model, ctx) -> Path:
     try:
         for m in saved:
             m.backend = "torch"
-        save_onnx(model, torch.randn(2, 3, ctx.size, ctx.size), path, opset=18, dynamic=True)
+        save_onnx(model, torch.randn(2, 3, ctx.size, ctx.size), path, opset=DEFAULT_OPSET, dynamic=True)
     finally:
         for m, backend in saved.items():
             m.backend = backend
@@ -132,7 +132,7 @@ def _onnx_runtime(runtime: str):
 register(Runtime("eager", "PyTorch eager", _eager))
 register(Runtime("compile", "torch.compile (inductor); --fullgraph makes a graph break an error", _compile))
 register(Runtime("amp", "eager under autocast (the protocol's dtype; bfloat16 by default)", _amp, devices=("cuda",)))
-register(Runtime("onnx", "ONNX (dynamo exporter, opset 18) on onnxruntime's CPU provider", _onnx_runtime("onnxruntime"),
+register(Runtime("onnx", "ONNX (dynamo exporter, opset 20) on onnxruntime's CPU provider", _onnx_runtime("onnxruntime"),
                  devices=("cpu",), packages=("onnx", "onnxruntime")))
 register(Runtime("openvino", "the same ONNX file on OpenVINO's CPU plugin (f32 inference precision)",
                  _onnx_runtime("openvino"), devices=("cpu",), packages=("onnx", "openvino")))

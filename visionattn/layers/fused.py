@@ -1,12 +1,13 @@
 """Linear and Mlp modules that run oneDNN's fused matmul in fp32 CPU inference.
 
 `FusedLinear` / `FusedMlp` are `nn.Linear` / timm's `Mlp` with the same parameters and state-dict keys. For fp32
-CPU inference (no autograd, autocast, hooks or graph capture) on CPUs where it is the faster matmul (AVX-512;
-`USE_ONEDNN`) they call `torch.ops.mkldnn._linear_pointwise`, the op inductor emits for the same pattern: bias (and
-GELU) fused into the matmul, about half the time of `F.linear` there, equal to it to fp32 rounding. Everything
-else runs the plain forward. `set_fused_linear(model)` swaps them in (in place, by class: nothing is copied);
-the families' builders call it. The private op is called through two `torch.fx.wrap` leaves, so an FX graph
-picks the same kernel as eager at run time, and torch.utils.flop_counter counts the op as it counts `F.linear`.
+CPU inference (no autograd, autocast, hooks or graph capture) on CPUs where it is the faster matmul (AVX-512; the
+`onednn_linear` setting) they call `torch.ops.mkldnn._linear_pointwise`, the op inductor emits for the same
+pattern: bias (and GELU) fused into the matmul, about half the time of `F.linear` there, equal to it to fp32
+rounding. Everything else runs the plain forward. `set_fused_linear(model)` swaps them in (in place, by class:
+nothing is copied); the families' builders call it. The private op is called through two `torch.fx.wrap` leaves,
+so an FX graph picks the same kernel as eager at run time, and torch.utils.flop_counter counts the op as it counts
+`F.linear`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from timm.layers import Mlp
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
+from visionattn._environment import settings
 from visionattn.utils import is_graph_capture
 
 __all__ = ["FusedLinear", "FusedMlp", "set_fused_linear"]
@@ -36,14 +38,21 @@ if _LINEAR_POINTWISE is not None:
 
 # Where oneDNN's matmul is the faster one. Measured on AMD EPYC (AVX2, no AVX-512), 1 thread, CPU time, agent_swin_t
 # bs8: 1562 ms with it, 1345 ms with F.linear (MKL sgemm), 1529 ms official; on AVX-512 it took about half of
-# F.linear's time. Set to True / False to force the choice.
-USE_ONEDNN = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# F.linear's time.
+_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def use_onednn() -> bool:
+    """Whether fp32 CPU inference takes oneDNN's fused matmul: the ``onednn_linear`` setting
+    (``VISIONATTN_ONEDNN_LINEAR``), by default on AVX-512 CPUs only."""
+    choice = settings().onednn_linear
+    return _AVX512 if choice is None else choice
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # graph capture first: dynamo refuses to trace torch.backends and leaves the fusion to inductor anyway
     return (
-        not is_graph_capture() and USE_ONEDNN and _LINEAR_POINTWISE is not None and torch.backends.mkldnn.enabled
+        not is_graph_capture() and use_onednn() and _LINEAR_POINTWISE is not None and torch.backends.mkldnn.enabled
         and x.device.type == "cpu" and x.dtype == torch.float32
         and weight.dtype == torch.float32 and weight.device.type == "cpu"
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
