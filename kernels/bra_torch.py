@@ -175,16 +175,6 @@ def _backward_regions(gout, qr, kr, vr, fidx, out, lse, topk, scale, need_q, nee
     return gq, gk, gv
 
 
-def _plain_regions(qr: Tensor, kr: Tensor, vr: Tensor, fidx: Tensor, topk: int, scale: float) -> Tensor:
-    """Single-graph version (ONNX export): one gather of every routed region, 4-D attention."""
-    hw, nh, dq = qr.shape[1:]
-    dv = vr.shape[-1]
-    L = topk * hw
-    kg = kr.index_select(0, fidx).reshape(-1, L, nh, dq).transpose(1, 2)
-    vg = vr.index_select(0, fidx).reshape(-1, L, nh, dv).transpose(1, 2)
-    return _attend(qr.transpose(1, 2), kg, vg, scale).transpose(1, 2)
-
-
 def _nan_rows(q: Tensor) -> Tensor:
     # PyTorch's CPU attention kernels turn a NaN query row into 0 (the softmax max skips NaN); a non-finite
     # query gives a NaN row in exact arithmetic. `q.sum() * 0` is 0 for finite rows and NaN otherwise.
@@ -228,10 +218,21 @@ def backward(gout, q, k, v, index, out, aux, region_size, scale, need_q, need_kv
 
 
 def plain(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: float) -> Tensor:
-    """One plain differentiable graph of 4-D ops (ONNX export, ``torch.jit.trace``): one gather of every routed
-    region."""
+    """One plain differentiable graph of 4-D attention (ONNX export, ``torch.jit.trace``): one gather of every routed
+    region. Heads go first in the same copy that cuts the map into regions, so the gathered key / value regions
+    (topk times the map) need no layout copy."""
     B, H, W = q.shape[:3]
     rh, rw = region_size
-    qr, kr, vr = (_to_regions(t, rh, rw) for t in (q, k, v))
-    out = _plain_regions(qr, kr, vr, _flat_index(index, (H // rh) * (W // rw)), index.shape[-1], scale)
-    return _from_regions(out, B, H, W, rh, rw) + _nan_rows(q)
+    topk = index.shape[-1]
+
+    def heads_regions(t):  # [B, H, W, nh, d] -> [nh, B*R, rh*rw, d]
+        t = t.unflatten(2, (-1, rw)).unflatten(1, (-1, rh))  # [B, nH, rh, nW, rw, nh, d]
+        return t.permute(5, 0, 1, 3, 2, 4, 6).flatten(1, 3).flatten(2, 3)
+
+    qh, kh, vh = (heads_regions(t) for t in (q, k, v))
+    fidx = _flat_index(index, (H // rh) * (W // rw))
+    kg, vg = (t.index_select(1, fidx).unflatten(1, (-1, topk)).flatten(2, 3) for t in (kh, vh))
+    out = _attend(qh, kg, vg, scale)  # [nh, B*R, hw, dv]
+    out = out.unflatten(2, (rh, rw)).unflatten(1, (-1, H // rh, W // rw))  # [nh, B, nH, nW, rh, rw, dv]
+    out = out.permute(1, 2, 4, 3, 5, 0, 6).flatten(3, 4).flatten(1, 2)
+    return out + _nan_rows(q)
