@@ -292,6 +292,43 @@ def test_timm_onnx_export_default_exporter(name, tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.parametrize("name", _SCRIPT_MODELS)
+def test_timm_onnx_export_dynamo_then_onnx_validate(name, tmp_path):
+    """timm's onnx_export.py --dynamo --check-forward, then timm's onnx_validate.py on the file (an ImageNet-layout
+    folder, batches of 16 and a partial last one: the graph's batch axis is dynamic). Without the scripts, the
+    library call onnx_export.py makes (use_dynamo=True), run at a second batch in onnxruntime."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / f"{name}.onnx"
+    if (SCRIPTS / "onnx_export.py").is_file() and (SCRIPTS / "onnx_validate.py").is_file():
+        from safetensors.torch import save_file
+
+        from visionattn.data import digits_to_folder
+
+        ckpt = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in timm.create_model(name, num_classes=10).state_dict().items()},
+                  str(ckpt))
+        res = _run_timm_script("onnx_export.py", str(out), "--model", name, "-b", "2", "--num-classes", "10",
+                               "--checkpoint", str(ckpt), "--dynamo", "--check-forward")
+        assert res.returncode == 0, res.stderr[-3000:]
+        data = digits_to_folder(tmp_path / "digits", size=32, limit=40)
+        res = _run_timm_script("onnx_validate.py", str(data / "val"), "--onnx-input", str(out), "-b", "5", "-j", "0")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert " * Prec@1" in res.stdout, res.stdout[-2000:]
+    else:
+        from timm.utils.onnx import onnx_export
+
+        model = timm.create_model(name, num_classes=5, depths=(1, 1, 1, 1)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_export(model, str(out), input_size=(3, 224, 224), batch_size=2, check_forward=True, use_dynamo=True)
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        x = torch.randn(3, 3, 224, 224)
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4
+
+
 def test_timm_benchmark_both(tmp_path):
     """timm's benchmark.py --bench both (inference + train, fvcore FLOPs) on an NA and a BRA model."""
     if not (SCRIPTS / "benchmark.py").is_file():
