@@ -321,6 +321,23 @@ def graph_tile(spatial, cfg, dims: int) -> tuple[int, ...]:
     return best
 
 
+def _partition(spatial, ix):
+    """Where the tiles cut every axis exactly (ints, each group length a multiple of the tile): the per-axis
+    (tiles, slots, groups) sizes and the permutations [B, (n, t, d) per axis, h, C] <-> [B, h, d.., n.., t.., C]."""
+    if not all(type(s) is int for s in spatial):
+        return None
+    sizes = []
+    for L, (d, nt, t, _) in zip(spatial, ix.sizes):
+        if L % d or (L // d) != nt * t:
+            return None
+        sizes.append((nt, t, d))
+    n = len(spatial)
+    order = [0, 1 + 3 * n] + [3 + 3 * a for a in range(n)] + [1 + 3 * a for a in range(n)] + \
+        [2 + 3 * a for a in range(n)] + [2 + 3 * n]
+    inverse = [order.index(i) for i in range(len(order))]
+    return sizes, order, inverse
+
+
 def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
     """(out, natural lse or None): NA as plain differentiable torch ops whose index tensors are computed from the
     input's shape (no per-call constants in an exported graph; sizes may be symbolic: dynamic batch, height and
@@ -348,7 +365,28 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
             x = x.unflatten(3, (g, -1)).transpose(2, 3).flatten(1, 2)
         return x.flatten(2, 3).index_select(2, ix.inv).transpose(1, 2).unflatten(1, spatial)
 
-    qt = rows_of_heads(heads_first(q * cfg.scale, ix.qflat, T))  # [B, hk, NT, gT, D]
+    # tiles that cut every axis exactly (no slot repeated): the tile order is a permutation of the axes, so the
+    # query tiles and the results are one layout copy each instead of a gather and a copy
+    parts = _partition(spatial, ix) if g == 1 else None
+
+    def query_tiles(x):  # [B, *S, h, D] -> [B, h, NT, T, D]
+        if parts is None:
+            return rows_of_heads(heads_first(x, ix.qflat, T))
+        for a in reversed(range(n)):
+            x = x.unflatten(1 + a, parts[0][a])  # L_a -> (tiles, slots, groups)
+        return x.permute(parts[1]).flatten(2 + 2 * n, 1 + 3 * n).flatten(2, 1 + 2 * n)
+
+    def results(x):  # [B, hk, NT, gT, C] -> [B, *S, h, C]
+        if parts is None:
+            return to_positions(x)
+        sizes = parts[0]
+        x = x.unflatten(3, [s[1] for s in sizes]).unflatten(2, [s[2] for s in sizes] + [s[0] for s in sizes])
+        x = x.permute(parts[2])
+        for a in range(n):
+            x = x.flatten(1 + a, 3 + a)
+        return x
+
+    qt = query_tiles(q * cfg.scale)  # [B, hk, NT, gT, D]
     kt = heads_first(k, ix.kflat, R)  # [B, hk, NT, R, D]
     vt = heads_first(v, ix.kflat, R)
     bias = graph_bias(ix, rpb, h, q.dtype)  # [h or 1, NT, T, R]
@@ -362,6 +400,6 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
         out = p @ vt
     else:
         out = p[..., :-ne] @ vt + p[..., -ne:] @ av.transpose(1, 2).unsqueeze(2)
-    out = to_positions(out)
-    lse = to_positions(_lse(logits).unsqueeze(-1)).squeeze(-1) if need_lse else None
+    out = results(out)
+    lse = results(_lse(logits).unsqueeze(-1)).squeeze(-1) if need_lse else None
     return out, lse

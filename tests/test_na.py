@@ -64,16 +64,41 @@ def test_exported_formulation_matches_reference(case):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("spatial,ks,dil,tile,causal", [((12, 16), 5, (1, 2), (4, 4), False),
+                                                       ((14, 14), 7, 1, (2, 7), (True, False)),
+                                                       ((8, 6, 9), 3, (2, 1, 3), (2, 3, 3), False),
+                                                       ((24,), 5, 3, (4,), False)])
+def test_exported_formulation_exact_tiles(spatial, ks, dil, tile, causal):
+    """Tiles that cut every axis exactly: query tiles and results are layout copies (no gathers); same function,
+    with the logsumexp."""
+    from visionattn.kernels import na_torch
+    from visionattn.kernels._na_index import graph_tiles
+    from visionattn.kernels.checks import na_args
+
+    q, k, v, rpb = make_inputs(spatial, ks, 2, 8, 2, True, torch.float64)
+    cfg = na_args(len(spatial), q, k, v, ks, 1, dil, causal, None, rpb)
+    assert na_torch._partition(spatial, graph_tiles(spatial, *cfg[:4], tile, "cpu")) is not None
+    ref, ref_lse = run_na("reference", q, k, v, rpb, ks, dilation=dil, is_causal=causal), None
+    fn = {1: "na1d", 2: "na2d", 3: "na3d"}[len(spatial)]
+    ref_lse = getattr(__import__("visionattn.kernels", fromlist=[fn]), fn)(
+        q, k, v, ks, dilation=dil, is_causal=causal, rpb=rpb, return_lse=True, backend="reference")[1]
+    out, lse = na_torch.plain(q, k, v, rpb, cfg, need_lse=True, tile=tile)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-10, rtol=1e-8)
+
+
 def test_graph_tile_choice():
     """The exported graph's tiling follows the shape (NAT's 56 / 28 / 14 maps at k7 get smaller tiles than the
     symbolic-size default) and falls back to ``GRAPH_TILE`` when a size is not an int."""
     from visionattn.kernels import na_torch
+    from visionattn.kernels._na_index import graph_tiles
     from visionattn.kernels.checks import NAConfig
 
     cfg = NAConfig((7, 7), (1, 1), (1, 1), (False, False), 1.0)
     for side in (56, 28, 14):
         t = na_torch.graph_tile((side, side), cfg, 64)
         assert t != na_torch.GRAPH_TILE[2] and t[0] * t[1] < 64, (side, t)
+        assert na_torch._partition((side, side), graph_tiles((side, side), *cfg[:4], t, "cpu")) is not None
     assert na_torch.graph_tile((torch.tensor(56), 56), cfg, 64) == na_torch.GRAPH_TILE[2]
 
 

@@ -151,6 +151,8 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-batch", type=positive_int, default=None,
                    help="latency batch (default: the preset's; 1 in default)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the preset's, else all)")
+    p.add_argument("--timer", choices=["wall", "cpu"], default=None,
+                   help="wall (default), or cpu: process CPU time (steadier on a shared machine; use with --threads 1)")
 
 
 def resolve_protocol(args, device: str):
@@ -158,4 +160,4 @@ def resolve_protocol(args, device: str):
 
     return resolve(args.protocol, device, warmup=args.warmup, warmup_s=args.warmup_s, reps=args.reps,
                    min_time_s=args.min_time_s, batch=args.batch, latency_batch=args.latency_batch,
-                   threads=args.threads)
+                   threads=args.threads, timer=args.timer)

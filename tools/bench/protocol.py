@@ -33,19 +33,22 @@ class Protocol:
     threads: int | None = None  # CPU threads (None: torch's default)
     amp_dtype: str = "bfloat16"  # autocast dtype of the `amp` mode
     test_size: bool = False  # the model's test input size where its cfg has one (timm's default)
+    timer: str = "wall"  # wall, or cpu: process CPU time (steadier on a shared machine; with one thread)
 
     def throughput_batch(self, device: str) -> int:
         return self.gpu_batch if device == "cuda" and self.gpu_batch else self.batch
 
     def timing(self) -> dict:
         """Keyword arguments of `timing.latency`."""
-        return dict(warmup=self.warmup, warmup_s=self.warmup_s, reps=self.reps, min_time_s=self.min_time_s)
+        return dict(warmup=self.warmup, warmup_s=self.warmup_s, reps=self.reps, min_time_s=self.min_time_s,
+                    timer=self.timer)
 
     def fields(self, device: str) -> dict:
         """What every row records about the protocol."""
         batch = self.throughput_batch(device)
         return {"protocol": self.name, "warmup": self.warmup, "warmup_s": self.warmup_s, "reps": self.reps,
-                "min_time_s": self.min_time_s, "latency_batch": self.latency_batch or batch, "batch": batch}
+                "min_time_s": self.min_time_s, "timer": self.timer, "latency_batch": self.latency_batch or batch,
+                "batch": batch}
 
 
 PRESETS = {
@@ -54,7 +57,7 @@ PRESETS = {
     "shvit": Protocol("shvit", warmup=1, warmup_s=10.0, reps=1, min_time_s=60.0, latency_batch=None, batch=16,
                       gpu_batch=256, threads=1, amp_dtype="float16"),
 }
-OVERRIDES = ("warmup", "warmup_s", "reps", "min_time_s", "latency_batch", "batch", "threads", "amp_dtype")
+OVERRIDES = ("warmup", "warmup_s", "reps", "min_time_s", "latency_batch", "batch", "threads", "amp_dtype", "timer")
 
 
 def resolve(name: str, device: str = "cpu", **overrides) -> Protocol:
