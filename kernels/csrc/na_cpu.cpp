@@ -11,10 +11,10 @@
 // Two paths (see their sections): the lane path (stride 1 along the last axis: every NAT / DiNAT layer) runs
 // VL queries of a row at once, one per vector lane; the generic path (any geometry) one query at a time.
 // Forward: logits of each query's window, softmax, weighted sum of values; the natural log-sum-exp is returned
-// for the backward. Backward (from lse and delta = sum(dO * O) - dlse, so a softmax merged with extra keys
-// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ and stores P and dS per window
-// slot; dRPB sums the stored dS per head; pass 2 per key walks the queries whose window holds it (per-axis inverse
-// tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
+// for the backward. Backward (from lse and delta = sum(dO * O) - dlse, given, so that a softmax merged with extra
+// keys backpropagates too, or computed from O as the rows are reached): pass 1 per query recomputes the
+// probabilities, gives dQ and stores P and dS per window slot; dRPB sums the stored dS per head; pass 2 per key
+// walks the queries whose window holds it (per-axis inverse tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
 // are the same, bit for bit, at any thread count and from run to run. Non-finite values reach exactly the queries
 // (and, in the backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
 //
@@ -465,6 +465,24 @@ void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
   });
 }
 
+// The softmax backward's row term delta = sum(dO * O) - dlse per (query, head): the caller's, or computed here from
+// O (and the logsumexp's gradient, where it has one) as pass 1 reaches each query, so that no separate pass over dO
+// and O (torch ops, each a parallel region of its own) runs before the kernel.
+template <typename T>
+struct DeltaSource {
+  const T* given = nullptr;  // [B, *S, heads], contiguous
+  const T* out = nullptr;
+  View vo;
+  const T* dlse = nullptr;  // [B, *S, heads], contiguous, or none
+  int64_t Dv = 0;
+  // item: the flat (batch, position, head) index; grow: the query's dO row; its O row at (b, y, h), column col
+  T operator()(int64_t item, const T* grow, int64_t b, const int64_t* y, int64_t h, int64_t col = 0) const {
+    if (given) return given[item];
+    const T s = dot(grow, out + vo.at(b, y, h) + col * vo.x[2], Dv);
+    return dlse ? s - dlse[item] : s;
+  }
+};
+
 // ------------------------------------------------------------------------------------------------ generic path
 //
 // One query at a time (head_dim vectorised): any geometry, used when the last axis has a stride > 1.
@@ -517,7 +535,7 @@ void generic_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k
 
 template <typename T>
 void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                      const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
+                      const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const DeltaSource<T>& delta,
                       double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
   const View vdo = view_of(dout), vq = view_of(q), vk = view_of(k), vv = view_of(v);
   const View vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
@@ -525,7 +543,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
-  const T* dlp = delta.data_ptr<T>();
   const T* lp = lse.data_ptr<T>();
   const T* bp = rpb ? rpb->data_ptr<T>() : nullptr;
   T* dqp = dq.data_ptr<T>();
@@ -548,7 +565,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
       const T* qrow = qp + vq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) qs[i] = qrow[i] * scale;
       const T* grow = gp + vdo.at(b, y, hh);
-      const T dl = dlp[item];
+      const T dl = delta(item, grow, b, y, hh);
       const T* bias = bp ? bp + hh * R : nullptr;
       const int64_t hk = hh / g.group;
       const T m = lp[item];
@@ -1266,7 +1283,7 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
 // dRPB and pass 2 each parallel over rows.
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                   const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
+                   const at::Tensor& v, const T* rpb, const at::Tensor& lse, const DeltaSource<T>& delta, double scale_d,
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
@@ -1294,7 +1311,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t dtab = lg.R01 * kk * Lp;
   std::vector<T> dbias(drpb ? H * dtab : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
-  const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
+  const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
 
@@ -1336,6 +1353,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
       T* QT = buf.QT + local * D * Ls;
       T* GT = buf.GT + local * Dv * Ls;
+      const T* grow = gp + vg.at(r.b, y, r.h);
       for (int64_t n = 0; n < n_slots; ++n)
         std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
       for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
@@ -1344,12 +1362,12 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
           // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
           to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Ls);
-          to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
+          to_lanes(grow + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
           m[blk] = splat(std::numeric_limits<T>::infinity());
           dl[blk] = vec<T>{};
           for (int64_t t = 0; t < nl; ++t) {
             m[blk][t] = lp[at_row + (j0 + t) * H];
-            dl[blk][t] = dlp[at_row + (j0 + t) * H];
+            dl[blk][t] = delta(at_row + (j0 + t) * H, grow + (j0 + t) * gcs, r.b, y, r.h, j0 + t);
           }
         }
         tile_dots(lg, QT + t0, VL, Ls, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
@@ -1534,7 +1552,7 @@ void run_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, co
 
 template <typename T>
 void run_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
+                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const DeltaSource<T>& delta,
                   double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
   if (lane_path(g))
     lane_backward<T>(g, dout, q, k, v, rpb ? rpb->data_ptr<T>() : nullptr, lse, delta, scale, dq, dk, dv,
@@ -1566,17 +1584,32 @@ std::tuple<at::Tensor, at::Tensor> na_forward(const at::Tensor& query, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_backward(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const c10::optional<at::Tensor>& rpb, const at::Tensor& lse, const at::Tensor& delta, at::IntArrayRef kernel_size,
-    at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& is_causal, double scale) {
+    const c10::optional<at::Tensor>& rpb, const at::Tensor& lse, const c10::optional<at::Tensor>& delta,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& is_causal,
+    double scale, const c10::optional<at::Tensor>& out, const c10::optional<at::Tensor>& grad_lse) {
   check_tensors(query, key, value, rpb);
   const at::Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
   const at::Tensor go = unit_last(grad_out.to(q.scalar_type()));
-  const at::Tensor l = lse.to(q.scalar_type()).contiguous(), dl = delta.to(q.scalar_type()).contiguous();
+  const at::Tensor l = lse.to(q.scalar_type()).contiguous();
   std::vector<int64_t> oshape(q.sizes().begin(), q.sizes().end());
   oshape.back() = v.size(-1);
   TORCH_CHECK(go.sizes() == at::IntArrayRef(oshape), "na_cpu: grad_out must be [B, *spatial, heads, value head_dim]");
-  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1) && dl.sizes() == l.sizes(),
-              "na_cpu: lse and delta must be [B, *spatial, heads]");
+  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1), "na_cpu: lse must be [B, *spatial, heads]");
+  // delta = sum(dO * O) - dlse: given, or computed by the kernel from out (and grad_lse)
+  TORCH_CHECK(delta.has_value() != out.has_value(), "na_cpu: pass exactly one of delta and out");
+  TORCH_CHECK(!grad_lse.has_value() || out.has_value(), "na_cpu: grad_lse goes with out (delta includes it)");
+  at::Tensor dl, o, dlse;
+  if (delta.has_value()) {
+    dl = delta->to(q.scalar_type()).contiguous();
+    TORCH_CHECK(dl.sizes() == l.sizes(), "na_cpu: delta must be [B, *spatial, heads]");
+  } else {
+    o = unit_last(out->to(q.scalar_type()));
+    TORCH_CHECK(o.sizes() == at::IntArrayRef(oshape), "na_cpu: out must be [B, *spatial, heads, value head_dim]");
+    if (grad_lse.has_value()) {
+      dlse = grad_lse->to(q.scalar_type()).contiguous();
+      TORCH_CHECK(dlse.sizes() == l.sizes(), "na_cpu: grad_lse must be [B, *spatial, heads]");
+    }
+  }
   const Geometry g = make_geometry(q, v, kernel_size, stride, dilation, is_causal);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
@@ -1588,7 +1621,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
     drpb = at::empty(rpb->sizes(), rpb->options());
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na_cpu_backward", [&] {
-    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, l, dl, scale, dq, dk, dv,
+    DeltaSource<scalar_t> ds;
+    ds.Dv = g.Dv;
+    if (dl.defined()) {
+      ds.given = dl.data_ptr<scalar_t>();
+    } else {
+      ds.out = o.data_ptr<scalar_t>();
+      ds.vo = view_of(o);
+      ds.dlse = dlse.defined() ? dlse.data_ptr<scalar_t>() : nullptr;
+    }
+    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, l, ds, scale, dq, dk, dv,
                            drpb.has_value() ? &*drpb : nullptr);
   });
   return {dq, dk, dv, drpb};
@@ -1610,8 +1652,9 @@ TORCH_LIBRARY(visionattn_cpu, m) {
       "na_forward(Tensor query, Tensor key, Tensor value, Tensor? rpb, int[] kernel_size, int[] stride, "
       "int[] dilation, bool[] is_causal, float scale) -> (Tensor, Tensor)");
   m.def(
-      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor delta, "
-      "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale) "
+      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor? delta, "
+      "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale, Tensor? out=None, "
+      "Tensor? grad_lse=None) "
       "-> (Tensor, Tensor, Tensor, Tensor?)");
   m.def("build_info() -> str", &build_info);
 }
