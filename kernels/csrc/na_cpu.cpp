@@ -31,7 +31,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <memory>
 #include <string>
@@ -420,31 +419,17 @@ inline void for_window(const Geometry& g, const int64_t* y, F&& f) {
 
 int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
 
-// Runs body() on `threads` OpenMP threads (inline when one, or when already inside a parallel region); bodies take
-// their work from a shared queue. A thread whose body returns sleeps (std::atomic wait: a brief spin, then a futex)
-// until the others are done, and only then meets them at the region's closing barrier. Under OpenMP's default wait
-// policy that barrier spins for milliseconds, and on a CPU shared with other work the spinning thread holds the
-// core that its descheduled sibling needs to finish: a two-thread call then took twice as long as one thread.
+// Runs body() on `threads` OpenMP threads, one parallel region (inline when one thread, or when already inside a
+// parallel region); bodies take their work from a shared queue. (Letting early finishers sleep on a futex instead of
+// spinning in the region's closing barrier was tried: no gain measured on a shared 2-core Zen 3, forward slower.)
 template <typename F>
 void run_team(int64_t threads, const F& body) {
   if (threads <= 1 || at::in_parallel_region()) {
     body();
     return;
   }
-  std::atomic<int> left{static_cast<int>(threads)};
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    std::exception_ptr error;
-    try {
-      for (int64_t i = begin; i < end; ++i) body();
-    } catch (...) {
-      error = std::current_exception();
-    }
-    const int n = static_cast<int>(end - begin), now = left.fetch_sub(n) - n;
-    if (now == 0)
-      left.notify_all();
-    else
-      for (int v = now; v != 0; v = left.load()) left.wait(v);
-    if (error) std::rethrow_exception(error);
+    for (int64_t i = begin; i < end; ++i) body();
   });
 }
 
@@ -1277,10 +1262,10 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
 // Backward per (batch, kv head) plane: a plane holds every query row whose windows reach its key rows, so pass 1
 // over its query rows, its dRPB share and pass 2 over its key rows need nothing from other planes. With planes
 // enough for the threads, each thread takes whole planes in turn, all three steps, with buffers of one plane (a few
-// MB, still cached for pass 2), in one parallel region: no thread waits for another until the end. On a shared CPU
-// (OpenMP's default wait policy spins at every barrier, and a spinning thread takes the core a descheduled one
-// needs) that single end is what keeps two threads faster than one. With few planes, groups of planes run pass 1,
-// dRPB and pass 2 each parallel over rows.
+// MB, still cached for pass 2), in one parallel region: no thread waits for another until the end. Under OpenMP's
+// default wait policy every barrier and every gap between regions spins for milliseconds, which on a CPU shared with
+// other work takes the core a descheduled thread needs (the three regions per group of planes this replaced cost
+// that six times per call). With few planes, groups of planes run pass 1, dRPB and pass 2 each parallel over rows.
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const T* rpb, const at::Tensor& lse, const DeltaSource<T>& delta, double scale_d,
