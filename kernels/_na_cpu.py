@@ -288,7 +288,7 @@ def _register() -> None:
 
     @torch.library.register_fake(f"{ns}::na_backward")
     def _backward_fake(grad_out, query, key, value, rpb, lse, delta, kernel_size, stride, dilation, is_causal,
-                       scale):
+                       scale, out=None, grad_lse=None):
         return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
                 None if rpb is None else torch.empty_like(rpb))
 
@@ -324,12 +324,15 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg) -> tuple[T
     return out.to(q.dtype), lse
 
 
-def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, lse: Tensor, delta: Tensor, cfg,
-             need_drpb: bool = True) -> tuple:
+def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, lse: Tensor, delta: Tensor | None,
+             cfg, need_drpb: bool = True, out: Tensor | None = None, dlse: Tensor | None = None) -> tuple:
     """(d q, d k, d v, d rpb or None) from the forward's natural logsumexp and ``delta`` = sum(dout * out, -1)
-    (minus the logsumexp's gradient, if any): the softmax may be a merged one (extra keys)."""
+    (minus the logsumexp's gradient, if any; the softmax may be a merged one, with extra keys), or, with ``delta``
+    None, from ``out`` (and ``dlse``), the kernel computing delta itself: no torch ops, and their parallel regions,
+    before it."""
     dq, dk, dv, drpb = torch.ops.visionattn_cpu.na_backward(_compute(dout), _compute(q), _compute(k), _compute(v),
-                                                            _compute(rpb), lse, delta, *_args(cfg))
+                                                            _compute(rpb), lse, delta, *_args(cfg), _compute(out),
+                                                            dlse)
     drpb = drpb.to(rpb.dtype) if need_drpb and drpb is not None else None
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drpb
 

@@ -142,12 +142,13 @@ def _cpu_forward(q, k, v, rpb, cfg: NAConfig, ak=None, av=None):
 def _cpu_backward(dout, dlse, q, k, v, rpb, ak, av, out, lse, cfg: NAConfig, need_drpb: bool):
     from . import _na_cpu
 
+    if ak is None:  # the kernel computes delta from out: no torch ops (parallel regions of their own) before it
+        dq, dk, dv, drpb = _na_cpu.backward(dout, q, k, v, rpb, lse, None, cfg, need_drpb, out=out, dlse=dlse)
+        return dq, dk, dv, drpb, None, None
     delta = _delta(dout, dlse, out, q)
     dq, dk, dv, drpb = _na_cpu.backward(dout, q, k, v, rpb, lse, delta, cfg, need_drpb)
-    dak = dav = None
-    if ak is not None:
-        dqx, dak, dav = _extra_backward(dout, q, ak, av, lse, delta, cfg.scale)
-        dq = dq + dqx
+    dqx, dak, dav = _extra_backward(dout, q, ak, av, lse, delta, cfg.scale)
+    dq = dq + dqx
     return dq, dk, dv, drpb, dak, dav
 
 

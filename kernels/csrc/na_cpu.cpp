@@ -11,10 +11,10 @@
 // Two paths (see their sections): the lane path (stride 1 along the last axis: every NAT / DiNAT layer) runs
 // VL queries of a row at once, one per vector lane; the generic path (any geometry) one query at a time.
 // Forward: logits of each query's window, softmax, weighted sum of values; the natural log-sum-exp is returned
-// for the backward. Backward (from lse and delta = sum(dO * O) - dlse, so a softmax merged with extra keys
-// backpropagates too): pass 1 per query recomputes the probabilities, gives dQ and stores P and dS per window
-// slot; dRPB sums the stored dS per head; pass 2 per key walks the queries whose window holds it (per-axis inverse
-// tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
+// for the backward. Backward (from lse and delta = sum(dO * O) - dlse, given, so that a softmax merged with extra
+// keys backpropagates too, or computed from O as the rows are reached): pass 1 per query recomputes the
+// probabilities, gives dQ and stores P and dS per window slot; dRPB sums the stored dS per head; pass 2 per key
+// walks the queries whose window holds it (per-axis inverse tables), giving dK and dV without atomics. Every sum runs in a fixed order, whichever thread runs it: results
 // are the same, bit for bit, at any thread count and from run to run. Non-finite values reach exactly the queries
 // (and, in the backward, the keys) whose windows hold them: nothing outside a window is ever multiplied.
 //
@@ -419,6 +419,20 @@ inline void for_window(const Geometry& g, const int64_t* y, F&& f) {
 
 int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
 
+// Runs body() on `threads` OpenMP threads, one parallel region (inline when one thread, or when already inside a
+// parallel region); bodies take their work from a shared queue. (Letting early finishers sleep on a futex instead of
+// spinning in the region's closing barrier was tried: no gain measured on a shared 2-core Zen 3, forward slower.)
+template <typename F>
+void run_team(int64_t threads, const F& body) {
+  if (threads <= 1 || at::in_parallel_region()) {
+    body();
+    return;
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body();
+  });
+}
+
 // Work items in chunks handed out one at a time, f(begin, end) per chunk: on a shared (oversubscribed) CPU a
 // descheduled thread does not hold the others up at the end, as with a static split.
 template <typename F>
@@ -431,10 +445,28 @@ void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
   }
   const int64_t chunk = std::max(min_chunk, n / (8 * threads));
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  run_team(threads, [&] {
     for (int64_t b = next.fetch_add(chunk); b < n; b = next.fetch_add(chunk)) f(b, std::min(n, b + chunk));
   });
 }
+
+// The softmax backward's row term delta = sum(dO * O) - dlse per (query, head): the caller's, or computed here from
+// O (and the logsumexp's gradient, where it has one) as pass 1 reaches each query, so that no separate pass over dO
+// and O (torch ops, each a parallel region of its own) runs before the kernel.
+template <typename T>
+struct DeltaSource {
+  const T* given = nullptr;  // [B, *S, heads], contiguous
+  const T* out = nullptr;
+  View vo;
+  const T* dlse = nullptr;  // [B, *S, heads], contiguous, or none
+  int64_t Dv = 0;
+  // item: the flat (batch, position, head) index; grow: the query's dO row; its O row at (b, y, h), column col
+  T operator()(int64_t item, const T* grow, int64_t b, const int64_t* y, int64_t h, int64_t col = 0) const {
+    if (given) return given[item];
+    const T s = dot(grow, out + vo.at(b, y, h) + col * vo.x[2], Dv);
+    return dlse ? s - dlse[item] : s;
+  }
+};
 
 // ------------------------------------------------------------------------------------------------ generic path
 //
@@ -488,7 +520,7 @@ void generic_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k
 
 template <typename T>
 void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                      const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
+                      const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const DeltaSource<T>& delta,
                       double scale_d, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
   const View vdo = view_of(dout), vq = view_of(q), vk = view_of(k), vv = view_of(v);
   const View vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
@@ -496,7 +528,6 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
-  const T* dlp = delta.data_ptr<T>();
   const T* lp = lse.data_ptr<T>();
   const T* bp = rpb ? rpb->data_ptr<T>() : nullptr;
   T* dqp = dq.data_ptr<T>();
@@ -519,7 +550,7 @@ void generic_backward(const Geometry& g, const at::Tensor& dout, const at::Tenso
       const T* qrow = qp + vq.at(b, y, hh);
       for (int64_t i = 0; i < D; ++i) qs[i] = qrow[i] * scale;
       const T* grow = gp + vdo.at(b, y, hh);
-      const T dl = dlp[item];
+      const T dl = delta(item, grow, b, y, hh);
       const T* bias = bp ? bp + hh * R : nullptr;
       const int64_t hk = hh / g.group;
       const T m = lp[item];
@@ -1228,13 +1259,16 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
   });
 }
 
-// Backward in groups of (batch, kv head) planes (a plane holds every query row whose windows reach its key rows):
-// pass 1 over the group's query rows, then pass 2 over its key rows, with per-query-row buffers for one group
-// (up to 16 MB, mostly still cached for pass 2, allocated once instead of for the whole batch; few groups, so few
-// parallel regions: on a shared CPU each region's end waits for its slowest thread).
+// Backward per (batch, kv head) plane: a plane holds every query row whose windows reach its key rows, so pass 1
+// over its query rows, its dRPB share and pass 2 over its key rows need nothing from other planes. With planes
+// enough for the threads, each thread takes whole planes in turn, all three steps, with buffers of one plane (a few
+// MB, still cached for pass 2), in one parallel region: no thread waits for another until the end. Under OpenMP's
+// default wait policy every barrier and every gap between regions spins for milliseconds, which on a CPU shared with
+// other work takes the core a descheduled thread needs (the three regions per group of planes this replaced cost
+// that six times per call). With few planes, groups of planes run pass 1, dRPB and pass 2 each parallel over rows.
 template <typename T>
 void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                   const at::Tensor& v, const T* rpb, const at::Tensor& lse, const at::Tensor& delta, double scale_d,
+                   const at::Tensor& v, const T* rpb, const at::Tensor& lse, const DeltaSource<T>& delta, double scale_d,
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* drpb) {
   constexpr int64_t VL = lanes<T>();
   const LaneGeom lg = lane_geom<T>(g, rpb != nullptr);
@@ -1242,7 +1276,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t D = g.D, Dv = g.Dv, H = g.heads, N = g.n_queries(), Lext = lg.Lext, Lp = lg.Lp, kk = lg.k;
   const int64_t L = lg.L, K01 = lg.K01, K = g.K;
   const int64_t NB = tile_blocks<T>(lg, K, 2);
-  // planes and their rows: query rows (b, h, y0, y1) of the group's heads are contiguous, as are key rows
+  // planes and their rows: query rows (b, h, y0, y1) of a plane's heads are contiguous, as are its key rows
   const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
   // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums fit in L2, they are products in the
   // query lanes (lane_outer, few loads per FMA) folded onto key columns; on longer rows / larger windows each
@@ -1253,181 +1287,226 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const bool fold = kk * Dm * pw * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 18);
   const int64_t margin = fold ? 0 : (lg.d * kk + VL + VL - 1) / VL * VL, Ls = margin + Lp + margin;
   const int64_t qrow_size = (K01 * kk * 2 + D + Dv) * Ls;
-  const int64_t threads = at::get_num_threads();
-  int64_t per_group = std::max<int64_t>(1, (int64_t(1) << 24) / (plane_qrows * qrow_size * int64_t(sizeof(T))));
-  per_group = std::max(per_group, (8 * threads + plane_qrows - 1) / plane_qrows);  // rows enough for the threads
-  per_group = std::min(per_group, planes);
-  const int64_t grp_rows = per_group * plane_qrows;
-  // per query row of a group: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for pass 2
-  at::Tensor Pb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
-  at::Tensor dSb = at::empty({grp_rows * K01 * kk * Ls}, q.options());
-  at::Tensor QTb = at::empty({grp_rows * D * Ls}, q.options());
-  at::Tensor GTb = at::empty({grp_rows * Dv * Ls}, q.options());
-  for (at::Tensor* t : {&Pb, &dSb, &QTb, &GTb}) {  // margins: zero once, pass 1 writes the columns between
-    T* x = t->data_ptr<T>();
-    for (int64_t r = 0, n = t->numel() / Ls; r < n; ++r) {
-      std::fill(x + r * Ls, x + r * Ls + margin, T(0));
-      std::fill(x + r * Ls + margin + Lp, x + (r + 1) * Ls, T(0));
-    }
-  }
+  const int64_t threads = at::get_num_threads(), plane_bytes = plane_qrows * qrow_size * int64_t(sizeof(T));
+  const bool by_plane = planes >= 4 * threads && plane_bytes <= (int64_t(1) << 24);
   std::vector<T> bias, valid;
   lane_tables<T>(g, lg, rpb, bias, valid);
-  // dRPB per (head, row offset, lane slot, query column), summed from the stored dS (see below)
-  std::vector<T> dbias(drpb ? H * lg.R01 * kk * Lp : 0, T(0));
+  // dRPB per (head, row offset, lane slot, query column): each plane sums its rows' dS into a table of its own
+  // (rows in order), the planes' tables are added in plane order: the same sums however planes meet threads
+  const int64_t dtab = lg.R01 * kk * Lp;
+  std::vector<T> dbias(drpb ? H * dtab : 0, T(0));
   const View vq = view_of(q), vg = view_of(dout), vdq = view_of(dq), vdk = view_of(dk), vdv = view_of(dv);
-  const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>(), *dlp = delta.data_ptr<T>();
-  // the column data of the pass-1 rows (row r of a buffer at r * Ls)
-  T *Pp = Pb.data_ptr<T>() + margin, *dSp = dSb.data_ptr<T>() + margin, *QTp = QTb.data_ptr<T>() + margin;
-  T* GTp = GTb.data_ptr<T>() + margin;
+  const T *qp = q.data_ptr<T>(), *gp = dout.data_ptr<T>(), *lp = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
   const Axis &a0 = g.ax[0], &a1 = g.ax[1];
 
-  for (int64_t p0 = 0; p0 < planes; p0 += per_group) {
-    const int64_t row0 = p0 * plane_qrows, n_rows = std::min(planes - p0, per_group) * plane_qrows;
-    const int64_t krow0 = p0 * plane_rows, n_krows = std::min(planes - p0, per_group) * plane_rows;
+  // per query row of a block of rows: P and dS per (row slot, lane slot, lane), scaled q and dO transposed, for
+  // pass 2; P, dS, QT, GT point at the column data of the block's first row (row r at r * Ls)
+  struct Rows {
+    at::Tensor store;
+    T *P = nullptr, *dS = nullptr, *QT = nullptr, *GT = nullptr;
+  };
+  auto make_rows = [&](int64_t n_rows) {
+    Rows b;
+    const int64_t slots = n_rows * K01 * kk * Ls;
+    b.store = at::empty({(2 * K01 * kk + D + Dv) * n_rows * Ls}, q.options());
+    T* x = b.store.template data_ptr<T>();
+    for (int64_t r = 0, n = b.store.numel() / Ls; r < n && margin > 0; ++r) {  // margins: zero once, pass 1
+      std::fill(x + r * Ls, x + r * Ls + margin, T(0));                       // writes the columns between
+      std::fill(x + r * Ls + margin + Lp, x + (r + 1) * Ls, T(0));
+    }
+    b.P = x + margin;
+    b.dS = b.P + slots;
+    b.QT = b.dS + slots;
+    b.GT = b.QT + n_rows * D * Ls;
+    return b;
+  };
 
-    // pass 1, per query row: P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k, dRPB partials
-    parallel_rows(n_rows, Lp * K * (2 * D + Dv), [&](int64_t begin, int64_t end) {
-      RowCache<T> cache(g, lg, gh, k, v);
-      std::vector<RowSlot> slots(K01);
-      std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
-      std::vector<const T*> kt(K01), vt(K01);
-      for (int64_t local = begin; local < end; ++local) {
-        const int64_t item = row0 + local;
-        const RowItem r = row_item(g, item, H);
-        const int64_t n_slots = row_slots(g, r.y, slots.data());
-        const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
-        const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
-        const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
-        const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
-        T* QT = QTp + local * D * Ls;
-        T* GT = GTp + local * Dv * Ls;
-        for (int64_t n = 0; n < n_slots; ++n)
-          std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
-        for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
-          const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
-          for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
-            // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
-            to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Ls);
-            to_lanes(gp + vg.at(r.b, y, r.h) + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
-            m[blk] = splat(std::numeric_limits<T>::infinity());
-            dl[blk] = vec<T>{};
-            for (int64_t t = 0; t < nl; ++t) {
-              m[blk][t] = lp[at_row + (j0 + t) * H];
-              dl[blk][t] = dlp[at_row + (j0 + t) * H];
-            }
-          }
-          tile_dots(lg, QT + t0, VL, Ls, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
-          tile_dots<T>(lg, GT + t0, VL, Ls, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
-          for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t j0 = t0 + blk * VL;
-            vec<T>* Sb = S.data() + blk * K;
-            const vec<T>* dPb = dP.data() + blk * K;
-            for (int64_t n = 0; n < n_slots; ++n) {
-              T* Pd = Pp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
-              T* dSd = dSp + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
-              for (int64_t u = 0; u < kk; ++u) {
-                const vec<T> ok = load(valid.data() + u * Lp + j0);
-                const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
-                const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
-                store(Pd + u * Ls, p);
-                store(dSd + u * Ls, ds);
-                Sb[n * kk + u] = ds;
-              }
-            }
-          }
-          tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
-          for (int64_t blk = 0; blk < nb; ++blk) {
-            const int64_t j0 = t0 + blk * VL;
-            from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
-                       dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+  // pass 1, query rows row0 + [begin, end): P, dP = dO . v, dS = P (dP - delta), dQ = scale * sum dS k
+  auto pass1 = [&](const Rows& buf, int64_t row0, int64_t begin, int64_t end) {
+    RowCache<T> cache(g, lg, gh, k, v);
+    std::vector<RowSlot> slots(K01);
+    std::vector<vec<T>> S(NB * K), dP(NB * K), acc(NB * D), m(NB), dl(NB);
+    std::vector<const T*> kt(K01), vt(K01);
+    for (int64_t local = begin; local < end; ++local) {
+      const int64_t item = row0 + local;
+      const RowItem r = row_item(g, item, H);
+      const int64_t n_slots = row_slots(g, r.y, slots.data());
+      const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
+      const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
+      const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
+      const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
+      T* QT = buf.QT + local * D * Ls;
+      T* GT = buf.GT + local * Dv * Ls;
+      const T* grow = gp + vg.at(r.b, y, r.h);
+      for (int64_t n = 0; n < n_slots; ++n)
+        std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
+      for (int64_t t0 = 0; t0 < L; t0 += NB * VL) {
+        const int64_t nb = std::min(NB, (L - t0 + VL - 1) / VL);
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL, nl = std::min(VL, L - j0);
+          // transposed blocks of scaled q and dO go straight into the pass-2 buffers ([dim][Lp] per row)
+          to_lanes(qp + vq.at(r.b, y, r.h) + j0 * qcs, qcs, nl, D, scale, QT + j0, Ls);
+          to_lanes(grow + j0 * gcs, gcs, nl, Dv, T(1), GT + j0, Ls);
+          m[blk] = splat(std::numeric_limits<T>::infinity());
+          dl[blk] = vec<T>{};
+          for (int64_t t = 0; t < nl; ++t) {
+            m[blk][t] = lp[at_row + (j0 + t) * H];
+            dl[blk][t] = delta(at_row + (j0 + t) * H, grow + (j0 + t) * gcs, r.b, y, r.h, j0 + t);
           }
         }
-      }
-    });
-
-    // dRPB from the group's dS, one query head per task and its rows in order: the same sums at any thread count
-    if (drpb)
-      at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
-        std::vector<RowSlot> slots(K01);
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t p = p0; p < p0 + n_rows / plane_qrows; ++p) {
-            const int64_t b = p / g.kv_heads;
-            if (p % g.kv_heads != h / g.group) continue;
-            for (int64_t y0 = 0; y0 < g.S[0]; ++y0)
-              for (int64_t y1 = 0; y1 < g.S[1]; ++y1) {
-                const int64_t yy[2] = {y0, y1}, local = row_index(g, H, b, h, y0, y1) - row0;
-                const int64_t n_slots = row_slots(g, yy, slots.data());
-                for (int64_t n = 0; n < n_slots; ++n) {
-                  const T* src = dSp + (local * K01 + slots[n].slot01) * kk * Ls;
-                  T* dst = dbias.data() + (h * lg.R01 + slots[n].rel01) * kk * Lp;
-                  for (int64_t u = 0; u < kk; ++u)
-                    for (int64_t j0 = 0; j0 < Lp; j0 += VL)
-                      store(dst + u * Lp + j0, load(dst + u * Lp + j0) + load(src + u * Ls + j0));
-                }
-              }
+        tile_dots(lg, QT + t0, VL, Ls, kt.data(), slots.data(), n_slots, bias_h, t0, nb, D, K, S.data());
+        tile_dots<T>(lg, GT + t0, VL, Ls, vt.data(), slots.data(), n_slots, nullptr, t0, nb, Dv, K, dP.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          vec<T>* Sb = S.data() + blk * K;
+          const vec<T>* dPb = dP.data() + blk * K;
+          for (int64_t n = 0; n < n_slots; ++n) {
+            T* Pd = buf.P + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+            T* dSd = buf.dS + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+            for (int64_t u = 0; u < kk; ++u) {
+              const vec<T> ok = load(valid.data() + u * Lp + j0);
+              const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
+              const vec<T> ds = ok != T(0) ? p * (dPb[n * kk + u] - dl[blk]) : vec<T>{};
+              store(Pd + u * Ls, p);
+              store(dSd + u * Ls, ds);
+              Sb[n * kk + u] = ds;
+            }
           }
+        }
+        tile_mix(lg, S.data(), kt.data(), n_slots, t0, nb, D, K, acc.data());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t j0 = t0 + blk * VL;
+          from_lanes(reinterpret_cast<const T*>(acc.data() + blk * D), VL, std::min(VL, L - j0), D, scale,
+                     dq.data_ptr<T>() + vdq.at(r.b, y, r.h) + j0 * dqcs, dqcs);
+        }
+      }
+    }
+  };
+
+  // dRPB of plane p (its query rows from row0 in buf) into its table(s) at part: one per query head of the plane
+  auto plane_drpb = [&](const Rows& buf, int64_t p, int64_t row0, T* part) {
+    std::vector<RowSlot> slots(K01);
+    const int64_t b = p / g.kv_heads;
+    std::fill(part, part + g.group * dtab, T(0));
+    for (int64_t h = (p % g.kv_heads) * g.group, hl = 0; hl < g.group; ++h, ++hl)
+      for (int64_t y0 = 0; y0 < g.S[0]; ++y0)
+        for (int64_t y1 = 0; y1 < g.S[1]; ++y1) {
+          const int64_t yy[2] = {y0, y1}, local = row_index(g, H, b, h, y0, y1) - row0;
+          const int64_t n_slots = row_slots(g, yy, slots.data());
+          for (int64_t n = 0; n < n_slots; ++n) {
+            const T* src = buf.dS + (local * K01 + slots[n].slot01) * kk * Ls;
+            T* dst = part + (hl * lg.R01 + slots[n].rel01) * kk * Lp;
+            for (int64_t u = 0; u < kk; ++u)
+              for (int64_t j0 = 0; j0 < Lp; j0 += VL)
+                store(dst + u * Lp + j0, load(dst + u * Lp + j0) + load(src + u * Ls + j0));
+          }
+        }
+  };
+
+  // pass 2, key rows krow0 + [begin, end) (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows
+  // (of the query heads sharing the kv head; in buf from row0) whose windows hold it. Slot u of query column j is
+  // extended key column base0 + j + d u: per block of query columns the sums over query rows are products in the
+  // lanes (lane_outer) and each key column gathers its slots' sums with shifted loads, or (long rows) blocks of key
+  // columns gather their slots' diagonals from the query rows' buffers (key_lane); then the ghosts fold onto their
+  // keys.
+  const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
+  auto pass2 = [&](const Rows& buf, int64_t row0, int64_t krow0, int64_t begin, int64_t end) {
+    std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
+    std::vector<vec<T>> col(Dm);
+    std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
+    for (int64_t local = begin; local < end; ++local) {
+      const RowItem r = row_item(g, krow0 + local, g.kv_heads);  // r.y is the key row, r.h the kv head
+      qt.clear();
+      gt.clear();
+      dsr.clear();
+      pr.clear();
+      for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
+        for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
+          for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
+            const int64_t qlocal = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]) - row0;
+            const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
+            pr.push_back(buf.P + (qlocal * K01 + slot01) * kk * Ls);
+            dsr.push_back(buf.dS + (qlocal * K01 + slot01) * kk * Ls);
+            qt.push_back(buf.QT + qlocal * D * Ls);
+            gt.push_back(buf.GT + qlocal * Dv * Ls);
+          }
+      const int64_t nq = static_cast<int64_t>(qt.size());
+      for (int pass = 0; fold && pass < 2; ++pass) {
+        const int64_t Dx = pass == 0 ? D : Dv;
+        T* dst = pass == 0 ? dKT.data() : dVT.data();
+        for (int64_t j0 = 0; j0 < L; j0 += VL)
+          lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
+                     part.data() + fmargin);
+        fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
+      }
+      if (!fold) {
+        std::fill(dKT.begin(), dKT.end(), T(0));
+        std::fill(dVT.begin(), dVT.end(), T(0));
+      }
+      for (int64_t e0 = e_lo; !fold && e0 < gh.hi; e0 += VL) {
+        key_lane(dsr.data(), qt.data(), nq, kk, lg.d, Ls, e0 - base0, D, col.data());
+        for (int64_t i = 0; i < D; ++i) store(dKT.data() + i * Lext + e0, col[i]);
+        key_lane(pr.data(), gt.data(), nq, kk, lg.d, Ls, e0 - base0, Dv, col.data());
+        for (int64_t i = 0; i < Dv; ++i) store(dVT.data() + i * Lext + e0, col[i]);
+      }
+      fold_ghosts(gh, D, dKT.data(), Lext);
+      fold_ghosts(gh, Dv, dVT.data(), Lext);
+      const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
+      T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
+      T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
+      const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
+      for (int64_t j0 = 0; j0 < L; j0 += VL) {
+        const int64_t nl = std::min(VL, L - j0);
+        from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
+        from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
+      }
+    }
+  };
+
+  // planes in batches: by plane, as many as keep their dRPB tables under 32 MB; else groups of planes whose
+  // buffers hold up to 16 MB, rows enough for the threads
+  int64_t per_batch;
+  if (by_plane) {
+    per_batch = drpb ? std::max<int64_t>(1, (int64_t(1) << 25) / (g.group * dtab * int64_t(sizeof(T)))) : planes;
+  } else {
+    per_batch = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, plane_bytes));
+    per_batch = std::max(per_batch, (8 * threads + plane_qrows - 1) / plane_qrows);
+  }
+  per_batch = std::min(per_batch, planes);
+  std::vector<T> parts(drpb ? per_batch * g.group * dtab : 0);
+  Rows shared;  // group mode: the buffers of one group
+  if (!by_plane) shared = make_rows(per_batch * plane_qrows);
+  for (int64_t p0 = 0; p0 < planes; p0 += per_batch) {
+    const int64_t np = std::min(planes - p0, per_batch);
+    if (by_plane) {
+      std::atomic<int64_t> next{p0};
+      run_team(std::min(threads, np), [&] {
+        const Rows buf = make_rows(plane_qrows);
+        for (int64_t p = next.fetch_add(1); p < p0 + np; p = next.fetch_add(1)) {
+          pass1(buf, p * plane_qrows, 0, plane_qrows);
+          if (drpb) plane_drpb(buf, p, p * plane_qrows, parts.data() + (p - p0) * g.group * dtab);
+          pass2(buf, p * plane_qrows, p * plane_rows, 0, plane_rows);
+        }
       });
-
-    // pass 2, per key row (and kv head): dK = sum dS (scale q), dV = sum P dO over the query rows (of the query
-    // heads sharing the kv head) whose windows hold it. Slot u of query column j is extended key column
-    // base0 + j + d u: per block of query columns the sums over query rows are products in the lanes (lane_outer)
-    // and each key column gathers its slots' sums with shifted loads, or (long rows) blocks of key columns gather
-    // their slots' diagonals from the query rows' buffers (key_lane); then the ghosts fold onto their keys.
-    const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
-    parallel_rows(n_krows, g.group * Lp * K * (D + Dv), [&](int64_t begin, int64_t end) {
-      std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
-      std::vector<vec<T>> col(Dm);
-      std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
-      for (int64_t local = begin; local < end; ++local) {
-        const RowItem r = row_item(g, krow0 + local, g.kv_heads);  // r.y is the key row, r.h the kv head
-        qt.clear();
-        gt.clear();
-        dsr.clear();
-        pr.clear();
-        for (int64_t h = r.h * g.group; h < (r.h + 1) * g.group; ++h)
-          for (int64_t i0 = a0.inv_off[r.y[0]]; i0 < a0.inv_off[r.y[0] + 1]; ++i0)
-            for (int64_t i1 = a1.inv_off[r.y[1]]; i1 < a1.inv_off[r.y[1] + 1]; ++i1) {
-              const int64_t qlocal = row_index(g, H, r.b, h, a0.inv_q[i0], a1.inv_q[i1]) - row0;
-              const int64_t slot01 = a0.inv_c[i0] * a1.k + a1.inv_c[i1];
-              pr.push_back(Pp + (qlocal * K01 + slot01) * kk * Ls);
-              dsr.push_back(dSp + (qlocal * K01 + slot01) * kk * Ls);
-              qt.push_back(QTp + qlocal * D * Ls);
-              gt.push_back(GTp + qlocal * Dv * Ls);
-            }
-        const int64_t nq = static_cast<int64_t>(qt.size());
-        for (int pass = 0; fold && pass < 2; ++pass) {
-          const int64_t Dx = pass == 0 ? D : Dv;
-          T* dst = pass == 0 ? dKT.data() : dVT.data();
-          for (int64_t j0 = 0; j0 < L; j0 += VL)
-            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
-                       part.data() + fmargin);
-          fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
+    } else {
+      const int64_t row0 = p0 * plane_qrows, krow0 = p0 * plane_rows;
+      parallel_rows(np * plane_qrows, Lp * K * (2 * D + Dv),
+                    [&](int64_t begin, int64_t end) { pass1(shared, row0, begin, end); });
+      if (drpb)
+        at::parallel_for(p0, p0 + np, 1, [&](int64_t pa, int64_t pb) {
+          for (int64_t p = pa; p < pb; ++p) plane_drpb(shared, p, row0, parts.data() + (p - p0) * g.group * dtab);
+        });
+      parallel_rows(np * plane_rows, g.group * Lp * K * (D + Dv),
+                    [&](int64_t begin, int64_t end) { pass2(shared, row0, krow0, begin, end); });
+    }
+    if (drpb)  // the batch's tables onto the heads' tables, in plane order
+      for (int64_t p = p0; p < p0 + np; ++p)
+        for (int64_t hl = 0; hl < g.group; ++hl) {
+          T* dst = dbias.data() + ((p % g.kv_heads) * g.group + hl) * dtab;
+          const T* src = parts.data() + ((p - p0) * g.group + hl) * dtab;
+          for (int64_t i = 0; i < dtab; ++i) dst[i] += src[i];
         }
-        if (!fold) {
-          std::fill(dKT.begin(), dKT.end(), T(0));
-          std::fill(dVT.begin(), dVT.end(), T(0));
-        }
-        for (int64_t e0 = e_lo; !fold && e0 < gh.hi; e0 += VL) {
-          key_lane(dsr.data(), qt.data(), nq, kk, lg.d, Ls, e0 - base0, D, col.data());
-          for (int64_t i = 0; i < D; ++i) store(dKT.data() + i * Lext + e0, col[i]);
-          key_lane(pr.data(), gt.data(), nq, kk, lg.d, Ls, e0 - base0, Dv, col.data());
-          for (int64_t i = 0; i < Dv; ++i) store(dVT.data() + i * Lext + e0, col[i]);
-        }
-        fold_ghosts(gh, D, dKT.data(), Lext);
-        fold_ghosts(gh, Dv, dVT.data(), Lext);
-        const int64_t x[kAxes] = {r.y[0], r.y[1], 0};
-        T* dkdst = dk.data_ptr<T>() + vdk.at(r.b, x, r.h);
-        T* dvdst = dv.data_ptr<T>() + vdv.at(r.b, x, r.h);
-        const int64_t kcs = vdk.x[2], vcs = vdv.x[2];
-        for (int64_t j0 = 0; j0 < L; j0 += VL) {
-          const int64_t nl = std::min(VL, L - j0);
-          from_lanes(dKT.data() + lg.PL + j0, Lext, nl, D, T(1), dkdst + j0 * kcs, kcs);
-          from_lanes(dVT.data() + lg.PL + j0, Lext, nl, Dv, T(1), dvdst + j0 * vcs, vcs);
-        }
-      }
-    });
   }
 
   if (drpb) {  // fold the per-lane tables onto the RPB table
@@ -1458,7 +1537,7 @@ void run_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, co
 
 template <typename T>
 void run_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const at::Tensor& delta,
+                  const at::Tensor& v, const at::Tensor* rpb, const at::Tensor& lse, const DeltaSource<T>& delta,
                   double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor* drpb) {
   if (lane_path(g))
     lane_backward<T>(g, dout, q, k, v, rpb ? rpb->data_ptr<T>() : nullptr, lse, delta, scale, dq, dk, dv,
@@ -1490,17 +1569,32 @@ std::tuple<at::Tensor, at::Tensor> na_forward(const at::Tensor& query, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_backward(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const c10::optional<at::Tensor>& rpb, const at::Tensor& lse, const at::Tensor& delta, at::IntArrayRef kernel_size,
-    at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& is_causal, double scale) {
+    const c10::optional<at::Tensor>& rpb, const at::Tensor& lse, const c10::optional<at::Tensor>& delta,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& is_causal,
+    double scale, const c10::optional<at::Tensor>& out, const c10::optional<at::Tensor>& grad_lse) {
   check_tensors(query, key, value, rpb);
   const at::Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
   const at::Tensor go = unit_last(grad_out.to(q.scalar_type()));
-  const at::Tensor l = lse.to(q.scalar_type()).contiguous(), dl = delta.to(q.scalar_type()).contiguous();
+  const at::Tensor l = lse.to(q.scalar_type()).contiguous();
   std::vector<int64_t> oshape(q.sizes().begin(), q.sizes().end());
   oshape.back() = v.size(-1);
   TORCH_CHECK(go.sizes() == at::IntArrayRef(oshape), "na_cpu: grad_out must be [B, *spatial, heads, value head_dim]");
-  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1) && dl.sizes() == l.sizes(),
-              "na_cpu: lse and delta must be [B, *spatial, heads]");
+  TORCH_CHECK(l.sizes() == q.sizes().slice(0, q.dim() - 1), "na_cpu: lse must be [B, *spatial, heads]");
+  // delta = sum(dO * O) - dlse: given, or computed by the kernel from out (and grad_lse)
+  TORCH_CHECK(delta.has_value() != out.has_value(), "na_cpu: pass exactly one of delta and out");
+  TORCH_CHECK(!grad_lse.has_value() || out.has_value(), "na_cpu: grad_lse goes with out (delta includes it)");
+  at::Tensor dl, o, dlse;
+  if (delta.has_value()) {
+    dl = delta->to(q.scalar_type()).contiguous();
+    TORCH_CHECK(dl.sizes() == l.sizes(), "na_cpu: delta must be [B, *spatial, heads]");
+  } else {
+    o = unit_last(out->to(q.scalar_type()));
+    TORCH_CHECK(o.sizes() == at::IntArrayRef(oshape), "na_cpu: out must be [B, *spatial, heads, value head_dim]");
+    if (grad_lse.has_value()) {
+      dlse = grad_lse->to(q.scalar_type()).contiguous();
+      TORCH_CHECK(dlse.sizes() == l.sizes(), "na_cpu: grad_lse must be [B, *spatial, heads]");
+    }
+  }
   const Geometry g = make_geometry(q, v, kernel_size, stride, dilation, is_causal);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
@@ -1512,7 +1606,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> na_bac
     drpb = at::empty(rpb->sizes(), rpb->options());
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na_cpu_backward", [&] {
-    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, l, dl, scale, dq, dk, dv,
+    DeltaSource<scalar_t> ds;
+    ds.Dv = g.Dv;
+    if (dl.defined()) {
+      ds.given = dl.data_ptr<scalar_t>();
+    } else {
+      ds.out = o.data_ptr<scalar_t>();
+      ds.vo = view_of(o);
+      ds.dlse = dlse.defined() ? dlse.data_ptr<scalar_t>() : nullptr;
+    }
+    run_backward<scalar_t>(g, go, q, k, v, rpb.has_value() ? &table : nullptr, l, ds, scale, dq, dk, dv,
                            drpb.has_value() ? &*drpb : nullptr);
   });
   return {dq, dk, dv, drpb};
@@ -1534,8 +1637,9 @@ TORCH_LIBRARY(visionattn_cpu, m) {
       "na_forward(Tensor query, Tensor key, Tensor value, Tensor? rpb, int[] kernel_size, int[] stride, "
       "int[] dilation, bool[] is_causal, float scale) -> (Tensor, Tensor)");
   m.def(
-      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor delta, "
-      "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale) "
+      "na_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? rpb, Tensor lse, Tensor? delta, "
+      "int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale, Tensor? out=None, "
+      "Tensor? grad_lse=None) "
       "-> (Tensor, Tensor, Tensor, Tensor?)");
   m.def("build_info() -> str", &build_info);
 }
