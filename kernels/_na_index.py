@@ -262,13 +262,19 @@ class GraphTiles(NamedTuple):
     region: int  # R
 
 
-def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
-    """One axis in torch ops on its (possibly symbolic) length: t, r, n and per-axis tensors
-    qpos [d, n, t], kpos [d, n, r], inside [d, n, t, r], rel [d, n, t, r], inv [L] as (group, (tile, slot))."""
+def graph_axis_sizes(L, k: int, d: int, s: int, causal: bool, t: int):
+    """Sizes of one axis of the graph tiles for a (possibly symbolic) length L and a requested tile t: (Lm group
+    length, t tile, r region keys, n tiles per group)."""
     Lm = (L + d - 1) // d
     t = _min(t, Lm)  # tiles and regions no larger than a group
     r = _min(t + k - 1 if causal else t + k + s - 2, Lm)  # the union of the windows of t consecutive queries
-    n = (Lm + t - 1) // t
+    return Lm, t, r, (Lm + t - 1) // t
+
+
+def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
+    """One axis in torch ops on its (possibly symbolic) length: t, r, n and per-axis tensors
+    qpos [d, n, t], kpos [d, n, r], inside [d, n, t, r], rel [d, n, t, r], inv [L] as (group, (tile, slot))."""
+    Lm, t, r, n = graph_axis_sizes(L, k, d, s, causal, t)
     g = torch.arange(d, device=device)
     lg = ((L - g + d - 1) // d).view(d, 1, 1)  # group lengths
     gq = (torch.arange(n, device=device) * t).view(1, n, 1) + torch.arange(t, device=device).view(1, 1, t)

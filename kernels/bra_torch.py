@@ -31,16 +31,24 @@ _CHUNK_ELEMS_ACCEL = 1 << 26
 # The batch is never read as a size (-1 in the reshapes): exported graphs keep it dynamic.
 
 
-def _to_regions(x: Tensor, rh: int, rw: int) -> Tensor:
+def _to_regions(x: Tensor, rh: int, rw: int, heads_first: bool = False) -> Tensor:
+    """[B, H, W, nh, d] -> [B*R, rh*rw, nh, d], or [nh, B*R, rh*rw, d] with ``heads_first``: one copy either way."""
     H, W, nh, d = x.shape[1:]
     gh, gw = H // rh, W // rw
-    x = x.reshape(-1, gh, rh, gw, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
-    return x.reshape(-1, rh * rw, nh, d)
+    x = x.reshape(-1, gh, rh, gw, rw, nh, d)
+    if heads_first:
+        return x.permute(5, 0, 1, 3, 2, 4, 6).reshape(nh, -1, rh * rw, d)
+    return x.permute(0, 1, 3, 2, 4, 5, 6).reshape(-1, rh * rw, nh, d)
 
 
-def _from_regions(x: Tensor, B: int, H: int, W: int, rh: int, rw: int) -> Tensor:
-    nh, d = x.shape[-2:]
-    x = x.reshape(-1, H // rh, W // rw, rh, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
+def _from_regions(x: Tensor, B: int, H: int, W: int, rh: int, rw: int, heads_first: bool = False) -> Tensor:
+    """Inverse of `_to_regions`: -> [B, H, W, nh, d]."""
+    if heads_first:
+        nh, d = x.shape[0], x.shape[-1]
+        x = x.reshape(nh, -1, H // rh, W // rw, rh, rw, d).permute(1, 2, 4, 3, 5, 0, 6)
+    else:
+        nh, d = x.shape[-2:]
+        x = x.reshape(-1, H // rh, W // rw, rh, rw, nh, d).permute(0, 1, 3, 2, 4, 5, 6)
     return x.reshape(-1, H, W, nh, d)
 
 
@@ -224,15 +232,8 @@ def plain(q: Tensor, k: Tensor, v: Tensor, index: Tensor, region_size, scale: fl
     B, H, W = q.shape[:3]
     rh, rw = region_size
     topk = index.shape[-1]
-
-    def heads_regions(t):  # [B, H, W, nh, d] -> [nh, B*R, rh*rw, d]
-        t = t.unflatten(2, (-1, rw)).unflatten(1, (-1, rh))  # [B, nH, rh, nW, rw, nh, d]
-        return t.permute(5, 0, 1, 3, 2, 4, 6).flatten(1, 3).flatten(2, 3)
-
-    qh, kh, vh = (heads_regions(t) for t in (q, k, v))
+    qh, kh, vh = (_to_regions(t, rh, rw, heads_first=True) for t in (q, k, v))  # [nh, B*R, hw, d]
     fidx = _flat_index(index, (H // rh) * (W // rw))
     kg, vg = (t.index_select(1, fidx).unflatten(1, (-1, topk)).flatten(2, 3) for t in (kh, vh))
     out = _attend(qh, kg, vg, scale)  # [nh, B*R, hw, dv]
-    out = out.unflatten(2, (rh, rw)).unflatten(1, (-1, H // rh, W // rw))  # [nh, B, nH, nW, rh, rw, dv]
-    out = out.permute(1, 2, 4, 3, 5, 0, 6).flatten(3, 4).flatten(1, 2)
-    return out + _nan_rows(q)
+    return _from_regions(out, B, H, W, rh, rw, heads_first=True) + _nan_rows(q)

@@ -8,13 +8,14 @@ Non-finite inputs reach exactly the queries whose windows hold them, as in the r
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import Tensor
 
 from ._common import acc_dtype, capturing, untraced
-from ._na_index import TileIndex, WindowIndex, graph_bias, graph_tiles, tile_index, window_index
+from ._na_index import TileIndex, WindowIndex, graph_axis_sizes, graph_bias, graph_tiles, tile_index, window_index
 
 __all__ = ["TILE", "forward", "backward", "gather", "qk", "av", "window_logits", "window_av", "gather_windows", "merge"]
 
@@ -297,28 +298,17 @@ def graph_tile(spatial, cfg, dims: int) -> tuple[int, ...]:
     if not all(type(s) is int for s in spatial):
         return GRAPH_TILE[n]
     ks, ss, ds, cs = cfg[:4]
-    per_axis = []
+    per_axis = []  # per axis, per candidate tile: (t, r, tiles of the axis = groups x tiles per group)
     for L, k, s, d, c in zip(spatial, ks, ss, ds, cs):
-        lm = -(-L // d)
-        opts = []
-        for t in range(1, min(lm, 128 if n == 1 else 32) + 1):
-            r = min(t + k - 1 if c else t + k + s - 2, lm)
-            opts.append((t, r, d * -(-lm // t)))
-        per_axis.append(opts)
-    best, best_cost = None, None
+        lm = graph_axis_sizes(L, k, d, s, c, 1)[0]
+        sizes = (graph_axis_sizes(L, k, d, s, c, t) for t in range(1, min(lm, 128 if n == 1 else 32) + 1))
+        per_axis.append([(t, r, d * nt) for _, t, r, nt in sizes])
 
-    def search(a, t, T, R, NT):
-        nonlocal best, best_cost
-        if a == n:
-            cost = NT * (T * R * dims + _TILE_COST)
-            if best_cost is None or cost < best_cost:
-                best, best_cost = t, cost
-            return
-        for ta, ra, na in per_axis[a]:
-            search(a + 1, t + (ta,), T * ta, R * ra, NT * na)
+    def cost(tiling):
+        T, R, NT = (math.prod(x[i] for x in tiling) for i in range(3))
+        return NT * (T * R * dims + _TILE_COST)
 
-    search(0, (), 1, 1, 1)
-    return best
+    return tuple(x[0] for x in min(itertools.product(*per_axis), key=cost))
 
 
 def _partition(spatial, ix):
