@@ -109,7 +109,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.patch_size
-        x = F.pad(x, (0, (-x.shape[-1]) % pw, 0, (-x.shape[-2]) % ph))
+        H, W = x.shape[-2:]
+        # floor divisions, not a remainder: the ONNX exporter has none of symbolic sizes (dynamic height / width)
+        x = F.pad(x, (0, (W + pw - 1) // pw * pw - W, 0, (H + ph - 1) // ph * ph - H))
         return self.norm(self.proj(_channels_last(x)).permute(0, 2, 3, 1))
 
 

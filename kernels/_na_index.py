@@ -262,19 +262,27 @@ class GraphTiles(NamedTuple):
     region: int  # R
 
 
-def graph_axis_sizes(L, k: int, d: int, s: int, causal: bool, t: int):
+def graph_axis_sizes(L, k: int, d: int, s: int, causal: bool, t: int, fit: bool | None = None):
     """Sizes of one axis of the graph tiles for a (possibly symbolic) length L and a requested tile t: (Lm group
-    length, t tile, r region keys, n tiles per group)."""
+    length, t tile, r region keys, n tiles per group). ``fit`` (default: L is not a SymInt) trims the tile and region
+    to the group."""
     Lm = (L + d - 1) // d
-    t = _min(t, Lm)  # tiles and regions no larger than a group
-    r = _min(t + k - 1 if causal else t + k + s - 2, Lm)  # the union of the windows of t consecutive queries
+    fit = not isinstance(L, torch.SymInt) if fit is None else fit
+    if fit:
+        t = _min(t, Lm)
+    # not fitted (symbolic L: an export with dynamic height / width): no min, whose nested expressions make
+    # torch.export's shape reasoning slow (minutes per model); slots past a group's end repeat its last query and
+    # region keys past it are masked, so a tile or region larger than the group is only wasted work on small maps
+    r = t + k - 1 if causal else t + k + s - 2  # the union of the windows of t consecutive queries
+    if fit:
+        r = _min(r, Lm)
     return Lm, t, r, (Lm + t - 1) // t
 
 
-def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
+def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device, fit: bool | None = None):
     """One axis in torch ops on its (possibly symbolic) length: t, r, n and per-axis tensors
     qpos [d, n, t], kpos [d, n, r], inside [d, n, t, r], rel [d, n, t, r], inv [L] as (group, (tile, slot))."""
-    Lm, t, r, n = graph_axis_sizes(L, k, d, s, causal, t)
+    Lm, t, r, n = graph_axis_sizes(L, k, d, s, causal, t, fit)
     g = torch.arange(d, device=device)
     lg = ((L - g + d - 1) // d).view(d, 1, 1)  # group lengths
     gq = (torch.arange(n, device=device) * t).view(1, n, 1) + torch.arange(t, device=device).view(1, 1, t)
@@ -286,7 +294,8 @@ def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
         leader = torch.minimum(qc // s * s + s // 2, lg - 1)
         start = torch.minimum((leader - k // 2).clamp_min(0), lg - k)
         end = start + (k - 1)
-    rs = torch.minimum(start[:, :, :1], lg - r).clamp_min(0)  # [d, n, 1] region start (windows are monotone)
+    # select + unsqueeze, not [:, :, :1]: a slice of a symbolic length has no provable size 1 to broadcast
+    rs = torch.minimum(start.select(2, 0).unsqueeze(2), lg - r).clamp_min(0)  # [d, n, 1] region start (monotone)
     kc = rs + torch.arange(r, device=device)  # [d, n, r] key group coordinates (past the group's end: masked)
     inside = (kc.unsqueeze(2) >= start.unsqueeze(3)) & (kc.unsqueeze(2) <= end.unsqueeze(3))
     rel = (kc.unsqueeze(2) - qc.unsqueeze(3) + (k - 1)).clamp(0, 2 * k - 2)
@@ -295,7 +304,9 @@ def _axis_graph(L, k: int, d: int, s: int, causal: bool, t: int, device):
     qpos = qc * d + gd
     p = torch.arange(L, device=device)
     c = p // d
-    inv = (p % d, (c // t, c % t))  # group, (tile in the group, slot)
+    ct = c // t
+    # c - ct * t, not c % t: the ONNX exporter has no remainder by a symbolic size (dynamic height / width)
+    inv = (p % d, (ct, c - ct * t))  # group, (tile in the group, slot)
     return t, r, n, qpos, kpos, inside, rel, inv
 
 
@@ -320,10 +331,11 @@ def _prod(xs):
     return out
 
 
-def graph_tiles(spatial, ks, ss, ds, cs, tile, device) -> GraphTiles:
-    """``GraphTiles`` of one call, computed with torch ops on ``spatial`` (ints, SymInts or traced sizes)."""
+def graph_tiles(spatial, ks, ss, ds, cs, tile, device, fit: bool | None = None) -> GraphTiles:
+    """``GraphTiles`` of one call, computed with torch ops on ``spatial`` (ints, SymInts or traced sizes); ``fit``
+    as ``graph_axis_sizes``."""
     n = len(spatial)
-    axes = [_axis_graph(spatial[a], ks[a], ds[a], ss[a], cs[a], tile[a], device) for a in range(n)]
+    axes = [_axis_graph(spatial[a], ks[a], ds[a], ss[a], cs[a], tile[a], device, fit) for a in range(n)]
     t = [x[0] for x in axes]
     r = [x[1] for x in axes]
     nt = [x[2] for x in axes]

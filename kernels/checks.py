@@ -29,7 +29,8 @@ class NAConfig(NamedTuple):
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    # SymInt: a size computed from a symbolic shape (torch.export with dynamic height / width)
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
 
 
 def _shape_str(t) -> str:

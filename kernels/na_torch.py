@@ -328,10 +328,11 @@ def _partition(spatial, ix):
     return sizes, order, inverse
 
 
-def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
+def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None, fit=None):
     """(out, natural lse or None): NA as plain differentiable torch ops whose index tensors are computed from the
     input's shape (no per-call constants in an exported graph; sizes may be symbolic: dynamic batch, height and
-    width). Queries in tiles, each attending densely to the key region its windows cover, masked."""
+    width). Queries in tiles, each attending densely to the key region its windows cover, masked. ``tile`` and
+    ``fit`` (tiles trimmed to the map; default where the sizes are ints) override the choices for tests."""
     n = q.dim() - 3
     spatial = tuple(q.shape[1:1 + n])
     with untraced():  # heads, head dims and extra tokens are fixed by the model: ints, not traced sizes
@@ -339,7 +340,7 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None):
         ne = 0 if ak is None else ak.shape[1]
         dims = q.shape[-1] + v.shape[-1]
     g = h // hk
-    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or graph_tile(spatial, cfg, dims)), q.device)
+    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or graph_tile(spatial, cfg, dims)), q.device, fit)
     T, R = ix.tile, ix.region
     # the batch is never read as a size (reshapes keep it as a dimension): exporters keep it dynamic
 

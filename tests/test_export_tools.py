@@ -182,6 +182,26 @@ def test_issue_command_nat_mini_dynamic_at_batch1(tmp_path):
     assert dynamic_axes(tmp_path / "nat.onnx") == {0: "batch"}
 
 
+@pytest.mark.parametrize("name,kwargs", [("nat_mini", dict(depths=(1, 1, 1, 1))),
+                                         ("dinat_mini", dict(depths=(1, 1, 2, 1))),
+                                         ("biformer_t", dict(depths=(1, 1, 1, 1)))])
+def test_na_bra_models_dynamic_height_width(name, kwargs, tmp_path):
+    """NAT, DiNAT (a dilated layer in stage 3) and BiFormer with a dynamic batch, height and width (the dynamo
+    exporter): checked by the tool at a larger and a smaller size, then right at sizes where NA pads maps smaller
+    than its window and BiFormer pads to whole regions (odd sides, 1 x 1 final maps)."""
+    pytest.importorskip("onnxscript")
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    path = tmp_path / f"{name}.onnx"
+    res = export_onnx(model, path, img_size=96, batch=1, dynamic="all")
+    assert set(dynamic_axes(path)) == {0, 2, 3}
+    assert res["checked"] == [(1, 3, 96, 96), (3, 3, 96, 96), (2, 3, 128, 160), (2, 3, 32, 64)]
+    for shape in ((1, 3, 33, 47), (2, 3, 160, 72), (1, 3, 20, 20)):
+        assert _eager_vs_file(model, path, torch.randn(*shape)) <= 1e-4, shape
+
+
 def test_cli_zoo_model_dynamic_all_fp16_torchscript_openvino(tmp_path):
     """A zoo model whose size is free (SHViT): dynamic batch, height and width, the graph in fp16, the TorchScript
     exporter, checked and timed in onnxruntime and OpenVINO with the benchmarks' protocol fields."""
@@ -191,7 +211,8 @@ def test_cli_zoo_model_dynamic_all_fp16_torchscript_openvino(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["dtype"] == "fp16" and res["exporter"] == "torchscript" and res["opset"] == 17
-    assert len(res["checked"]) == 3 and res["checked"][2][2:] != [64, 64]
+    # the example, batch + 2, one stride larger and about half the size
+    assert len(res["checked"]) == 4 and all(c[2:] != [64, 64] for c in res["checked"][2:])
     for key in ("onnx", "openvino", "eager"):
         assert 0 < res[f"{key}_p50_ms"] <= res[f"{key}_p90_ms"] <= res[f"{key}_p99_ms"] and res[f"{key}_iters"] == 2
     assert {"protocol", "threads", "cpu_model", "cpu_isa", "torch", "onnxruntime", "openvino",

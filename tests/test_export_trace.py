@@ -234,23 +234,73 @@ def test_na_onnx_holds_no_per_layer_index_constants(dynamo, tmp_path):
     assert sizes[3][1] - sizes[1][1] <= 2 * 160 * 1024, sizes
 
 
-@pytest.mark.parametrize("dims", ["batch", pytest.param("batch_height_width", marks=pytest.mark.xfail(
-    reason="not yet: the TorchScript exporter bakes a spatial size somewhere in the NA graph (onnxruntime index out "
-           "of range at a second size) and the dynamo exporter cannot translate aten.remainder on symbolic sizes; "
-           "export one graph per resolution", strict=True))])
-def test_na_onnx_dynamic_sizes(dims, tmp_path):
+@pytest.mark.parametrize("exporter,dims", [
+    ("torchscript", "batch"), ("dynamo", "batch"), ("dynamo", "batch_height_width"),
+    pytest.param("torchscript", "batch_height_width", marks=pytest.mark.xfail(
+        reason="the TorchScript exporter turns the Python arithmetic on traced sizes (tile counts, region sizes) "
+               "into constants: onnxruntime fails at a second size; the dynamo exporter is the way", strict=True))])
+def test_na_onnx_dynamic_sizes(exporter, dims, tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     model = _NAStack(2).eval()
     path = tmp_path / "na.onnx"
     axes = {0: "b"} if dims == "batch" else {0: "b", 1: "h", 2: "w"}
+    x = torch.randn(2, 21, 28, 32)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 21, 28, 32),), str(path), dynamo=False, opset_version=18,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": axes, "y": axes})
+        if exporter == "dynamo":
+            auto = torch.export.Dim.AUTO
+            shapes = {0: torch.export.Dim("b", min=1, max=64)} | ({} if dims == "batch" else {1: auto, 2: auto})
+            torch.onnx.export(model, (x,), dynamo=True, opset_version=18, input_names=["x"], output_names=["y"],
+                              dynamic_shapes=(shapes,), verbose=False).save(str(path))
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=18, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": axes, "y": axes})
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    shapes = ((1, 21, 28, 32), (3, 21, 28, 32)) if dims == "batch" else ((1, 21, 28, 32), (3, 16, 35, 32))
+    shapes = ((1, 21, 28, 32), (3, 21, 28, 32)) if dims == "batch" else ((1, 21, 28, 32), (3, 16, 35, 32),
+                                                                          (1, 7, 9, 32))
     for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = sess.run(None, {"x": x.numpy()})[0]
+        assert abs(got - want).max() < 1e-4, shape
+
+
+class _DynamicLayers(nn.Module):
+    """A dilated NA layer (old NATTEN's padding of maps smaller than kernel x dilation) and a legacy BRA layer
+    (zero-padded to whole regions): the size branches a dynamic height / width must keep in the graph."""
+
+    def __init__(self):
+        super().__init__()
+        from visionattn.layers import BiLevelRoutingAttention, NeighborhoodAttention2D
+
+        self.na = NeighborhoodAttention2D(32, 2, kernel_size=5, dilation=2)
+        self.bra = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, side_dwconv=3, auto_pad=True)
+
+    def forward(self, x):
+        x = x + self.na(x)
+        return x + self.bra(x)
+
+
+def test_na_bra_layers_dynamic_height_width_dynamo(tmp_path):
+    """The dynamo exporter with symbolic batch, height and width: one file right at sizes above and below the
+    layers' thresholds (maps smaller than 5 x 2 padded, sides that n_win = 4 does not divide) and 1 x 1."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = _DynamicLayers().eval()
+    path = tmp_path / "layers.onnx"
+    auto = torch.export.Dim.AUTO
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 16, 20, 32),), dynamo=True, opset_version=20, input_names=["x"],
+                          dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64), 1: auto, 2: auto},),
+                          verbose=False).save(str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 16, 20, 32), (1, 23, 13, 32), (3, 9, 4, 32), (1, 5, 7, 32), (1, 1, 1, 32)):
         x = torch.randn(*shape)
         with torch.no_grad():
             want = model(x).numpy()

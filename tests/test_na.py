@@ -39,7 +39,8 @@ def test_torch_tile_sizes(tile):
 @pytest.mark.parametrize("case", NA_CASES, ids=case_id)
 def test_exported_formulation_matches_reference(case):
     """``na_torch.plain`` (what ONNX export and torch.jit.trace record) at the tiling it picks for the shape and at
-    the fixed tiling it uses for symbolic sizes: forward and gradients equal the reference."""
+    the fixed tiling it uses for symbolic sizes, there also untrimmed (tiles and regions past the map's end, as in
+    an export with a dynamic height / width): forward and gradients equal the reference."""
     from visionattn.kernels import na_torch
     from visionattn.kernels.checks import na_args
 
@@ -52,9 +53,9 @@ def test_exported_formulation_matches_reference(case):
                   args.get("is_causal", False), None, rpb)
     picked = na_torch.graph_tile(case["spatial"], cfg, 16)
     assert len(picked) == n and all(1 <= t for t in picked)
-    for tile in (None, na_torch.GRAPH_TILE[n]):
+    for tile, fit in ((None, None), (na_torch.GRAPH_TILE[n], None), (na_torch.GRAPH_TILE[n], False)):
         leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb) if t is not None]
-        out = na_torch.plain(*leaves[:3], leaves[3] if rpb is not None else None, cfg, tile=tile)[0]
+        out = na_torch.plain(*leaves[:3], leaves[3] if rpb is not None else None, cfg, tile=tile, fit=fit)[0]
         torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
         out.sum().backward()
         ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb) if t is not None]

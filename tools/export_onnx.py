@@ -7,10 +7,11 @@
 Exporters: `dynamo` (torch.onnx's torch.export-based exporter, opsets 18..25; default) and `torchscript`
 (torch.onnx's trace-based exporter, opsets 14..20). `--dynamic batch|hw|all` makes the batch, the height and width,
 or all three symbolic, at any --batch; the file is then run at a second batch (--batch + 2) and / or a second size
-(--check-size; default one stride more in H, two in W) against eager, and nothing is written where it does not hold:
-exit 2 with one line saying why (a model built for one input size, a graph that fixes the size). Where H / W cannot
-be dynamic, export one graph per resolution (--img-size): the NA / BRA models (NAT, DiNAT, BiFormer) take a dynamic
-batch only, as do models built for one size (SLAB-DeiT / -Swin, GC ViT, Agent-PVT). `--dtype fp16` writes the graph in
+(--check-size; default one stride more in H, two in W, and about half the size where the eager model runs it) against
+eager, and nothing is written where it does not hold: exit 2 with one line saying why (a model built for one input
+size, a graph that fixes the size). Where H / W cannot be dynamic, export one graph per resolution (--img-size): models
+built for one size (SLAB-DeiT / -Swin, GC ViT, Agent-PVT), and the NA / BRA models with the torchscript exporter; with
+the dynamo exporter NAT, DiNAT and BiFormer take --dynamic hw / all. `--dtype fp16` writes the graph in
 fp16, checked against the fp32 model with the tolerance --atol x max(1, max |fp32 logits|) (default --atol 1e-2);
 fp32 checks max |runtime - PyTorch| <= --atol (default 1e-4). `--runtimes` checks and times each runtime
 (onnxruntime; openvino on CPU); `--provider` picks onnxruntime's execution provider (cpu, cuda, tensorrt). The file
@@ -88,10 +89,10 @@ def parse_args(argv=None):
                         f"{TORCHSCRIPT_OPSETS[0]}..{TORCHSCRIPT_OPSETS[-1]} (default 17)")
     p.add_argument("--dynamic", type=_dynamic_arg, nargs="?", const="batch", default="none", metavar="AXES",
                    help="symbolic axes: batch (also a bare --dynamic), hw (height and width), all; none (default). "
-                        "NAT / DiNAT / BiFormer: batch only (one graph per resolution)")
+                        "NAT / DiNAT / BiFormer: hw / all with the dynamo exporter only")
     p.add_argument("--check-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
-                   help="second size the --dynamic hw / all graph is checked at (default: one stride more in H, two "
-                        "in W)")
+                   help="the size the --dynamic hw / all graph is checked at besides the example (default: one stride "
+                        "more in H, two in W, and about half the size where the eager model runs it)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="graph precision (fp16: checked against fp32)")
     p.add_argument("--runtimes", type=comma_list(RUNTIMES), default=["onnxruntime"],
                    help=f"comma list of {','.join(RUNTIMES)}: each is checked and timed (default onnxruntime)")

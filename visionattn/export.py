@@ -337,12 +337,14 @@ def _data_config(model, size) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in PREPROCESS_KEYS}
 
 
-def _second_size(model, h: int, w: int) -> tuple[int, int]:
-    """A size other than (h, w) that a model of the same stride accepts: one more step of its largest
-    reduction in H, two in W (H != W catches a swapped axis)."""
+def _check_sizes(model, h: int, w: int) -> list[tuple[int, int]]:
+    """Sizes other than (h, w) that a model of the same stride accepts: one more step of its largest reduction in
+    H, two in W (H != W catches a swapped axis), and about half the size (H half, W one step more), so size
+    branches that the example does not take (NA's padding of maps smaller than its window) are checked too."""
     info = getattr(model, "feature_info", None) or []
     step = max([int(f.get("reduction", 0)) for f in info if isinstance(f, dict)] or [32]) or 32
-    return h + step, w + 2 * step
+    small = (max(step, h // 2 // step * step), max(step, w // 2 // step * step) + step)
+    return [(h + step, w + 2 * step)] + ([small] if small != (h, w) else [])
 
 
 @torch.no_grad()
@@ -372,9 +374,10 @@ def export_onnx(
     (`fuse=False` keeps them as they are). `dtype="fp16"` writes the graph in fp16 (input and output fp16),
     checked against the fp32 model with `atol` relative to the largest logit (default FP16_RTOL); fp32 uses
     `atol` absolute (default 1e-4). `dynamic` (none / batch / hw / all): the file is also run at a second batch
-    and / or at `check_size` (default: one stride more in H, two in W) against eager, and is written only when
-    those agree (else ExportUnsupported, nothing written). The file carries timm's data config of the model
-    (`preprocessing(path)`); `name` is the model's name in messages and metadata.
+    and / or at `check_size` (default: one stride more in H, two in W, and about half the size where the eager
+    model runs it) against eager, and is written only when those agree (else ExportUnsupported, nothing written).
+    The file carries timm's data config of the model (`preprocessing(path)`); `name` is the model's name in
+    messages and metadata.
 
     Returns model / onnx / max_abs_diff (the largest over runtimes and checks) / `<runtime>_max_abs_diff` / opset
     / exporter / dtype / dynamic / provider / preprocess, with `return_session` also `session` (the onnxruntime
@@ -434,8 +437,10 @@ def export_onnx(
     if dynamic in ("batch", "all"):
         checks.append(("batch", torch.randn(batch + 2, 3, h, w)))
     if dynamic in ("hw", "all"):
-        h2, w2 = check_size or _second_size(model, h, w)
-        checks.append(("size", torch.randn(batch if dynamic == "hw" else batch + 1, 3, h2, w2)))
+        for i, (h2, w2) in enumerate([check_size] if check_size else _check_sizes(model, h, w)):
+            # the default smaller size is skipped where the eager model refuses it (label "size?")
+            label = "size" if check_size or i == 0 else "size?"
+            checks.append((label, torch.randn(batch if dynamic == "hw" else batch + 1, 3, h2, w2)))
     preprocess = _data_config(model, (h, w))
     metadata = {_PRE + k: json.dumps(v) for k, v in preprocess.items()}
     metadata.update({"visionattn.model": name, "visionattn.dtype": dtype, "visionattn.dynamic": dynamic,
@@ -462,11 +467,13 @@ def export_onnx(
                                     f"--dynamic {dynamic}, one graph per size")
         for rt in runtimes:
             runners[rt] = onnx_runner(tmp, rt, threads=threads, provider=provider)
-        worst = {}
+        worst, done = {}, []
         for label, inp in checks:
             try:
                 ref = model(inp)
             except Exception as err:  # noqa: BLE001 - the model itself refuses the size: not a graph problem
+                if label == "size?":
+                    continue
                 raise ExportUnsupported(f"{name}: the eager model does not run at {tuple(inp.shape)} "
                                         f"({_first_line(err)}): the model is built for one size: export "
                                         f"without --dynamic {dynamic} (one graph per size), or give a --check-size "
@@ -498,9 +505,10 @@ def export_onnx(
                                         f"{what} {tuple(inp.shape)} in {rt} ({why}); nothing written: export "
                                         f"{'without --dynamic' if what == 'size' else 'with another exporter'}"
                                         f"{', one graph per size' if what == 'size' else ''}")
+            done.append(tuple(inp.shape))
         result.update({f"{rt}_max_abs_diff": d for rt, d in worst.items()})
         result["max_abs_diff"] = max(worst.values())
-        result["checked"] = [tuple(t.shape) for _, t in checks]
+        result["checked"] = done
         result["tolerance"] = tol if dtype == "fp32" else f"{tol:g} x max(1, max|fp32 logits|)"
 
     path = Path(out_path)
