@@ -202,6 +202,18 @@ def test_na_bra_models_dynamic_height_width(name, kwargs, tmp_path):
         assert _eager_vs_file(model, path, torch.randn(*shape)) <= 1e-4, shape
 
 
+def test_na_model_dynamic_height_width_torchscript_refused(tmp_path):
+    """The TorchScript exporter cannot keep NAT's size arithmetic symbolic: refused (the exporter stops, or the check
+    at a second size catches a fixed size), one ExportUnsupported and nothing written (the dynamo exporter is the
+    way)."""
+    import timm
+
+    model = timm.create_model("nat_mini", num_classes=10, depths=(1, 1, 1, 1)).eval()
+    with pytest.raises(ExportUnsupported, match="cannot export NAT with a dynamic hw|does not hold at size"):
+        export_onnx(model, tmp_path / "nat.onnx", img_size=64, dynamic="hw", exporter="torchscript", opset=17)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_zoo_model_dynamic_all_fp16_torchscript_openvino(tmp_path):
     """A zoo model whose size is free (SHViT): dynamic batch, height and width, the graph in fp16, the TorchScript
     exporter, checked and timed in onnxruntime and OpenVINO with the benchmarks' protocol fields."""
