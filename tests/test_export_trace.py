@@ -379,6 +379,30 @@ def test_timm_onnx_export_dynamo_then_onnx_validate(name, tmp_path):
         assert abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", _SCRIPT_MODELS)
+def test_timm_onnx_export_dynamo_dynamic_size(name, tmp_path):
+    """What timm's `onnx_export.py --dynamo --dynamic-size` calls (timm.utils.onnx.onnx_export with use_dynamo and
+    dynamic_size): a file with a dynamic height and width, right in onnxruntime at odd sizes down to 1 x 1 final
+    maps (small models here: the full ones take minutes to export with symbolic sizes)."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from timm.utils.onnx import onnx_export
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, depths=(1, 1, 1, 1)).eval()
+    out = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_export(model, str(out), input_size=(3, 96, 96), batch_size=1, check_forward=True, use_dynamo=True,
+                    dynamic_size=True)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 33, 47), (1, 3, 160, 72), (3, 3, 20, 20)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4, shape
+
+
 def test_timm_benchmark_both(tmp_path):
     """timm's benchmark.py --bench both (inference + train, fvcore FLOPs) on an NA and a BRA model."""
     if not (SCRIPTS / "benchmark.py").is_file():
