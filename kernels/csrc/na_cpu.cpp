@@ -973,6 +973,20 @@ inline int64_t row_index(const Geometry& g, int64_t heads, int64_t b, int64_t h,
   return ((b * heads + h) * g.S[0] + y0) * g.S[1] + y1;
 }
 
+// Prefetch of the n columns (each D values from p + c * cs) of a row that the next row item will read: q, k, v, O
+// and dO rows are strided through memory (heads and the other tensors of a packed qkv between columns), and the
+// transposes into lanes otherwise stall on each column's first load. One row item computes for several
+// microseconds, time enough for the lines to arrive.
+template <typename T>
+inline void prefetch_columns(const T* p, int64_t cs, int64_t n, int64_t D) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t c = 0; c < n; ++c) {
+    const T* col = p + c * cs;
+    for (int64_t i = 0; i < D; i += line) __builtin_prefetch(col + i, 0, 3);
+    __builtin_prefetch(col + D - 1, 0, 3);
+  }
+}
+
 // key column of lane-axis slot u for the query at column j (wrapped into the window at the borders), -1 when
 // causal-invalid; *rel gets its RPB index
 inline int64_t lane_key(const LaneGeom& lg, int64_t j, int64_t u, int64_t* rel = nullptr) {
@@ -1099,6 +1113,11 @@ class RowCache {
       transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, zeros_.data(), kt);
       transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, zeros_.data(), vt);
       tag_[slot] = id;
+      if (x1 + 1 < g_.S[1]) {  // the row the window reaches next, as the query rows step along axis 1
+        const int64_t xn[kAxes] = {x0, x1 + 1, 0};
+        prefetch_columns(kp_ + vk_.at(b, xn, hk), vk_.x[2], lg_.L, D_);
+        prefetch_columns(vp_ + vv_.at(b, xn, hk), vv_.x[2], lg_.L, Dv_);
+      }
     }
     return {kt, vt};
   }
@@ -1216,6 +1235,11 @@ void lane_forward(const Geometry& g, const at::Tensor& q, const at::Tensor& k, c
     std::vector<const T*> kt(lg.K01), vt(lg.K01);
     for (int64_t item = begin; item < end; ++item) {
       const RowItem r = row_item(g, item, H);
+      if (item + 1 < end) {
+        const RowItem rn = row_item(g, item + 1, H);
+        const int64_t yn[kAxes] = {rn.y[0], rn.y[1], 0};
+        prefetch_columns(qp + vq.at(rn.b, yn, rn.h), vq.x[2], L, D);
+      }
       const int64_t n_slots = row_slots(g, r.y, slots.data());
       const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
       const T* qsrc = qp + vq.at(r.b, y, r.h);
@@ -1331,6 +1355,13 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
     for (int64_t local = begin; local < end; ++local) {
       const int64_t item = row0 + local;
       const RowItem r = row_item(g, item, H);
+      if (local + 1 < end) {  // the next query row's q, dO (and O, for delta)
+        const RowItem rn = row_item(g, item + 1, H);
+        const int64_t yn[kAxes] = {rn.y[0], rn.y[1], 0};
+        prefetch_columns(qp + vq.at(rn.b, yn, rn.h), vq.x[2], L, D);
+        prefetch_columns(gp + vg.at(rn.b, yn, rn.h), vg.x[2], L, Dv);
+        if (delta.out) prefetch_columns(delta.out + delta.vo.at(rn.b, yn, rn.h), delta.vo.x[2], L, Dv);
+      }
       const int64_t n_slots = row_slots(g, r.y, slots.data());
       const int64_t y[kAxes] = {r.y[0], r.y[1], 0};
       const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
