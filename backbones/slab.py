@@ -24,10 +24,9 @@ from torch import nn
 from visionattn._registry import register_zoo_model
 from visionattn.checkpoint import build_model_with_pretrained_file, resample_square_pos_embed, unwrap_state_dict
 from visionattn.layers.cswin import LePEAttention, img_to_windows, stripe_window_size, windows_to_img
-from visionattn.layers.fused import _hooked, _linear_gelu_linear, _plain_linear, set_fused_linear
+from visionattn.layers.fused import set_fused_linear
 from visionattn.layers.prepbn import (
     ChannelAffine,
-    LinearNorm,
     RepBN,
     fold_affine_after_conv,
     fold_affine_into_conv_in,
@@ -37,7 +36,6 @@ from visionattn.layers.prepbn import (
     repbn_affine,
 )
 from visionattn.layers.pvt import PvtAttention
-from visionattn.utils import inference_cached, is_graph_capture
 
 from . import _cswin, _pvt, _swin
 from ._common import in1k_cfg
@@ -181,18 +179,13 @@ class SimplifiedLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         B, N, C = x.shape
+        H, W = hw if hw is not None else self.grid
         _check_sla_tokens(x, self.positional_encoding, self.grid)
         if self.qkv_layout == "qkv":
             q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
         else:
             q = self.q(x)
             k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
-        return self._attend(q, k, v, hw)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
-        """SLA, DWC and projection of the (B, N, C) q, k, v (before the ReLU kernel)."""
-        B, N, C = q.shape
-        H, W = hw if hw is not None else self.grid
         q = F.relu(q)
         k = F.relu(k + self.positional_encoding, inplace=True)  # in place on the fresh sum
         h, d = self.num_heads, self.head_dim
@@ -220,64 +213,8 @@ def _check_sla_tokens(x: torch.Tensor, pos: torch.Tensor, grid) -> None:
 # ------------------------------------------------------------------------------------------------- DeiT
 
 
-def _eval_repbn(norm: nn.Module) -> RepBN | None:
-    """The RepBN a norm computes in eval mode (a RepBN, or the end norm of an eval LinearNorm), else None."""
-    if isinstance(norm, LinearNorm) and not norm.training:
-        norm = norm.norm2
-    if not isinstance(norm, RepBN) or norm.training or norm.bn.training or not norm.bn.track_running_stats:
-        return None
-    bn = norm.bn
-    if any(p is None for p in (bn.weight, bn.bias, bn.running_mean, bn.running_var)) or _hooked(norm, bn):
-        return None
-    return norm
-
-
-def _folded_linear(owner: nn.Module, key: str, norm: RepBN, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of `linear(norm(x))` as one Linear (float64 fold), cached while the parameters stay."""
-    bn = norm.bn
-    params = (norm.alpha, bn.weight, bn.bias, bn.running_mean, bn.running_var, linear.weight, linear.bias)
-
-    def fold():
-        a, b = norm.affine()
-        w = linear.weight.double()
-        bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(b)
-        dt = linear.weight.dtype
-        return (w * a[None, :]).to(dt), (bias + w @ b).to(dt)
-
-    return inference_cached(owner, (key,), [p for p in params if p is not None], fold)
-
-
 class _SlabVitBlock(GridBlock):
-    """Grid-aware ViT block; `reparameterize()` folds RepBN norms into attn.qkv / mlp.fc1.
-
-    Inference (no autograd, eval RepBN norms, no hooks) folds them on the fly instead (cached per parameter
-    state): the norm passes go, each block runs the same Linears on the un-normalised tokens.
-    """
-
-    def _inference_folds(self, x: torch.Tensor):
-        if (self.training or torch.is_grad_enabled() or is_graph_capture() or not isinstance(x, torch.Tensor)
-                or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")):
-            return None
-        n1, n2, attn, mlp = _eval_repbn(self.norm1), _eval_repbn(self.norm2), self.attn, self.mlp
-        if (n1 is None or n2 is None or not isinstance(attn, SimplifiedLinearAttention) or attn.qkv_layout != "qkv"
-                or not isinstance(mlp, Mlp) or not isinstance(mlp.act, nn.GELU) or not isinstance(mlp.norm, nn.Identity)
-                or mlp.drop1.p or mlp.drop2.p or not _plain_linear(attn.qkv) or not _plain_linear(mlp.fc1)
-                or not _plain_linear(mlp.fc2)
-                or _hooked(self, self.norm1, self.norm2, attn, mlp, mlp.act, self.drop_path1, self.drop_path2)):
-            return None
-        return _folded_linear(self, "qkv", n1, attn.qkv), _folded_linear(self, "fc1", n2, mlp.fc1)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        folds = self._inference_folds(x)
-        if folds is None:
-            return super().forward(x, hw)
-        (wq, bq), (w1, b1) = folds
-        attn, mlp = self.attn, self.mlp
-        B, N, C = x.shape
-        _check_sla_tokens(x, attn.positional_encoding, attn.grid)
-        q, k, v = F.linear(x, wq, bq).reshape(B, N, 3, C).unbind(2)
-        x = x + attn._attend(q, k, v, hw)
-        return x + _linear_gelu_linear(x, w1, b1, mlp.fc2.weight, mlp.fc2.bias, mlp.act.approximate)
+    """Grid-aware ViT block; `reparameterize()` folds RepBN norms into attn.qkv / mlp.fc1."""
 
     def reparameterize(self):
         self.norm1 = _fold_norm_into(self.norm1, (self.attn, "qkv"))

@@ -564,24 +564,3 @@ def test_repbn_eval_affine_cache_follows_parameters():
     with torch.no_grad():
         m(x.double() + 3)
     assert not torch.equal(before, m.bn.running_mean)
-
-
-def test_deit_inference_fold_matches_the_norm_path():
-    """no_grad eval folds the RepBN norms into qkv / fc1 on the fly: same function as the plain eval path."""
-    torch.manual_seed(0)
-    model = timm.create_model("slab_deit_t", num_classes=10).eval()
-    for m in model.modules():  # non-trivial BN statistics
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(2, 3, 224, 224)
-    ref = model(x).detach()  # autograd enabled: the unfolded path
-    with torch.no_grad():
-        out = model(x)
-        seen = []
-        hook = model.blocks[0].norm1.register_forward_hook(lambda m, i, o: seen.append(o))
-        model(x)  # a hooked norm runs as itself
-        hook.remove()
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert len(seen) == 1
-    assert model.blocks[0]._inference_cache  # the folded weights were cached
