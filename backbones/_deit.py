@@ -96,7 +96,9 @@ class GridVisionTransformer(VisionTransformer):
         x = check_divisible(x, self.patch_embed.patch_size[0], "patch_size")
         x = self.patch_embed(x)  # NHWC
         hw = (x.shape[1], x.shape[2])
-        x = x.flatten(1, 2)
+        # token-major memory: the conv's NHWC view is channel-major, and a stream that stays so (no class token
+        # to concatenate) feeds every Linear a transposed input (matmul + bias add instead of addmm, slower GEMM)
+        x = x.flatten(1, 2).contiguous()
         prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         pos = resize_token_grid(self.pos_embed, self.grid_size, hw, prefix, mode="bicubic")
         to_cat = []

@@ -191,7 +191,10 @@ class SimplifiedLinearAttention(nn.Module):
         h, d = self.num_heads, self.head_dim
         q, k, v = (t.reshape(B, N, h, d).transpose(1, 2).reshape(B * h, N, d) for t in (q, k, v))
         out = sla_core(q, k, v)
-        fmap = self.dwc(v.transpose(1, 2).reshape(B * h, d, H, W)).flatten(2).transpose(1, 2)
+        # the DWC on a dense channels-last map, its output read back as (BH, N, d) without a copy: at batch 1 `v`
+        # is a strided view into the qkv output, which the conv would otherwise gather first
+        v = v.contiguous()
+        fmap = self.dwc(v.transpose(1, 2).reshape(B * h, d, H, W)).permute(0, 2, 3, 1).reshape(B * h, N, d)
         out = out + fmap
         out = out.reshape(B, h, N, d).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))
