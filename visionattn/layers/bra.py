@@ -32,7 +32,7 @@ def _pad_to_regions(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> to
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f"x must be NHWC [N, H, W, {dim}], got {tuple(x.shape)}")
     H, W = x.shape[1:3]
-    if auto_pad and not (type(H) is int and type(W) is int):
+    if auto_pad and (isinstance(H, torch.SymInt) or isinstance(W, torch.SymInt)):
         # symbolic sizes (an export with dynamic height / width): pad up to whole regions without branching on
         # the size (floor divisions only: the ONNX exporter has no remainder of symbolic sizes)
         return F.pad(x, (0, 0, 0, (W + n_win - 1) // n_win * n_win - W, 0, (H + n_win - 1) // n_win * n_win - H))
@@ -58,7 +58,7 @@ def _legacy_routed_attention(q, k, v, n_win: int, num_heads: int, topk: int, sca
 @torch.fx.wrap
 def _crop_hw(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """NHWC `y` cropped to the height and width of NHWC `x`."""
-    if not (type(x.shape[1]) is int and type(x.shape[2]) is int):  # symbolic sizes: crop unconditionally
+    if isinstance(x.shape[1], torch.SymInt) or isinstance(x.shape[2], torch.SymInt):  # symbolic: crop always
         return y.narrow(1, 0, x.shape[1]).narrow(2, 0, x.shape[2])
     if y.shape[1:3] == x.shape[1:3]:
         return y

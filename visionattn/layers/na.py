@@ -39,7 +39,7 @@ def _pad_small_input(x: torch.Tensor, need: tuple[int, ...], allow: bool) -> tor
     if x.dim() != n + 2:
         raise ValueError(f"x must be [B, {n} spatial axes, C], got shape {tuple(x.shape)}")
     spatial = x.shape[1:-1]
-    if allow and not all(type(s) is int for s in spatial):
+    if allow and any(isinstance(s, torch.SymInt) for s in spatial):
         # symbolic sizes (an export with dynamic height / width): pad by max(need, size) - size without branching on
         # the size, so the graph holds at every size (a zero pad is a no-op)
         pad = [0, 0]
@@ -61,7 +61,7 @@ def _pad_small_input(x: torch.Tensor, need: tuple[int, ...], allow: bool) -> tor
 @torch.fx.wrap
 def _crop_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`y` cropped to the spatial size of `x` (both channels-last)."""
-    if not all(type(s) is int for s in x.shape[1:-1]):  # symbolic sizes: crop unconditionally (see above)
+    if any(isinstance(s, torch.SymInt) for s in x.shape[1:-1]):  # symbolic sizes: crop unconditionally (see above)
         for a, s in enumerate(x.shape[1:-1]):
             y = y.narrow(1 + a, 0, s)
         return y
