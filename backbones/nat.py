@@ -39,6 +39,7 @@ from visionattn.utils import (
     LinearHeadMixin,
     check_backend,
     init_weights_,
+    pad_right_bottom,
     set_attn_backend,
     trunc_normal_unless_meta,
 )
@@ -108,10 +109,7 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.patch_size
-        H, W = x.shape[-2:]
-        # floor divisions, not a remainder: the ONNX exporter has none of symbolic sizes (dynamic height / width)
-        x = F.pad(x, (0, (W + pw - 1) // pw * pw - W, 0, (H + ph - 1) // ph * ph - H))
+        x = pad_right_bottom(x, self.patch_size)
         return self.norm(self.proj(_channels_last(x)).permute(0, 2, 3, 1))
 
 

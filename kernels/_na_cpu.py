@@ -341,6 +341,8 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, 
 
 _CALIBRATION_QUERIES = 1 << 16  # calibration inputs keep the call's shape, the batch cut to about this many queries
 _REPEATS = 3  # timed calls per backend (alternating, best of): a busy machine slows one call, rarely all three
+_CLOSE = 1.25  # backends this close after _REPEATS rounds get _REPEATS more before the choice is kept for good
+_CAL_VERSION = 2  # the calibration file's name carries it: tables timed the older way are not reused
 _cal_lock = threading.Lock()
 _cal: dict[str, dict] = {}  # shape class -> {"cpu": seconds, "torch": seconds}
 _cal_read: set = set()  # calibration files read into _cal
@@ -367,7 +369,7 @@ def _calibration_file() -> Path | None:
     if not info:
         return None
     cpu = hashlib.sha256((_cpu_model() + " " + " ".join(sorted(_cpu_flags()))).encode()).hexdigest()[:12]
-    return Path(info["folder"]) / f"calibration-{cpu}.json"
+    return Path(info["folder"]) / f"calibration-v{_CAL_VERSION}-{cpu}.json"
 
 
 def _read_table() -> None:
@@ -408,7 +410,8 @@ def _write_table(key: str, timing: dict) -> None:
 def _measure(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, needs_grad: bool) -> dict:
     """Seconds per call of the kernel and of the torch path (forward, or forward + backward) on random inputs shaped
     like the call's, the batch cut to about ``_CALIBRATION_QUERIES`` queries: best of ``_REPEATS`` alternating calls
-    after one warm-up call each. Runs the public ``na1d/2d/3d`` with ``backend=``."""
+    after one warm-up call each (twice as many when the two are within ``_CLOSE``), this thread's CPU time at one
+    thread. Runs the public ``na1d/2d/3d`` with ``backend=``."""
     from . import na1d, na2d, na3d
 
     fn = {1: na1d, 2: na2d, 3: na3d}[q.dim() - 3]
@@ -433,14 +436,21 @@ def _measure(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, cfg, needs_gra
             gout = rand(out.shape, out.dtype) if gout is None else gout
             out.backward(gout)
 
+    # at one thread the calls run on this thread alone: its CPU time leaves out what other processes take from a
+    # shared core (wall-clock timings on a loaded machine once kept the slower backend for a class, for good);
+    # with more threads the work is spread over torch's pool, so wall clock
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     best = {"cpu": math.inf, "torch": math.inf}
     for name in best:
         call(name)
-    for _ in range(_REPEATS):
-        for name in best:
-            t0 = time.perf_counter()
-            call(name)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    for rounds in (_REPEATS, _REPEATS):
+        for _ in range(rounds):
+            for name in best:
+                t0 = clock()
+                call(name)
+                best[name] = min(best[name], clock() - t0)
+        if max(best.values()) > _CLOSE * min(best.values()):
+            break
     return best
 
 

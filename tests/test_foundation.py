@@ -292,3 +292,25 @@ def test_drop_rate_has_timms_meaning(family, builder, official, name, ours):
     drops = _dropouts(visionattn.from_official(family, builder, dict(official, drop_rate=0.25)))
     assert drops and not set(drops) & head and set(drops.values()) == {0.25}, drops
     assert any("mlp" in n for n in drops)
+
+
+def test_pad_right_bottom_plain_and_symbolic():
+    from visionattn.utils import pad_right_bottom
+
+    x = torch.randn(2, 3, 7, 10)
+    y = pad_right_bottom(x, (4, 5))
+    assert y.shape == (2, 3, 8, 10) and torch.equal(y[..., :7, :], x) and not y[..., 7:, :].any()
+    assert pad_right_bottom(x, (7, 5)) is x  # nothing to pad: no copy
+    nhwc = pad_right_bottom(x.permute(0, 2, 3, 1), 3, channels_last=True)
+    assert nhwc.shape == (2, 9, 12, 3) and torch.equal(nhwc[:, :7, :10], x.permute(0, 2, 3, 1))
+
+    class Pad(torch.nn.Module):
+        def forward(self, t):
+            return pad_right_bottom(t, 4)
+
+    # dynamic height / width: the padding is computed from symbolic sizes (no branch, no remainder)
+    hw = torch.export.Dim("h", min=1, max=64), torch.export.Dim("w", min=1, max=64)
+    ep = torch.export.export(Pad(), (torch.randn(1, 2, 8, 8),), dynamic_shapes={"t": {2: hw[0], 3: hw[1]}})
+    for h, w in ((8, 8), (5, 9), (1, 1), (13, 4)):
+        t = torch.randn(1, 2, h, w)
+        assert torch.equal(ep.module()(t), pad_right_bottom(t, 4))

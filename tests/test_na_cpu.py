@@ -479,6 +479,25 @@ def test_preferred_follows_the_measured_timings(calibration, monkeypatch, tmp_pa
     assert len(calibration) == 4
 
 
+def test_calibration_times_cpu_time_at_one_thread(monkeypatch):
+    """At one thread the calibration reads this thread's CPU time (a loaded machine's wall clock once kept the
+    slower backend for a class); both backends get a finite best time."""
+    import time as time_mod
+
+    reads = []
+    real = time_mod.thread_time
+    monkeypatch.setattr(time_mod, "thread_time", lambda: reads.append(1) or real())
+    q, k, v, rpb = make_inputs((9, 10), 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        timing = _na_cpu._measure(q, k, v, rpb, _cfg(3), False)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(timing) == {"cpu", "torch"} and all(0 < t < 60 for t in timing.values())
+    assert len(reads) >= 4 * _na_cpu._REPEATS  # two reads per timed call, both backends, at least one round
+
+
 def test_shape_class_separates_what_changes_the_speed():
     q, k, v, rpb = make_inputs((9, 10), 3, heads=4)
     base = _na_cpu.shape_class(q, k, v, rpb, _cfg(3), False)

@@ -5,7 +5,8 @@ attention modules that declare `backends`; `init_weights_` / `trunc_normal_unles
 meta-safe init; `is_reparameterizable` / `fuse_for_inference` fold re-parameterisable models; `LinearHeadMixin` /
 `ClassifierHeadMixin` are timm's classifier API of models ending in a Linear `head` / a `ClassifierHead`;
 `is_graph_capture` is True under torch.compile, torch.export and jit tracing; `inference_cached` keeps a
-parameter-derived tensor between inference calls. The fused CPU inference Linear / Mlp
+parameter-derived tensor between inference calls; `pad_right_bottom` pads a map to multiples of a size, symbolic
+sizes included. The fused CPU inference Linear / Mlp
 live in `visionattn.layers.fused`.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
@@ -28,6 +30,7 @@ __all__ = [
     "LinearHeadMixin",
     "ClassifierHeadMixin",
     "is_graph_capture",
+    "pad_right_bottom",
     "inference_cached",
 ]
 
@@ -180,3 +183,15 @@ def inference_cached(
     out = fn()
     cache[key] = (stamp, out)
     return out
+
+
+def pad_right_bottom(x: torch.Tensor, multiple: int | tuple[int, int], channels_last: bool = False) -> torch.Tensor:
+    """Zero-pad an NCHW (or NHWC) map at the right / bottom to multiples of `multiple` (one int or (h, w))."""
+    mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+    # floor divisions, not a remainder: the ONNX exporter has no remainder of symbolic sizes (dynamic height /
+    # width); the early return only for plain ints, so symbolic, FX-proxy and traced sizes never branch
+    ph, pw = (h + mh - 1) // mh * mh - h, (w + mw - 1) // mw * mw - w
+    if isinstance(ph, int) and isinstance(pw, int) and not (ph or pw):
+        return x
+    return F.pad(x, (0, 0, 0, pw, 0, ph)) if channels_last else F.pad(x, (0, pw, 0, ph))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionattn.kernels.bra import BRA_BACKENDS, region_mean, region_topk, routed_attention
-from visionattn.utils import check_backend
+from visionattn.utils import check_backend, pad_right_bottom
 
 __all__ = ["BiLevelRoutingAttention", "NchwBiLevelRoutingAttention", "QKVLinear"]
 
@@ -31,17 +31,12 @@ def _pad_to_regions(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> to
     """Legacy BRA input check and padding: NHWC `x` zero-padded right/bottom to multiples of `n_win`."""
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f"x must be NHWC [N, H, W, {dim}], got {tuple(x.shape)}")
+    if auto_pad:
+        return pad_right_bottom(x, n_win, channels_last=True)
     H, W = x.shape[1:3]
-    if auto_pad and (isinstance(H, torch.SymInt) or isinstance(W, torch.SymInt)):
-        # symbolic sizes (an export with dynamic height / width): pad up to whole regions without branching on
-        # the size (floor divisions only: the ONNX exporter has no remainder of symbolic sizes)
-        return F.pad(x, (0, 0, 0, (W + n_win - 1) // n_win * n_win - W, 0, (H + n_win - 1) // n_win * n_win - H))
-    pad_b, pad_r = (n_win - H % n_win) % n_win, (n_win - W % n_win) % n_win
-    if not (pad_b or pad_r):
-        return x
-    if not auto_pad:
+    if H % n_win or W % n_win:
         raise ValueError(f"input size {H}x{W} must be a multiple of n_win={n_win} (or set auto_pad=True)")
-    return F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    return x
 
 
 @torch.fx.wrap

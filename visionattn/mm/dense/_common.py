@@ -1,4 +1,4 @@
-"""Pieces the official dense backbones share: right/bottom padding and the mmdet Swin window routine.
+"""Pieces the official dense backbones share: the mmdet Swin window routine (and right/bottom padding, from utils).
 
 The official mmdet / mmseg Swin-style backbones zero-pad a block's normalised map to a multiple of the window
 *before* the cyclic shift and build the shift mask on the padded grid (timm and the classification models shift
@@ -10,23 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition, window_reverse
 from torch import nn
 
 from visionattn.backbones._swin import shift_window_mask
+from visionattn.utils import pad_right_bottom
 
 __all__ = ["pad_right_bottom", "official_window_attention", "check_no_extra", "FrozenBatchNormMixin",
            "filter_with_out_norms"]
-
-
-def pad_right_bottom(x: torch.Tensor, multiple: int, channels_last: bool = False) -> torch.Tensor:
-    """Zero-pad an NCHW (or NHWC) map at the right / bottom to multiples of `multiple`."""
-    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
-    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
-    if not ph and not pw:
-        return x
-    return F.pad(x, (0, 0, 0, pw, 0, ph)) if channels_last else F.pad(x, (0, pw, 0, ph))
 
 
 def official_window_attention(x: torch.Tensor, window: int, shift: int,
