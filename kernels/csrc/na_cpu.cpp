@@ -52,6 +52,9 @@ struct Axis {
   std::vector<int32_t> rel;  // [L * k]
   std::vector<int64_t> inv_off;  // [L + 1]
   std::vector<int32_t> inv_q, inv_c;
+  // positions in dilation-group order (0, d, 2d, .., 1, 1 + d, ..): the order rows are visited in, so that
+  // consecutive rows share all but one row of their windows at any dilation
+  std::vector<int32_t> order;
 };
 
 Axis make_axis(int64_t L, int64_t k, int64_t d, int64_t s, bool causal) {
@@ -65,6 +68,8 @@ Axis make_axis(int64_t L, int64_t k, int64_t d, int64_t s, bool causal) {
   a.lo.resize(L);
   a.hi.resize(L);
   a.rel.resize(L * k);
+  for (int64_t m = 0; m < d; ++m)
+    for (int64_t y = m; y < L; y += d) a.order.push_back(static_cast<int32_t>(y));
   std::vector<int64_t> count(L + 1, 0);
   for (int64_t y = 0; y < L; ++y) {
     const int64_t m = y % d, ig = y / d, lg = (L - m + d - 1) / d;
@@ -960,9 +965,9 @@ struct RowItem {
 
 inline RowItem row_item(const Geometry& g, int64_t item, int64_t heads) {
   RowItem r;
-  r.y[1] = item % g.S[1];
+  r.y[1] = g.ax[1].order[item % g.S[1]];
   item /= g.S[1];
-  r.y[0] = item % g.S[0];
+  r.y[0] = g.ax[0].order[item % g.S[0]];
   item /= g.S[0];
   r.h = item % heads;
   r.b = item / heads;
@@ -1113,8 +1118,9 @@ class RowCache {
       transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, zeros_.data(), kt);
       transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, zeros_.data(), vt);
       tag_[slot] = id;
-      if (x1 + 1 < g_.S[1]) {  // the row the window reaches next, as the query rows step along axis 1
-        const int64_t xn[kAxes] = {x0, x1 + 1, 0};
+      const int64_t x1n = x1 + g_.ax[1].d;  // the row the window reaches next, as the query rows step along axis 1
+      if (x1n < g_.S[1]) {
+        const int64_t xn[kAxes] = {x0, x1n, 0};
         prefetch_columns(kp_ + vk_.at(b, xn, hk), vk_.x[2], lg_.L, D_);
         prefetch_columns(vp_ + vv_.at(b, xn, hk), vv_.x[2], lg_.L, Dv_);
       }
@@ -1367,8 +1373,9 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
       const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
       const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
-      T* QT = buf.QT + local * D * Ls;
-      T* GT = buf.GT + local * Dv * Ls;
+      const int64_t at = row_index(g, H, r.b, r.h, r.y[0], r.y[1]) - row0;  // the row's place in buf
+      T* QT = buf.QT + at * D * Ls;
+      T* GT = buf.GT + at * Dv * Ls;
       const T* grow = gp + vg.at(r.b, y, r.h);
       for (int64_t n = 0; n < n_slots; ++n)
         std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
@@ -1393,8 +1400,8 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           vec<T>* Sb = S.data() + blk * K;
           const vec<T>* dPb = dP.data() + blk * K;
           for (int64_t n = 0; n < n_slots; ++n) {
-            T* Pd = buf.P + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
-            T* dSd = buf.dS + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+            T* Pd = buf.P + ((at * K01 + slots[n].slot01) * kk) * Ls + j0;
+            T* dSd = buf.dS + ((at * K01 + slots[n].slot01) * kk) * Ls + j0;
             for (int64_t u = 0; u < kk; ++u) {
               const vec<T> ok = load(valid.data() + u * Lp + j0);
               const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
