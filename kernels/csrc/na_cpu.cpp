@@ -802,7 +802,7 @@ inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, i
   }
 }
 
-// part[(i * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
+// part[((i - i0) * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
 // i0 <= i < i0 + IB (VL lanes: one block of query columns): P or dS (w) times transposed dO or q (a), summed over
 // the query rows that hold one key row; UB x IB accumulators stay in registers, UB + IB loads per y
 template <typename T, int UB, int IB>
@@ -822,27 +822,28 @@ __attribute__((always_inline)) inline void lane_outer_n(const T* const* w, const
     }
   }
   for (int u = 0; u < UB; ++u)
-    for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
+    for (int i = 0; i < IB; ++i) store(part + (i * kk + u0 + u) * pw + j0, acc[u][i]);
 }
 
 constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;
 
-// lane_outer_n for slots u0 .. u0 + UB and every dim
-template <typename T, int UB>
-inline void lane_outer_slots(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
-                             int64_t kk, int64_t D, int64_t pw, T* part) {
-  int64_t i0 = 0;
-  for (; i0 + kOuterI <= D; i0 += kOuterI) lane_outer_n<T, UB, kOuterI>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
-  for (; i0 < D; ++i0) lane_outer_n<T, UB, 1>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+// lane_outer_n for slots u0 .. u0 + UB and the nd (<= kOuterI) dims from i0
+template <typename T, int UB, int IB = kOuterI>
+inline void lane_outer_slots(int64_t nd, const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0,
+                             int64_t u0, int64_t i0, int64_t kk, int64_t pw, T* part) {
+  if constexpr (IB > 1) {
+    if (nd < IB) return lane_outer_slots<T, UB, IB - 1>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  }
+  lane_outer_n<T, UB, IB>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
 }
 
-// lane_outer_n over all u < kk, i < D for the query block at column j0
+// lane_outer_n over all u < kk and the nd (<= kOuterI) dims from i0, for the query block at column j0
 template <typename T>
 inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t kk,
-                       int64_t D, int64_t pw, T* part) {
+                       int64_t i0, int64_t nd, int64_t pw, T* part) {
   int64_t u0 = 0;
-  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(w, a, ny, ls, j0, u0, kk, D, pw, part);
-  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(w, a, ny, ls, j0, u0, kk, D, pw, part);
+  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
 }
 
 // dst[i * ld + e ..] = sum_u part[(i * kk + u) * pw + e - base - d u ..] for i < D, e < Le (blocks of VL): each key
@@ -1450,7 +1451,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   // keys.
   const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
   auto pass2 = [&](const Rows& buf, int64_t row0, int64_t krow0, int64_t begin, int64_t end) {
-    std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
+    std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * kOuterI * pw : 0, T(0));
     std::vector<vec<T>> col(Dm);
     std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
     for (int64_t local = begin; local < end; ++local) {
@@ -1473,10 +1474,14 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       for (int pass = 0; fold && pass < 2; ++pass) {
         const int64_t Dx = pass == 0 ? D : Dv;
         T* dst = pass == 0 ? dKT.data() : dVT.data();
-        for (int64_t j0 = 0; j0 < L; j0 += VL)
-          lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
-                     part.data() + fmargin);
-        fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
+        // a few dims at a time: their slot sums (kk * kOuterI rows of pw) stay in L1 until folded
+        for (int64_t i0 = 0; i0 < Dx; i0 += kOuterI) {
+          const int64_t nd = std::min(kOuterI, Dx - i0);
+          for (int64_t j0 = 0; j0 < L; j0 += VL)
+            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, i0, nd,
+                       pw, part.data() + fmargin);
+          fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, nd, Lext, dst + i0 * Lext, Lext);
+        }
       }
       if (!fold) {
         std::fill(dKT.begin(), dKT.end(), T(0));
