@@ -1309,10 +1309,11 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t NB = tile_blocks<T>(lg, K, 2);
   // planes and their rows: query rows (b, h, y0, y1) of a plane's heads are contiguous, as are its key rows
   const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
-  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums fit in L2, they are products in the
-  // query lanes (lane_outer, few loads per FMA) folded onto key columns; on longer rows / larger windows each
-  // block of key columns gathers its slots straight from the pass-1 rows (key_lane, no intermediate buffer),
-  // which then are Ls long: the Lp query columns between zero margins, so that any diagonal is a plain load.
+  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums would fit in L2, they are products in
+  // the query lanes (lane_outer, few loads per FMA) folded onto key columns, a few dims at a time (in L1); on
+  // longer rows / larger windows each block of key columns gathers its slots straight from the pass-1 rows
+  // (key_lane, no intermediate buffer), which then are Ls long: the Lp query columns between zero margins, so that
+  // any diagonal is a plain load.
   const int64_t Dm = std::max(D, Dv), base0 = lg.PL - lg.off * lg.d;  // query j, slot u: key column base0 + j + d u
   const int64_t fmargin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = fmargin + Lp + fmargin;
   const bool fold = kk * Dm * pw * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 18);
