@@ -52,6 +52,9 @@ struct Axis {
   std::vector<int32_t> rel;  // [L * k]
   std::vector<int64_t> inv_off;  // [L + 1]
   std::vector<int32_t> inv_q, inv_c;
+  // positions in dilation-group order (0, d, 2d, .., 1, 1 + d, ..): the order rows are visited in, so that
+  // consecutive rows share all but one row of their windows at any dilation
+  std::vector<int32_t> order;
 };
 
 Axis make_axis(int64_t L, int64_t k, int64_t d, int64_t s, bool causal) {
@@ -65,6 +68,8 @@ Axis make_axis(int64_t L, int64_t k, int64_t d, int64_t s, bool causal) {
   a.lo.resize(L);
   a.hi.resize(L);
   a.rel.resize(L * k);
+  for (int64_t m = 0; m < d; ++m)
+    for (int64_t y = m; y < L; y += d) a.order.push_back(static_cast<int32_t>(y));
   std::vector<int64_t> count(L + 1, 0);
   for (int64_t y = 0; y < L; ++y) {
     const int64_t m = y % d, ig = y / d, lg = (L - m + d - 1) / d;
@@ -797,7 +802,7 @@ inline void diag_mix_chunk(const vec<T>* w, const T* const* rows, int64_t off, i
   }
 }
 
-// part[(i * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
+// part[((i - i0) * kk + u) * pw + j0 ..] = sum_y w[y][u * ls + j0 ..] * a[y][i * ls + j0 ..] for u0 <= u < u0 + UB,
 // i0 <= i < i0 + IB (VL lanes: one block of query columns): P or dS (w) times transposed dO or q (a), summed over
 // the query rows that hold one key row; UB x IB accumulators stay in registers, UB + IB loads per y
 template <typename T, int UB, int IB>
@@ -817,27 +822,28 @@ __attribute__((always_inline)) inline void lane_outer_n(const T* const* w, const
     }
   }
   for (int u = 0; u < UB; ++u)
-    for (int i = 0; i < IB; ++i) store(part + ((i0 + i) * kk + u0 + u) * pw + j0, acc[u][i]);
+    for (int i = 0; i < IB; ++i) store(part + (i * kk + u0 + u) * pw + j0, acc[u][i]);
 }
 
 constexpr int64_t kOuterU = kVecRegs >= 32 ? 4 : 2, kOuterI = 6;
 
-// lane_outer_n for slots u0 .. u0 + UB and every dim
-template <typename T, int UB>
-inline void lane_outer_slots(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t u0,
-                             int64_t kk, int64_t D, int64_t pw, T* part) {
-  int64_t i0 = 0;
-  for (; i0 + kOuterI <= D; i0 += kOuterI) lane_outer_n<T, UB, kOuterI>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
-  for (; i0 < D; ++i0) lane_outer_n<T, UB, 1>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
+// lane_outer_n for slots u0 .. u0 + UB and the nd (<= kOuterI) dims from i0
+template <typename T, int UB, int IB = kOuterI>
+inline void lane_outer_slots(int64_t nd, const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0,
+                             int64_t u0, int64_t i0, int64_t kk, int64_t pw, T* part) {
+  if constexpr (IB > 1) {
+    if (nd < IB) return lane_outer_slots<T, UB, IB - 1>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  }
+  lane_outer_n<T, UB, IB>(w, a, ny, ls, j0, u0, i0, kk, pw, part);
 }
 
-// lane_outer_n over all u < kk, i < D for the query block at column j0
+// lane_outer_n over all u < kk and the nd (<= kOuterI) dims from i0, for the query block at column j0
 template <typename T>
 inline void lane_outer(const T* const* w, const T* const* a, int64_t ny, int64_t ls, int64_t j0, int64_t kk,
-                       int64_t D, int64_t pw, T* part) {
+                       int64_t i0, int64_t nd, int64_t pw, T* part) {
   int64_t u0 = 0;
-  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(w, a, ny, ls, j0, u0, kk, D, pw, part);
-  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(w, a, ny, ls, j0, u0, kk, D, pw, part);
+  for (; u0 + kOuterU <= kk; u0 += kOuterU) lane_outer_slots<T, kOuterU>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
+  for (; u0 < kk; ++u0) lane_outer_slots<T, 1>(nd, w, a, ny, ls, j0, u0, i0, kk, pw, part);
 }
 
 // dst[i * ld + e ..] = sum_u part[(i * kk + u) * pw + e - base - d u ..] for i < D, e < Le (blocks of VL): each key
@@ -960,9 +966,9 @@ struct RowItem {
 
 inline RowItem row_item(const Geometry& g, int64_t item, int64_t heads) {
   RowItem r;
-  r.y[1] = item % g.S[1];
+  r.y[1] = g.ax[1].order[item % g.S[1]];
   item /= g.S[1];
-  r.y[0] = item % g.S[0];
+  r.y[0] = g.ax[0].order[item % g.S[0]];
   item /= g.S[0];
   r.h = item % heads;
   r.b = item / heads;
@@ -1113,8 +1119,9 @@ class RowCache {
       transpose_row(lg_, gh_, kp_ + vk_.at(b, x, hk), vk_.x[2], D_, zeros_.data(), kt);
       transpose_row(lg_, gh_, vp_ + vv_.at(b, x, hk), vv_.x[2], Dv_, zeros_.data(), vt);
       tag_[slot] = id;
-      if (x1 + 1 < g_.S[1]) {  // the row the window reaches next, as the query rows step along axis 1
-        const int64_t xn[kAxes] = {x0, x1 + 1, 0};
+      const int64_t x1n = x1 + g_.ax[1].d;  // the row the window reaches next, as the query rows step along axis 1
+      if (x1n < g_.S[1]) {
+        const int64_t xn[kAxes] = {x0, x1n, 0};
         prefetch_columns(kp_ + vk_.at(b, xn, hk), vk_.x[2], lg_.L, D_);
         prefetch_columns(vp_ + vv_.at(b, xn, hk), vv_.x[2], lg_.L, Dv_);
       }
@@ -1302,10 +1309,11 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   const int64_t NB = tile_blocks<T>(lg, K, 2);
   // planes and their rows: query rows (b, h, y0, y1) of a plane's heads are contiguous, as are its key rows
   const int64_t planes = g.B * g.kv_heads, plane_rows = g.S[0] * g.S[1], plane_qrows = g.group * plane_rows;
-  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums fit in L2, they are products in the
-  // query lanes (lane_outer, few loads per FMA) folded onto key columns; on longer rows / larger windows each
-  // block of key columns gathers its slots straight from the pass-1 rows (key_lane, no intermediate buffer),
-  // which then are Ls long: the Lp query columns between zero margins, so that any diagonal is a plain load.
+  // Pass 2 (below) has two forms: while one key row's per-(dim, slot) sums would fit in L2, they are products in
+  // the query lanes (lane_outer, few loads per FMA) folded onto key columns, a few dims at a time (in L1); on
+  // longer rows / larger windows each block of key columns gathers its slots straight from the pass-1 rows
+  // (key_lane, no intermediate buffer), which then are Ls long: the Lp query columns between zero margins, so that
+  // any diagonal is a plain load.
   const int64_t Dm = std::max(D, Dv), base0 = lg.PL - lg.off * lg.d;  // query j, slot u: key column base0 + j + d u
   const int64_t fmargin = (lg.PL + lg.d * kk + VL + VL - 1) / VL * VL, pw = fmargin + Lp + fmargin;
   const bool fold = kk * Dm * pw * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 18);
@@ -1367,8 +1375,9 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       const int64_t qcs = vq.x[2], gcs = vg.x[2], dqcs = vdq.x[2];
       const T* bias_h = lg.bias_rows ? bias.data() + r.h * lg.bias_rows * kk * Lp : nullptr;
       const int64_t at_row = (r.b * N + (r.y[0] * g.S[1] + r.y[1]) * g.S[2]) * H + r.h;
-      T* QT = buf.QT + local * D * Ls;
-      T* GT = buf.GT + local * Dv * Ls;
+      const int64_t at = row_index(g, H, r.b, r.h, r.y[0], r.y[1]) - row0;  // the row's place in buf
+      T* QT = buf.QT + at * D * Ls;
+      T* GT = buf.GT + at * Dv * Ls;
       const T* grow = gp + vg.at(r.b, y, r.h);
       for (int64_t n = 0; n < n_slots; ++n)
         std::tie(kt[n], vt[n]) = cache.get(r.b, r.h / g.group, slots[n].x0, slots[n].x1);
@@ -1393,8 +1402,8 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
           vec<T>* Sb = S.data() + blk * K;
           const vec<T>* dPb = dP.data() + blk * K;
           for (int64_t n = 0; n < n_slots; ++n) {
-            T* Pd = buf.P + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
-            T* dSd = buf.dS + ((local * K01 + slots[n].slot01) * kk) * Ls + j0;
+            T* Pd = buf.P + ((at * K01 + slots[n].slot01) * kk) * Ls + j0;
+            T* dSd = buf.dS + ((at * K01 + slots[n].slot01) * kk) * Ls + j0;
             for (int64_t u = 0; u < kk; ++u) {
               const vec<T> ok = load(valid.data() + u * Lp + j0);
               const vec<T> p = ok != T(0) ? vexp(Sb[n * kk + u] - m[blk]) : vec<T>{};
@@ -1443,7 +1452,7 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
   // keys.
   const int64_t e_lo = gh.lo / VL * VL;  // key-column blocks that any query reaches
   auto pass2 = [&](const Rows& buf, int64_t row0, int64_t krow0, int64_t begin, int64_t end) {
-    std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * Dm * pw : 0, T(0));
+    std::vector<T> dKT(D * Lext), dVT(Dv * Lext), part(fold ? kk * kOuterI * pw : 0, T(0));
     std::vector<vec<T>> col(Dm);
     std::vector<const T*> qt, gt, dsr, pr;  // per query row holding this key row
     for (int64_t local = begin; local < end; ++local) {
@@ -1466,10 +1475,14 @@ void lane_backward(const Geometry& g, const at::Tensor& dout, const at::Tensor& 
       for (int pass = 0; fold && pass < 2; ++pass) {
         const int64_t Dx = pass == 0 ? D : Dv;
         T* dst = pass == 0 ? dKT.data() : dVT.data();
-        for (int64_t j0 = 0; j0 < L; j0 += VL)
-          lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, Dx, pw,
-                     part.data() + fmargin);
-        fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, Dx, Lext, dst, Lext);
+        // a few dims at a time: their slot sums (kk * kOuterI rows of pw) stay in L1 until folded
+        for (int64_t i0 = 0; i0 < Dx; i0 += kOuterI) {
+          const int64_t nd = std::min(kOuterI, Dx - i0);
+          for (int64_t j0 = 0; j0 < L; j0 += VL)
+            lane_outer(pass == 0 ? dsr.data() : pr.data(), pass == 0 ? qt.data() : gt.data(), nq, Ls, j0, kk, i0, nd,
+                       pw, part.data() + fmargin);
+          fold_slots(part.data() + fmargin, pw, kk, lg.d, base0, nd, Lext, dst + i0 * Lext, Lext);
+        }
       }
       if (!fold) {
         std::fill(dKT.begin(), dKT.end(), T(0));
