@@ -394,3 +394,33 @@ def plain(q, k, v, rpb, cfg, ak=None, av=None, need_lse=False, tile=None, fit=No
     out = results(out)
     lse = results(_lse(logits).unsqueeze(-1)).squeeze(-1) if need_lse else None
     return out, lse
+
+
+def plain_qkv(qkv: Tensor, rpb, cfg, q_bias: Tensor | None = None, tile=None, fit=None) -> Tensor:
+    """``plain`` of a packed ``[B, *S, 3, heads, D]`` q / k / v projection (NAT's ``qkv`` Linear; no GQA, no extra
+    keys): ``[B, *S, heads, D]``. The query tiles, the key / value regions and the results are each one gather of
+    D-element rows, the first three straight from the projection: no split of q / k / v and no heads-first
+    transposes in the graph. ``q_bias`` (``[heads, D]``) is added to the query tiles; the scale multiplies them
+    next to the QK matmul (onnxruntime folds it into the matmul). ``tile`` / ``fit`` as ``plain``."""
+    n = qkv.dim() - 4
+    spatial = tuple(qkv.shape[1:1 + n])
+    with untraced():  # heads and head dim are fixed by the model
+        h, D = qkv.shape[-2], qkv.shape[-1]
+    ix = graph_tiles(spatial, *cfg[:4], tuple(tile or graph_tile(spatial, cfg, 2 * D)), qkv.device, fit)
+    T, R = ix.tile, ix.region
+    rows = qkv.flatten(1, n + 2)  # [B, N * 3 * heads, D]: row (position, q / k / v, head)
+    heads = torch.arange(h, device=qkv.device).unsqueeze(1)
+
+    def select(x, index):  # int32 indices: half the bytes of the index vectors the exporter folds per layer
+        return x.index_select(1, index.reshape(-1).to(torch.int32))
+
+    def tiles(flat, which, size):  # rows of q / k / v (which = 0 / 1 / 2) at `flat`, heads first: [B, h, NT, size, D]
+        return select(rows, flat * (3 * h) + which * h + heads).unflatten(1, (h, -1, size))
+
+    qt = tiles(ix.qflat, 0, T)
+    if q_bias is not None:
+        qt = qt + q_bias.view(h, 1, 1, D)
+    logits = (qt * cfg.scale) @ tiles(ix.kflat, 1, R).transpose(-1, -2) + graph_bias(ix, rpb, h, qkv.dtype)
+    out = (logits.softmax(-1) @ tiles(ix.kflat, 2, R)).flatten(1, 3)  # [B, h * NT * T, D]
+    # each position's result from its slot, in (position, head) order
+    return select(out, (ix.inv + heads * (out.shape[1] // h)).T).unflatten(1, (*spatial, h))

@@ -184,6 +184,28 @@ def test_models_suite_protocol_presets(tmp_path):
     assert (row["protocol"], row["warmup"], row["reps"], row["batch"], row["latency_batch"]) == ("timm", 1, 2, 2, 2)
 
 
+
+def test_models_suite_interleaved_modes(tmp_path):
+    """--interleave: the modes timed side by side, same fields per mode, plus each mode's best throughput call."""
+    out = _models(tmp_path, "--modes", "eager,onnx", "--batch", "2", "--threads", "1", "--timer", "cpu",
+                  "--interleave")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = _rows(tmp_path / "models.jsonl")
+    for mode in ("eager", "onnx"):
+        _assert_percentiles(row, f"{mode}_")
+        assert int(row[f"{mode}_iters"]) == 2 and 0 < row[f"{mode}_tput_best_ms"] <= row[f"{mode}_mean_ms"] * 2
+        assert row[f"{mode}_best_ms"] <= row[f"{mode}_p50_ms"]
+    assert row["onnx_vs_eager"] > 0 and "onnx_tput_best_ms" in (tmp_path / "models.md").read_text()
+
+
+def test_interleaved_timer_alternates_and_reverses():
+    from tools.bench.timing import interleaved
+
+    order = []
+    stats = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, reps=3)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert stats["a"]["iters"] == stats["b"]["iters"] == 3 and 0 <= stats["a"]["best_ms"] <= stats["a"]["p50_ms"]
+
 @pytest.mark.parametrize("args,words", [
     (["--img-size", "0"], ["--img-size"]),
     (["--batch", "0"], ["--batch"]),

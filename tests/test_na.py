@@ -88,6 +88,55 @@ def test_exported_formulation_exact_tiles(spatial, ks, dil, tile, causal):
     torch.testing.assert_close(lse, ref_lse, atol=1e-10, rtol=1e-8)
 
 
+
+@pytest.mark.parametrize("case", NA_CASES[::2], ids=case_id)
+def test_exported_packed_formulation_matches_reference(case):
+    """``na_torch.plain_qkv`` (the ONNX graph of the NA modules: q / k / v gathered from the packed projection, the
+    query bias on the query tiles) at the picked, the symbolic-size and the untrimmed tilings: forward and
+    gradients (projection, query bias, RPB) equal the reference."""
+    from visionattn.kernels import na_torch
+    from visionattn.kernels.checks import na_args
+
+    n, heads = len(case["spatial"]), case.get("heads", 2)
+    q, k, v, rpb = make_inputs(case["spatial"], case["kernel_size"], heads, 8, case.get("batch", 1),
+                               case.get("rpb", True), torch.float64)
+    qb = torch.randn(heads, 8, dtype=torch.float64)
+    args = {a: case[a] for a in ("dilation", "stride", "is_causal") if a in case}
+    cfg = na_args(n, q, k, v, case["kernel_size"], args.get("stride", 1), args.get("dilation", 1),
+                  args.get("is_causal", False), None, rpb)
+    packed = torch.stack([q, k, v], -3)
+    ref_leaves = [t.clone().requires_grad_() for t in (packed, qb, rpb) if t is not None]
+    p, b = ref_leaves[:2]
+    ref = run_na("reference", p[..., 0, :, :] + b, p[..., 1, :, :], p[..., 2, :, :],
+                 ref_leaves[2] if rpb is not None else None, case["kernel_size"], **args)
+    ref.sum().backward()
+    for tile, fit in ((None, None), (na_torch.GRAPH_TILE[n], None), (na_torch.GRAPH_TILE[n], False)):
+        leaves = [t.clone().requires_grad_() for t in (packed, qb, rpb) if t is not None]
+        out = na_torch.plain_qkv(leaves[0], leaves[2] if rpb is not None else None, cfg, q_bias=leaves[1],
+                                 tile=tile, fit=fit)
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+        out.sum().backward()
+        for a, r in zip(leaves, ref_leaves):
+            torch.testing.assert_close(a.grad, r.grad, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("cls,size,kw", [(NeighborhoodAttention2D, (13, 10), dict(kernel_size=5, dilation=2)),
+                                         (NeighborhoodAttention2D, (4, 9), dict(kernel_size=3, dilation=2)),
+                                         (NeighborhoodAttention2D, (9, 9), dict(kernel_size=3, qkv_bias=False)),
+                                         (NeighborhoodAttention2D, (8, 8), dict(kernel_size=3, rpb=False)),
+                                         (NeighborhoodAttention1D, (23,), dict(kernel_size=5, dilation=3))])
+def test_module_export_forward_equals_forward(cls, size, kw):
+    """The NA modules' ONNX-export forward (packed q / k / v, key bias dropped, value bias folded into proj) is the
+    module's function, also on maps padded up to kernel * dilation."""
+    torch.manual_seed(0)
+    m = cls(16, 2, **kw).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():  # biases away from zero: dropping / folding them must not matter
+            p.add_(torch.randn_like(p) * 0.5)
+    x = torch.randn(2, *size, 16, dtype=torch.float64)
+    padded = __import__("visionattn.layers.na", fromlist=["_pad_small_input"])._pad_small_input(x, m._need, True)
+    torch.testing.assert_close(m._export_forward(padded, x), m(x), atol=1e-10, rtol=1e-8)
+
 def test_graph_tile_choice():
     """The exported graph's tiling follows the shape (NAT's 56 / 28 / 14 maps at k7 get smaller tiles than the
     symbolic-size default) and falls back to ``GRAPH_TILE`` when a size is not an int."""

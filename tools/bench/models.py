@@ -18,7 +18,7 @@ from visionattn.utils import attn_modules, fuse_for_inference, is_reparameteriza
 
 from .protocol import Protocol
 from .runtimes import RUNTIMES, Context
-from .timing import Deadline, TimeUp, error_text, first_call_s, latency, peak_mb, sync
+from .timing import Deadline, TimeUp, error_text, first_call_s, interleaved, latency, peak_mb, sync
 
 # conv-heavy NCHW models whose convolutions run faster in channels-last on GPU
 CHANNELS_LAST = ("convnext_*", "biformer_*", "efficientvim_*", "shvit_*")
@@ -63,13 +63,16 @@ def input_size(model, test_size: bool = False) -> int:
 
 @torch.no_grad()
 def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None, fuse: bool = True,
-                  compare_reference: bool = False, fullgraph: bool = False) -> dict:
+                  compare_reference: bool = False, fullgraph: bool = False, interleave: bool = False) -> dict:
     """The models suite's row: params, GMACs at batch 1, then per runtime mode (runtimes.RUNTIMES) latency at the
     protocol's latency batch (`<mode>_p50_ms`, p90, p99, mean, iters), throughput at its throughput batch
     (`<mode>_ips` = batch / mean, `<mode>_ms_per_img`), the set-up time (`<mode>_setup_s`: compiling, exporting
     (once per row: the ONNX modes share the file, the first one's set-up includes the export) and the first
     calls) and `<mode>_vs_eager` (p50 ratio). A mode that fails leaves `<mode>_error`.
     `compare_reference` adds eager img/s with the attention on the `reference` backend and our speed-up over it.
+    `interleave` times the modes side by side (`timing.interleaved`: the protocol's warm-up and timed calls, one call
+    of each mode in turn, the order reversed every round; its minimum times are ignored) and adds `<mode>_best_ms`
+    (latency batch) and `<mode>_tput_best_ms` (throughput batch).
     """
     device = torch.device(device)
     model = timm.create_model(name).eval()
@@ -85,11 +88,22 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
     row["gmacs"] = round(flops_per_image(model, inputs[lat_batch][:1]) / 2e9, 3)
     threads = torch.get_num_threads() if device.type == "cpu" else None
     shared, row_stack = {}, contextlib.ExitStack()
+
+    def record(mode, lat, tput):
+        row.update({f"{mode}_{k}": round(v, 3) for k, v in lat.items()})
+        row[f"{mode}_ips"] = round(tput_batch / (tput["mean_ms"] / 1e3), 1)
+        row[f"{mode}_ms_per_img"] = round(tput["mean_ms"] / tput_batch, 3)
+        if "best_ms" in tput:
+            row[f"{mode}_tput_best_ms"] = round(tput["best_ms"], 3)
+
+    ready = {}  # interleave: mode -> {batch: call}, timed together once every mode is set up
     for mode in modes:
         ctx = Context(device=device, size=size, protocol=protocol, threads=threads, fullgraph=fullgraph,
                       shared=shared, shared_stack=row_stack)
         try:
-            with ctx.stack:
+            with contextlib.ExitStack() as scope:
+                # interleaved: the mode's resources live until the row's timing is done
+                (row_stack if interleave else scope).enter_context(ctx.stack)
                 t0 = time.perf_counter()
                 bind = RUNTIMES[mode].prepare(model, ctx)
                 calls = {b: bind(x) for b, x in inputs.items()}
@@ -97,14 +111,26 @@ def inference_row(name: str, *, device, modes, protocol: Protocol, img_size=None
                     call()
                 sync(device)
                 row[f"{mode}_setup_s"] = round(time.perf_counter() - t0, 2)
-                lat = latency(calls[lat_batch], device, **protocol.timing())
-                row.update({f"{mode}_{k}": round(v, 3) for k, v in lat.items()})
-                tput = lat if tput_batch == lat_batch else latency(calls[tput_batch], device, **protocol.timing())
-                row[f"{mode}_ips"] = round(tput_batch / (tput["mean_ms"] / 1e3), 1)
-                row[f"{mode}_ms_per_img"] = round(tput["mean_ms"] / tput_batch, 3)
                 row.update(ctx.extras)
+                if interleave:
+                    ready[mode] = calls
+                    continue
+                lat = latency(calls[lat_batch], device, **protocol.timing())
+                tput = lat if tput_batch == lat_batch else latency(calls[tput_batch], device, **protocol.timing())
+                record(mode, lat, tput)
         except Exception as err:  # noqa: BLE001 - one mode failing (an export, a compile) must not hide the others
             row[f"{mode}_error"] = error_text(err)
+    if ready:
+        try:
+            timing = dict(warmup=protocol.warmup, reps=protocol.reps, timer=protocol.timer)
+            lat = interleaved({m: c[lat_batch] for m, c in ready.items()}, device, **timing)
+            tput = lat if tput_batch == lat_batch else interleaved({m: c[tput_batch] for m, c in ready.items()},
+                                                                   device, **timing)
+            for mode in ready:
+                record(mode, lat[mode], tput[mode])
+        except Exception as err:  # noqa: BLE001 - reported in the row of every mode timed together
+            for mode in ready:
+                row[f"{mode}_error"] = error_text(err)
     row_stack.close()
     for mode in modes:
         if mode != "eager" and row.get(f"{mode}_p50_ms") and row.get("eager_p50_ms"):

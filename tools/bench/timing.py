@@ -100,6 +100,27 @@ def latency(fn, device="cpu", *, warmup: int = 2, reps: int = 5, warmup_s: float
     return summarize(times)
 
 
+
+def interleaved(fns: dict, device="cpu", *, warmup: int = 2, reps: int = 5, timer: str = "wall") -> dict:
+    """Time several callables side by side: `warmup` calls of each, then `reps` rounds of one timed call each, the
+    order reversed every round (drifts of a shared machine reach every callable alike). Returns per name
+    `summarize` of its timed calls plus `best_ms`."""
+    device = torch.device(device)
+    tick = clock(timer, device)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+            sync(device)
+    times = {name: [] for name in names}
+    for i in range(reps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            t0 = tick()
+            fns[name]()
+            sync(device)
+            times[name].append(tick() - t0)
+    return {name: {**summarize(ts), "best_ms": 1e3 * min(ts)} for name, ts in times.items()}
+
 @contextlib.contextmanager
 def _quiet_fd2():
     """Silence file descriptor 2 (kineto prints two lines per profiler start/stop from C++); fn() already ran

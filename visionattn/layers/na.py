@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import checks, na_torch
+from ..kernels._common import untraced
 from ..kernels.na import BACKENDS as NA_BACKENDS
 from ..kernels.na import na1d, na2d
 from ..utils import check_backend, trunc_normal_unless_meta
@@ -123,9 +125,31 @@ class _NeighborhoodAttention(nn.Module):
         # old NATTEN on maps smaller than kernel * dilation: pad BEFORE qkv (pad tokens carry the qkv bias and
         # are attended to, unmasked), crop after attention
         padded = _pad_small_input(x, self._need, self.pad_small_inputs)
+        if torch.onnx.is_in_onnx_export() and self.backend in ("auto", "torch"):
+            return self.proj_drop(self._export_forward(padded, x))
         q, k, v = self.qkv(padded).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
         out = _crop_like(self._attend(q, k, v).flatten(-2), x)
         return self.proj_drop(self.proj(out))
+
+    def _export_forward(self, padded, x):
+        """The ONNX graph of qkv -> NA -> proj (``na_torch.plain_qkv``: q / k / v gathered from the projection
+        itself). Of the qkv bias only the query's is applied (to the gathered query tiles, a third of the adds): the
+        key's shifts every logit of a query equally (softmax drops it) and the value's, under weights summing to
+        one, is a constant added to the output, folded into the proj bias (onnxruntime folds it at load)."""
+        h, d = self.num_heads, self.head_dim
+        bias = self.qkv.bias
+        qkv = F.linear(padded, self.qkv.weight).unflatten(-1, (3, h, d))
+        q, k, v = qkv.unbind(-3)  # for the argument checks only (views; the graph does not use them)
+        rpb = self._bias(q)
+        with untraced():
+            cfg = checks.na_args(self._ndim, q, k, v, self.kernel_size, 1, self.dilation, False, self.scale, rpb)
+        out = na_torch.plain_qkv(qkv, rpb, cfg, q_bias=None if bias is None else bias[:h * d].view(h, d))
+        out = _crop_like(out.flatten(-2), x)
+        proj_bias = self.proj.bias
+        if bias is not None:
+            shift = self.proj.weight @ bias[2 * h * d:]
+            proj_bias = shift if proj_bias is None else proj_bias + shift
+        return F.linear(out, self.proj.weight, proj_bias)
 
     def _bias(self, q):
         # under autocast q is bf16/fp16 while the table stays fp32; the kernels take one dtype

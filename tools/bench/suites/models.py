@@ -4,6 +4,7 @@
     python -m tools.bench models --filter shvit_s1 --modes eager,onnx --protocol shvit    # as SHViT's speed script
     python -m tools.bench models --filter 'nat_mini,biformer_t' --modes eager,onnx,openvino   # two ONNX runtimes
     python -m tools.bench models --filter 'nat_*' --protocol timm --device cuda           # as timm's benchmark.py
+    python -m tools.bench models --filter nat_mini --modes eager,onnx --threads 1 --timer cpu --interleave --reps 9
 
 Each model in eval mode (re-parameterisable models fused unless --no-fuse), attention on the backend `auto`
 picks. Modes (tools/bench/runtimes.py): eager, compile (torch.compile; --fullgraph), onnx (onnxruntime, CPU),
@@ -40,11 +41,12 @@ from ..runtimes import RUNTIMES
 PREFERRED = ["model", "family", "img_size", "params_m", "gmacs", "device", "latency_batch", "batch"]
 
 
-def markdown_columns(modes) -> list[str]:
+def markdown_columns(modes, interleave: bool = False) -> list[str]:
     """The Markdown table's columns (the CSV and JSON have every field)."""
     cols = list(PREFERRED)
     for m in modes:
         cols += [f"{m}_p50_ms", f"{m}_p90_ms", f"{m}_p99_ms", f"{m}_ips"]
+        cols += [f"{m}_tput_best_ms"] if interleave else []
     cols += [f"{m}_vs_eager" for m in modes if m != "eager"] + [f"{m}_setup_s" for m in modes if m != "eager"]
     return cols + ["reference_ips", "vs_reference", "error"] + [f"{m}_error" for m in modes]
 
@@ -68,6 +70,10 @@ def parse_args(argv=None):
                         "the official gather / unfused code) and report our speed-up over it")
     p.add_argument("--fullgraph", action="store_true",
                    help="compile mode with torch.compile(fullgraph=True): a graph break is an error (zoo models)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the modes side by side: one call of each mode in turn, the order reversed every round "
+                        "(ratios between modes on a shared machine; --warmup-s / --min-time-s do not apply); adds "
+                        "each mode's best time")
     p.add_argument("--out-dir", default="out/bench/models")
     args = p.parse_args(argv)
     check_out_dir(p, args.out_dir)
@@ -108,14 +114,14 @@ def main(argv=None) -> int:
         try:
             row = inference_row(name, device=args.device, modes=args.modes, protocol=proto, img_size=args.img_size,
                                 fuse=not args.no_fuse, compare_reference=args.compare_reference,
-                                fullgraph=args.fullgraph)
+                                fullgraph=args.fullgraph, interleave=args.interleave)
         except Exception as err:  # noqa: BLE001 - one failing model must not hide the others
             row = {"model": name, "family": family(name), "device": args.device.type,
                    "error": f"{type(err).__name__}: {err}"}
         for key in [k for k in row if k.endswith("error")]:
             print(f"warning: {name}: {key}: {row[key]}", file=sys.stderr)
         rec(row)
-    text = rec.finish(PREFERRED, md_cols=markdown_columns(args.modes))
+    text = rec.finish(PREFERRED, md_cols=markdown_columns(args.modes, args.interleave))
     throughput_plot(rec.rows, rec.dir / "models.png", title=f"visionattn zoo, {args.device.type}, "
                                                              f"protocol {proto.name}")
     print(text)
