@@ -159,6 +159,34 @@ def _agent_attention_block_diag(
     return torch.baddbmm(local, F.dropout(s2, dropout_p) if dropout_p else s2, agent_v)
 
 
+def _agent_attention_merged(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        agents: torch.Tensor,
+        bias_agent: torch.Tensor,
+        bias_query: torch.Tensor,
+        scale: float,
+        local: torch.Tensor,
+        num_heads: int,
+        dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """`agent_attention` on token-major (B, N, C) q / k / v / agents, heads merged, plus `local` (B, N, C).
+
+    Inference on many tokens takes the per-head path (`_agent_attention_tokens`, the same products per head). An
+    FX leaf: a traced graph makes the same run-time choice as eager, so its outputs stay bit-equal to eager's.
+    """
+    if (not dropout_p and not torch.is_grad_enabled() and not is_graph_capture()
+            and q.shape[0] * q.shape[1] >= _TOKEN_MAJOR_MIN_TOKENS):
+        return _agent_attention_tokens(q, k, v, agents, bias_agent, bias_query, scale, local, num_heads)
+    out = agent_attention(_heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads), _heads(agents, num_heads),
+                          bias_agent, bias_query, scale, dropout_p)
+    return _merge_heads_add(out, local)
+
+
+torch.fx.wrap("_agent_attention_merged")
+
+
 class _AgentBiasMixin:
     """Creates the agent position biases and evaluates them on a given query / key grid."""
 
@@ -297,28 +325,20 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
         agents = self._pool_agents(q[:, off:], hw)
         b1, b2 = self._agent_biases(hw, kv_hw, self.cls_token)
         nh = self.num_heads
-        if self.block_diag:  # never with a class token
+        drop = self.attn_drop if self.training else 0.0
+        if not off:
             local = self._local(v, kv_hw, hw).reshape(b, n, c)
-            out = _agent_attention_block_diag(q, k, v, agents, b1.to(q.dtype), b2.to(q.dtype), self.scale, local, nh,
-                                              self.attn_drop if self.training else 0.0)
+            b1, b2 = b1.to(q.dtype), b2.to(q.dtype)
+            if self.block_diag:
+                out = _agent_attention_block_diag(q, k, v, agents, b1, b2, self.scale, local, nh, drop)
+            else:
+                out = _agent_attention_merged(q, k, v, agents, b1, b2, self.scale, local, nh, drop)
             return self.proj_drop(self.proj(out))
-        if (not off and not self.training and not torch.is_grad_enabled() and not is_graph_capture()
-                and isinstance(x, torch.Tensor) and b * n >= _TOKEN_MAJOR_MIN_TOKENS):
-            # inference on many tokens: per-head strided bmm, no heads-first copies (`_agent_attention_tokens`)
-            local = self._local(v, kv_hw, hw).reshape(b, n, c)
-            dt = q.dtype
-            out = _agent_attention_tokens(q, k, v, agents, b1.to(dt), b2.to(dt), self.scale, local, nh)
-            return self.proj_drop(self.proj(out))
-        out = agent_attention(
-            _heads(q, nh), _heads(k, nh), _heads(v, nh), _heads(agents, nh), b1, b2, self.scale,
-            self.attn_drop if self.training else 0.0,
-        )
+        out = agent_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh), _heads(agents, nh), b1, b2, self.scale, drop)
+        # the class token gets no local term (out of place: FX graph pruning drops unused in-place ops)
         local = self._local(v[:, off:], kv_hw, hw)
-        if off:  # the class token gets no local term (out of place: FX graph pruning drops unused in-place ops)
-            out = out.transpose(1, 2).reshape(b, n, c)
-            out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
-        else:
-            out = _merge_heads_add(out, local)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
         return self.proj_drop(self.proj(out))
 
 
