@@ -51,8 +51,6 @@ _TOKEN_MAJOR_MIN_TOKENS = 8192
 # most heads x agents for the block-diagonal all-heads path (`_agent_attention_block_diag`): its attention FLOPs grow
 # with the heads, its saved copies with the tokens (Agent-Swin/PVT stage 1: 3 x 9 and 1 x 9; DeiT 3 x 49 is slower)
 _BLOCK_DIAG_MAX = 32
-# most tokens an Agent-Swin block runs at once in inference (`_batch_chunked`)
-_CHUNK_TOKENS = 8192
 # grid axis of each grid-length bias (shapes [1,H,n,L,1], [1,H,n,1,L], [1,H,L,1,n], [1,H,1,L,n])
 _GRID_AXIS = {"ah_bias": (3, 0), "aw_bias": (4, 1), "ha_bias": (2, 0), "wa_bias": (3, 1)}
 
@@ -521,33 +519,10 @@ class AgentSwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        if (not self.training and not torch.is_grad_enabled() and not is_graph_capture()
-                and isinstance(x, torch.Tensor) and b > 1 and b * h * w > _CHUNK_TOKENS):
-            return _batch_chunked(self._forward, x, max(1, _CHUNK_TOKENS // (h * w)))
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         x = x + self.drop_path1(self.attn(self.norm1(x), (h, w)))
-        y = self.drop_path2(self.mlp(self.norm2(x)))
-        if out is not None:
-            return torch.add(x, y, out=out.reshape(b, h * w, c))
-        return (x + y).reshape(b, h, w, c)
-
-
-def _batch_chunked(fn, x: torch.Tensor, step: int) -> torch.Tensor:
-    """`fn(x)` for inference, `step` images at a time, each chunk written into one output (`fn(chunk, out=)`).
-
-    Every op of a block is per image (row-wise norms and GEMMs, per-image attention and convolution): equal to the
-    whole batch at once (bit-equal with MKL). A whole-batch block makes tens of MB of temporaries (Agent-Swin stage 1
-    at batch 8: a 38 MB MLP hidden, beyond glibc's largest mmap threshold, and a 29 MB qkv): each call would map
-    and page-fault them afresh, while per-chunk temporaries are reused from the heap and stay in cache.
-    """
-    out = torch.empty_like(x)
-    for i in range(0, x.shape[0], step):
-        fn(x[i:i + step], out=out[i:i + step])
-    return out
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x.reshape(b, h, w, c)
 
 
 def _parse_swin_attn_type(attn_type: str, depths: Sequence[int]) -> tuple[int, ...]:
