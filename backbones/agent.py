@@ -46,9 +46,12 @@ __all__ = [
     "checkpoint_filter_fn",
 ]
 
-# grid axis of each grid-length bias (shapes [1,H,n,L,1], [1,H,n,1,L], [1,H,L,1,n], [1,H,1,L,n])
 # fewest query tokens (batch x grid) for which the per-head token-major inference path pays off (AMD EPYC, AVX2)
 _TOKEN_MAJOR_MIN_TOKENS = 8192
+# most heads x agents for the block-diagonal all-heads path (`_agent_attention_block_diag`): its attention FLOPs grow
+# with the heads, its saved copies with the tokens (Agent-Swin/PVT stage 1: 3 x 9 and 1 x 9; DeiT 3 x 49 is slower)
+_BLOCK_DIAG_MAX = 32
+# grid axis of each grid-length bias (shapes [1,H,n,L,1], [1,H,n,1,L], [1,H,L,1,n], [1,H,1,L,n])
 _GRID_AXIS = {"ah_bias": (3, 0), "aw_bias": (4, 1), "ha_bias": (2, 0), "wa_bias": (3, 1)}
 
 
@@ -119,6 +122,69 @@ def _agent_attention_tokens(
     return torch.cat(outs, dim=-1)
 
 
+def _agent_attention_block_diag(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        agents: torch.Tensor,
+        bias_agent: torch.Tensor,
+        bias_query: torch.Tensor,
+        scale: float,
+        local: torch.Tensor,
+        num_heads: int,
+        dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """`agent_attention` plus the `local` term on token-major tensors, all heads in one bmm per step.
+
+    q: (B, Nq, C); k, v: (B, Nk, C) (strided views of the qkv output are read in place); agents: (B, n, C);
+    bias_agent: (1|B, H, n, Nk); bias_query: (1|B, Nq, H, n) (query-major); local: (B, Nq, C). Returns (B, Nq, C).
+    The agents become a block-diagonal (H*n, C) matrix (row block h holds head h's channels), so the per-head
+    products are one matmul over all channels: H times the (small, for few heads and agents) attention FLOPs, but
+    no heads-first copies of q / k / v and no head merge. The zeros add exactly: same values as `agent_attention`
+    up to summation order.
+    """
+    b, nq, c = q.shape
+    n = agents.shape[1]
+    d = c // num_heads
+    eye = torch.eye(num_heads, dtype=q.dtype, device=q.device).reshape(1, num_heads, 1, num_heads, 1)
+    a = ((agents * scale).reshape(b, 1, n, num_heads, d) * eye).reshape(b, num_heads * n, c)
+    s1 = torch.bmm(a, k.transpose(1, 2)).add_(bias_agent.reshape(bias_agent.shape[0], num_heads * n, -1))
+    s1 = s1.softmax(dim=-1)
+    agent_v = torch.bmm(F.dropout(s1, dropout_p) if dropout_p else s1, v)
+    agent_v = (agent_v.reshape(b, num_heads, n, num_heads, d) * eye).reshape(b, num_heads * n, c)
+    s2 = torch.bmm(q, a.transpose(1, 2)).reshape(b, nq, num_heads, n).add_(bias_query).softmax(dim=-1)
+    s2 = s2.reshape(b, nq, num_heads * n)
+    return torch.baddbmm(local, F.dropout(s2, dropout_p) if dropout_p else s2, agent_v)
+
+
+def _agent_attention_merged(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        agents: torch.Tensor,
+        bias_agent: torch.Tensor,
+        bias_query: torch.Tensor,
+        scale: float,
+        local: torch.Tensor,
+        num_heads: int,
+        dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """`agent_attention` on token-major (B, N, C) q / k / v / agents, heads merged, plus `local` (B, N, C).
+
+    Inference on many tokens takes the per-head path (`_agent_attention_tokens`, the same products per head). An
+    FX leaf: a traced graph makes the same run-time choice as eager, so its outputs stay bit-equal to eager's.
+    """
+    if (not dropout_p and not torch.is_grad_enabled() and not is_graph_capture()
+            and q.shape[0] * q.shape[1] >= _TOKEN_MAJOR_MIN_TOKENS):
+        return _agent_attention_tokens(q, k, v, agents, bias_agent, bias_query, scale, local, num_heads)
+    out = agent_attention(_heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads), _heads(agents, num_heads),
+                          bias_agent, bias_query, scale, dropout_p)
+    return _merge_heads_add(out, local)
+
+
+torch.fx.wrap("_agent_attention_merged")
+
+
 class _AgentBiasMixin:
     """Creates the agent position biases and evaluates them on a given query / key grid."""
 
@@ -128,6 +194,9 @@ class _AgentBiasMixin:
             raise ValueError(f"agent_num must be a perfect square >= 1, got {agent_num}")
         self.agent_num = agent_num
         self.pool_size = p
+        # few heads x agents: all heads in one matmul (`_agent_attention_block_diag`); a fixed choice per module,
+        # so training, eval, FX, tracing and export run the same code (AMD EPYC AVX2: faster up to 3 x 9 agents)
+        self.block_diag = num_heads * agent_num <= _BLOCK_DIAG_MAX and not cls_token
         h, n = num_heads, agent_num
         (qh, qw), (kh, kw) = q_grid, kv_grid
         self.an_bias = nn.Parameter(torch.zeros(h, n, 7, 7))
@@ -157,9 +226,13 @@ class _AgentBiasMixin:
         if cls_token:
             b1 = torch.cat([self.ac_bias, b1], dim=-1)
             b2 = torch.cat([self.ca_bias, b2], dim=-2)
+        # the sum above is laid out like its transposed operand: added in place to the (query, agent) scores it
+        # would be read across rows; make it the layout the scores have
+        b2 = b2.transpose(1, 2).contiguous() if self.block_diag else b2.contiguous()
         return b1, b2
 
     def _agent_biases(self, q_hw, kv_hw, cls_token: bool = False):
+        """(bias_agent (1, H, n, Nk), bias_query): (1, H, Nq, n), or query-major (1, Nq, H, n) when `block_diag`."""
         params = [getattr(self, n) for n in self._bias_names]
         return inference_cached(self, ("bias", q_hw, kv_hw), params,
                                 lambda: self._compute_biases(q_hw, kv_hw, cls_token))
@@ -250,23 +323,20 @@ class AgentAttention(_AgentBiasMixin, nn.Module):
         agents = self._pool_agents(q[:, off:], hw)
         b1, b2 = self._agent_biases(hw, kv_hw, self.cls_token)
         nh = self.num_heads
-        if (not off and not self.training and not torch.is_grad_enabled() and not is_graph_capture()
-                and isinstance(x, torch.Tensor) and b * n >= _TOKEN_MAJOR_MIN_TOKENS):
-            # inference on many tokens: per-head strided bmm, no heads-first copies (`_agent_attention_tokens`)
+        drop = self.attn_drop if self.training else 0.0
+        if not off:
             local = self._local(v, kv_hw, hw).reshape(b, n, c)
-            dt = q.dtype
-            out = _agent_attention_tokens(q, k, v, agents, b1.to(dt), b2.to(dt), self.scale, local, nh)
+            b1, b2 = b1.to(q.dtype), b2.to(q.dtype)
+            if self.block_diag:
+                out = _agent_attention_block_diag(q, k, v, agents, b1, b2, self.scale, local, nh, drop)
+            else:
+                out = _agent_attention_merged(q, k, v, agents, b1, b2, self.scale, local, nh, drop)
             return self.proj_drop(self.proj(out))
-        out = agent_attention(
-            _heads(q, nh), _heads(k, nh), _heads(v, nh), _heads(agents, nh), b1, b2, self.scale,
-            self.attn_drop if self.training else 0.0,
-        )
+        out = agent_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh), _heads(agents, nh), b1, b2, self.scale, drop)
+        # the class token gets no local term (out of place: FX graph pruning drops unused in-place ops)
         local = self._local(v[:, off:], kv_hw, hw)
-        if off:  # the class token gets no local term (out of place: FX graph pruning drops unused in-place ops)
-            out = out.transpose(1, 2).reshape(b, n, c)
-            out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
-        else:
-            out = _merge_heads_add(out, local)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        out = torch.cat([out[:, :1], out[:, 1:] + local.reshape(b, n - 1, c)], dim=1)
         return self.proj_drop(self.proj(out))
 
 
@@ -311,6 +381,10 @@ class AgentCSWinAttention(_AgentBiasMixin, nn.Module):
         nh = self.num_heads
         agents = self._pool_agents(q, hw)
         b1, b2 = self._agent_biases(hw, hw)
+        if self.block_diag:
+            lepe = self.get_v(to_nhwc(v, hw).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(q.shape)
+            return _agent_attention_block_diag(q, k, v, agents, b1.to(q.dtype), b2.to(q.dtype), self.scale, lepe, nh,
+                                               self.attn_drop if self.training else 0.0)
         out = agent_attention(
             _heads(q, nh), _heads(k, nh), _heads(v, nh), _heads(agents, nh), b1, b2, self.scale,
             self.attn_drop if self.training else 0.0,
