@@ -227,16 +227,19 @@ class _AgentBiasMixin:
         if cls_token:
             b1 = torch.cat([self.ac_bias, b1], dim=-1)
             b2 = torch.cat([self.ca_bias, b2], dim=-2)
-        # the sum above is laid out like its transposed operand: added in place to the (query, agent) scores it
-        # would be read across rows; make it the layout the scores have
-        b2 = b2.transpose(1, 2).contiguous() if self.block_diag else b2.contiguous()
         return b1, b2
+
+    def _scores_layout(self, biases):
+        # the query bias sum is laid out like its transposed operand: added in place to the (query, agent) scores it
+        # would be read across rows; make it the layout the scores have (subclasses' _compute_biases stay heads-first)
+        b1, b2 = biases
+        return b1, (b2.transpose(1, 2).contiguous() if self.block_diag else b2.contiguous())
 
     def _agent_biases(self, q_hw, kv_hw, cls_token: bool = False):
         """(bias_agent (1, H, n, Nk), bias_query): (1, H, Nq, n), or query-major (1, Nq, H, n) when `block_diag`."""
         params = [getattr(self, n) for n in self._bias_names]
         return inference_cached(self, ("bias", q_hw, kv_hw), params,
-                                lambda: self._compute_biases(q_hw, kv_hw, cls_token))
+                                lambda: self._scores_layout(self._compute_biases(q_hw, kv_hw, cls_token)))
 
     def _pool_agents(self, q: torch.Tensor, hw) -> torch.Tensor:
         """(B, N, C) queries on grid hw -> (B, n, C) agents (pooled on the channels-last view: no copy)."""
